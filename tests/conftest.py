@@ -1,0 +1,43 @@
+"""Shared fixtures: paths to the shared data, tiny crop folders and a tiny trained model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .helpers import write_crop_folder
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+requires_bccd = pytest.mark.skipif(
+    not (SHARED_DATA / "bccd" / "JPEGImages").is_dir(), reason="../shared/data/bccd not available"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A compact model (32 px input) trained for a few epochs on round vs lobed nuclei."""
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_crop_folder(root / "data", n_per_class=48, seed=0)
+    config = TrainingConfig(
+        input_size=32,
+        epochs=8,
+        batch_size=16,
+        learning_rate=3e-3,
+        patience=8,
+        validation_fraction=0.2,
+        test_fraction=0.0,
+    )
+    return train_classifier([data], root / "tiny.keras", config).model_path
+
+
+@pytest.fixture(scope="session")
+def tiny_heldout(tmp_path_factory) -> Path:
+    """Fresh round/lobed images (another seed) never seen in training."""
+    return write_crop_folder(tmp_path_factory.mktemp("heldout"), n_per_class=20, seed=99)

@@ -1,0 +1,48 @@
+"""Generated single-cell images for classifier tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from skimage.draw import disk, ellipse
+
+BACKGROUND = np.array([235, 225, 215], dtype=float)
+NUCLEUS = np.array([90, 50, 150], dtype=float)
+CYTOPLASM = np.array([215, 200, 225], dtype=float)
+
+
+def draw_cell(kind: str, rng: np.random.Generator, size: int = 72) -> np.ndarray:
+    """A single-cell RGB uint8 image: a pale cell with a round ("round") or
+    three-lobed ("lobed") purple nucleus, with random position jitter and noise."""
+    image = np.ones((size, size, 3)) * BACKGROUND
+    cy, cx = size / 2 + rng.uniform(-3, 3, 2)
+    image[disk((cy, cx), size * 0.36, shape=(size, size))] = CYTOPLASM
+    if kind == "round":
+        image[disk((cy, cx), size * 0.2, shape=(size, size))] = NUCLEUS
+    else:
+        for angle in (0, 2.1, 4.2):
+            oy, ox = 0.13 * size * np.sin(angle), 0.13 * size * np.cos(angle)
+            rr, cc = ellipse(
+                cy + oy, cx + ox, size * 0.08, size * 0.11, shape=(size, size), rotation=angle
+            )
+            image[rr, cc] = NUCLEUS
+        rr, cc = disk((cy, cx), size * 0.05, shape=(size, size))
+        image[rr, cc] = NUCLEUS
+    image += rng.normal(0, 4, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_crop_folder(
+    root: Path, n_per_class: int, seed: int, n_sources: int | None = None
+) -> Path:
+    """Class folders ``round/`` and ``lobed/`` of generated single-cell images."""
+    rng = np.random.default_rng(seed)
+    for kind in ("round", "lobed"):
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            name = f"{kind}{i % n_sources}__{i}.png" if n_sources else f"{kind}{i}.png"
+            iio.imwrite(folder / name, draw_cell(kind, rng))
+    return root

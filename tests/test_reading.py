@@ -1,0 +1,125 @@
+"""Reading files and arrays into (T, Y, X, C) float32 in [0, 1]."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_bloodcell.errors import InputImageError
+from napari_bloodcell.reading import image_from_array, infer_axes, normalise_intensity, read_image
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [
+        ((20, 30), "YX"),
+        ((20, 30, 3), "YXC"),
+        ((5, 20, 30), "TYX"),
+        ((5, 20, 30, 3), "TYXC"),
+        ((5, 2, 20, 30), "TCYX"),
+    ],
+)
+def test_axes_are_inferred_from_the_shape(shape, axes):
+    assert infer_axes(shape) == axes
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 4), (4, 3, 20, 30, 2), (4, 20, 30, 8)])
+def test_ambiguous_shapes_ask_for_axes(shape):
+    with pytest.raises(InputImageError, match="axes"):
+        infer_axes(shape)
+
+
+def test_explicit_axes_reorder_to_tyxc():
+    rng = np.random.default_rng(0)
+    array = rng.random((3, 4, 20, 30))  # C, T, Y, X
+    image = image_from_array(array, axes="CTYX")
+    assert image.data.shape == (4, 20, 30, 3)
+    np.testing.assert_allclose(image.data[2, 5, 7], array[:, 2, 5, 7], rtol=1e-6)
+
+
+def test_grey_and_rgba_frames():
+    grey = image_from_array(np.arange(400, dtype=np.uint8).reshape(20, 20) % 200)
+    assert grey.data.shape == (1, 20, 20, 1)
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., 0] = np.arange(20)
+    rgba[..., 3] = 255
+    assert image_from_array(rgba).data.shape == (1, 20, 20, 3)
+
+
+def test_intensity_rules_are_explicit():
+    np.testing.assert_allclose(normalise_intensity(np.array([0, 51, 255], np.uint8)), [0, 0.2, 1])
+    sixteen = normalise_intensity(np.linspace(100, 4000, 1000).astype(np.uint16))
+    assert sixteen.min() == 0 and sixteen.max() == 1 and sixteen.dtype == np.float32
+    unit_float = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(normalise_intensity(unit_float), unit_float, rtol=1e-6)
+    wide_float = normalise_intensity(np.linspace(-5, 500, 1000))
+    assert wide_float.min() >= 0 and wide_float.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.full((20, 20), np.nan), "NaN"),
+        (np.array([[np.inf] * 20] * 20), "NaN or infinite"),
+        (np.zeros((20, 20), np.uint8), "constant"),
+        (np.zeros((0, 20)), "zero size"),
+        (np.ones((1, 1)) * np.array([[0.5]]), "need at least"),
+        (np.zeros((4, 4, 20, 30, 2, 2)), "axes"),
+    ],
+)
+def test_bad_arrays_are_refused_clearly(array, message):
+    with pytest.raises(InputImageError, match=message):
+        image_from_array(array)
+
+
+def test_read_png_jpeg_and_multipage_tiff(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "a.png", rgb)
+    iio.imwrite(tmp_path / "a.jpg", rgb)
+    stack = rng.integers(0, 4095, (5, 24, 32), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    np.testing.assert_allclose(read_image(tmp_path / "a.png").data[0], rgb / 255, atol=1e-6)
+    assert read_image(tmp_path / "a.jpg").data.shape == (1, 24, 32, 3)
+    assert read_image(tmp_path / "s.tif").data.shape == (5, 24, 32, 1)
+
+
+def test_ome_tiff_axes_and_pixel_size(tmp_path):
+    data = np.random.default_rng(2).integers(0, 255, (3, 2, 24, 32), dtype=np.uint8)
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TCYX", "PhysicalSizeX": 0.25})
+    image = read_image(path)
+    assert image.data.shape == (3, 24, 32, 2)
+    assert image.pixel_size_um == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"", "empty.png", "empty"),
+        (b"not an image at all", "fake.jpg", "cannot be read"),
+        (b"II*\x00garbage", "broken.tif", "cannot be read"),
+        (b"x", "table.csv", "unsupported"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputImageError, match=message) as error:
+        read_image(path)
+    assert name in str(error.value)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    iio.imwrite(
+        tmp_path / "full.jpg", np.random.default_rng(3).integers(0, 255, (64, 64, 3), np.uint8)
+    )
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputImageError, match="cut.jpg"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_missing_file():
+    with pytest.raises(InputImageError, match="no such file"):
+        read_image("does/not/exist.png")
