@@ -1,0 +1,135 @@
+"""Entry point of the segmentation stage: input checks, modality choice and dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import InputImageError
+from ._regions import Segmentation, empty_segmentation
+from .fluorescence import (
+    ROLE_CELL_TYPES,
+    FluorescenceParams,
+    default_channels,
+    segment_fluorescence,
+)
+from .smear import SmearParams, segment_smear
+
+MODALITIES = ("smear", "fluorescence")
+_SMEAR_MIN_MEDIAN_BRIGHTNESS = 0.5
+
+
+def detect_modality(frame: np.ndarray) -> str:
+    """``"smear"`` for a bright-background RGB frame, else ``"fluorescence"``.
+
+    ``frame``: float (Y, X, C) in [0, 1]. A frame is a smear when it has 3 channels and its
+    median brightness (mean over channels) is at least 0.5.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+        return "fluorescence"
+    brightness = float(np.median(frame.mean(axis=2)))
+    return "smear" if brightness >= _SMEAR_MIN_MEDIAN_BRIGHTNESS else "fluorescence"
+
+
+def segment_frame(
+    frame: np.ndarray,
+    modality: str = "auto",
+    *,
+    channels: Mapping[str, int] | None = None,
+    pixel_size_um: float | None = None,
+    params: SmearParams | FluorescenceParams | None = None,
+) -> Segmentation:
+    """Segment one frame into labelled WBCs, RBCs and platelets.
+
+    ``frame``: float (Y, X, C) in [0, 1] (grey as (Y, X, 1)).
+    ``modality``: ``"auto"`` (see :func:`detect_modality`), ``"smear"`` or ``"fluorescence"``.
+    ``channels`` (fluorescence only): role (``"leukocyte"``, ``"platelet"``) → channel index;
+    default green leukocytes / red platelets for RGB, channel 0 leukocytes for one channel.
+    ``pixel_size_um``: µm per pixel, or ``None`` for the modality's reference pixel size.
+    ``params``: :class:`SmearParams` / :class:`FluorescenceParams` in µm, default ones if None.
+
+    Raises :class:`~napari_bloodcell.errors.InputImageError` for an unusable frame or request.
+    Empty, constant or 1×1 frames give an empty Segmentation.
+    """
+    frame = _checked_frame(frame)
+    if modality == "auto":
+        modality = detect_modality(frame)
+    if modality not in MODALITIES:
+        raise InputImageError(
+            f"unknown modality {modality!r}; expected 'auto', 'smear' or 'fluorescence'"
+        )
+    _check_pixel_size(pixel_size_um)
+    n_channels = frame.shape[2]
+    if modality == "smear":
+        if n_channels != 3:
+            raise InputImageError(
+                f"a smear frame must be RGB (Y, X, 3), got {n_channels} channel(s)"
+            )
+        smear_params = _checked_params(params, SmearParams)
+        if _is_featureless(frame):
+            return empty_segmentation(frame.shape[:2], modality)
+        return segment_smear(frame, smear_params.in_pixels(pixel_size_um))
+
+    roles = _checked_channels(channels, n_channels)
+    fluorescence_params = _checked_params(params, FluorescenceParams)
+    if _is_featureless(frame):
+        return empty_segmentation(frame.shape[:2], modality)
+    return segment_fluorescence(frame, roles, fluorescence_params.in_pixels(pixel_size_um))
+
+
+def _checked_frame(frame: np.ndarray) -> np.ndarray:
+    """``frame`` as float32 (Y, X, C), or InputImageError."""
+    array = np.asarray(frame)
+    if array.ndim != 3:
+        raise InputImageError(
+            f"expected a (Y, X, C) image array, got {array.ndim} dimension(s) "
+            f"with shape {array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputImageError(f"expected a numeric image array, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise InputImageError("the image contains NaN or infinite values")
+    return array
+
+
+def _check_pixel_size(pixel_size_um: float | None) -> None:
+    if pixel_size_um is None:
+        return
+    if not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
+        raise InputImageError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+
+
+def _checked_params(params, expected_type: type):
+    """``params`` if it is of ``expected_type``, the defaults if None, else InputImageError."""
+    if params is None:
+        return expected_type()
+    if not isinstance(params, expected_type):
+        raise InputImageError(
+            f"params must be {expected_type.__name__} for this modality, "
+            f"got {type(params).__name__}"
+        )
+    return params
+
+
+def _checked_channels(channels: Mapping[str, int] | None, n_channels: int) -> dict[str, int]:
+    """Validated role → channel index mapping for a frame with ``n_channels`` channels."""
+    roles = default_channels(n_channels) if channels is None else dict(channels)
+    for role, index in roles.items():
+        if role not in ROLE_CELL_TYPES:
+            raise InputImageError(
+                f"unknown channel role {role!r}; expected one of {sorted(ROLE_CELL_TYPES)}"
+            )
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < n_channels:
+            raise InputImageError(
+                f"channel index {index!r} for role {role!r} is out of range for a frame "
+                f"with {n_channels} channel(s)"
+            )
+    return roles
+
+
+def _is_featureless(frame: np.ndarray) -> bool:
+    """True for frames with nothing to segment: no pixels, a single pixel or constant values."""
+    return frame.shape[0] * frame.shape[1] <= 1 or np.ptp(frame) == 0

@@ -1,0 +1,286 @@
+"""Tests of the segmentation stage on small synthetic drawings with known answers,
+plus a smoke test on two real BCCD frames (skipped when shared/data is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import skimage.io
+from skimage.draw import disk
+
+from napari_bloodcell.errors import InputImageError
+from napari_bloodcell.segmentation import (
+    CELL_TYPES,
+    REFERENCE_PIXEL_SIZE_UM,
+    FluorescenceParams,
+    Segmentation,
+    SmearParams,
+    central_stained_object,
+    detect_modality,
+    segment_frame,
+)
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+COLUMNS = [
+    "label",
+    "cell_type",
+    "centroid_y",
+    "centroid_x",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+    "area_px",
+    "diameter_px",
+    "crop_diameter_px",
+]
+INT_COLUMNS = ["label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area_px"]
+FLOAT_COLUMNS = ["centroid_y", "centroid_x", "diameter_px", "crop_diameter_px"]
+
+BACKGROUND = (0.85, 0.85, 0.86)
+RBC_PINK = (0.80, 0.55, 0.60)
+NUCLEUS_PURPLE = (0.45, 0.35, 0.80)
+CYTOPLASM_PALE = (0.80, 0.76, 0.84)
+
+WBC_CENTRE = (100, 100)
+RBC_CENTRES = ((100, 260), (100, 350))
+PLATELET_CENTRE = (240, 250)
+
+
+def paint(image: np.ndarray, centre: tuple[float, float], radius: float, colour) -> None:
+    """Fill a disk of ``radius`` px at (row, col) ``centre`` with an RGB colour."""
+    image[disk(centre, radius, shape=image.shape[:2])] = colour
+
+
+def draw_nucleus(image: np.ndarray, centre, scale: float = 1.0, n_lobes: int = 4) -> None:
+    """Separate purple lobes (gaps ~6 px × scale) around ``centre``: a segmented neutrophil."""
+    for angle in np.linspace(0, 2 * np.pi, n_lobes, endpoint=False):
+        lobe = (centre[0] + 30 * scale * np.sin(angle), centre[1] + 30 * scale * np.cos(angle))
+        paint(image, lobe, 18 * scale, NUCLEUS_PURPLE)
+
+
+def smear_scene(scale: float = 1.0, n_lobes: int = 4) -> np.ndarray:
+    """(Y, X, 3) smear at BCCD scale × ``scale``: one lobed WBC with pale cytoplasm, two
+    touching RBCs and one platelet."""
+    shape = (round(300 * scale), round(420 * scale), 3)
+    image = np.empty(shape, dtype=np.float32)
+    image[:] = BACKGROUND
+    centre = (WBC_CENTRE[0] * scale, WBC_CENTRE[1] * scale)
+    paint(image, centre, 75 * scale, CYTOPLASM_PALE)
+    draw_nucleus(image, centre, scale, n_lobes)
+    for rbc in RBC_CENTRES:
+        paint(image, (rbc[0] * scale, rbc[1] * scale), 50 * scale, RBC_PINK)
+    paint(
+        image, (PLATELET_CENTRE[0] * scale, PLATELET_CENTRE[1] * scale), 9 * scale, NUCLEUS_PURPLE
+    )
+    noise = np.random.default_rng(0).normal(0, 0.01, shape).astype(np.float32)
+    return np.clip(image + noise, 0, 1)
+
+
+def fluorescence_scene() -> np.ndarray:
+    """(Y, X, 3) dark frame: a green leukocyte blob and a red platelet spot (both ~10 px)."""
+    image = np.zeros((80, 120, 3), dtype=np.float32)
+    image[disk((30, 30), 5, shape=image.shape[:2]) + (1,)] = 0.5
+    image[disk((50, 90), 5, shape=image.shape[:2]) + (0,)] = 0.5
+    return image
+
+
+def type_at(segmentation: Segmentation, row: float, col: float) -> str | None:
+    """cell_type of the object covering pixel (row, col), None for background."""
+    label = segmentation.labels[round(row), round(col)]
+    if label == 0:
+        return None
+    return segmentation.cells.set_index("label").loc[label, "cell_type"]
+
+
+def assert_table_invariants(segmentation: Segmentation) -> None:
+    labels, cells = segmentation.labels, segmentation.cells
+    assert labels.dtype == np.uint32
+    assert list(cells.columns) == COLUMNS
+    for column in INT_COLUMNS:
+        assert cells[column].dtype == np.int64, column
+    for column in FLOAT_COLUMNS:
+        assert cells[column].dtype == np.float64, column
+    n_objects = len(cells)
+    assert cells["label"].tolist() == list(range(1, n_objects + 1))
+    assert int(labels.max(initial=0)) == n_objects
+    areas = np.bincount(labels.ravel(), minlength=n_objects + 1)[1:]
+    np.testing.assert_array_equal(cells["area_px"].to_numpy(), areas)
+    assert set(cells["cell_type"]) <= set(CELL_TYPES)
+    for row in cells.itertuples():
+        box = labels[row.bbox_y0 : row.bbox_y1, row.bbox_x0 : row.bbox_x1]
+        assert np.count_nonzero(box == row.label) == row.area_px
+        assert row.crop_diameter_px > 0
+
+
+def assert_empty(segmentation: Segmentation, shape: tuple[int, int]) -> None:
+    assert segmentation.labels.shape == shape
+    assert not segmentation.labels.any()
+    assert len(segmentation.cells) == 0
+    assert_table_invariants(segmentation)
+
+
+# --- smear -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smear_segmentation() -> Segmentation:
+    return segment_frame(smear_scene(), "smear")
+
+
+def test_smear_scene_has_one_wbc_two_rbcs_one_platelet(smear_segmentation):
+    counts = smear_segmentation.cells["cell_type"].value_counts().to_dict()
+    assert counts == {"wbc": 1, "rbc": 2, "platelet": 1}
+    assert smear_segmentation.modality == "smear"
+    assert_table_invariants(smear_segmentation)
+
+
+@pytest.mark.parametrize("n_lobes", [3, 5])
+def test_lobed_nucleus_with_pale_cytoplasm_is_one_wbc_covering_the_cell(n_lobes):
+    segmentation = segment_frame(smear_scene(n_lobes=n_lobes), "smear")
+    wbcs = segmentation.cells[segmentation.cells["cell_type"] == "wbc"]
+    assert len(wbcs) == 1
+    wbc = wbcs.iloc[0]
+    assert abs(wbc["centroid_y"] - WBC_CENTRE[0]) < 5
+    assert abs(wbc["centroid_x"] - WBC_CENTRE[1]) < 5
+    # grown into the pale cytoplasm (radius 75) and larger than the merged nucleus
+    assert wbc["diameter_px"] > 130
+    assert wbc["crop_diameter_px"] < wbc["diameter_px"]
+
+
+def test_touching_rbcs_are_split_and_platelet_found(smear_segmentation):
+    rbc_labels = {smear_segmentation.labels[centre] for centre in RBC_CENTRES}
+    assert len(rbc_labels) == 2 and 0 not in rbc_labels
+    assert all(type_at(smear_segmentation, *centre) == "rbc" for centre in RBC_CENTRES)
+    assert type_at(smear_segmentation, *PLATELET_CENTRE) == "platelet"
+
+
+def test_pixel_size_scales_the_parameters():
+    half_scale = segment_frame(
+        smear_scene(scale=0.5), "smear", pixel_size_um=2 * REFERENCE_PIXEL_SIZE_UM
+    )
+    counts = half_scale.cells["cell_type"].value_counts().to_dict()
+    assert counts == {"wbc": 1, "rbc": 2, "platelet": 1}
+    in_pixels = SmearParams().in_pixels(None)
+    assert in_pixels.rbc_diameter_um == pytest.approx(7.5 / REFERENCE_PIXEL_SIZE_UM)
+    assert in_pixels.nucleus_score_low == SmearParams().nucleus_score_low
+
+
+def test_detect_modality():
+    assert detect_modality(smear_scene(scale=0.3)) == "smear"
+    assert detect_modality(fluorescence_scene()) == "fluorescence"
+    assert segment_frame(smear_scene(scale=0.5), pixel_size_um=0.144).modality == "smear"
+
+
+def test_central_stained_object_measures_merged_nucleus(smear_segmentation):
+    crop = smear_scene()[20:181, 20:181]
+    found = central_stained_object(crop)
+    assert found is not None
+    centroid_y, centroid_x, diameter = found
+    assert abs(centroid_y - 80) < 3 and abs(centroid_x - 80) < 3
+    wbc = smear_segmentation.cells.query("cell_type == 'wbc'").iloc[0]
+    assert diameter == pytest.approx(wbc["crop_diameter_px"], rel=0.1)
+    assert central_stained_object(np.full((50, 50, 3), 0.9, dtype=np.float32)) is None
+
+
+# --- fluorescence ----------------------------------------------------------------------------
+
+
+def test_fluorescence_default_mapping_green_leukocyte_red_platelet():
+    segmentation = segment_frame(fluorescence_scene())
+    assert segmentation.modality == "fluorescence"
+    assert type_at(segmentation, 30, 30) == "wbc"
+    assert type_at(segmentation, 50, 90) == "platelet"
+    assert len(segmentation.cells) == 2
+    assert_table_invariants(segmentation)
+
+
+def test_fluorescence_swapped_mapping_swaps_types():
+    segmentation = segment_frame(
+        fluorescence_scene(), "fluorescence", channels={"leukocyte": 0, "platelet": 1}
+    )
+    assert type_at(segmentation, 30, 30) == "platelet"
+    assert type_at(segmentation, 50, 90) == "wbc"
+
+
+def test_fluorescence_leukocyte_wins_overlap():
+    image = np.zeros((60, 60, 3), dtype=np.float32)
+    image[disk((30, 30), 6) + (1,)] = 0.5
+    image[disk((30, 30), 6) + (0,)] = 0.5
+    segmentation = segment_frame(image, "fluorescence")
+    assert segmentation.cells["cell_type"].tolist() == ["wbc"]
+
+
+def test_single_channel_fluorescence_is_leukocytes():
+    image = fluorescence_scene()[..., 1:2]
+    segmentation = segment_frame(image)
+    assert segmentation.cells["cell_type"].tolist() == ["wbc"]
+
+
+# --- empty and bad input ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "modality"),
+    [
+        (np.zeros((40, 50, 3), np.float32), "auto"),
+        (np.zeros((40, 50, 3), np.float32), "smear"),
+        (np.zeros((40, 50, 3), np.float32), "fluorescence"),
+        (np.full((40, 50, 3), 0.7, np.float32), "smear"),
+        (np.full((40, 50, 1), 0.3, np.float32), "auto"),
+        (np.full((40, 50, 3), BACKGROUND, np.float32), "smear"),
+        (np.ones((1, 1, 3), np.float32), "smear"),
+        (np.ones((1, 1, 1), np.float32), "auto"),
+        (np.zeros((0, 5, 3), np.float32), "auto"),
+    ],
+)
+def test_featureless_frames_give_empty_segmentation(frame, modality):
+    assert_empty(segment_frame(frame, modality), frame.shape[:2])
+
+
+@pytest.mark.parametrize(
+    ("frame", "kwargs", "message"),
+    [
+        (np.zeros((10, 10)), {}, "dimension"),
+        (np.zeros((2, 10, 10, 3)), {}, "dimension"),
+        (np.full((10, 10, 3), np.nan), {}, "NaN"),
+        (np.zeros((10, 10, 1)), {"modality": "smear"}, "RGB"),
+        (np.zeros((10, 10, 3)), {"modality": "brightfield"}, "modality"),
+        (
+            np.zeros((10, 10, 3)),
+            {"modality": "fluorescence", "channels": {"leukocyte": 3}},
+            "range",
+        ),
+        (np.zeros((10, 10, 3)), {"modality": "fluorescence", "channels": {"nucleus": 0}}, "role"),
+        (np.zeros((10, 10, 3)), {"modality": "smear", "params": FluorescenceParams()}, "params"),
+        (np.zeros((10, 10, 3)), {"pixel_size_um": 0.0}, "pixel_size_um"),
+    ],
+)
+def test_bad_input_raises_input_image_error(frame, kwargs, message):
+    with pytest.raises(InputImageError, match=message):
+        segment_frame(frame, **kwargs)
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (DATA_DIR / "bccd").is_dir(), reason="shared/data/bccd not available")
+@pytest.mark.parametrize("image_index", [0, 1])
+def test_real_bccd_frame_finds_the_annotated_wbc(image_index):
+    bccd = DATA_DIR / "bccd"
+    name = f"BloodImage_{image_index:05d}.jpg"
+    rgb = skimage.io.imread(bccd / "JPEGImages" / name)[..., :3].astype(np.float32) / 255
+    segmentation = segment_frame(rgb)
+    assert segmentation.modality == "smear"
+    assert_table_invariants(segmentation)
+    boxes = pd.read_csv(bccd / "bccd_objects.csv").query("image == @name")
+    wbc_box = boxes[boxes["cell_type"] == "WBC"].iloc[0]
+    wbcs = segmentation.cells[segmentation.cells["cell_type"] == "wbc"]
+    assert len(wbcs) == 1
+    assert wbc_box["xmin"] <= wbcs["centroid_x"].iloc[0] <= wbc_box["xmax"]
+    assert wbc_box["ymin"] <= wbcs["centroid_y"].iloc[0] <= wbc_box["ymax"]
+    n_rbc = int((segmentation.cells["cell_type"] == "rbc").sum())
+    assert 0.5 * (boxes["cell_type"] == "RBC").sum() <= n_rbc <= 3 * len(boxes)
