@@ -1,0 +1,113 @@
+"""Classifying crops with a trained model (probabilities, calibrated, with "uncertain")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ModelError
+from .model_files import ModelMetadata, load_keras_model, read_metadata, resolve_model_path
+
+UNCERTAIN = "uncertain"
+PREDICT_BATCH = 256
+
+
+class CellClassifier:
+    """A model file ready to classify crops.
+
+    The metadata is read at once (cheap); TensorFlow is imported and the network
+    loaded on first use.
+    """
+
+    def __init__(self, model: str | Path = "default"):
+        self.path = resolve_model_path(model)
+        self.metadata: ModelMetadata = read_metadata(self.path)
+        self._model = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.metadata.input_size
+
+    @property
+    def crop_scale(self) -> float:
+        return self.metadata.crop_scale
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def _keras_model(self):
+        if self._model is None:
+            model = load_keras_model(self.path)
+            expected = (None, self.input_size, self.input_size, 3)
+            if tuple(model.input_shape) != expected or model.output_shape[-1] != len(self.classes):
+                raise ModelError(
+                    f"{self.path}: network shape {model.input_shape} → {model.output_shape} "
+                    f"does not match its metadata ({self.input_size} px input, "
+                    f"{len(self.classes)} classes)"
+                )
+            self._model = model
+        return self._model
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities (N, K) for crops (N, S, S, 3) in [0, 1]."""
+        crops = np.asarray(crops, dtype=np.float32)
+        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ModelError(
+                f"crops of shape {crops.shape[1:]} do not fit model {self.name} "
+                f"(expects {self.input_size}×{self.input_size}×3)"
+            )
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        model = self._keras_model()
+        probabilities = np.concatenate(
+            [
+                np.asarray(model.predict_on_batch(crops[i : i + PREDICT_BATCH]))
+                for i in range(0, len(crops), PREDICT_BATCH)
+            ]
+        )
+        return apply_temperature(probabilities, self.metadata.temperature)
+
+    def classify(self, crops: np.ndarray, uncertain_threshold: float | None = None) -> pd.DataFrame:
+        """Per crop: ``cell_class``, ``confidence`` and ``p_<class>`` columns.
+
+        ``cell_class`` is the most probable class, or ``"uncertain"`` when its
+        probability is below the threshold (default: the model's own).
+        """
+        threshold = (
+            self.metadata.uncertain_threshold
+            if uncertain_threshold is None
+            else uncertain_threshold
+        )
+        return decide(self.predict_proba(crops), self.classes, threshold)
+
+
+def decide(
+    probabilities: np.ndarray, classes: list[str], uncertain_threshold: float
+) -> pd.DataFrame:
+    """Turn probabilities (N, K) into a table: argmax class (or "uncertain"), confidence, p_*."""
+    probabilities = np.asarray(probabilities, dtype=float).reshape(-1, len(classes))
+    best = probabilities.argmax(axis=1)
+    confidence = probabilities[np.arange(len(best)), best]
+    names = np.array(classes, dtype=object)[best] if len(best) else np.array([], dtype=object)
+    cell_class = np.where(confidence >= uncertain_threshold, names, UNCERTAIN)
+    table = pd.DataFrame({"cell_class": cell_class.astype(object), "confidence": confidence})
+    for k, name in enumerate(classes):
+        table[f"p_{name}"] = probabilities[:, k]
+    return table
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale softmax probabilities by a temperature (T > 1 softens, T = 1 leaves them)."""
+    if temperature == 1.0:
+        return probabilities
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,0 +1,125 @@
+"""Model files: a Keras ``.keras`` archive with napari-bloodcell metadata inside.
+
+The metadata (classes, input size, crop scale, training split, calibration and
+the "uncertain" threshold) travels in the same zip archive as an extra member
+``napari_bloodcell.json``, so a model is always one file. Keras ignores the
+extra member; models load with Keras' safe mode on.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ModelError
+
+METADATA_MEMBER = "napari_bloodcell.json"
+DEFAULT_MODEL_NAME = "default"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelMetadata:
+    """What a model needs to be used correctly, stored inside its ``.keras`` file.
+
+    classes : class names, in softmax order (lower case).
+    input_size : side of the square RGB input crop, pixels.
+    crop_scale : crop side / stained cell diameter used to cut training crops.
+    architecture : ``"compact"`` or ``"coursework"``.
+    temperature : softmax temperature from calibration (1.0 = uncalibrated).
+    uncertain_threshold : below this confidence the answer is ``"uncertain"``.
+    version : model version string.
+    training : free-form record of the training run (data, split seed, epochs, metrics).
+    """
+
+    classes: list[str]
+    input_size: int
+    crop_scale: float
+    architecture: str
+    temperature: float = 1.0
+    uncertain_threshold: float = 0.5
+    version: str = "0"
+    training: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+def save_model(model, path: str | Path, metadata: ModelMetadata) -> Path:
+    """Save a Keras model and its metadata to one ``.keras`` file (written atomically)."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelError(f"{path}: model files must end in .keras")
+    tmp = path.with_name(f".{path.name}.tmp.keras")
+    model.save(tmp)
+    with zipfile.ZipFile(tmp, "a") as archive:
+        archive.writestr(METADATA_MEMBER, json.dumps(asdict(metadata), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Read only the metadata of a model file (fast, no TensorFlow)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = json.loads(archive.read(METADATA_MEMBER))
+    except zipfile.BadZipFile:
+        raise ModelError(f"{path}: not a Keras .keras model file (not a zip archive)") from None
+    except KeyError:
+        raise ModelError(
+            f"{path}: a Keras file without napari-bloodcell metadata (classes, input size); "
+            f"train it with `napari-bloodcell train`"
+        ) from None
+    except (json.JSONDecodeError, OSError) as exc:
+        raise ModelError(f"{path}: unreadable model metadata ({exc})") from None
+    try:
+        return ModelMetadata(**raw)
+    except TypeError as exc:
+        raise ModelError(f"{path}: incompatible model metadata ({exc})") from None
+
+
+def load_keras_model(path: str | Path):
+    """Load the Keras model of a model file with safe mode on (no custom code)."""
+    import keras
+
+    path = Path(path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a damaged or foreign file
+        raise ModelError(f"{path}: the Keras model cannot be loaded ({exc})") from None
+
+
+def packaged_models_dir() -> Path:
+    return Path(str(resources.files("napari_bloodcell.classification") / "models"))
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """Turn ``"default"``, a user model name or a path into a model file path."""
+    if str(model) == DEFAULT_MODEL_NAME:
+        path = packaged_models_dir() / f"{DEFAULT_MODEL_NAME}.keras"
+        if not path.is_file():
+            raise ModelError(
+                f"the packaged default model is missing ({path}); reinstall the package"
+            )
+        return path
+    path = Path(model)
+    if path.is_file():
+        return path
+    user_path = user_models_dir() / f"{model}.keras"
+    if user_path.is_file():
+        return user_path
+    raise ModelError(
+        f"model {str(model)!r} not found: expected 'default', a path to a .keras file, or the "
+        f"name of a model in {user_models_dir()}"
+    )
+
+
+def user_models_dir() -> Path:
+    """The per-user folder where fine-tuned models are kept (platformdirs)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-bloodcell")) / "models"

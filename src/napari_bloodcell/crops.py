@@ -1,0 +1,106 @@
+"""Cell crops normalised for scale and colour.
+
+A crop is a square window centred on a cell whose side is ``scale`` times the
+cell's stained diameter (for a WBC: its merged nucleus), resized to the model's
+input size. Because the window follows the cell's own size, a 100× CellaVision
+image and a 40× smear give comparable crops. Windows that run over the frame
+
+
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.transform import resize
+
+CROP_SCALE = 2.2
+"""Crop side / stained diameter: 2.2× the nucleus always contained the whole WBC on BCCD."""
+
+MIN_CROP_SIDE_PX = 8.0
+COLOUR_PERCENTILES = (1.0, 99.0)
+
+
+def crop_cells(
+    frame: np.ndarray,
+    centroids_yx: np.ndarray,
+    diameters_px: np.ndarray,
+    *,
+    size: int,
+    scale: float = CROP_SCALE,
+) -> np.ndarray:
+    """Cut one normalised crop per cell.
+
+    Parameters
+    ----------
+    frame : (Y, X, C) float array in [0, 1].
+    centroids_yx : (N, 2) cell centres in pixels (row, column).
+    diameters_px : (N,) stained diameter of each cell in pixels.
+    size : side of the output crops in pixels (the model input).
+    scale : crop side as a multiple of the diameter.
+
+    Returns
+    -------
+    (N, size, size, C) float32 crops, colour-normalised.
+    """
+    centroids_yx = np.asarray(centroids_yx, dtype=float).reshape(-1, 2)
+    diameters_px = np.asarray(diameters_px, dtype=float).reshape(-1)
+    crops = np.empty((len(centroids_yx), size, size, frame.shape[-1]), dtype=np.float32)
+    if len(crops) == 0:
+        return crops
+    sides = np.maximum(scale * diameters_px, MIN_CROP_SIDE_PX)
+    margin = int(np.ceil(sides.max() / 2)) + 1
+    padded = np.pad(frame, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
+    for i, ((cy, cx), side) in enumerate(zip(centroids_yx, sides, strict=True)):
+        y0 = int(round(cy - side / 2)) + margin
+        x0 = int(round(cx - side / 2)) + margin
+        side_px = int(round(side))
+        window = padded[y0 : y0 + side_px, x0 : x0 + side_px]
+        crops[i] = resize(window, (size, size), order=1, anti_aliasing=side_px > size)
+    return normalise_colour(crops)
+
+
+def crop_single_cell_image(
+    image: np.ndarray, *, size: int, scale: float = CROP_SCALE
+) -> np.ndarray:
+    """Re-crop a single-cell image (a training crop of any magnification) the way ``analyze`` does.
+
+    The stained object nearest the centre sets the window's centre and size, measured
+    as in segmentation; if nothing stained is found the whole image is used.
+
+    Parameters
+    ----------
+    image : (Y, X, 3) float RGB in [0, 1].
+
+    Returns
+    -------
+    (size, size, 3) float32 crop, colour-normalised.
+    """
+    from .segmentation import central_stained_object
+
+    found = central_stained_object(image)
+    if found is None:
+        height, width = image.shape[:2]
+        centre, diameter = ((height - 1) / 2, (width - 1) / 2), min(height, width) / scale
+    else:
+        centre, diameter = found[:2], found[2]
+    return crop_cells(image, np.array([centre]), np.array([diameter]), size=size, scale=scale)[0]
+
+
+def normalise_colour(crops: np.ndarray) -> np.ndarray:
+    """White-balance and contrast-stretch each crop (float32, (N, Y, X, C) in [0, 1]).
+
+    Each channel is divided by its 99th percentile (the bright background becomes
+    white, removing illumination colour and camera gain), then all channels share
+    one linear stretch from the crop's 1st percentile to 1. Sharing the stretch
+    keeps the stain's hue, which separates e.g. eosinophil granules from neutrophil
+    ones; differences of stain strength between microscopes are reduced.
+    """
+    crops = np.asarray(crops, dtype=np.float32)
+    low_pct, high_pct = COLOUR_PERCENTILES
+    white = np.percentile(crops, high_pct, axis=(1, 2), keepdims=True)
+    balanced = np.divide(crops, white, out=np.zeros_like(crops), where=white > 1e-6)
+    balanced = np.clip(balanced, 0.0, 1.0)
+    low = np.percentile(balanced, low_pct, axis=(1, 2, 3), keepdims=True)
+    span = 1.0 - low
+    stretched = np.divide(balanced - low, span, out=np.zeros_like(crops), where=span > 1e-6)
+    return np.clip(stretched, 0.0, 1.0)

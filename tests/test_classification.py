@@ -1,0 +1,176 @@
+"""Classifier: architectures, model files, training that learns, inference and scoring."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from napari_bloodcell.classification.datasets import (
+    find_labelled_files,
+    load_crop_dataset,
+    split_by_source,
+)
+from napari_bloodcell.classification.evaluation import classification_metrics, evaluate_classifier
+from napari_bloodcell.classification.inference import (
+    UNCERTAIN,
+    CellClassifier,
+    apply_temperature,
+    decide,
+)
+from napari_bloodcell.classification.model_files import (
+    ModelMetadata,
+    read_metadata,
+    resolve_model_path,
+    save_model,
+)
+from napari_bloodcell.errors import DatasetError, ModelError
+
+from .helpers import write_crop_folder
+
+
+def test_coursework_network_is_the_seed_architecture():
+    from napari_bloodcell.classification.architectures import build_model
+
+    model = build_model("coursework", 4)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.output_shape == (None, 4)
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert len(convs) == 1 + 9 * 4  # stem + 9 bottleneck blocks × (3 convs + projection)
+    assert convs[0].kernel_size == (7, 7) and convs[0].strides == (2, 2)
+    assert sorted(c.filters for c in convs[-4:]) == [256, 256, 1024, 1024]
+    assert 7.0e6 < model.count_params() < 8.0e6
+
+
+def test_compact_network_is_small():
+    from napari_bloodcell.classification.architectures import build_model
+
+    model = build_model("compact", 8)
+    assert model.input_shape == (None, 64, 64, 3)
+    assert 0.5e6 < model.count_params() < 1.0e6
+
+
+def test_model_file_round_trip_keeps_weights_and_metadata(tmp_path):
+    from napari_bloodcell.classification.architectures import build_model
+    from napari_bloodcell.classification.model_files import load_keras_model
+
+    model = build_model("compact", 3, 32)
+    metadata = ModelMetadata(
+        classes=["a", "b", "c"], input_size=32, crop_scale=2.2, architecture="compact"
+    )
+    path = save_model(model, tmp_path / "m.keras", metadata)
+    assert read_metadata(path) == metadata
+    crops = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        load_keras_model(path).predict_on_batch(crops), model.predict_on_batch(crops), atol=1e-6
+    )
+
+
+def test_training_learns_a_separable_task(tiny_model, tiny_heldout):
+    metrics, _ = evaluate_classifier([tiny_heldout], tiny_model)
+    assert metrics["n"] == 40
+    assert metrics["accuracy"] >= 0.8  # chance is 0.5; these images were never trained on
+    training = read_metadata(tiny_model).training
+    assert not set(training["validation_sources"]) & set(training["test_sources"])
+    assert training["config"]["seed"] == 0
+
+
+def test_history_csv_is_written_next_to_the_model(tiny_model):
+    history = tiny_model.with_name(f"{tiny_model.stem}_history.csv").read_text().splitlines()
+    assert history[0].split(",")[:3] == ["epoch", "accuracy", "loss"]
+    assert len(history) >= 2
+
+
+def test_classifier_outputs_probabilities_and_uncertain(tiny_model, tiny_heldout):
+    classifier = CellClassifier(tiny_model)
+    data = load_crop_dataset([tiny_heldout], size=32, scale=2.2, classes=classifier.classes)
+    table = classifier.classify(data.images / 255.0, uncertain_threshold=1.01)
+    assert (table["cell_class"] == UNCERTAIN).all()
+    np.testing.assert_allclose(table[["p_lobed", "p_round"]].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_decide_never_maps_uncertain_cells_to_the_first_class():
+    """The seed rounded probabilities before argmax: unsure cells silently became class 0."""
+    table = decide(np.array([[0.2, 0.45, 0.35], [0.05, 0.9, 0.05]]), ["a", "b", "c"], 0.5)
+    assert table["cell_class"].tolist() == [UNCERTAIN, "b"]
+    assert table["confidence"].tolist() == pytest.approx([0.45, 0.9])
+
+
+def test_temperature_softens_probabilities():
+    p = np.array([[0.9, 0.1]])
+    softened = apply_temperature(p, 2.0)
+    assert softened[0, 0] < 0.9 and softened.sum() == pytest.approx(1.0)
+    np.testing.assert_array_equal(apply_temperature(p, 1.0), p)
+
+
+def test_split_is_by_source_and_seeded(tmp_path):
+    data = write_crop_folder(tmp_path, n_per_class=30, seed=1, n_sources=10)
+    dataset = load_crop_dataset([data], size=16, scale=2.2, workers=1)
+    train, val, test = split_by_source(dataset, (0.2, 0.2), seed=3)
+    parts = [set(dataset.sources[i]) for i in (train, val, test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    again = split_by_source(dataset, (0.2, 0.2), seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+
+
+def test_metrics_on_known_predictions():
+    metrics = classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, -1]), ["a", "b"])
+    assert metrics["accuracy"] == 0.5
+    assert metrics["uncertain_rate"] == 0.25
+    assert metrics["per_class"]["b"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert metrics["confusion_matrix"] == [[1, 1], [0, 1]]
+
+
+def test_unknown_class_folders_are_refused_unless_ignored(tmp_path):
+    write_crop_folder(tmp_path, n_per_class=2, seed=0)
+    with pytest.raises(DatasetError, match="not one of the model's classes"):
+        find_labelled_files([tmp_path], ["round", "platelet"])
+    found, _ = find_labelled_files([tmp_path], ["round", "platelet"], ignore_unknown=True)
+    assert {c for _, c, _ in found} == {"round"}
+
+
+def test_folder_names_match_case_insensitively(tmp_path):
+    write_crop_folder(tmp_path, n_per_class=1, seed=0)
+    (tmp_path / "round").rename(tmp_path / "Round")
+    found, names = find_labelled_files([tmp_path], ["lobed", "round"])
+    assert {c for _, c, _ in found} == {"lobed", "round"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a Keras"),
+        (b"garbage bytes", "not a Keras"),
+        (None, "without napari-bloodcell metadata"),
+    ],
+)
+def test_bad_model_files_are_refused_clearly(tmp_path, content, message):
+    path = tmp_path / "bad.keras"
+    if content is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("config.json", json.dumps({}))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        CellClassifier(path)
+
+
+def test_truncated_model_file_is_refused(tiny_model, tmp_path):
+    data = tiny_model.read_bytes()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.keras"):
+        CellClassifier(cut).predict_proba(np.zeros((1, 32, 32, 3)))
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(ModelError, match="expected 'default'"):
+        resolve_model_path("no-such-model")
+
+
+def test_the_default_model_ships_with_its_metadata():
+    metadata = read_metadata(resolve_model_path("default"))
+    assert {"neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil", "platelet"} <= set(
+        metadata.classes
+    )
+    assert resolve_model_path("default").stat().st_size < 15e6

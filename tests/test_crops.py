@@ -1,0 +1,67 @@
+"""Crops: centred, scale-normalised, reflect-padded at borders, colour-normalised."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_bloodcell.crops import crop_cells, crop_single_cell_image, normalise_colour
+
+
+def _frame_with_disk(shape, centre, radius):
+    frame = np.full((*shape, 3), 0.9, dtype=np.float32)
+    frame[disk(centre, radius, shape=shape)] = (0.35, 0.2, 0.6)
+    return frame
+
+
+def test_crop_side_follows_cell_size_so_scales_match():
+    """The same cell drawn at two magnifications gives nearly the same crop."""
+    small = _frame_with_disk((200, 200), (100, 100), 10)
+    large = _frame_with_disk((800, 800), (400, 400), 40)
+    crop_small = crop_cells(small, [[100, 100]], [20], size=32)[0]
+    crop_large = crop_cells(large, [[400, 400]], [80], size=32)[0]
+    assert crop_small.shape == (32, 32, 3)
+    assert np.abs(crop_small - crop_large).mean() < 0.05
+
+
+def test_crop_is_centred_on_the_cell():
+    frame = _frame_with_disk((200, 300), (60, 220), 12)
+    crop = crop_cells(frame, [[60, 220]], [24], size=33)[0]
+    dark = crop.sum(axis=-1) < crop.sum(axis=-1).mean()
+    ys, xs = np.nonzero(dark)
+    assert abs(ys.mean() - 16) < 1.5 and abs(xs.mean() - 16) < 1.5
+
+
+def test_border_crops_are_reflect_padded_not_black():
+    frame = _frame_with_disk((100, 100), (2, 97), 8)
+    crop = crop_cells(frame, [[2, 97]], [16], size=32)[0]
+    assert crop.shape == (32, 32, 3)
+    dark = crop.sum(axis=-1) < 1.5
+    # The frame edge (row 0) falls at crop row ~14; above it, reflection mirrors the cell.
+    assert dark[:12].sum() > 0.5 * dark[17:].sum() > 0
+    corners = crop[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert corners.min() > 0.5  # bright background everywhere, no black padding
+
+
+def test_no_cells_gives_an_empty_batch():
+    frame = _frame_with_disk((50, 50), (25, 25), 5)
+    assert crop_cells(frame, np.zeros((0, 2)), np.zeros(0), size=16).shape == (0, 16, 16, 3)
+
+
+def test_colour_normalisation_removes_gain_and_tint_but_keeps_hue():
+    rng = np.random.default_rng(0)
+    crop = _frame_with_disk((40, 40), (20, 20), 8)[None] + rng.normal(0, 0.01, (1, 40, 40, 3))
+    tinted = np.clip(crop * np.array([0.7, 0.8, 0.6]), 0, 1)
+    a, b = normalise_colour(crop), normalise_colour(tinted)
+    assert np.abs(a - b).mean() < 0.03
+    centre = a[0, 20, 20]
+    assert centre[2] > centre[1]  # the purple nucleus stays bluer than green
+
+
+def test_single_cell_images_are_recropped_around_the_stained_object():
+    image = _frame_with_disk((240, 240), (100, 140), 30)
+    crop = crop_single_cell_image(image, size=32)
+    dark = crop.sum(axis=-1) < crop.sum(axis=-1).mean()
+    ys, xs = np.nonzero(dark)
+    assert abs(ys.mean() - 15.5) < 2 and abs(xs.mean() - 15.5) < 2
+    # the nucleus fills about 1 / 2.2 of the side
+    assert dark.sum() == pytest.approx(np.pi * (32 / 2.2 / 2) ** 2, rel=0.35)
