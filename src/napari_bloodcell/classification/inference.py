@@ -14,17 +14,15 @@ UNCERTAIN = "uncertain"
 PREDICT_BATCH = 256
 
 
-class CellClassifier:
-    """A model file ready to classify crops.
+class ModelFileClassifier:
+    """What every classifier of a model file shares: metadata and the decision rule.
 
-    The metadata is read at once (cheap); TensorFlow is imported and the network
-    loaded on first use.
+    Subclasses implement :meth:`predict_proba`.
     """
 
     def __init__(self, model: str | Path = "default"):
         self.path = resolve_model_path(model)
         self.metadata: ModelMetadata = read_metadata(self.path)
-        self._model = None
 
     @property
     def classes(self) -> list[str]:
@@ -41,6 +39,34 @@ class CellClassifier:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def classify(self, crops: np.ndarray, uncertain_threshold: float | None = None) -> pd.DataFrame:
+        """Per crop: ``cell_class``, ``confidence`` and ``p_<class>`` columns.
+
+        ``cell_class`` is the most probable class, or ``"uncertain"`` when its
+        probability is below the threshold (default: the model's own).
+        """
+        threshold = (
+            self.metadata.uncertain_threshold
+            if uncertain_threshold is None
+            else uncertain_threshold
+        )
+        return decide(self.predict_proba(crops), self.classes, threshold)
+
+
+class CellClassifier(ModelFileClassifier):
+    """A model file ready to classify crops in this process.
+
+    The metadata is read at once (cheap); TensorFlow is imported and the network
+    loaded on first use.
+    """
+
+    def __init__(self, model: str | Path = "default"):
+        super().__init__(model)
+        self._model = None
 
     def _keras_model(self):
         if self._model is None:
@@ -73,19 +99,6 @@ class CellClassifier:
             ]
         )
         return apply_temperature(probabilities, self.metadata.temperature)
-
-    def classify(self, crops: np.ndarray, uncertain_threshold: float | None = None) -> pd.DataFrame:
-        """Per crop: ``cell_class``, ``confidence`` and ``p_<class>`` columns.
-
-        ``cell_class`` is the most probable class, or ``"uncertain"`` when its
-        probability is below the threshold (default: the model's own).
-        """
-        threshold = (
-            self.metadata.uncertain_threshold
-            if uncertain_threshold is None
-            else uncertain_threshold
-        )
-        return decide(self.predict_proba(crops), self.classes, threshold)
 
 
 def decide(

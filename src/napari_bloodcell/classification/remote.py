@@ -1,0 +1,86 @@
+"""Running the classifier in a separate worker process.
+
+TensorFlow and Mesa's software OpenGL (llvmpipe) segfault when they share a process
+with a shown napari viewer (measured; both import orders). :class:`RemoteClassifier`
+has the same interface as :class:`~.inference.CellClassifier` — ``classes``,
+``input_size``, ``crop_scale``, ``metadata``, ``predict_proba``, ``classify`` — but
+reads only the model's metadata in the calling process and runs TensorFlow in a
+freshly *spawned* child process (no inherited OpenGL or Qt state), which loads the
+network once and serves every call after. The napari widgets always use it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from .inference import ModelFileClassifier
+
+_worker_classifier = None
+
+
+def _load_in_worker(path: str) -> None:
+    """Process initialiser: load the network once per worker process."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .inference import CellClassifier
+
+    global _worker_classifier
+    _worker_classifier = CellClassifier(path)
+
+
+def _predict_in_worker(crops: np.ndarray) -> np.ndarray:
+    return _worker_classifier.predict_proba(crops)
+
+
+class RemoteClassifier(ModelFileClassifier):
+    """A classifier whose TensorFlow runs in a spawned worker process.
+
+    Use as a context manager (or call :meth:`close`) to stop the worker.
+    """
+
+    def __init__(self, model: str | Path = "default"):
+        super().__init__(model)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_load_in_worker,
+                initargs=(str(self.path),),
+            )
+        return self._pool
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, K), computed in the worker process."""
+        crops = np.ascontiguousarray(crops, dtype=np.float32)
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        try:
+            return self._executor().submit(_predict_in_worker, crops).result()
+        except BrokenProcessPool as exc:
+            self.close()
+            raise ModelError(
+                f"{self.path}: the classifier worker process died ({exc}); "
+                f"the next call starts a new one"
+            ) from None
+
+    def close(self) -> None:
+        """Stop the worker process (a later call starts a new one)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> RemoteClassifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
