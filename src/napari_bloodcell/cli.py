@@ -1,0 +1,237 @@
+"""Command line: ``napari-bloodcell analyze | train | evaluate | predict | demo``.
+
+Every user error (bad file, bad option, existing results, incompatible model)
+prints one line ``napari-bloodcell: error: …`` naming the file and the problem
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import BloodcellError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.run(args)
+    except BloodcellError as exc:
+        print(f"napari-bloodcell: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("napari-bloodcell: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-bloodcell",
+        description="Segment, classify and count blood cells in smears and time-lapses.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser("analyze", help="segment and classify cells in image files")
+    analyze.add_argument("inputs", nargs="+", type=Path, help="JPEG/PNG/TIFF frames or stacks")
+    analyze.add_argument("--out", type=Path, required=True, help="output folder")
+    analyze.add_argument("--modality", choices=["auto", "smear", "fluorescence"], default="auto")
+    analyze.add_argument(
+        "--model", default="default", help="'default', a .keras path or a user model name"
+    )
+    analyze.add_argument("--no-classify", action="store_true", help="segment only, no CNN")
+    analyze.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel")
+    analyze.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="ROLE=INDEX",
+        help="fluorescence channel mapping, e.g. --channel neutrophil=1 --channel platelet=0",
+    )
+    analyze.add_argument(
+        "--axes", help="axis order of the inputs when it cannot be inferred, e.g. TYXC"
+    )
+    analyze.add_argument(
+        "--uncertain-threshold",
+        type=float,
+        metavar="P",
+        help="confidence below which a cell is 'uncertain' (default: the model's)",
+    )
+    analyze.add_argument(
+        "--max-overlays", type=int, default=10, help="overlay PNGs per input (first frames)"
+    )
+    analyze.add_argument(
+        "--overwrite", action="store_true", help="replace existing results in --out"
+    )
+    analyze.set_defaults(run=_run_analyze)
+
+    train = commands.add_parser("train", help="train a crop classifier from class folders")
+    train.add_argument(
+        "data_dirs", nargs="+", type=Path, help="folders with one sub-folder per class"
+    )
+    train.add_argument("--out", type=Path, required=True, help="model file to write (.keras)")
+    train.add_argument("--arch", choices=["compact", "coursework"], default="compact")
+    train.add_argument(
+        "--input-size", type=int, help="crop side in pixels (default per architecture)"
+    )
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--patience", type=int, default=5)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--normalization", choices=["batch", "group"], default="batch")
+    train.add_argument("--overwrite", action="store_true")
+    train.set_defaults(run=_run_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on class folders")
+    evaluate.add_argument("data_dirs", nargs="+", type=Path)
+    evaluate.add_argument("--model", default="default")
+    evaluate.add_argument(
+        "--out", type=Path, required=True, help="folder for metrics.json and plots"
+    )
+    evaluate.add_argument(
+        "--ignore-unknown", action="store_true", help="skip class folders the model does not know"
+    )
+    evaluate.set_defaults(run=_run_evaluate)
+
+    predict = commands.add_parser("predict", help="classify single-cell crop images")
+    predict.add_argument("inputs", nargs="+", type=Path, help="crop images or folders of them")
+    predict.add_argument("--model", default="default")
+    predict.add_argument(
+        "--out", type=Path, required=True, help="table to write (.csv or .parquet)"
+    )
+    predict.add_argument("--overwrite", action="store_true")
+    predict.set_defaults(run=_run_predict)
+
+    demo = commands.add_parser("demo", help="run the pipeline on generated data with known answers")
+    demo.add_argument("--out", type=Path, default=Path("bloodcell-demo"))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def parse_channels(specs: list[str]) -> dict[str, int] | None:
+    """``["neutrophil=1", "platelet=0"]`` → ``{"neutrophil": 1, "platelet": 0}``."""
+    if not specs:
+        return None
+    channels: dict[str, int] = {}
+    for spec in specs:
+        role, _, index = spec.partition("=")
+        if not role or not index.strip().isdigit():
+            raise BloodcellError(f"--channel {spec!r}: expected ROLE=INDEX, e.g. platelet=0")
+        channels[role.strip().lower()] = int(index)
+    return channels
+
+
+def _run_analyze(args) -> int:
+    from .batch import analyze_files
+    from .pipeline import AnalysisSettings
+    from .table import summarise
+
+    if args.pixel_size is not None and args.pixel_size <= 0:
+        raise BloodcellError(f"--pixel-size must be positive, got {args.pixel_size}")
+    settings = AnalysisSettings(
+        modality=args.modality,
+        channels=parse_channels(args.channel),
+        pixel_size_um=args.pixel_size,
+        uncertain_threshold=args.uncertain_threshold,
+    )
+    summary = analyze_files(
+        args.inputs,
+        args.out,
+        settings,
+        model=None if args.no_classify else args.model,
+        axes=args.axes,
+        overwrite=args.overwrite,
+        max_overlays=args.max_overlays,
+        on_frame=_terminal_progress,
+    )
+    for path, message in summary.failures.items():
+        print(
+            f"napari-bloodcell: error: {message if path in message else f'{path}: {message}'}",
+            file=sys.stderr,
+        )
+    if summary.processed:
+        print(
+            f"\n{len(summary.processed)} input(s), {summary.n_frames} frame(s), "
+            f"{len(summary.table)} cells, {1000 * summary.seconds_per_frame:.0f} ms/frame "
+            f"({', '.join(sorted(set(summary.modalities.values())))})"
+        )
+        print(summarise(summary.table).to_string(index=False))
+        print(f"results in {summary.out}/")
+    return EXIT_USER_ERROR if summary.failures else 0
+
+
+def _terminal_progress(source: str, t: int, n: int) -> None:
+    if n > 1 and sys.stderr.isatty():
+        print(f"\r{source}: frame {t + 1}/{n}", end="" if t + 1 < n else "\n", file=sys.stderr)
+
+
+def _run_train(args) -> int:
+    from .classification.training import TrainingConfig, describe, train_classifier
+
+    if args.out.exists() and not args.overwrite:
+        raise BloodcellError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.out.suffix != ".keras":
+        raise BloodcellError(f"{args.out}: the model file must end in .keras")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    config = TrainingConfig(
+        architecture=args.arch,
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        seed=args.seed,
+        normalization=args.normalization,
+    )
+    result = train_classifier(args.data_dirs, args.out, config)
+    print(describe(result))
+    return 0
+
+
+def _run_evaluate(args) -> int:
+    from .classification.evaluation import evaluate_classifier, write_evaluation
+
+    metrics, _ = evaluate_classifier(args.data_dirs, args.model, ignore_unknown=args.ignore_unknown)
+    written = write_evaluation(metrics, args.out)
+    print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1")}, indent=2))
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def _run_predict(args) -> int:
+    from .classification.prediction import predict_files
+
+    if args.out.exists() and not args.overwrite:
+        raise BloodcellError(f"{args.out} exists; pass --overwrite to replace it")
+    table = predict_files(args.inputs, args.model)
+    from .table import write_table
+
+    write_table(table, args.out)
+    print(table["cell_class"].value_counts().to_string())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, seed=args.seed, overwrite=args.overwrite)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Overlay images: cell outlines coloured by class on the frame, for a quick visual check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from skimage.segmentation import find_boundaries
+
+from .classes import class_colour
+
+MIN_OVERLAY_WIDTH_PX = 640
+DPI = 100
+
+
+def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """Draw each cell's outline in its class colour on the frame.
+
+    frame : (Y, X, C) float in [0, 1] (C = 1 or 3; other channel counts use the first 3 / grey).
+    labels : (Y, X) instance labels; table : rows of this frame (``label``, ``cell_class``).
+    Returns (Y, X, 3) uint8 RGB.
+    """
+    rgb = frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame[..., :1], 3, axis=-1)
+    out = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    if table.empty:
+        return out
+    colour_of_label = np.zeros((int(labels.max()) + 1, 3), dtype=np.uint8)
+    for label, cell_class in zip(table["label"], table["cell_class"], strict=True):
+        colour_of_label[int(label)] = _hex_to_rgb(class_colour(cell_class))
+    edges = find_boundaries(labels, mode="inner")
+    out[edges] = colour_of_label[labels[edges]]
+    return out
+
+
+def save_overlay_png(
+    path: Path, frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame
+) -> Path:
+    """Save an overlay as PNG; cells classified by the CNN get their class and confidence
+    written next to them. Small frames are enlarged so the text stays readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = render_overlay(frame, labels, table)
+    height, width = image.shape[:2]
+    inches_per_px = max(1.0, MIN_OVERLAY_WIDTH_PX / width) / DPI
+    fig = plt.figure(figsize=(width * inches_per_px, height * inches_per_px), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
+    for row in annotated.itertuples():
+        text = f"{row.cell_class} {row.confidence:.2f}"
+        ax.text(
+            row.bbox_x0,
+            max(row.bbox_y0 - 3, 8),
+            text,
+            color=class_colour(row.cell_class),
+            fontsize=8,
+            fontweight="bold",
+            bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
+        )
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=DPI)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
+    colour = colour.lstrip("#")
+    return tuple(int(colour[i : i + 2], 16) for i in (0, 2, 4))

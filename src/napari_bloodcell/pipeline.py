@@ -1,0 +1,190 @@
+"""The whole pipeline on one frame or a stack: segment → crop → classify → table.
+
+Functions here take canonical arrays (see :mod:`napari_bloodcell.reading`) and
+return label images and the per-cell table (:mod:`napari_bloodcell.table`). The
+CLI and the napari widgets call them; nothing here knows about files or Qt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .crops import crop_cells
+from .errors import InputImageError
+from .segmentation import Segmentation, segment_frame
+from .table import BASE_COLUMNS, add_physical_units, cell_columns
+
+CNN_CELL_TYPES = ("wbc", "platelet")
+"""Cell types whose class comes from the CNN on smears; red cells are labelled ``rbc``."""
+
+PLATELET_ROLES = ("platelet", "platelets")
+
+
+@dataclass
+class AnalysisSettings:
+    """How to analyse frames.
+
+    modality : ``"auto"``, ``"smear"`` or ``"fluorescence"``.
+    channels : fluorescence only, cell role → channel index, e.g.
+        ``{"neutrophil": 1, "platelet": 0}``. A role named ``platelet`` is segmented
+        as platelets, any other role as leukocytes; the role name becomes ``cell_class``.
+    pixel_size_um : µm per pixel, or None (pixel defaults tuned on BCCD frames).
+    uncertain_threshold : confidence below which ``cell_class`` is ``"uncertain"``
+        (None: the model's own threshold).
+    """
+
+    modality: str = "auto"
+    channels: Mapping[str, int] | None = None
+    pixel_size_um: float | None = None
+    uncertain_threshold: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class FrameResult:
+    """Result of one frame: (Y, X) uint32 labels, its table rows, the modality used, seconds."""
+
+    labels: np.ndarray
+    table: pd.DataFrame
+    modality: str
+    seconds: float
+
+
+def analyze_frame(
+    frame: np.ndarray,
+    classifier=None,
+    settings: AnalysisSettings | None = None,
+    *,
+    frame_index: int = 0,
+    source: str = "",
+) -> FrameResult:
+    """Segment and classify one (Y, X, C) float frame in [0, 1].
+
+    ``classifier`` is a :class:`~napari_bloodcell.classification.inference.CellClassifier`
+    (or anything with ``classes``, ``input_size``, ``crop_scale`` and ``classify``);
+    None skips the CNN (``cell_class`` then repeats ``cell_type``).
+    """
+    settings = settings or AnalysisSettings()
+    started = time.perf_counter()
+    segmentation = segment_frame(
+        frame,
+        settings.modality,
+        channels=_segmentation_channels(settings.channels),
+        pixel_size_um=settings.pixel_size_um,
+    )
+    classes = list(classifier.classes) if classifier is not None else []
+    table = _cells_table(segmentation, classes, source, frame_index)
+    if segmentation.modality == "fluorescence":
+        table["cell_class"] = _fluorescence_classes(segmentation, settings.channels)
+    elif classifier is not None:
+        _classify_into(table, frame, segmentation, classifier, settings.uncertain_threshold)
+    table = add_physical_units(table, settings.pixel_size_um)
+    return FrameResult(
+        segmentation.labels, table, segmentation.modality, time.perf_counter() - started
+    )
+
+
+def iter_analyze_stack(
+    stack: np.ndarray,
+    classifier=None,
+    settings: AnalysisSettings | None = None,
+    *,
+    source: str = "",
+) -> Iterator[FrameResult]:
+    """Analyse a (T, Y, X, C) stack frame by frame, yielding each :class:`FrameResult`.
+
+    Being a generator, the caller can report progress or stop between frames.
+    """
+    if stack.ndim != 4:
+        raise InputImageError(
+            f"{source or 'stack'}: expected (T, Y, X, C), got shape {stack.shape}"
+        )
+    for t in range(stack.shape[0]):
+        yield analyze_frame(
+            np.asarray(stack[t]), classifier, settings, frame_index=t, source=source
+        )
+
+
+def analyze_stack(stack, classifier=None, settings=None, *, source: str = ""):
+    """Analyse a (T, Y, X, C) stack: returns (T, Y, X) uint32 labels and the table of all frames."""
+    results = list(iter_analyze_stack(stack, classifier, settings, source=source))
+    labels = np.stack([r.labels for r in results])
+    return labels, concat_tables([r.table for r in results])
+
+
+def concat_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-frame tables, keeping columns and dtypes when some are empty."""
+    non_empty = [t for t in tables if len(t)]
+    if not non_empty:
+        return tables[0].iloc[0:0] if tables else pd.DataFrame(columns=BASE_COLUMNS)
+    return pd.concat(non_empty, ignore_index=True)
+
+
+def _cells_table(
+    segmentation: Segmentation, classes: list[str], source: str, frame_index: int
+) -> pd.DataFrame:
+    cells = segmentation.cells
+    table = pd.DataFrame(
+        {
+            "source": pd.Series([source] * len(cells), dtype=object),
+            "frame": np.full(len(cells), frame_index, dtype=np.int64),
+        }
+    )
+    for column in BASE_COLUMNS[2:]:
+        if column in cells:
+            table[column] = cells[column].to_numpy()
+    table["cell_class"] = cells["cell_type"].to_numpy().astype(object)
+    table["confidence"] = np.nan
+    for name in classes:
+        table[f"p_{name}"] = np.nan
+    return table[cell_columns(classes)]
+
+
+def _classify_into(table, frame, segmentation, classifier, uncertain_threshold) -> None:
+    """Classify WBC and platelet objects with the CNN, writing class columns in place."""
+    chosen = np.flatnonzero(table["cell_type"].isin(CNN_CELL_TYPES).to_numpy())
+    if len(chosen) == 0:
+        return
+    cells = segmentation.cells.iloc[chosen]
+    crops = crop_cells(
+        frame[..., :3],
+        cells[["centroid_y", "centroid_x"]].to_numpy(),
+        cells["crop_diameter_px"].to_numpy(),
+        size=classifier.input_size,
+        scale=classifier.crop_scale,
+    )
+    decided = classifier.classify(crops, uncertain_threshold)
+    for column in decided.columns:
+        table.loc[table.index[chosen], column] = decided[column].to_numpy()
+
+
+def _segmentation_channels(channels: Mapping[str, int] | None) -> dict[str, int] | None:
+    """User roles (``neutrophil``, ``platelet`` …) → segmentation roles (leukocyte/platelet)."""
+    if channels is None:
+        return None
+    mapped: dict[str, int] = {}
+    for role, index in channels.items():
+        key = "platelet" if role.lower() in PLATELET_ROLES else "leukocyte"
+        if key in mapped:
+            raise InputImageError(
+                f"channels {dict(channels)} map two roles to the {key} segmentation; "
+                f"give one leukocyte role and at most one platelet role"
+            )
+        mapped[key] = int(index)
+    return mapped
+
+
+def _fluorescence_classes(segmentation: Segmentation, channels: Mapping[str, int] | None):
+    """In fluorescence the channel role is the class (e.g. ``neutrophil``, ``platelet``)."""
+    leukocyte_role = "leukocyte"
+    for role in channels or {}:
+        if role.lower() not in PLATELET_ROLES:
+            leukocyte_role = role.lower()
+    return np.where(
+        segmentation.cells["cell_type"] == "platelet", "platelet", leukocyte_role
+    ).astype(object)

@@ -1,0 +1,140 @@
+"""The per-cell results table (pandas): one row per cell per frame.
+
+Columns (units):
+
+=====================  =======================================================
+``source``             input file name (or layer name)
+``frame``              frame index t (0-based)
+``label``              instance label value in the label image of that frame
+``centroid_y/_x``      cell centre, pixels (row, column), 0-based
+``bbox_y0 … bbox_x1``  bounding box, pixels, half-open [y0, y1) × [x0, x1)
+``area_px``            area, pixels
+``diameter_px``        equivalent-circle diameter, pixels
+``cell_type``          coarse type from segmentation: ``wbc``, ``rbc``, ``platelet``
+``cell_class``         class from the CNN (or the channel role in fluorescence),
+                       ``rbc`` for red cells, ``uncertain`` below the threshold
+``confidence``         probability of ``cell_class`` (NaN when no CNN decided)
+``p_<class>``          calibrated probability of each model class
+``centroid_y_um`` …    the same in µm when a pixel size is known
+=====================  =======================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BloodcellError
+
+BASE_COLUMNS = [
+    "source",
+    "frame",
+    "label",
+    "centroid_y",
+    "centroid_x",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+    "area_px",
+    "diameter_px",
+    "cell_type",
+    "cell_class",
+    "confidence",
+]
+CATEGORY_COLUMNS = ("source", "cell_type", "cell_class")
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def empty_table(classes: list[str] = ()) -> pd.DataFrame:
+    """A table with every column and no rows."""
+    return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in cell_columns(classes)})
+
+
+def cell_columns(classes: list[str]) -> list[str]:
+    return BASE_COLUMNS + [f"p_{c}" for c in classes]
+
+
+def _dtype(column: str) -> str:
+    if column in ("source", "cell_type", "cell_class"):
+        return "object"
+    if column in ("frame", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area_px"):
+        return "int64"
+    return "float64"
+
+
+def add_physical_units(table: pd.DataFrame, pixel_size_um: float | None) -> pd.DataFrame:
+    """Add ``centroid_y_um``, ``centroid_x_um``, ``diameter_um`` and ``area_um2`` columns."""
+    if pixel_size_um is None:
+        return table
+    table = table.copy()
+    table["centroid_y_um"] = table["centroid_y"] * pixel_size_um
+    table["centroid_x_um"] = table["centroid_x"] * pixel_size_um
+    table["diameter_um"] = table["diameter_px"] * pixel_size_um
+    table["area_um2"] = table["area_px"] * pixel_size_um**2
+    return table
+
+
+def as_categories(table: pd.DataFrame) -> pd.DataFrame:
+    """Class-like columns as pandas ``category`` (what napari layer features expect)."""
+    table = table.copy()
+    for column in CATEGORY_COLUMNS:
+        if column in table:
+            table[column] = table[column].astype("category")
+    return table
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the table as CSV or Parquet (by suffix), atomically (temporary file + rename)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise BloodcellError(f"{path}: table files must end in {' or '.join(TABLE_SUFFIXES)}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if suffix == ".csv":
+            table.to_csv(tmp, index=False)
+        else:
+            try:
+                table.to_parquet(tmp, index=False)
+            except ImportError as exc:
+                raise BloodcellError(
+                    f"{path}: writing Parquet needs pyarrow (pip install pyarrow)"
+                ) from exc
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, keep_default_na=True)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Cells per type and class (a small table for the terminal)."""
+    if table.empty:
+        return pd.DataFrame({"cells": []})
+    counts = table.groupby(["cell_type", "cell_class"], observed=True).size()
+    return counts.rename("cells").reset_index()
+
+
+def frame_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Cells per frame and class (rows: frames, columns: classes)."""
+    if table.empty:
+        return pd.DataFrame()
+    return table.pivot_table(
+        index="frame",
+        columns="cell_class",
+        values="label",
+        aggfunc="count",
+        fill_value=0,
+        observed=True,
+    ).astype(np.int64)

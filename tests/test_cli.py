@@ -1,0 +1,225 @@
+"""The command line end to end: analyze, train, evaluate, predict, demo and bad input."""
+
+import json
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_bloodcell.cli import main
+from napari_bloodcell.synthetic import make_smear, make_timelapse
+from napari_bloodcell.table import BASE_COLUMNS
+
+from .conftest import SHARED_DATA, requires_bccd
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def smear_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("in") / "smear.png"
+    iio.imwrite(path, make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=3, seed=4).image)
+    return path
+
+
+def test_importing_the_package_does_not_import_tensorflow_or_qt():
+    code = (
+        "import sys, napari_bloodcell, napari_bloodcell.pipeline, napari_bloodcell.batch, "
+        "napari_bloodcell.cli, napari_bloodcell.classification.inference, "
+        "napari_bloodcell._napari.sample_data;"
+        "heavy = ('tensorflow', 'keras', 'qtpy', 'PyQt6', 'napari');"
+        "bad = [m for m in sys.modules if m.split('.')[0] in heavy];"
+        "sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_analyze_writes_table_labels_overlays_and_run_record(
+    tmp_path, smear_png, tiny_model, capsys
+):
+    out = tmp_path / "out"
+    assert run_cli("analyze", smear_png, "--out", out, "--model", tiny_model) == 0
+    table = pd.read_csv(out / "cells.csv")
+    assert list(table.columns[: len(BASE_COLUMNS)]) == BASE_COLUMNS
+    assert {"p_lobed", "p_round"} <= set(table.columns)
+    labels = tifffile.imread(out / "labels" / "smear.tif")
+    assert labels.shape == (240, 320) and labels.dtype == np.uint32
+    assert set(np.unique(labels)) - {0} == set(table["label"])
+    assert (out / "overlays" / "smear.png").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["classes"] == ["lobed", "round"] and run["failures"] == {}
+    classified = table[table.cell_type != "rbc"]
+    assert classified["confidence"].between(0, 1).all()
+    assert "ms/frame" in capsys.readouterr().out
+
+
+def test_analyze_refuses_to_overwrite_without_the_flag(tmp_path, smear_png, capsys):
+    out = tmp_path / "out"
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify") == 0
+    before = (out / "cells.csv").read_bytes()
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "cells.csv").read_bytes() == before
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify", "--overwrite") == 0
+
+
+def test_analyze_a_fluorescence_stack_with_a_channel_mapping(tmp_path):
+    movie = make_timelapse(n_frames=4, shape=(96, 128), seed=1)
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie.image)
+    out = tmp_path / "out"
+    args = ["--out", out, "--channel", "neutrophil=1", "--channel", "platelet=0", "--axes", "TYXC"]
+    assert run_cli("analyze", path, *args) == 0
+    labels = tifffile.imread(out / "labels" / "movie.tif")
+    assert labels.shape == (4, 96, 128)
+    table = pd.read_csv(out / "cells.csv")
+    assert set(table["frame"]) <= {0, 1, 2, 3}
+    assert set(table["cell_class"]) <= {"neutrophil", "platelet"}
+    assert "platelet" in set(table["cell_class"])
+
+
+def _write_bad_input(tmp_path, kind):
+    path = (
+        tmp_path
+        / {
+            "empty": "e.png",
+            "tiny": "t.png",
+            "black": "b.png",
+            "nan": "n.tif",
+            "corrupt": "c.jpg",
+            "axes": "a.tif",
+        }[kind]
+    )
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "tiny":
+        iio.imwrite(path, np.array([[[200, 10, 10]]], dtype=np.uint8))
+    elif kind == "black":
+        iio.imwrite(path, np.zeros((64, 64, 3), np.uint8))
+    elif kind == "nan":
+        data = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
+        data[3, 3] = np.nan
+        tifffile.imwrite(path, data)
+    elif kind == "corrupt":
+        path.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    elif kind == "axes":
+        tifffile.imwrite(
+            path, np.random.default_rng(1).integers(0, 255, (2, 3, 4, 16, 16), np.uint8)
+        )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", "empty"),
+        ("tiny", "need at least"),
+        ("black", "constant"),
+        ("nan", "NaN"),
+        ("corrupt", "cannot be read"),
+        ("axes", "axes"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_clear_message_and_write_nothing(
+    tmp_path, kind, message, capsys
+):
+    path = _write_bad_input(tmp_path, kind)
+    out = tmp_path / "out"
+    assert run_cli("analyze", path, "--out", out, "--no-classify") == 2
+    err = capsys.readouterr().err
+    assert path.name in err and message in err
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_a_bad_input_does_not_stop_the_good_ones(tmp_path, smear_png, capsys):
+    bad = _write_bad_input(tmp_path, "corrupt")
+    out = tmp_path / "out"
+    assert run_cli("analyze", bad, smear_png, "--out", out, "--no-classify") == 2
+    assert "c.jpg" in capsys.readouterr().err
+    assert set(pd.read_csv(out / "cells.csv")["source"]) == {"smear.png"}
+    assert json.loads((out / "run.json").read_text())["failures"].keys() == {str(bad)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--channel", "platelet=7", "--modality", "fluorescence", "--no-classify"], "channel"),
+        (["--model", "missing-model"], "not found"),
+        (["--pixel-size", "-1"], "positive"),
+        (["--channel", "platelet"], "ROLE=INDEX"),
+    ],
+)
+def test_bad_options_exit_2(tmp_path, smear_png, args, message, capsys):
+    assert run_cli("analyze", smear_png, "--out", tmp_path / "o", *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_model_file_is_refused(tmp_path, smear_png, capsys):
+    fake = tmp_path / "fake.keras"
+    fake.write_text("not a model")
+    assert run_cli("analyze", smear_png, "--out", tmp_path / "o", "--model", fake) == 2
+    assert "fake.keras" in capsys.readouterr().err
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny_heldout):
+    out = tmp_path / "eval"
+    assert run_cli("evaluate", tiny_heldout, "--model", tiny_model, "--out", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "per_class", "classes", "confusion_matrix"} <= set(metrics)
+    assert set(metrics["per_class"]["round"]) == {"precision", "recall", "f1", "support"}
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_unknown_class_folders(tmp_path, tiny_model, tiny_heldout, capsys):
+    (tiny_heldout / "basophil").mkdir(exist_ok=True)
+    try:
+        assert (
+            run_cli("evaluate", tiny_heldout, "--model", tiny_model, "--out", tmp_path / "e") == 2
+        )
+        assert "basophil" in capsys.readouterr().err
+        args = ["--model", tiny_model, "--out", tmp_path / "e", "--ignore-unknown"]
+        assert run_cli("evaluate", tiny_heldout, *args) == 0
+    finally:
+        (tiny_heldout / "basophil").rmdir()
+
+
+def test_train_and_predict_commands(tmp_path, tiny_heldout):
+    model = tmp_path / "m.keras"
+    args = ["--out", model, "--epochs", "1", "--input-size", "32", "--batch-size", "8"]
+    assert run_cli("train", tiny_heldout, *args) == 0
+    assert model.is_file() and (tmp_path / "m_history.csv").is_file()
+    assert run_cli("train", tiny_heldout, *args) == 2  # exists: needs --overwrite
+    table_path = tmp_path / "pred.csv"
+    assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
+    table = pd.read_csv(table_path)
+    assert len(table) == 20 and {"file", "cell_class", "confidence"} <= set(table.columns)
+
+
+def test_demo_runs_on_generated_data_and_scores_it(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--out", out) == 0
+    report = json.loads((out / "demo_report.json").read_text())
+    assert report["smear"]["modality"] == "smear"
+    assert report["timelapse"]["modality"] == "fluorescence"
+    assert "precision" in capsys.readouterr().out
+    assert run_cli("demo", "--out", out) == 2
+
+
+@requires_bccd
+def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
+    frames = [SHARED_DATA / "bccd" / "JPEGImages" / f"BloodImage_0000{i}.jpg" for i in (0, 3)]
+    out = tmp_path / "out"
+    assert run_cli("analyze", *frames, "--out", out) == 0
+    table = pd.read_csv(out / "cells.csv")
+    wbc = table[table.cell_type == "wbc"]
+    assert set(wbc["source"]) == {"BloodImage_00000.jpg", "BloodImage_00003.jpg"}
+    assert wbc["cell_class"].notna().all() and (wbc["confidence"] > 0).all()
+    assert len(table[table.cell_type == "rbc"]) > 10
+    assert tifffile.imread(out / "labels" / "BloodImage_00000.tif").shape == (480, 640)
