@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: data location and result files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+
+
+def require(path: Path) -> Path:
+    """Exit cleanly (status 0, with a message) when a shared dataset is absent."""
+    if not path.exists():
+        print(f"skipped: {path} not available")
+        sys.exit(0)
+    return path
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with the command, date and machine."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg()[0],
+        },
+        **result,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,117 @@
+"""Classifier benchmark: accuracy on data never trained on, and crops/s per architecture.
+
+* PBC: the model's recorded *test* sources (split by source image, never used for
+  training or early stopping), all classes and the six target classes.
+* BCCD: crops cut by ``scripts/cut_bccd_training_crops.py`` from frames in the test split
+  (another microscope: lower magnification, other stain).
+* Zheng 2018 dataset 1 and 2 (two more microscopes, never trained on): the WBC classes.
+* Speed: crops/s of the compact model vs the seed ``coursework`` network (untrained
+  weights, same input pipeline) in the same run.
+
+Usage: ``python benchmarks/bench_classifier.py [--model default] [--bccd-crops runs/bccd_crops]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import DEFAULT_DATA, require, write_result
+
+from napari_bloodcell.classification.datasets import (
+    find_labelled_files,
+    prepare_crop_files,
+    source_id,
+)
+from napari_bloodcell.classification.evaluation import classification_metrics
+from napari_bloodcell.classification.inference import CellClassifier
+
+TARGET_CLASSES = ["neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil", "platelet"]
+
+
+def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> dict:
+    crops = prepare_crop_files(files, size=classifier.input_size, scale=classifier.crop_scale)
+    probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
+    lookup = {c: i for i, c in enumerate(classifier.classes)}
+    y_true = np.array([lookup[c] for c in truth])
+    metrics = classification_metrics(y_true, probabilities.argmax(axis=1), classifier.classes)
+    present = [c for c in classifier.classes if metrics["per_class"][c]["support"]]
+    metrics["per_class"] = {c: metrics["per_class"][c] for c in present}
+    return metrics
+
+
+def test_split_files(data_dir: Path, test_sources: set[str], classes: list[str]):
+    found, _ = find_labelled_files([data_dir], classes, ignore_unknown=True)
+    chosen = [(f, c) for f, c, _ in found if source_id(f, data_dir) in test_sources]
+    return [f for f, _ in chosen], [c for _, c in chosen]
+
+
+def zheng_files(root: Path, classes: list[str]):
+    files, truth = [], []
+    for dataset in ("dataset1", "dataset2"):
+        labels = pd.read_csv(root / dataset / "labels.csv")
+        labels = labels[labels["label"].isin(classes)]
+        files.append([root / dataset / p for p in labels["image"]])
+        truth.append(labels["label"].tolist())
+    return files, truth
+
+
+def crops_per_second(architecture: str, n: int = 256) -> float:
+    from napari_bloodcell.classification.architectures import DEFAULT_INPUT_SIZE, build_model
+
+    size = DEFAULT_INPUT_SIZE[architecture]
+    model = build_model(architecture, 8, size)
+    crops = np.random.default_rng(0).random((n, size, size, 3)).astype(np.float32)
+    model.predict_on_batch(crops[:32])
+    started = time.perf_counter()
+    for i in range(0, n, 64):
+        model.predict_on_batch(crops[i : i + 64])
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
+    args = parser.parse_args()
+    pbc = require(args.data / "pbc")
+    classifier = CellClassifier(args.model)
+    test_sources = set(classifier.metadata.training.get("test_sources", []))
+    result: dict = {"model": str(classifier.path), "classes": classifier.classes}
+
+    files, truth = test_split_files(pbc, test_sources, classifier.classes)
+    result["pbc_test_all_classes"] = score(classifier, files, truth)
+    target = [(f, c) for f, c in zip(files, truth, strict=True) if c in TARGET_CLASSES]
+    result["pbc_test_six_classes"] = score(classifier, *map(list, zip(*target, strict=True)))
+
+    if args.bccd_crops.is_dir():
+        files, truth = test_split_files(args.bccd_crops, test_sources, classifier.classes)
+        result["bccd_test_frames"] = score(classifier, files, truth)
+    zheng = args.data / "wbc_seg_zheng2018"
+    if zheng.is_dir():
+        for name, files, truth in zip(
+            ("zheng_dataset1", "zheng_dataset2"),
+            *zheng_files(zheng, classifier.classes),
+            strict=True,
+        ):
+            result[name] = score(classifier, files, truth)
+
+    result["crops_per_second"] = {
+        arch: round(crops_per_second(arch), 1) for arch in ("compact", "coursework")
+    }
+    for key, metrics in result.items():
+        if isinstance(metrics, dict) and "accuracy" in metrics:
+            print(
+                f"{key:24s} n={metrics['n']:5d} accuracy={metrics['accuracy']:.3f} "
+                f"macro_f1={metrics['macro_f1']:.3f}"
+            )
+    print(f"crops/s: {result['crops_per_second']}")
+    write_result("classifier", result)
+
+
+if __name__ == "__main__":
+    main()

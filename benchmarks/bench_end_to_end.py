@@ -1,0 +1,103 @@
+"""End-to-end benchmark on real BCCD smear frames: frames/s and WBC subtype accuracy.
+
+Every frame goes through the whole pipeline (segmentation, crops, CNN on every WBC and
+platelet) as ``napari-bloodcell analyze`` runs it. WBC subtype accuracy compares the class
+of the detected WBC inside each VOC WBC box with the frame's Kaggle subtype label
+(boxes with an unambiguous subtype only), on frames the model never trained on.
+
+Usage: ``python benchmarks/bench_end_to_end.py [--model default] [--bccd-crops runs/bccd_crops]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import DEFAULT_DATA, require, write_result
+
+from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.pipeline import AnalysisSettings, analyze_frame
+from napari_bloodcell.reading import read_image
+
+
+def frames_used_in_training(classifier: CellClassifier, bccd_crops: Path) -> set[str]:
+    """BCCD frame names whose crops were in the model's training part."""
+    training = classifier.metadata.training
+    held_out = set(training.get("validation_sources", [])) | set(training.get("test_sources", []))
+    if not bccd_crops.is_dir():
+        return set()
+    sources = {f"{bccd_crops.name}/{p.stem.split('__')[0]}" for p in bccd_crops.rglob("*.png")}
+    return {s.split("/", 1)[1] + ".jpg" for s in sources - held_out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
+    args = parser.parse_args()
+    bccd = require(args.data / "bccd")
+    classifier = CellClassifier(args.model)
+    objects = pd.read_csv(bccd / "bccd_objects.csv")
+    trained = frames_used_in_training(classifier, args.bccd_crops)
+    frames = sorted(set(objects.image) - trained)
+    settings = AnalysisSettings(modality="smear")
+
+    # warm-up: load TensorFlow and the network outside the timed loop
+    analyze_frame(read_image(bccd / "JPEGImages" / frames[0]).data[0], classifier, settings)
+    seconds, hits, n_cells = [], [], 0
+    for name in frames:
+        frame = read_image(bccd / "JPEGImages" / name).data[0]
+        started = time.perf_counter()
+        result = analyze_frame(frame, classifier, settings, source=name)
+        seconds.append(time.perf_counter() - started)
+        n_cells += len(result.table)
+        wbc = result.table[result.table.cell_type == "wbc"]
+        boxes = objects[
+            (objects.image == name) & (objects.cell_type == "WBC") & objects.wbc_subtype.notna()
+        ]
+        for box in boxes.itertuples():
+            inside = wbc[
+                wbc.centroid_x.between(box.xmin, box.xmax)
+                & wbc.centroid_y.between(box.ymin, box.ymax)
+            ]
+            if len(inside):
+                predicted = inside.sort_values("area_px").iloc[-1]["cell_class"]
+                hits.append((box.wbc_subtype.lower(), predicted))
+    truth, predicted = (np.array(x) for x in zip(*hits, strict=True))
+    per_class = {
+        c: {"n": int((truth == c).sum()), "accuracy": float((predicted[truth == c] == c).mean())}
+        for c in sorted(set(truth))
+    }
+    result = {
+        "model": str(classifier.path),
+        "n_frames": len(frames),
+        "n_frames_excluded_as_trained_on": len(trained),
+        "seconds_per_frame_mean": float(np.mean(seconds)),
+        "seconds_per_frame_median": float(np.median(seconds)),
+        "frames_per_second": float(1 / np.mean(seconds)),
+        "cells_per_frame": n_cells / len(frames),
+        "wbc_boxes_scored": len(hits),
+        "wbc_subtype_accuracy": float((truth == predicted).mean()),
+        "wbc_subtype_per_class": per_class,
+        "confusion": pd.crosstab(
+            pd.Series(truth, name="true"), pd.Series(predicted, name="predicted")
+        ).to_dict(),
+    }
+    print(
+        f"{len(frames)} frames not trained on, {result['frames_per_second']:.1f} frames/s "
+        f"({1000 * result['seconds_per_frame_mean']:.0f} ms/frame, "
+        f"{result['cells_per_frame']:.1f} cells/frame)"
+    )
+    print(
+        f"WBC subtype accuracy {result['wbc_subtype_accuracy']:.3f} on {len(hits)} boxes: "
+        f"{per_class}"
+    )
+    write_result("end_to_end", result)
+
+
+if __name__ == "__main__":
+    main()
