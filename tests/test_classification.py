@@ -174,3 +174,45 @@ def test_the_default_model_ships_with_its_metadata():
         metadata.classes
     )
     assert resolve_model_path("default").stat().st_size < 15e6
+
+
+def test_temperature_scaling_fixes_overconfidence_and_lowers_ece():
+    from napari_bloodcell.classification.calibration import (
+        expected_calibration_error,
+        fit_temperature,
+    )
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 3000)
+    logits = rng.normal(0, 1, (3000, 3))
+    logits[np.arange(3000), labels] += 1.0  # right ~60 % of the time
+    overconfident = np.exp(4 * logits) / np.exp(4 * logits).sum(axis=1, keepdims=True)
+    temperature = fit_temperature(overconfident, labels)
+    assert 3 < temperature < 5.5
+    calibrated = apply_temperature(overconfident, temperature)
+    assert expected_calibration_error(calibrated, labels) < 0.05  # 15-bin sampling noise ~0.03
+    assert expected_calibration_error(overconfident, labels) > 0.15
+    np.testing.assert_array_equal(calibrated.argmax(axis=1), overconfident.argmax(axis=1))
+
+
+def test_trained_model_records_its_calibration(tiny_model):
+    metadata = read_metadata(tiny_model)
+    calibration = metadata.training["calibration"]
+    assert metadata.temperature == calibration["temperature"] > 0
+    assert 0 <= calibration["validation_ece"] <= 1
+
+
+def test_metadata_can_be_updated_without_touching_the_network(tiny_model, tmp_path):
+    import shutil
+
+    from napari_bloodcell.classification.model_files import update_metadata
+
+    copy = shutil.copy(tiny_model, tmp_path / "copy.keras")
+    metadata = read_metadata(copy)
+    metadata.uncertain_threshold = 0.77
+    update_metadata(copy, metadata)
+    assert read_metadata(copy).uncertain_threshold == 0.77
+    crops = np.random.default_rng(1).random((3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        CellClassifier(copy).predict_proba(crops), CellClassifier(tiny_model).predict_proba(crops)
+    )

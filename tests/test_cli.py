@@ -223,3 +223,16 @@ def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
     assert wbc["cell_class"].notna().all() and (wbc["confidence"] > 0).all()
     assert len(table[table.cell_type == "rbc"]) > 10
     assert tifffile.imread(out / "labels" / "BloodImage_00000.tif").shape == (480, 640)
+
+
+def test_calibrate_refits_the_temperature_on_validation_sources(tmp_path, tiny_model, capsys):
+    import shutil
+
+    from napari_bloodcell.classification.model_files import read_metadata
+
+    copy = shutil.copy(tiny_model, tmp_path / "m.keras")
+    data = tiny_model.parent / "data"
+    assert run_cli("calibrate", copy, data) == 0
+    assert "temperature" in json.loads(capsys.readouterr().out)
+    assert read_metadata(copy).temperature > 0
+    assert run_cli("calibrate", copy, tmp_path) == 2  # no class folders there

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=_run_evaluate)
 
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a model's temperature on its recorded validation images"
+    )
+    calibrate.add_argument("model", type=Path, help="model file (.keras) to update in place")
+    calibrate.add_argument("data_dirs", nargs="+", type=Path, help="the folders it was trained on")
+    calibrate.set_defaults(run=_run_calibrate)
+
     predict = commands.add_parser("predict", help="classify single-cell crop images")
     predict.add_argument("inputs", nargs="+", type=Path, help="crop images or folders of them")
     predict.add_argument("--model", default="default")
@@ -208,6 +215,13 @@ def _run_evaluate(args) -> int:
     written = write_evaluation(metrics, args.out)
     print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1")}, indent=2))
     print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def _run_calibrate(args) -> int:
+    from .classification.calibration import calibrate_model_file
+
+    print(json.dumps(calibrate_model_file(args.model, args.data_dirs), indent=2))
     return 0
 
 

@@ -59,6 +59,19 @@ def save_model(model, path: str | Path, metadata: ModelMetadata) -> Path:
     return path
 
 
+def update_metadata(path: str | Path, metadata: ModelMetadata) -> Path:
+    """Replace the metadata inside a model file (the network is copied unchanged, atomically)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.keras")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            if item.filename != METADATA_MEMBER:
+                target.writestr(item, source.read(item.filename))
+        target.writestr(METADATA_MEMBER, json.dumps(asdict(metadata), indent=2))
+    tmp.replace(path)
+    return path
+
+
 def read_metadata(path: str | Path) -> ModelMetadata:
     """Read only the metadata of a model file (fast, no TensorFlow)."""
     path = Path(path)

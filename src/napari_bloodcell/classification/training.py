@@ -21,6 +21,7 @@ import numpy as np
 
 from ..crops import CROP_SCALE
 from .architectures import DEFAULT_INPUT_SIZE, build_model
+from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
 from .model_files import ModelMetadata, save_model
 
@@ -84,11 +85,16 @@ def train_classifier(
         )
     train_idx = oversample_small_domains(dataset, train_idx, np.random.default_rng(config.seed))
     model, history = fit(dataset, train_idx, val_idx, config, out, on_epoch_end)
+    validation = dataset.subset(val_idx)
+    calibration = calibration_record(
+        predict_dataset(model, validation, config.batch_size), validation.labels
+    )
     metadata = ModelMetadata(
         classes=dataset.classes,
         input_size=config.size,
         crop_scale=config.crop_scale,
         architecture=config.architecture,
+        temperature=calibration["temperature"],
         training={
             "data_dirs": [str(Path(d)) for d in data_dirs],
             "config": {k: v for k, v in vars(config).items()},
@@ -101,6 +107,7 @@ def train_classifier(
             "test_sources": sorted(set(dataset.sources[test_idx].tolist())),
             "epochs_run": len(history.get("loss", [])),
             "best_val_loss": float(min(history.get("val_loss", [np.nan]))),
+            "calibration": calibration,
         },
     )
     save_model(model, out, metadata)
@@ -176,6 +183,13 @@ def fit(dataset, train_idx, val_idx, config: TrainingConfig, out: Path, on_epoch
     )
     checkpoint.unlink(missing_ok=True)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def predict_dataset(model, dataset: CropDataset, batch_size: int) -> np.ndarray:
+    """Uncalibrated softmax probabilities (N, K) of a prepared dataset."""
+    return np.asarray(
+        model.predict(make_tf_dataset(dataset, batch_size, augment=False, seed=0), verbose=0)
+    )
 
 
 def make_tf_dataset(dataset: CropDataset, batch_size: int, *, augment: bool, seed: int):

@@ -1,0 +1,100 @@
+"""Confidence calibration: temperature scaling and expected calibration error (ECE).
+
+Temperature scaling (Guo et al., 2017) divides the network's log-probabilities by one
+scalar T fitted on validation data to minimise the negative log-likelihood; it
+changes confidences, never the predicted class. T is stored in the model file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from .inference import apply_temperature
+
+ECE_BINS = 15
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T in [0.05, 20] minimising validation NLL of ``probabilities`` (N, K)."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        calibrated = apply_temperature(probabilities, float(np.exp(log_t)))
+        return -float(
+            np.mean(np.log(np.clip(calibrated[np.arange(len(labels)), labels], 1e-12, 1)))
+        )
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS
+) -> float:
+    """ECE: bin by confidence, average |accuracy − confidence| weighted by bin size."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Fit T on validation probabilities; report accuracy and ECE before/after."""
+    temperature = fit_temperature(probabilities, labels)
+    calibrated = apply_temperature(probabilities, temperature)
+    return {
+        "temperature": temperature,
+        "validation_accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+        "validation_ece_uncalibrated": expected_calibration_error(probabilities, labels),
+        "validation_ece": expected_calibration_error(calibrated, labels),
+    }
+
+
+def calibrate_model_file(model_path: Path, data_dirs: list[Path]) -> dict:
+    """Fit the temperature of a model file on its recorded validation sources and store it.
+
+    ``data_dirs`` are the folders the model was trained on; only items whose source
+    image is in the model's ``validation_sources`` are used.
+    """
+    from ..errors import DatasetError
+    from .datasets import find_labelled_files, prepare_crop_files, source_id
+    from .inference import CellClassifier
+    from .model_files import read_metadata, update_metadata
+
+    metadata = read_metadata(model_path)
+    validation = set(metadata.training.get("validation_sources", []))
+    items = []
+    for data_dir in map(Path, data_dirs):
+        found, _ = find_labelled_files([data_dir], metadata.classes, ignore_unknown=True)
+        items += [(f, c) for f, c, _ in found if source_id(f, data_dir) in validation]
+    if not items:
+        raise DatasetError(
+            f"none of the model's {len(validation)} validation sources are in "
+            f"{', '.join(map(str, data_dirs))}; give the folders it was trained on"
+        )
+    crops = prepare_crop_files(
+        [f for f, _ in items], size=metadata.input_size, scale=metadata.crop_scale
+    )
+    classifier = CellClassifier(model_path)
+    classifier.metadata.temperature = 1.0
+    probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
+    labels = np.array([metadata.classes.index(c) for _, c in items])
+    record = calibration_record(probabilities, labels)
+    metadata.temperature = record["temperature"]
+    metadata.training["calibration"] = record
+    update_metadata(model_path, metadata)
+    return record
