@@ -1,5 +1,6 @@
-"""Tests of the segmentation stage on small synthetic drawings with known answers,
-plus a smoke test on two real BCCD frames (skipped when shared/data is absent)."""
+"""Tests of the segmentation stage on small synthetic drawings with known answers, on a
+synthetic time-lapse frame, plus a smoke test on two real BCCD frames (skipped when
+shared/data is absent)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from napari_bloodcell.segmentation import (
     detect_modality,
     segment_frame,
 )
+from napari_bloodcell.synthetic import make_timelapse
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COLUMNS = [
@@ -212,6 +214,27 @@ def test_fluorescence_leukocyte_wins_overlap():
     image[disk((30, 30), 6) + (0,)] = 0.5
     segmentation = segment_frame(image, "fluorescence")
     assert segmentation.cells["cell_type"].tolist() == ["wbc"]
+
+
+def test_synthetic_time_lapse_frame_counts_leukocytes_and_platelets():
+    """Streaky background must not pass as leukocytes; bright platelets must be found."""
+    movie = make_timelapse(n_frames=10, seed=0)
+    frame = 3
+    segmentation = segment_frame(movie.image[frame].astype(np.float32) / 255)
+    assert segmentation.modality == "fluorescence"
+    assert_table_invariants(segmentation)
+    truth = movie.tracks[(movie.tracks["frame"] == frame) & movie.tracks["visible"]]
+    n_leukocytes = int((truth["cell_type"] == "wbc").sum())
+    cells = segmentation.cells
+    assert abs(int((cells["cell_type"] == "wbc").sum()) - n_leukocytes) <= 1
+    platelet_ids = truth.loc[truth["cell_type"] == "platelet", "track_id"].to_numpy()
+    truth_labels = movie.labels[frame]
+    centres = np.array(
+        [np.argwhere(truth_labels == track_id).mean(axis=0) for track_id in platelet_ids]
+    )
+    found = cells.loc[cells["cell_type"] == "platelet", ["centroid_y", "centroid_x"]].to_numpy()
+    distances = np.linalg.norm(centres[:, None, :] - found[None, :, :], axis=2)
+    assert np.mean(distances.min(axis=1) <= 3.0) >= 0.8
 
 
 def test_single_channel_fluorescence_is_leukocytes():

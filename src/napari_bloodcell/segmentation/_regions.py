@@ -119,19 +119,35 @@ def renumber_kept(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return new_ids[labels].astype(np.int32)
 
 
-def fill_small_holes(mask: np.ndarray, max_hole_area: float) -> np.ndarray:
-    """``mask`` with enclosed background holes of at most ``max_hole_area`` px² filled."""
-    holes = ndi.binary_fill_holes(mask) & ~mask
+def fill_small_holes(
+    mask: np.ndarray, max_hole_area: float, *, at_border: bool = False
+) -> np.ndarray:
+    """``mask`` with enclosed background holes of at most ``max_hole_area`` px² filled.
+
+    ``at_border``: also fill small holes cut open by the image border (the frame edge counts
+    as foreground), e.g. the pallor of a red cell that the frame cuts through.
+    """
+    padded = np.pad(mask, 1, constant_values=True) if at_border else mask
+    holes = ndi.binary_fill_holes(padded) & ~padded
     small_holes, _ = label_by_area(holes, 0, max_hole_area)
+    if at_border:
+        small_holes = small_holes[1:-1, 1:-1]
     return mask | (small_holes > 0)
 
 
-def split_touching(mask: np.ndarray, min_distance: float, downsample: int = 1) -> np.ndarray:
+def split_touching(
+    mask: np.ndarray,
+    min_distance: float,
+    downsample: int = 1,
+    centres: np.ndarray | None = None,
+) -> np.ndarray:
     """Split touching round objects of ``mask`` by a distance-transform watershed.
 
     ``min_distance`` (px, full resolution) is the smallest distance between two object
-    centres. The watershed may run on a ``downsample``-times coarser grid for speed; the
-    returned (Y, X) labels are full resolution and confined to ``mask``.
+    centres. ``centres``: optional (Y, X) bool mask of known object centres (each connected
+    blob seeds one object); distance-transform peaks then only add objects at least
+    ``min_distance`` away from them. The watershed may run on a ``downsample``-times coarser
+    grid for speed; the returned (Y, X) labels are full resolution and confined to ``mask``.
     """
     coarse = mask[::downsample, ::downsample]
     distance = ndi.distance_transform_edt(coarse)
@@ -143,7 +159,14 @@ def split_touching(mask: np.ndarray, min_distance: float, downsample: int = 1) -
         exclude_border=False,
     )
     markers = np.zeros(coarse.shape, dtype=np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    n_known = 0
+    if centres is not None:
+        known = centres[::downsample, ::downsample] & coarse
+        markers, n_known = ndi.label(known)
+        if n_known:
+            from_known = ndi.distance_transform_edt(~known)[tuple(peaks.T)]
+            peaks = peaks[from_known * downsample >= min_distance]
+    markers[tuple(peaks.T)] = np.arange(n_known + 1, n_known + len(peaks) + 1)
     coarse_labels = watershed(-distance, markers, mask=coarse)
     if downsample == 1:
         return coarse_labels

@@ -8,16 +8,18 @@ Per mapped channel:
 * noise: robust σ (1.4826 × MAD) of the smoothed residual over the frame, so thresholds
   follow each frame's own noise and background texture (streaks, vessel wall) instead of a
   fixed intensity;
-* leukocytes: residual above ``leukocyte_threshold_sigmas`` σ, touching cells split by a
-  distance watershed; kept when large enough (µm), roughly round and convex, and their mean
-  contrast is at least ``leukocyte_mean_sigmas`` σ;
+* leukocytes: hysteresis threshold of the residual (``leukocyte_threshold_sigmas`` σ seeds,
+  grown down to ``leukocyte_low_sigmas`` σ), touching cells split by a distance watershed;
+  kept when large enough (µm), roughly round and convex, and their mean contrast is at least
+  ``leukocyte_mean_sigmas`` σ;
 * platelets: local maxima at least ``platelet_threshold_sigmas`` σ above background, each
   flooded down to the noise floor;
-* each object is trimmed to the pixels above ``edge_fraction`` of its own peak contrast (its
-  half-maximum outline with the default), then size-filtered.
+* each object is trimmed to the pixels above ``*_edge_fraction`` of its own peak contrast
+  (about its half-maximum outline), then size-filtered.
 
-A platelet that lies on a leukocyte and is much smaller than it is kept and cut out of the
-leukocyte (platelets on leukocytes stay visible); otherwise the leukocyte wins the overlap.
+A platelet on a leukocyte is kept and cut out of the leukocyte when it is a compact spot
+(platelets on leukocytes stay visible); a broad one is the leukocyte itself seen in the
+platelet channel, and the leukocyte wins.
 
 Frames are float (Y, X, C) in [0, 1]; labels are (Y, X).
 """
@@ -52,10 +54,10 @@ FLUORESCENCE_REFERENCE_PIXEL_SIZE_UM = 0.75
 a ~10 µm leukocyte spans ~13 px there."""
 
 ROLE_CELL_TYPES: dict[str, str] = {"leukocyte": "wbc", "platelet": "platelet"}
-"""Channel role → cell_type of the objects found in that channel (leukocytes first: they win
-overlaps with platelets of similar size)."""
+"""Channel role → cell_type of the objects found in that channel (leukocytes first)."""
 
 _MAD_TO_SIGMA = 1.4826
+_PLATELET_FLOOD_SIGMAS = 3.0  # platelets are flooded from their peak down to this contrast (σ)
 
 
 def default_channels(n_channels: int) -> dict[str, int]:
@@ -85,15 +87,17 @@ class FluorescenceParams:
       (``leukocyte_diameter_um`` / ``platelet_diameter_um``).
     * ``*_threshold_sigmas``: detection threshold in robust noise σ of the smoothed residual;
       ``*_min_contrast`` (intensity units, frame values in [0, 1]) is the threshold's floor,
-      which matters for noise-free frames.
+      which matters for noise-free frames. Leukocytes grow down to ``leukocyte_low_sigmas``
+      (hysteresis).
     * ``leukocyte_min_diameter_um``: smallest equivalent diameter of a leukocyte;
       ``leukocyte_min_roundness`` (minor / major axis) and ``leukocyte_min_solidity`` reject
       streaks and ragged background texture; ``leukocyte_mean_sigmas``: smallest mean contrast
       of a leukocyte, in σ.
     * ``platelet_min`` / ``platelet_max_diameter_um``: equivalent-diameter range of a platelet.
-    * ``edge_fraction``: each object keeps the pixels above this fraction of its peak contrast.
-    * ``platelet_max_leukocyte_fraction``: a platelet on a leukocyte is kept (and cut out of
-      it) when its area is at most this fraction of the leukocyte's area.
+    * ``leukocyte_edge_fraction`` / ``platelet_edge_fraction``: each object keeps the pixels
+      above this fraction of its peak contrast. A platelet on a leukocyte must be a compact
+      spot: its region above ``platelet_edge_fraction`` × peak is at most
+      ``platelet_max_diameter_um`` across (equivalent diameter).
     """
 
     smoothing_sigma_um: float = field(default=_um(1.0), metadata=UM)
@@ -107,14 +111,13 @@ class FluorescenceParams:
     leukocyte_mean_sigmas: float = 3.0
     leukocyte_min_roundness: float = 0.6
     leukocyte_min_solidity: float = 0.8
+    leukocyte_edge_fraction: float = 0.35
     platelet_diameter_um: float = field(default=_um(6.0), metadata=UM)
     platelet_min_diameter_um: float = field(default=1.5, metadata=UM)
     platelet_max_diameter_um: float = field(default=8.0, metadata=UM)
     platelet_threshold_sigmas: float = 5.0
     platelet_min_contrast: float = 0.05
-    leukocyte_edge_fraction: float = 0.35
     platelet_edge_fraction: float = 0.5
-    platelet_max_leukocyte_fraction: float = 0.5
 
     def in_pixels(self, pixel_size_um: float | None) -> FluorescenceParams:
         """These parameters with every ``*_um`` length converted to pixels.
@@ -211,7 +214,7 @@ def _platelets(image: np.ndarray, params: FluorescenceParams) -> tuple[np.ndarra
         params.background_radius_factor * params.platelet_diameter_um,
         params.smoothing_sigma_um,
     )
-    floor = max(3.0 * noise, 0.5 * params.platelet_min_contrast)
+    floor = max(_PLATELET_FLOOD_SIGMAS * noise, 0.5 * params.platelet_min_contrast)
     peaks = peak_local_max(
         contrast,
         min_distance=max(1, round(0.5 * params.platelet_min_diameter_um)),

@@ -4,10 +4,12 @@ Recipe (all plain scikit-image / scipy):
 
 * nucleus stain score = blue − green, Gaussian-smoothed; hysteresis threshold;
 * WBC: closing merges the 3–5 lobes of a nucleus, large components are WBC nuclei, and each
-  nucleus grows into the surrounding (pale) cytoplasm, at most ``cytoplasm_width_um`` away;
+  nucleus grows into the surrounding pale or granular cytoplasm, at most
+  ``cytoplasm_width_um`` away;
 * platelet: small stained components that are also bluer than red (pink RBC rims are not);
-* RBC: Otsu threshold of red − green (cell foreground) minus WBCs and platelets, split by a
-  distance-transform watershed (on a 2× coarser grid for speed).
+* RBC: Otsu threshold of red − green (cell foreground, central pallors filled) minus WBCs and
+  platelets, split by a distance-transform watershed (on a 2× coarser grid for speed) seeded
+  at each pallor, plus distance peaks far from every pallor for cells without a visible one.
 
 Images are float (Y, X, 3) RGB in [0, 1]; labels are (Y, X).
 """
@@ -63,14 +65,18 @@ class SmearParams:
     * ``wbc_min`` / ``wbc_max_nucleus_diameter_um``: equivalent-diameter range of a merged
       nucleus that makes a WBC (smaller ones are platelet clumps or cut-off cells).
     * ``cytoplasm_width_um``: how far a WBC may extend beyond its nucleus; cytoplasm pixels need
-      stain score > ``cytoplasm_score_min`` and blue − red > ``cytoplasm_blue_red_min``.
+      stain score > ``cytoplasm_score_min`` and either blue − red > ``cytoplasm_blue_red_min``
+      (pale bluish cytoplasm) or stain score > ``cytoplasm_granule_score_min`` (orange
+      eosinophil granules).
     * ``platelet_score_low`` / ``_high``: hysteresis thresholds for platelet candidates, kept
       when their peak blue − red ≥ ``platelet_blue_red_min`` and their equivalent diameter is
       within ``platelet_min`` / ``platelet_max_diameter_um``.
     * ``rbc_diameter_um``: typical RBC diameter; RBC foreground needs red − green above Otsu
       and ≥ ``rbc_red_green_min``; RBCs smaller than ``rbc_min_area_fraction`` of a typical
       RBC's area are dropped; touching RBC centres are at least
-      ``rbc_min_centre_distance_fraction`` × diameter apart.
+      ``rbc_min_centre_distance_fraction`` × diameter apart; a central pallor (hole of the
+      foreground) of at least ``rbc_min_pallor_area_fraction`` of a typical RBC's area seeds
+      one RBC.
     """
 
     smoothing_sigma_um: float = field(default=_um(1.5), metadata=UM)
@@ -82,6 +88,7 @@ class SmearParams:
     cytoplasm_width_um: float = field(default=_um(40.0), metadata=UM)
     cytoplasm_score_min: float = 0.03
     cytoplasm_blue_red_min: float = 0.0
+    cytoplasm_granule_score_min: float = 0.04
     platelet_score_low: float = 0.06
     platelet_score_high: float = 0.12
     platelet_blue_red_min: float = 0.13
@@ -91,6 +98,7 @@ class SmearParams:
     rbc_red_green_min: float = 0.04
     rbc_min_area_fraction: float = 0.3
     rbc_min_centre_distance_fraction: float = 0.45
+    rbc_min_pallor_area_fraction: float = 0.02
 
     def in_pixels(self, pixel_size_um: float | None) -> SmearParams:
         """These parameters with every ``*_um`` length converted to pixels.
@@ -160,8 +168,11 @@ def _grow_into_cytoplasm(
     window = _padded_bbox(nuclei > 0, params.cytoplasm_width_um)
     nuclei_in, score_in = nuclei[window], score[window]
     reach = expand_labels(nuclei_in, params.cytoplasm_width_um) > 0
+    # pale bluish cytoplasm, or granular cytoplasm clearly bluer than green (eosinophil
+    # granules are orange: redder than blue, yet bluer than green, unlike pink RBCs)
     cytoplasm = (score_in > params.cytoplasm_score_min) & (
-        blue_red[window] > params.cytoplasm_blue_red_min
+        (blue_red[window] > params.cytoplasm_blue_red_min)
+        | (score_in > params.cytoplasm_granule_score_min)
     )
     cells = watershed(-score_in, markers=nuclei_in, mask=reach & (cytoplasm | (nuclei_in > 0)))
     filled = ndi.binary_fill_holes(cells > 0)
@@ -202,15 +213,21 @@ def _platelets(
 
 
 def _rbcs(rgb: np.ndarray, taken: np.ndarray, params: SmearParams) -> np.ndarray:
-    """RBC labels: Otsu foreground of red − green minus ``taken``, split by distance watershed."""
+    """RBC labels: Otsu foreground of red − green minus ``taken``, split by a distance
+    watershed seeded at the central pallors (the filled holes of the foreground)."""
     red_green = ndi.gaussian_filter(rgb[..., 0] - rgb[..., 1], params.smoothing_sigma_um)
     threshold = max(threshold_otsu(red_green), params.rbc_red_green_min)
     rbc_area = disk_area(params.rbc_diameter_um)
-    foreground = fill_small_holes(red_green > threshold, 0.5 * rbc_area) & ~taken
+    stained = red_green > threshold
+    foreground = fill_small_holes(stained, 0.5 * rbc_area, at_border=True) & ~taken
+    pallors, _ = label_by_area(
+        foreground & ~stained, params.rbc_min_pallor_area_fraction * rbc_area
+    )
     rbcs = split_touching(
         foreground,
         params.rbc_min_centre_distance_fraction * params.rbc_diameter_um,
         downsample=_RBC_WATERSHED_DOWNSAMPLE,
+        centres=pallors > 0,
     )
     rbcs, _ = filter_labels_by_area(rbcs, params.rbc_min_area_fraction * rbc_area)
     return rbcs

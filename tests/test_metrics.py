@@ -1,0 +1,137 @@
+"""Tests of instance matching (metrics.match_instances, detection_by_type, match_centroids)."""
+
+import numpy as np
+import pytest
+
+from napari_bloodcell.errors import InputImageError
+from napari_bloodcell.metrics import detection_by_type, match_centroids, match_instances
+
+
+def squares(shape=(40, 40), boxes=(), labels=None) -> np.ndarray:
+    """Label image with axis-aligned squares: boxes are (y, x, size) in px, labels 1.. or given."""
+    image = np.zeros(shape, dtype=np.uint16)
+    for value, (y, x, size) in zip(labels or range(1, len(boxes) + 1), boxes, strict=True):
+        image[y : y + size, x : x + size] = value
+    return image
+
+
+THREE = ((2, 2, 10), (2, 20, 10), (20, 5, 12))
+
+
+def test_identical_labels_match_perfectly():
+    gt = squares(boxes=THREE)
+    result = match_instances(gt, gt)
+    assert (result["tp"], result["fp"], result["fn"]) == (3, 0, 0)
+    assert result["precision"] == result["recall"] == result["f1"] == 1.0
+    assert result["mean_matched_iou"] == 1.0
+    assert result["matches"] == [(1, 1, 1.0), (2, 2, 1.0), (3, 3, 1.0)]
+
+
+def test_one_missing_object_is_a_false_negative():
+    gt = squares(boxes=THREE)
+    pred = squares(boxes=THREE[:2])
+    result = match_instances(gt, pred)
+    assert (result["tp"], result["fp"], result["fn"]) == (2, 0, 1)
+    assert result["precision"] == 1.0
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(0.8)
+
+
+def test_shifted_object_below_threshold_is_unmatched():
+    gt = squares(boxes=[(5, 5, 10)])
+    pred = squares(boxes=[(5, 11, 10)])  # overlap 10 x 4: IoU = 40 / 160 = 0.25
+    result = match_instances(gt, pred)
+    assert (result["tp"], result["fp"], result["fn"]) == (0, 1, 1)
+    assert np.isnan(result["mean_matched_iou"])
+    lenient = match_instances(gt, pred, iou_threshold=0.2)
+    assert lenient["matches"] == [(1, 1, pytest.approx(0.25))]
+
+
+def test_matching_is_one_to_one_and_keeps_label_values():
+    gt = squares(boxes=[(0, 0, 20)], labels=[7])
+    pred = squares(boxes=[(0, 0, 10), (10, 0, 10)], labels=[42, 9])  # two halves, IoU 0.25 each
+    result = match_instances(gt, pred, iou_threshold=0.2)
+    assert result["tp"] == 1 and result["fp"] == 1 and result["fn"] == 0
+    (gt_label, pred_label, iou) = result["matches"][0]
+    assert gt_label == 7 and pred_label in (9, 42) and iou == pytest.approx(0.25)
+
+
+def test_empty_images():
+    empty = np.zeros((8, 8), dtype=np.uint8)
+    one = squares((8, 8), boxes=[(1, 1, 3)]).astype(np.uint8)
+    both_empty = match_instances(empty, empty)
+    assert both_empty["tp"] == both_empty["fp"] == both_empty["fn"] == 0
+    assert both_empty["precision"] == both_empty["recall"] == both_empty["f1"] == 1.0
+    assert both_empty["matches"] == []
+    only_pred = match_instances(empty, one)
+    assert (only_pred["fp"], only_pred["precision"], only_pred["recall"]) == (1, 0.0, 0.0)
+    only_gt = match_instances(one, empty)
+    assert (only_gt["fn"], only_gt["precision"], only_gt["recall"], only_gt["f1"]) == (
+        1,
+        0.0,
+        0.0,
+        0.0,
+    )
+
+
+def test_works_on_time_lapse_stacks():
+    gt = np.stack([squares(boxes=THREE), squares(boxes=THREE[1:], labels=[2, 3])])
+    result = match_instances(gt, gt)
+    assert result["tp"] == 3 and result["f1"] == 1.0
+
+
+def test_bad_inputs_raise():
+    gt = squares(boxes=THREE)
+    with pytest.raises(InputImageError, match="shape"):
+        match_instances(gt, gt[:-1])
+    with pytest.raises(InputImageError, match="integers"):
+        match_instances(gt, gt.astype(float))
+    with pytest.raises(InputImageError, match=">= 0"):
+        match_instances(gt, -gt.astype(np.int32))
+    with pytest.raises(ValueError, match="iou_threshold"):
+        match_instances(gt, gt, iou_threshold=0.0)
+
+
+def test_detection_by_type_counts_only_agreeing_types():
+    gt = squares(boxes=THREE)
+    gt_types = {1: "wbc", 2: "rbc", 3: "platelet"}
+    pred_types = {1: "wbc", 2: "wbc", 3: "platelet"}  # the RBC is called a WBC
+    table = detection_by_type(gt, gt_types, gt, pred_types)
+    assert list(table.index) == ["wbc", "rbc", "platelet", "all"]
+    assert table.loc["rbc", ["tp", "fp", "fn"]].tolist() == [0, 0, 1]
+    assert table.loc["wbc", ["tp", "fp", "fn"]].tolist() == [1, 1, 0]
+    assert table.loc["platelet", "f1"] == 1.0
+    assert table.loc["all", ["tp", "fp", "fn"]].tolist() == [3, 0, 0]
+    assert table.loc["wbc", "precision"] == 0.5
+
+
+def test_detection_by_type_extra_types_and_missing_labels():
+    gt = squares(boxes=THREE)
+    types = {1: "wbc", 2: "rbc", 3: "debris"}
+    table = detection_by_type(gt, types, gt, types)
+    assert list(table.index) == ["wbc", "rbc", "platelet", "debris", "all"]
+    assert table.loc["debris", "tp"] == 1
+    with pytest.raises(InputImageError, match="lack labels"):
+        detection_by_type(gt, {1: "wbc"}, gt, types)
+
+
+def test_match_centroids_is_one_to_one_within_the_radius():
+    gt = np.array([[10.0, 10.0], [10.0, 13.0], [50.0, 50.0]])
+    # pred 0 lies between gt 0 and gt 1, pred 1 near gt 1 only, pred 2 far from everything
+    pred = np.array([[10.0, 12.0], [10.0, 15.5], [90.0, 90.0]])
+    result = match_centroids(gt, pred, 3.0)
+    # greedy closest-first matching pairs (gt 1, pred 0) and loses gt 0; the optimum pairs both
+    assert (result["tp"], result["fp"], result["fn"]) == (2, 1, 1)
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 3)
+    per_object = match_centroids(gt, pred, np.array([1.0, 1.0, 60.0]))
+    assert (per_object["tp"], per_object["fn"]) == (2, 1)  # gt 1 ↔ pred 0, gt 2 ↔ pred 2
+
+
+def test_match_centroids_empty_and_bad_radius():
+    empty = np.zeros((0, 2))
+    assert match_centroids(empty, empty, 3.0)["f1"] == 1.0
+    only_gt = match_centroids(np.array([[1.0, 1.0]]), empty, 3.0)
+    assert (only_gt["fn"], only_gt["recall"], only_gt["f1"]) == (1, 0.0, 0.0)
+    with pytest.raises(ValueError, match="max_distance"):
+        match_centroids(np.array([[1.0, 1.0]]), np.array([[1.0, 1.0]]), -1.0)
