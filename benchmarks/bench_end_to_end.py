@@ -70,7 +70,7 @@ def main() -> None:
     truth, predicted = (np.array(x) for x in zip(*hits, strict=True))
     per_class = {
         c: {"n": int((truth == c).sum()), "accuracy": float((predicted[truth == c] == c).mean())}
-        for c in sorted(set(truth))
+        for c in sorted(set(truth.tolist()))
     }
     result = {
         "model": str(classifier.path),

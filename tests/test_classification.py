@@ -216,3 +216,17 @@ def test_metadata_can_be_updated_without_touching_the_network(tiny_model, tmp_pa
     np.testing.assert_allclose(
         CellClassifier(copy).predict_proba(crops), CellClassifier(tiny_model).predict_proba(crops)
     )
+
+
+def test_cnn_answers_must_fit_the_segmented_cell_type():
+    from napari_bloodcell.classification.inference import plausible_class_mask
+
+    classes = ["neutrophil", "platelet"]
+    probabilities = np.array([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
+    allowed = plausible_class_mask(["platelet", "wbc", "wbc"], classes)
+    table = decide(probabilities, classes, 0.35, allowed)
+    # a platelet-sized fragment the CNN calls a neutrophil is not forced to either
+    assert table["cell_class"].tolist() == [UNCERTAIN, "neutrophil", UNCERTAIN]
+    assert table["confidence"].tolist() == pytest.approx([0.3, 0.6, 0.2])
+    # a model without a platelet class leaves platelet-typed objects unrestricted
+    assert plausible_class_mask(["platelet"], ["lobed", "round"]).all()

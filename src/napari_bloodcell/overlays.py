@@ -53,12 +53,14 @@ def save_overlay_png(
     annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
     for row in annotated.itertuples():
         text = f"{row.cell_class} {row.confidence:.2f}"
+        near_right_edge = row.bbox_x0 > 0.75 * width
         ax.text(
-            row.bbox_x0,
+            row.bbox_x1 if near_right_edge else row.bbox_x0,
             max(row.bbox_y0 - 3, 8),
             text,
             color=class_colour(row.cell_class),
             fontsize=8,
+            ha="right" if near_right_edge else "left",
             fontweight="bold",
             bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
         )

@@ -43,10 +43,16 @@ class ModelFileClassifier:
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def classify(self, crops: np.ndarray, uncertain_threshold: float | None = None) -> pd.DataFrame:
+    def classify(
+        self,
+        crops: np.ndarray,
+        uncertain_threshold: float | None = None,
+        cell_types=None,
+    ) -> pd.DataFrame:
         """Per crop: ``cell_class``, ``confidence`` and ``p_<class>`` columns.
 
-        ``cell_class`` is the most probable class, or ``"uncertain"`` when its
+        ``cell_class`` is the most probable class — among those plausible for each
+        crop's segmented ``cell_types`` when given — or ``"uncertain"`` when its
         probability is below the threshold (default: the model's own).
         """
         threshold = (
@@ -54,7 +60,8 @@ class ModelFileClassifier:
             if uncertain_threshold is None
             else uncertain_threshold
         )
-        return decide(self.predict_proba(crops), self.classes, threshold)
+        allowed = None if cell_types is None else plausible_class_mask(cell_types, self.classes)
+        return decide(self.predict_proba(crops), self.classes, threshold, allowed)
 
 
 class CellClassifier(ModelFileClassifier):
@@ -101,12 +108,41 @@ class CellClassifier(ModelFileClassifier):
         return apply_temperature(probabilities, self.metadata.temperature)
 
 
+PLAUSIBLE_CLASSES = {"platelet": ("platelet",)}
+"""Classes a segmented object of a given type can be; any other type excludes these."""
+
+
+def plausible_class_mask(cell_types, classes: list[str]) -> np.ndarray:
+    """(N, K) bool: which model classes fit each object's segmented type.
+
+    A platelet-sized fragment can only be a platelet; a WBC-sized object anything but
+    a platelet. Where a model has none of the fitting classes every class is allowed.
+    """
+    cell_types = list(cell_types)
+    platelet_like = np.array([c in PLAUSIBLE_CLASSES["platelet"] for c in classes])
+    mask = np.empty((len(cell_types), len(classes)), dtype=bool)
+    for i, cell_type in enumerate(cell_types):
+        fits = platelet_like if cell_type == "platelet" else ~platelet_like
+        mask[i] = fits if fits.any() else True
+    return mask
+
+
 def decide(
-    probabilities: np.ndarray, classes: list[str], uncertain_threshold: float
+    probabilities: np.ndarray,
+    classes: list[str],
+    uncertain_threshold: float,
+    allowed: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Turn probabilities (N, K) into a table: argmax class (or "uncertain"), confidence, p_*."""
+    """Turn probabilities (N, K) into a table: class (or "uncertain"), confidence, p_*.
+
+    The class is the most probable one among ``allowed`` (an (N, K) bool mask; default
+    all); its probability — not renormalised — is the confidence, so an object whose
+    CNN answer contradicts its segmented type ends up "uncertain", not forced.
+    """
     probabilities = np.asarray(probabilities, dtype=float).reshape(-1, len(classes))
-    best = probabilities.argmax(axis=1)
+    if allowed is None:
+        allowed = np.ones(probabilities.shape, dtype=bool)
+    best = np.where(allowed, probabilities, -1.0).argmax(axis=1)
     confidence = probabilities[np.arange(len(best)), best]
     names = np.array(classes, dtype=object)[best] if len(best) else np.array([], dtype=object)
     cell_class = np.where(confidence >= uncertain_threshold, names, UNCERTAIN)
