@@ -25,3 +25,7 @@ class DatasetError(BloodcellError, ValueError):
 
 class OutputExistsError(BloodcellError, FileExistsError):
     """Results already exist in the output folder and overwriting was not requested."""
+
+
+class TrackingError(BloodcellError, ValueError):
+    """A cells table or tracking request cannot be used (missing columns, bad values)."""

@@ -1,0 +1,137 @@
+"""Tracking: link per-frame cells into tracks, class per track, motility and interactions.
+
+:func:`track_table` is the single entry point: it takes the per-cell table of
+:mod:`napari_bloodcell.pipeline` (one row per cell per frame, centroids in px) and returns a
+:class:`TrackingResult`; :func:`write_tracking` writes its tables as CSV. Lengths are µm when
+``pixel_size_um`` is given (else px); times are seconds / minutes when ``frame_interval_s`` is
+given (else frames). See ``docs/tracking.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..table import write_table
+from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, checked_cells
+from .ctc import ctc_scores, ctc_segments, write_ctc
+from .interactions import contact_events, nearest_platelets, resolve_distances
+from .layers import tracks_layer_data
+from .linking import link_cells
+from .measures import VOTE_COLUMNS, msd_table, track_summary, vote_track_classes
+
+__all__ = [
+    "TRACKED_CELL_TYPES",
+    "TrackingParams",
+    "TrackingResult",
+    "Units",
+    "ctc_scores",
+    "ctc_segments",
+    "track_table",
+    "tracks_layer_data",
+    "vote_track_classes",
+    "write_ctc",
+    "write_tracking",
+]
+
+LEADING_COLUMNS = [
+    "track_id",
+    "frame",
+    "t_s",
+    "centroid_y",
+    "centroid_x",
+    "cell_type",
+    "cell_class",
+]
+OUTPUT_FILES = {
+    "tracks": "tracks.csv",
+    "summary": "track_summary.csv",
+    "interactions": "interactions.csv",
+    "nearest_platelet": "nearest_platelet.csv",
+    "msd": "msd.csv",
+}
+
+
+@dataclass
+class TrackingResult:
+    """Tables of one tracking run (pandas DataFrames).
+
+    * ``tracks``: one row per tracked cell per frame (``tracks.csv``): ``track_id, frame,
+      t_s, centroid_y, centroid_x`` (px), ``cell_type, cell_class`` (per frame), the vote
+      ``track_class, track_class_confidence, track_class_agreement``, then the other input
+      columns.
+    * ``summary``: one row per track (``track_summary.csv``), see
+      :func:`~napari_bloodcell.tracking.measures.track_summary`.
+    * ``interactions``: leukocyte–platelet contact events (``interactions.csv``).
+    * ``nearest_platelet``: per leukocyte and frame, nearest platelet and aggregate.
+    * ``msd``: mean-squared displacement per track and lag.
+    * ``units``, ``contact_distance``, ``aggregate_distance``: what was used (length unit).
+    """
+
+    tracks: pd.DataFrame
+    summary: pd.DataFrame
+    interactions: pd.DataFrame
+    nearest_platelet: pd.DataFrame
+    msd: pd.DataFrame
+    units: Units
+    contact_distance: float
+    aggregate_distance: float
+
+
+def track_table(
+    cells_table: pd.DataFrame,
+    pixel_size_um: float | None = None,
+    frame_interval_s: float | None = None,
+    params: TrackingParams | None = None,
+) -> TrackingResult:
+    """Link the cells of ``cells_table`` over frames and measure tracks and interactions.
+
+    ``cells_table`` needs ``frame, centroid_y, centroid_x`` (px) and ``cell_type``; leukocytes
+    (``wbc``) and platelets are linked separately (red cells are left out), per ``source``
+    when present. ``cell_class`` / ``confidence`` feed the class vote (``cell_type`` stands in
+    for a missing ``cell_class``). Raises :class:`~napari_bloodcell.errors.TrackingError` for
+    a table it cannot use; a table without tracked cells gives empty tables.
+    """
+    params = params or TrackingParams()
+    units = Units(pixel_size_um, frame_interval_s)
+    cells = checked_cells(cells_table)
+    if "cell_class" not in cells:
+        cells["cell_class"] = cells["cell_type"]
+    tracks = link_cells(cells, units, params)
+    tracks["t_s"] = units.seconds(tracks["frame"].to_numpy(dtype=float))
+    votes = vote_track_classes(tracks)
+    for column in VOTE_COLUMNS:
+        tracks[column] = tracks["track_id"].map(votes[column])
+    tracks = tracks[LEADING_COLUMNS + [c for c in tracks if c not in LEADING_COLUMNS]]
+    tracks["track_id"] = tracks["track_id"].astype(np.int64)
+
+    contact, aggregate = resolve_distances(cells, units, params)
+    nearest = nearest_platelets(
+        tracks,
+        units,
+        contact_distance=contact,
+        aggregate_distance=aggregate,
+        min_aggregate_size=params.min_aggregate_size,
+    )
+    return TrackingResult(
+        tracks=tracks,
+        summary=track_summary(tracks, units),
+        interactions=contact_events(nearest, units, params.min_contact_frames),
+        nearest_platelet=nearest,
+        msd=msd_table(tracks, units, params.msd_max_lag_frames),
+        units=units,
+        contact_distance=contact,
+        aggregate_distance=aggregate,
+    )
+
+
+def write_tracking(result: TrackingResult, out_dir: str | Path) -> list[Path]:
+    """Write the tables of ``result`` as CSV files in ``out_dir`` (see ``OUTPUT_FILES``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        write_table(getattr(result, name), out_dir / file) for name, file in OUTPUT_FILES.items()
+    ]

@@ -1,0 +1,138 @@
+"""Per-track class vote and motility: path length, displacement, speed, straightness, MSD.
+
+Inputs are linked tracks (one row per cell per frame, ``track_id``, ``frame``, ``centroid_y``,
+``centroid_x`` in px). Lengths are reported in µm with a pixel size (else px), times in
+minutes with a frame interval (else frames); column names carry the unit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._common import Units
+
+UNCERTAIN = "uncertain"
+_UNCERTAIN_WEIGHT = 1e-9  # an "uncertain" frame only decides a track with no other class
+VOTE_COLUMNS = ("track_class", "track_class_confidence", "track_class_agreement")
+
+
+def vote_track_classes(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Class of each track by a confidence-weighted vote over its frames.
+
+    Each frame votes for its ``cell_class`` with weight ``confidence`` (1 where NaN or absent);
+    ``uncertain`` frames count only when a track has nothing else. Returns one row per
+    ``track_id``: ``track_class``, ``track_class_confidence`` (the winner's share of the
+    weight, 0..1) and ``track_class_agreement`` (fraction of frames whose class is the winner).
+    """
+    columns = list(VOTE_COLUMNS)
+    if tracks.empty:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="track_id", dtype=np.int64))
+    classes = tracks["cell_class"].astype(str)
+    weights = (
+        tracks["confidence"].astype(float).fillna(1.0).clip(lower=0.0)
+        if "confidence" in tracks
+        else pd.Series(1.0, index=tracks.index)
+    )
+    weights = weights.where(classes != UNCERTAIN, weights * _UNCERTAIN_WEIGHT)
+    votes = weights.groupby([tracks["track_id"], classes]).sum()
+    winners = votes.groupby(level="track_id").idxmax().map(lambda key: key[1])
+    share = votes.groupby(level="track_id").max() / votes.groupby(level="track_id").sum()
+    agrees = classes.to_numpy() == tracks["track_id"].map(winners).to_numpy()
+    agreement = pd.Series(agrees, index=tracks.index).groupby(tracks["track_id"]).mean()
+    result = pd.DataFrame(
+        {
+            "track_class": winners,
+            "track_class_confidence": share.fillna(0.0),
+            "track_class_agreement": agreement,
+        }
+    )
+    result.index.name = "track_id"
+    return result[columns]
+
+
+def _steps(tracks: pd.DataFrame, units: Units) -> pd.Series:
+    """Length (length unit) of each step from a track's previous detection (NaN at its start)."""
+    by_track = tracks.groupby("track_id", sort=False)
+    dy = by_track["centroid_y"].diff()
+    dx = by_track["centroid_x"].diff()
+    return units.lengths(np.hypot(dy, dx))
+
+
+def track_summary(tracks: pd.DataFrame, units: Units) -> pd.DataFrame:
+    """One row per track: type, voted class, frames, duration, path, displacement, speed.
+
+    ``tracks`` must be sorted by ``track_id`` then ``frame`` and carry the vote columns.
+    Duration is last minus first frame (time unit); mean speed is path length / duration
+    (NaN for one-frame tracks); straightness is net displacement / path length (NaN when
+    the path is 0). Gaps are crossed in a straight line.
+    """
+    length, speed = units.length_unit, units.speed_unit
+    by_track = tracks.groupby("track_id", sort=True)
+    first = by_track.first()
+    last = by_track.last()
+    summary = pd.DataFrame(index=first.index)
+    for column in ("source", "cell_type", *VOTE_COLUMNS):
+        if column in first:
+            summary[column] = first[column]
+    summary["first_frame"] = first["frame"]
+    summary["last_frame"] = last["frame"]
+    summary["n_detections"] = by_track.size()
+    duration_frames = last["frame"] - first["frame"]
+    summary["duration_frames"] = duration_frames
+    summary["duration_s"] = units.seconds(duration_frames.astype(float))
+    path = _steps(tracks, units).groupby(tracks["track_id"]).sum()
+    net = units.lengths(
+        np.hypot(last["centroid_y"] - first["centroid_y"], last["centroid_x"] - first["centroid_x"])
+    )
+    duration = units.times(duration_frames.astype(float))
+    summary[f"path_length_{length}"] = path
+    summary[f"net_displacement_{length}"] = net
+    summary[f"mean_speed_{speed}"] = path / duration.where(duration > 0)
+    summary["straightness"] = net / path.where(path > 0)
+    summary[f"mean_y_{length}"] = units.lengths(by_track["centroid_y"].mean())
+    summary[f"mean_x_{length}"] = units.lengths(by_track["centroid_x"].mean())
+    return summary.reset_index()
+
+
+def msd_table(tracks: pd.DataFrame, units: Units, max_lag_frames: int) -> pd.DataFrame:
+    """Mean-squared displacement per track and lag (1..``max_lag_frames`` frames).
+
+    Every pair of a track's detections ``lag`` frames apart contributes (pairs across a gap
+    are skipped). Columns: ``track_id, lag_frames, lag_s`` (NaN without a frame interval),
+    ``msd_<unit>2`` (length unit squared) and ``n_pairs``; lags without pairs are left out.
+    """
+    length = units.length_unit
+    columns = ["track_id", "lag_frames", "lag_s", f"msd_{length}2", "n_pairs"]
+    if tracks.empty:
+        return pd.DataFrame(columns=columns)
+    positions = tracks.pivot(index="frame", columns="track_id", values=["centroid_y", "centroid_x"])
+    frames = np.arange(tracks["frame"].min(), tracks["frame"].max() + 1)
+    positions = positions.reindex(frames)
+    y = units.lengths(positions["centroid_y"].to_numpy(dtype=float))
+    x = units.lengths(positions["centroid_x"].to_numpy(dtype=float))
+    track_ids = positions["centroid_y"].columns.to_numpy()
+    parts = []
+    for lag in range(1, min(max_lag_frames, len(frames) - 1) + 1):
+        squared = (y[lag:] - y[:-lag]) ** 2 + (x[lag:] - x[:-lag]) ** 2
+        n_pairs = np.isfinite(squared).sum(axis=0)
+        has_pairs = n_pairs > 0
+        sums = np.nansum(squared, axis=0)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "track_id": track_ids[has_pairs],
+                    "lag_frames": lag,
+                    "lag_s": units.seconds(float(lag)),
+                    f"msd_{length}2": sums[has_pairs] / n_pairs[has_pairs],
+                    "n_pairs": n_pairs[has_pairs],
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return (
+        pd.concat(parts, ignore_index=True)
+        .sort_values(["track_id", "lag_frames"])
+        .reset_index(drop=True)
+    )

@@ -1,0 +1,178 @@
+"""Tests of napari_bloodcell.tracking: linking, class vote, measures, interactions, outputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_bloodcell.errors import TrackingError
+from napari_bloodcell.synthetic import make_timelapse
+from napari_bloodcell.tracking import (
+    TrackingParams,
+    ctc_scores,
+    ctc_segments,
+    track_table,
+    tracks_layer_data,
+    write_ctc,
+    write_tracking,
+)
+from napari_bloodcell.tracking.interactions import aggregate_sizes
+
+
+def cells(rows: list[tuple]) -> pd.DataFrame:
+    """A cells table from (frame, label, y, x, cell_type) tuples."""
+    table = pd.DataFrame(rows, columns=["frame", "label", "centroid_y", "centroid_x", "cell_type"])
+    table["cell_class"] = table["cell_type"]
+    return table
+
+
+def test_perfect_detections_give_tra_1(tmp_path):
+    pytest.importorskip("ctc_metrics")
+    timelapse = make_timelapse(10, (96, 160), n_leukocytes=3, n_platelets=8, seed=2)
+    visible = timelapse.tracks[timelapse.tracks["visible"]]
+    detections = visible.assign(label=visible["track_id"]).drop(columns=["track_id", "visible"])
+    result = track_table(detections)
+    truth = visible.assign(label=visible["track_id"])
+    write_ctc(tmp_path / "gt", timelapse.labels, truth, ground_truth=True)
+    write_ctc(tmp_path / "res", timelapse.labels, result.tracks)
+    scores = ctc_scores(tmp_path / "gt", tmp_path / "res")
+    assert scores["TRA"] == pytest.approx(1.0)
+    assert scores["DET"] == pytest.approx(1.0)
+
+
+def test_one_missed_frame_is_bridged_by_gap_closing():
+    rows = [(t, 1, 10.0 + t, 10.0, "wbc") for t in (0, 1, 3, 4)]
+    rows += [(t, 2, 60.0, 60.0 + t, "wbc") for t in range(5)]
+    bridged = track_table(cells(rows)).tracks
+    assert bridged.groupby("label")["track_id"].nunique().tolist() == [1, 1]
+    assert bridged["track_id"].nunique() == 2
+    unbridged = track_table(cells(rows), params=TrackingParams(max_gap_frames=0)).tracks
+    assert unbridged["track_id"].nunique() == 3
+
+
+def test_ctc_segments_split_tracks_at_gaps():
+    tracks = pd.DataFrame({"track_id": [7, 7, 7, 9], "frame": [0, 1, 3, 2]})
+    labels, lbep = ctc_segments(tracks)
+    assert labels.tolist() == [1, 1, 2, 3]
+    assert lbep.to_numpy().tolist() == [[1, 0, 1, 0], [2, 3, 3, 1], [3, 2, 2, 0]]
+
+
+def test_vote_is_confidence_weighted_and_ignores_uncertain():
+    rows = [(t, 1, 10.0, 10.0 + t, "wbc") for t in range(4)]
+    rows += [(t, 2, 80.0, 10.0 + t, "wbc") for t in range(3)]
+    table = cells(rows)
+    table["cell_class"] = ["neutrophil", "neutrophil", "lymphocyte", "uncertain"] + [
+        "lymphocyte",
+        "neutrophil",
+        "neutrophil",
+    ]
+    table["confidence"] = [0.9, 0.8, 0.95, 0.3, 0.99, 0.3, 0.3]
+    summary = track_table(table).summary.set_index("track_id")
+    first, second = summary.loc[1], summary.loc[2]
+    assert first["track_class"] == "neutrophil"
+    assert first["track_class_agreement"] == pytest.approx(0.5)
+    assert first["track_class_confidence"] == pytest.approx(1.7 / 2.65, rel=1e-6)
+    assert second["track_class"] == "lymphocyte"  # 0.99 outweighs 2 x 0.3
+
+
+def test_contact_events_on_a_two_object_scene():
+    wbc_x = [10, 6, 5, 4, 10, 10, 6, 10, 4, 5, 10]
+    rows = [(t, 1, 0.0, float(x), "wbc") for t, x in enumerate(wbc_x)]
+    rows += [(t, 2, 0.0, 5.0, "platelet") for t in range(len(wbc_x))]
+    params = TrackingParams(wbc_max_speed=60.0, contact_distance=1.5, min_contact_frames=2)
+    result = track_table(cells(rows), frame_interval_s=10.0, params=params)
+    events = result.interactions
+    platelet_id = result.tracks.loc[result.tracks["cell_type"] == "platelet", "track_id"].iloc[0]
+    assert events["start_frame"].tolist() == [1, 8]
+    assert events["end_frame"].tolist() == [3, 9]
+    assert events["n_frames"].tolist() == [3, 2]
+    assert events["duration_s"].tolist() == [30.0, 20.0]
+    assert events["min_distance_px"].tolist() == [0.0, 0.0]
+    assert (events["platelet_track_id"] == platelet_id).all()
+    nearest = result.nearest_platelet
+    assert nearest["platelet_distance_px"].tolist() == [abs(x - 5.0) for x in wbc_x]
+    assert nearest["t_s"].tolist() == [10.0 * t for t in range(len(wbc_x))]
+
+
+def test_platelet_aggregates_are_single_linkage_clusters():
+    points = np.array([[0.0, 0.0], [0.0, 3.0], [0.0, 6.0], [20.0, 20.0]])
+    assert aggregate_sizes(points, 3.5).tolist() == [3, 3, 3, 1]
+
+
+def test_motility_measures_in_physical_units():
+    rows = [(t, 1, 0.0, 10.0 * t, "wbc") for t in range(4)]  # 10 px per frame along x
+    result = track_table(
+        cells(rows),
+        pixel_size_um=0.5,
+        frame_interval_s=30.0,
+        params=TrackingParams(wbc_max_speed=20.0),
+    )
+    row = result.summary.iloc[0]
+    assert row["path_length_um"] == pytest.approx(15.0)
+    assert row["net_displacement_um"] == pytest.approx(15.0)
+    assert row["mean_speed_um_per_min"] == pytest.approx(10.0)
+    assert row["straightness"] == pytest.approx(1.0)
+    assert row["duration_s"] == pytest.approx(90.0)
+    msd = result.msd.set_index("lag_frames")["msd_um2"]
+    assert msd.loc[1] == pytest.approx(25.0) and msd.loc[3] == pytest.approx(225.0)
+
+
+def test_tracks_layer_data():
+    rows = [(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]
+    rows += [(t, 2, 40.0, 40.0, "platelet") for t in range(2)]
+    data, features, properties = tracks_layer_data(track_table(cells(rows)).tracks)
+    assert data.shape == (5, 4)
+    assert data[:, 0].tolist() == [1, 1, 1, 2, 2] and data[:, 1].tolist() == [0, 1, 2, 0, 1]
+    assert {"track_id", "frame", "cell_type", "cell_class", "track_class"} <= set(features)
+    assert features["track_class"].dtype == "category"
+    assert all(len(values) == 5 for values in properties.values())
+    assert "track_class" in properties
+
+
+def test_write_tracking(tmp_path):
+    rows = [(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]
+    written = write_tracking(track_table(cells(rows)), tmp_path)
+    assert {p.name for p in written} >= {"tracks.csv", "track_summary.csv", "interactions.csv"}
+    assert pd.read_csv(tmp_path / "tracks.csv").columns[:7].tolist() == [
+        "track_id",
+        "frame",
+        "t_s",
+        "centroid_y",
+        "centroid_x",
+        "cell_type",
+        "cell_class",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pd.DataFrame({"label": [1], "centroid_y": [1.0], "centroid_x": [1.0]}), "lacks column"),
+        (cells([(0, 1, np.nan, 1.0, "wbc")]), "NaN"),
+        (cells([(0, 1, 1.0, 1.0, "wbc"), (0, 1, 9.0, 9.0, "wbc")]), "same frame/label"),
+        (cells([(-1, 1, 1.0, 1.0, "wbc")]), "frame"),
+    ],
+)
+def test_bad_tables_raise_tracking_error(table, message):
+    with pytest.raises(TrackingError, match=message):
+        track_table(table)
+
+
+def test_bad_units_raise_tracking_error():
+    with pytest.raises(TrackingError, match="pixel_size_um"):
+        track_table(cells([(0, 1, 1.0, 1.0, "wbc")]), pixel_size_um=0.0)
+
+
+def test_single_frame_gives_one_frame_tracks():
+    result = track_table(cells([(0, 1, 1.0, 1.0, "wbc"), (0, 2, 50.0, 50.0, "platelet")]))
+    assert result.tracks["track_id"].tolist() == [1, 2]
+    assert result.summary["mean_speed_px_per_frame"].isna().all()
+    assert result.msd.empty and result.interactions.empty
+
+
+def test_empty_and_sparse_tables_give_valid_outputs():
+    empty = track_table(cells([]))
+    assert empty.tracks.empty and empty.summary.empty and empty.interactions.empty
+    rbc_only = track_table(cells([(0, 1, 1.0, 1.0, "rbc")]))
+    assert rbc_only.tracks.empty
+    sparse = track_table(cells([(0, 1, 1.0, 1.0, "wbc"), (9, 1, 1.0, 1.0, "wbc")]))
+    assert sparse.tracks["track_id"].nunique() == 2  # 8 empty frames: too long a gap
