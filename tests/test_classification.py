@@ -75,10 +75,11 @@ def test_training_learns_a_separable_task(tiny_model, tiny_heldout):
     assert training["config"]["seed"] == 0
 
 
-def test_history_csv_is_written_next_to_the_model(tiny_model):
+def test_learning_curves_are_written_next_to_the_model(tiny_model):
     history = tiny_model.with_name(f"{tiny_model.stem}_history.csv").read_text().splitlines()
     assert history[0].split(",")[:3] == ["epoch", "accuracy", "loss"]
-    assert len(history) >= 2
+    assert "val_loss" in history[0] and len(history) >= 2
+    assert tiny_model.with_name(f"{tiny_model.stem}_history.png").stat().st_size > 1000
 
 
 def test_classifier_outputs_probabilities_and_uncertain(tiny_model, tiny_heldout):
@@ -230,3 +231,52 @@ def test_cnn_answers_must_fit_the_segmented_cell_type():
     assert table["confidence"].tolist() == pytest.approx([0.3, 0.6, 0.2])
     # a model without a platelet class leaves platelet-typed objects unrestricted
     assert plausible_class_mask(["platelet"], ["lobed", "round"]).all()
+
+
+def test_fine_tuning_keeps_the_body_and_rebuilds_the_head(tiny_model, tmp_path):
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    from .helpers import write_crop_folder
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=12, seed=5)
+    (data / "round").rename(data / "blob")  # a class the initial model does not know
+    config = TrainingConfig(init_model=str(tiny_model), epochs=1, batch_size=8, test_fraction=0.0)
+    result = train_classifier([data], tmp_path / "tuned.keras", config)
+    assert result.metadata.classes == ["blob", "lobed"]
+    assert result.metadata.input_size == 32  # taken from the initial model
+    assert result.metadata.training["config"]["init_model"] == str(tiny_model)
+    before, after = load_keras_model(tiny_model), load_keras_model(result.model_path)
+    assert after.output_shape == (None, 2)
+    assert len(before.layers) == len(after.layers)
+
+
+def test_user_models_are_listed_by_name(tmp_path, monkeypatch, tiny_model):
+    import shutil
+
+    from napari_bloodcell.classification import model_files
+
+    monkeypatch.setattr(model_files, "user_models_dir", lambda: tmp_path / "models")
+    shutil.copy(tiny_model, model_files.user_model_path("mylab"))
+    assert list(model_files.list_models()) == ["default", "mylab"]
+    assert model_files.resolve_model_path("mylab") == tmp_path / "models" / "mylab.keras"
+    with pytest.raises(ModelError, match="invalid model name"):
+        model_files.user_model_path("../escape")
+
+
+def test_evaluation_reports_calibration_intervals_and_coverage(tiny_model, tiny_heldout):
+    metrics, _ = evaluate_classifier([tiny_heldout], tiny_model, uncertain_threshold=0.9)
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["uncertain_rate"] <= 1
+    low, high = metrics["per_class"]["round"]["recall_ci95"]
+    assert low <= metrics["per_class"]["round"]["recall"] <= high
+    coverage = [point["coverage"] for point in metrics["coverage_curve"]]
+    assert coverage[0] == 1.0 and coverage == sorted(coverage, reverse=True)
+    assert sum(b["count"] for b in metrics["reliability"]) == metrics["n"]
+
+
+def test_wilson_interval_matches_known_values():
+    from napari_bloodcell.classification.evaluation import wilson_interval
+
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.490, abs=0.002) and high == pytest.approx(0.943, abs=0.002)
+    assert np.isnan(wilson_interval(0, 0)[0])

@@ -174,7 +174,9 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "classes", "confusion_matrix"} <= set(metrics)
     assert set(metrics["per_class"]["round"]) == {"precision", "recall", "f1", "support"}
+    assert {"ece", "uncertain_rate", "coverage_curve"} <= set(metrics)
     assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert (out / "reliability.png").stat().st_size > 1000
 
 
 def test_evaluate_refuses_unknown_class_folders(tmp_path, tiny_model, tiny_heldout, capsys):

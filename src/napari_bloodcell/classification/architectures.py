@@ -16,6 +16,7 @@ from __future__ import annotations
 
 ARCHITECTURES = ("compact", "coursework")
 DEFAULT_INPUT_SIZE = {"compact": 64, "coursework": 224}
+HEAD_LAYER = "class_probabilities"
 COMPACT_BN_MOMENTUM = 0.9
 """Keras' default 0.99 leaves the moving statistics far from the batch ones after the
 few hundred steps of a CPU training run, so validation swings wildly; 0.9 settles."""
@@ -50,9 +51,7 @@ def build_model(
         features = _coursework_body(inputs)
     else:
         features = _compact_body(inputs, normalization)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="class_probabilities")(
-        features
-    )
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_LAYER)(features)
     return keras.Model(inputs, outputs, name=f"bloodcell_{architecture}")
 
 

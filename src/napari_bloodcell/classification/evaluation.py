@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import expected_calibration_error
 from .datasets import load_crop_dataset
 from .inference import CellClassifier
 
@@ -56,13 +57,14 @@ def evaluate_classifier(
     model: str | Path = "default",
     *,
     ignore_unknown: bool = False,
-    uncertain_threshold: float | None = 0.0,
+    uncertain_threshold: float | None = None,
 ) -> tuple[dict, CellClassifier]:
     """Classify every crop of labelled folders and score the result.
 
-    By default every crop gets a class (``uncertain_threshold=0``) so accuracy is
-    comparable with other work; pass the model's threshold (``None``) to score
-    with "uncertain" answers.
+    ``accuracy``, ``macro_f1``, ``per_class`` and the confusion matrix count every crop
+    with its most probable class (comparable with other work); ``uncertain_rate`` and
+    ``accuracy_when_decided`` use the uncertain threshold (default: the model's);
+    ``ece`` and ``coverage_curve`` describe calibration and the coverage/accuracy trade-off.
     """
     classifier = CellClassifier(model)
     dataset = load_crop_dataset(
@@ -72,31 +74,162 @@ def evaluate_classifier(
         classes=classifier.classes,
         ignore_unknown=ignore_unknown,
     )
-    table = classifier.classify(dataset.images.astype(np.float32) / 255, uncertain_threshold)
-    lookup = {name: i for i, name in enumerate(classifier.classes)}
-    y_pred = np.array([lookup.get(c, -1) for c in table["cell_class"]], dtype=int)
-    metrics = classification_metrics(dataset.labels, y_pred, classifier.classes)
+    probabilities = classifier.predict_proba(dataset.images.astype(np.float32) / 255)
+    threshold = (
+        classifier.metadata.uncertain_threshold
+        if uncertain_threshold is None
+        else uncertain_threshold
+    )
+    metrics = score_probabilities(probabilities, dataset.labels, classifier.classes, threshold)
     metrics["model"] = str(classifier.path)
     metrics["data_dirs"] = [str(d) for d in data_dirs]
     return metrics, classifier
 
 
+def score_probabilities(
+    probabilities: np.ndarray, labels: np.ndarray, classes: list[str], uncertain_threshold: float
+) -> dict:
+    """All evaluation figures from probabilities (N, K) and true class indices (N,)."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    metrics = classification_metrics(labels, predicted, classes)
+    add_confidence_intervals(metrics, labels, predicted)
+    decided = confidence >= uncertain_threshold
+    metrics["uncertain_threshold"] = float(uncertain_threshold)
+    metrics["uncertain_rate"] = float(np.mean(~decided)) if len(labels) else 0.0
+    metrics["accuracy_when_decided"] = (
+        float(np.mean(predicted[decided] == labels[decided])) if decided.any() else float("nan")
+    )
+    metrics["ece"] = expected_calibration_error(probabilities, labels)
+    metrics["reliability"] = reliability_bins(probabilities, labels)
+    metrics["coverage_curve"] = coverage_curve(confidence, predicted == labels)
+    return metrics
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (nan, nan when there are no trials)."""
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    p = successes / trials
+    centre = (p + z**2 / (2 * trials)) / (1 + z**2 / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / (1 + z**2 / trials)
+    return (float(centre - half), float(centre + half))
+
+
+def add_confidence_intervals(
+    metrics: dict, labels: np.ndarray, predicted: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> None:
+    """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    resamples = rng.integers(0, n, (n_boot, n)) if n else np.zeros((0, 0), dtype=int)
+    for k, name in enumerate(metrics["classes"]):
+        entry = metrics["per_class"][name]
+        true_k, pred_k = labels == k, predicted == k
+        hits = int(np.sum(true_k & pred_k))
+        entry["precision_ci95"] = wilson_interval(hits, int(pred_k.sum()))
+        entry["recall_ci95"] = wilson_interval(hits, int(true_k.sum()))
+        tp = (true_k & pred_k)[resamples].sum(axis=1)
+        denominator = true_k[resamples].sum(axis=1) + pred_k[resamples].sum(axis=1)
+        f1 = np.divide(2 * tp, denominator, out=np.full(len(tp), np.nan), where=denominator > 0)
+        entry["f1_ci95"] = (
+            tuple(float(v) for v in np.nanpercentile(f1, [2.5, 97.5]))
+            if np.isfinite(f1).any()
+            else (float("nan"), float("nan"))
+        )
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> list:
+    """Per confidence bin: mean confidence, accuracy and count (for the reliability diagram)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    return [
+        {
+            "bin_low": b / n_bins,
+            "confidence": float(confidence[bins == b].mean()),
+            "accuracy": float(correct[bins == b].mean()),
+            "count": int((bins == b).sum()),
+        }
+        for b in range(n_bins)
+        if (bins == b).any()
+    ]
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> list:
+    """Accuracy of the decided cells and the share decided, as the threshold rises."""
+    curve = []
+    for threshold in np.round(np.arange(0.0, 1.0, 0.05), 2):
+        decided = confidence >= threshold
+        curve.append(
+            {
+                "threshold": float(threshold),
+                "coverage": float(decided.mean()) if len(confidence) else 0.0,
+                "accuracy": float(correct[decided].mean()) if decided.any() else float("nan"),
+            }
+        )
+    return curve
+
+
 def write_evaluation(metrics: dict, out: Path) -> list[Path]:
-    """Write ``metrics.json`` and ``confusion_matrix.png`` into ``out``."""
+    """Write ``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
-    png = out / "confusion_matrix.png"
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["classes"], png)
-    return [metrics_path, png]
+    confusion_png = out / "confusion_matrix.png"
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["classes"], confusion_png)
+    reliability_png = out / "reliability.png"
+    plot_reliability(metrics, reliability_png)
+    return [metrics_path, confusion_png, reliability_png]
 
 
-def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path) -> None:
-    """Row-normalised confusion matrix with counts, saved as PNG."""
+def plot_reliability(metrics: dict, path: Path) -> None:
+    """Reliability diagram (accuracy vs confidence, with ECE) and the coverage/accuracy curve."""
+    plt = agg_pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    bins = metrics["reliability"]
+    left.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    left.bar(
+        [b["bin_low"] + 0.05 for b in bins],
+        [b["accuracy"] for b in bins],
+        width=0.09,
+        alpha=0.7,
+        label="accuracy per confidence bin",
+    )
+    left.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1")
+    left.set(
+        xlabel="confidence",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"reliability (ECE {metrics['ece']:.3f})",
+    )
+    left.legend(loc="upper left", fontsize=8)
+    curve = metrics["coverage_curve"]
+    right.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], "o-")
+    right.set(
+        xlabel="share of cells decided (coverage)",
+        ylabel="accuracy of decided cells",
+        xlim=(0, 1.02),
+        title="coverage vs accuracy (threshold 0 → 0.95)",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def agg_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix with counts, saved as PNG."""
+    plt = agg_pyplot()
 
     rows = confusion.sum(axis=1, keepdims=True)
     share = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)

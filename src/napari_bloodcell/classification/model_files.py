@@ -150,3 +150,25 @@ def user_models_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("napari-bloodcell")) / "models"
+
+
+def list_models() -> dict[str, Path]:
+    """Models available by name: ``"default"`` (packaged) and every user model, sorted."""
+    models = {DEFAULT_MODEL_NAME: packaged_models_dir() / f"{DEFAULT_MODEL_NAME}.keras"}
+    folder = user_models_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.keras")):
+            if not path.name.startswith(".") and path.stem != DEFAULT_MODEL_NAME:
+                models[path.stem] = path
+    return models
+
+
+def user_model_path(name: str) -> Path:
+    """Where a user model called ``name`` is saved (the folder is created)."""
+    if not name or name == DEFAULT_MODEL_NAME or any(c in name for c in '/\\:*?"<>|'):
+        raise ModelError(
+            f"invalid model name {name!r}: use letters, digits, '-' or '_', and not 'default'"
+        )
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.keras"

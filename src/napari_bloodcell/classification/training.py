@@ -20,10 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from ..crops import CROP_SCALE
-from .architectures import DEFAULT_INPUT_SIZE, build_model
+from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
-from .model_files import ModelMetadata, save_model
+from .model_files import (
+    ModelMetadata,
+    load_keras_model,
+    read_metadata,
+    resolve_model_path,
+    save_model,
+)
 
 MIN_DOMAIN_SHARE = 0.25
 
@@ -43,10 +49,28 @@ class TrainingConfig:
     seed: int = 0
     crop_scale: float = CROP_SCALE
     normalization: str = "batch"
+    init_model: str | None = None
+    """Fine-tune from this model ("default", a user model name or a path) instead of
+    training from scratch: its body is kept, the head rebuilt when the classes differ;
+    its architecture, input size and crop scale are used."""
 
     @property
     def size(self) -> int:
         return self.input_size or DEFAULT_INPUT_SIZE[self.architecture]
+
+    def resolved(self) -> TrainingConfig:
+        """This config with architecture, input size and crop scale taken from ``init_model``."""
+        if self.init_model is None:
+            return self
+        from dataclasses import replace
+
+        init = read_metadata(resolve_model_path(self.init_model))
+        return replace(
+            self,
+            architecture=init.architecture,
+            input_size=init.input_size,
+            crop_scale=init.crop_scale,
+        )
 
 
 @dataclass
@@ -70,7 +94,7 @@ def train_classifier(
     validation) next to the model. ``on_epoch_end(epoch, logs)`` is called after
     each epoch (for progress bars).
     """
-    config = config or TrainingConfig()
+    config = (config or TrainingConfig()).resolved()
     started = time.perf_counter()
     dataset = load_crop_dataset(data_dirs, size=config.size, scale=config.crop_scale)
     train_idx, val_idx, test_idx = split_by_source(
@@ -111,7 +135,7 @@ def train_classifier(
         },
     )
     save_model(model, out, metadata)
-    write_history_csv(history, out.with_name(f"{out.stem}_history.csv"))
+    write_learning_curves(history, out.with_name(f"{out.stem}_history"))
     return TrainingResult(Path(out), history, metadata, time.perf_counter() - started)
 
 
@@ -145,13 +169,16 @@ def fit(dataset, train_idx, val_idx, config: TrainingConfig, out: Path, on_epoch
     """Build, compile and fit the model with early stopping and checkpointing."""
     import keras
 
-    model = build_model(
-        config.architecture,
-        len(dataset.classes),
-        config.size,
-        normalization=config.normalization,
-        seed=config.seed,
-    )
+    if config.init_model is None:
+        model = build_model(
+            config.architecture,
+            len(dataset.classes),
+            config.size,
+            normalization=config.normalization,
+            seed=config.seed,
+        )
+    else:
+        model = model_to_fine_tune(config.init_model, dataset.classes, config.seed)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -190,6 +217,21 @@ def predict_dataset(model, dataset: CropDataset, batch_size: int) -> np.ndarray:
     return np.asarray(
         model.predict(make_tf_dataset(dataset, batch_size, augment=False, seed=0), verbose=0)
     )
+
+
+def model_to_fine_tune(init_model: str, classes: list[str], seed: int):
+    """The network of ``init_model`` ready for new data: body kept; softmax head kept when
+    ``classes`` equal the model's (same order), else rebuilt for ``classes``."""
+    import keras
+
+    path = resolve_model_path(init_model)
+    model = load_keras_model(path)
+    if read_metadata(path).classes == list(classes):
+        return model
+    keras.utils.set_random_seed(seed)
+    features = model.get_layer(HEAD_LAYER).input
+    head = keras.layers.Dense(len(classes), activation="softmax", name=HEAD_LAYER)(features)
+    return keras.Model(model.input, head, name=model.name)
 
 
 def make_tf_dataset(dataset: CropDataset, batch_size: int, *, augment: bool, seed: int):
@@ -237,13 +279,28 @@ def make_augmenter(seed: int) -> Callable:
     return augment
 
 
-def write_history_csv(history: dict[str, list[float]], path: Path) -> None:
+def write_learning_curves(history: dict[str, list[float]], stem: Path) -> list[Path]:
+    """Loss and accuracy per epoch, train vs validation: ``<stem>.csv`` and ``<stem>.png``."""
     import pandas as pd
 
+    from .evaluation import agg_pyplot
+
     frame = pd.DataFrame(history)
-    frame.index.name = "epoch"
-    frame.index += 1
-    frame.to_csv(path)
+    frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
+    csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
+    frame.to_csv(csv_path)
+    plt = agg_pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            if prefix + metric in frame:
+                ax.plot(frame.index, frame[prefix + metric], "o-", label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return [csv_path, png_path]
 
 
 def describe(result: TrainingResult) -> str:
