@@ -280,3 +280,15 @@ def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(8, 10)
     assert low == pytest.approx(0.490, abs=0.002) and high == pytest.approx(0.943, abs=0.002)
     assert np.isnan(wilson_interval(0, 0)[0])
+
+
+def test_augmentation_keeps_shape_and_range_and_changes_images():
+    from napari_bloodcell.classification.training import make_augmenter
+
+    images = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    augmented = np.asarray(make_augmenter(0, stain_jitter=0.15, max_blur_sigma=1.5)(images))
+    assert augmented.shape == images.shape
+    assert augmented.min() >= 0 and augmented.max() <= 1
+    assert not np.allclose(augmented, images)
+    # blur lowers pixel-to-pixel variation of noise images
+    assert np.abs(np.diff(augmented, axis=1)).mean() < np.abs(np.diff(images, axis=1)).mean()

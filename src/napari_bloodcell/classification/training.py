@@ -49,6 +49,8 @@ class TrainingConfig:
     seed: int = 0
     crop_scale: float = CROP_SCALE
     normalization: str = "batch"
+    stain_jitter: float = 0.0
+    max_blur_sigma: float = 0.0
     init_model: str | None = None
     """Fine-tune from this model ("default", a user model name or a path) instead of
     training from scratch: its body is kept, the head rebuilt when the classes differ;
@@ -185,7 +187,12 @@ def fit(dataset, train_idx, val_idx, config: TrainingConfig, out: Path, on_epoch
         metrics=["accuracy"],
     )
     train = make_tf_dataset(
-        dataset.subset(train_idx), config.batch_size, augment=True, seed=config.seed
+        dataset.subset(train_idx),
+        config.batch_size,
+        augment=True,
+        seed=config.seed,
+        stain_jitter=config.stain_jitter,
+        max_blur_sigma=config.max_blur_sigma,
     )
     val = make_tf_dataset(
         dataset.subset(val_idx), config.batch_size, augment=False, seed=config.seed
@@ -234,7 +241,15 @@ def model_to_fine_tune(init_model: str, classes: list[str], seed: int):
     return keras.Model(model.input, head, name=model.name)
 
 
-def make_tf_dataset(dataset: CropDataset, batch_size: int, *, augment: bool, seed: int):
+def make_tf_dataset(
+    dataset: CropDataset,
+    batch_size: int,
+    *,
+    augment: bool,
+    seed: int,
+    stain_jitter: float = 0.0,
+    max_blur_sigma: float = 0.0,
+):
     """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked."""
     import tensorflow as tf
 
@@ -246,14 +261,16 @@ def make_tf_dataset(dataset: CropDataset, batch_size: int, *, augment: bool, see
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
     )
     if augment:
-        augmenter = make_augmenter(seed)
+        augmenter = make_augmenter(seed, stain_jitter, max_blur_sigma)
         ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_augmenter(seed: int) -> Callable:
+def make_augmenter(seed: int, stain_jitter: float = 0.0, max_blur_sigma: float = 0.0) -> Callable:
     """Batch augmentation: the seed's (brightness 0.5–1.5, zoom 0.2, shifts 0.15, horizontal
-    flip) plus vertical flip, 90° rotations and hue/saturation jitter. Output clipped to [0, 1]."""
+    flip) plus vertical flip, 90° rotations and hue/saturation jitter; optionally a stain
+    cast (per image and channel gain in 1 ± ``stain_jitter``) and a Gaussian blur of random
+    sigma in [0, ``max_blur_sigma``] px (other microscopes' stain and focus). Output in [0, 1]."""
     import keras
     import tensorflow as tf
 
@@ -266,14 +283,27 @@ def make_augmenter(seed: int) -> Callable:
     )
     generator = tf.random.Generator.from_seed(seed)
 
+    def blur(images):
+        sigma = generator.uniform((), 1e-3, max_blur_sigma)
+        offsets = tf.range(-3.0, 4.0)
+        kernel_1d = tf.exp(-(offsets**2) / (2 * sigma**2))
+        kernel_1d /= tf.reduce_sum(kernel_1d)
+        kernel = tf.tile((kernel_1d[:, None] * kernel_1d[None, :])[:, :, None, None], [1, 1, 3, 1])
+        padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+        return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
+
     def augment(images):
         images = geometric(images, training=True)
         images = tf.image.rot90(images, k=generator.uniform((), 0, 4, dtype=tf.int32))
         batch = tf.shape(images)[0]
         brightness = generator.uniform((batch, 1, 1, 1), 0.5, 1.5)
         images = images * brightness
+        if stain_jitter > 0:
+            images *= generator.uniform((batch, 1, 1, 3), 1 - stain_jitter, 1 + stain_jitter)
         images = tf.image.adjust_hue(images, generator.uniform((), -0.05, 0.05))
         images = tf.image.adjust_saturation(images, generator.uniform((), 0.7, 1.3))
+        if max_blur_sigma > 0:
+            images = blur(images)
         return tf.clip_by_value(images, 0.0, 1.0)
 
     return augment
