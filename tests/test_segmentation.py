@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skimage.io
+from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from napari_bloodcell.errors import InputImageError
@@ -23,6 +24,7 @@ from napari_bloodcell.segmentation import (
     detect_modality,
     segment_frame,
 )
+from napari_bloodcell.segmentation._regions import split_into_counts
 from napari_bloodcell.synthetic import make_timelapse
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -214,6 +216,53 @@ def test_fluorescence_leukocyte_wins_overlap():
     image[disk((30, 30), 6) + (0,)] = 0.5
     segmentation = segment_frame(image, "fluorescence")
     assert segmentation.cells["cell_type"].tolist() == ["wbc"]
+
+
+def platelet_field(aggregate: list[tuple[float, float]], radius: float = 2.2) -> np.ndarray:
+    """(Y, X, 3) dark frame: six single red platelets and touching ones at ``aggregate``,
+    added up (overlapping fluorescence sums, so there is no dip between them), blurred."""
+    image = np.zeros((80, 120, 3), dtype=np.float32)
+    singles = [(15, 15), (15, 60), (15, 105), (65, 15), (65, 60), (65, 105)]
+    for centre in singles + aggregate:
+        image[disk(centre, radius, shape=image.shape[:2]) + (0,)] += 0.5
+    image[..., 0] = ndi.gaussian_filter(image[..., 0], 1.0)
+    noise = np.random.default_rng(0).normal(0, 0.005, image.shape).astype(np.float32)
+    return np.clip(image + noise, 0, 1)
+
+
+def test_touching_platelets_in_an_aggregate_are_separate_objects():
+    aggregate = [(40, 60), (40, 64.4), (40, 55.6), (44.4, 60)]
+    segmentation = segment_frame(platelet_field(aggregate), "fluorescence", pixel_size_um=0.75)
+    cells = segmentation.cells
+    assert (cells["cell_type"] == "platelet").all()
+    assert len(cells) == 6 + len(aggregate)
+    centres = cells[["centroid_y", "centroid_x"]].to_numpy()
+    for centre in aggregate:
+        assert np.linalg.norm(centres - centre, axis=1).min() <= 1.5
+
+
+def test_large_single_platelet_is_not_split():
+    segmentation = segment_frame(
+        platelet_field([]) + platelet_field([(40, 60)], radius=3.2) * [1, 0, 0],
+        "fluorescence",
+        pixel_size_um=0.75,
+    )
+    assert len(segmentation.cells) == 7
+    assert type_at(segmentation, 40, 60) == "platelet"
+
+
+def test_split_into_counts_splits_only_counted_objects():
+    labels = np.zeros((20, 40), dtype=np.int32)
+    labels[5:15, 2:22] = 1  # two 10 × 10 halves
+    labels[5:15, 28:36] = 2
+    split = split_into_counts(labels, np.ones(labels.shape), np.array([0, 2, 1]))
+    assert split.max() == 3
+    assert (split > 0).sum() == (labels > 0).sum()
+    assert len(np.unique(split[5:15, 28:36])) == 1
+    left, right = split[10, 3], split[10, 20]
+    assert left != right and {left, right} <= {1, 3}
+    areas = np.bincount(split[labels == 1])[[left, right]]
+    assert abs(areas[0] - areas[1]) <= 20  # about 100 px each, split across the long side
 
 
 def test_synthetic_time_lapse_frame_counts_leukocytes_and_platelets():

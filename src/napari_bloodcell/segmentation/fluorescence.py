@@ -13,7 +13,9 @@ Per mapped channel:
   kept when large enough (µm), roughly round and convex, and their mean contrast is at least
   ``leukocyte_mean_sigmas`` σ;
 * platelets: local maxima at least ``platelet_threshold_sigmas`` σ above background, each
-  flooded down to the noise floor;
+  flooded down to the noise floor; an object carrying several times the integrated signal and
+  area of the frame's typical platelet is an aggregate of touching platelets and is split into
+  that many (their fluorescence adds up, so no intensity dip separates them);
 * each object is trimmed to the pixels above ``*_edge_fraction`` of its own peak contrast
   (about its half-maximum outline), then size-filtered.
 
@@ -46,6 +48,7 @@ from ._regions import (
     filter_labels_by_area,
     lengths_in_pixels,
     renumber_kept,
+    split_into_counts,
     split_touching,
 )
 
@@ -58,6 +61,8 @@ ROLE_CELL_TYPES: dict[str, str] = {"leukocyte": "wbc", "platelet": "platelet"}
 
 _MAD_TO_SIGMA = 1.4826
 _PLATELET_FLOOD_SIGMAS = 3.0  # platelets are flooded from their peak down to this contrast (σ)
+_MIN_PLATELETS_FOR_TYPICAL = 5  # fewer platelets in a frame: no aggregate splitting
+_CLUSTER_MIN_AREA_RATIO = 1.8  # an aggregate also covers this many typical platelet areas
 
 
 def default_channels(n_channels: int) -> dict[str, int]:
@@ -98,6 +103,12 @@ class FluorescenceParams:
       above this fraction of its peak contrast. A platelet on a leukocyte must be a compact
       spot: its region above ``platelet_edge_fraction`` × peak is at most
       ``platelet_max_diameter_um`` across (equivalent diameter).
+    * ``platelet_cluster_ratio``: a platelet-channel object whose integrated contrast is at
+      least this many times the frame's median platelet's (and whose area is at least 1.8
+      median areas) is an aggregate of round(ratio) touching platelets and is split into that
+      many (k-means on its pixels).
+      Touching platelets add up with no intensity dip between them, so their summed signal,
+      not a local maximum, tells how many there are.
     """
 
     smoothing_sigma_um: float = field(default=_um(1.0), metadata=UM)
@@ -118,6 +129,7 @@ class FluorescenceParams:
     platelet_threshold_sigmas: float = 5.0
     platelet_min_contrast: float = 0.05
     platelet_edge_fraction: float = 0.5
+    platelet_cluster_ratio: float = 2.5
 
     def in_pixels(self, pixel_size_um: float | None) -> FluorescenceParams:
         """These parameters with every ``*_um`` length converted to pixels.
@@ -138,12 +150,21 @@ def segment_fluorescence(
     """
     shape = frame.shape[:2]
     leukocytes = np.zeros(shape, dtype=np.int32)
+    leukocyte_signal = np.zeros(shape, dtype=bool)
     platelets = np.zeros(shape, dtype=np.int32)
     if "leukocyte" in channels:
-        leukocytes = _leukocytes(frame[..., channels["leukocyte"]], params)
+        leukocytes, leukocyte_signal = _leukocytes(frame[..., channels["leukocyte"]], params)
     if "platelet" in channels:
         platelets, contrast = _platelets(frame[..., channels["platelet"]], params)
-        platelets = _platelets_visible_on(leukocytes, platelets, contrast, params)
+        counts = _platelet_counts(
+            leukocyte_signal, platelets, contrast, params.platelet_cluster_ratio
+        )
+        keep = _platelets_visible_on(leukocytes, platelets, contrast, counts, params)
+        platelets = renumber_kept(platelets, keep)
+        platelets = split_into_counts(platelets, contrast, np.r_[0, counts[keep]])
+        platelets, _ = filter_labels_by_area(
+            platelets, 0, disk_area(params.platelet_max_diameter_um)
+        )
         leukocytes = np.where(platelets > 0, 0, leukocytes)
     layers = [
         LabelLayer(ROLE_CELL_TYPES["leukocyte"], leukocytes),
@@ -177,8 +198,10 @@ def _trim_to_peak_fraction(labels: np.ndarray, contrast: np.ndarray, fraction: f
     return np.where(contrast >= level[labels], labels, 0)
 
 
-def _leukocytes(image: np.ndarray, params: FluorescenceParams) -> np.ndarray:
-    """Leukocyte labels of one (Y, X) channel: large, round, clearly-above-noise blobs."""
+def _leukocytes(image: np.ndarray, params: FluorescenceParams) -> tuple[np.ndarray, np.ndarray]:
+    """Leukocyte labels of one (Y, X) channel (large, round, clearly-above-noise blobs) and
+    the (Y, X) bool mask of all leukocyte-channel signal (hysteresis mask, before the shape
+    and size tests)."""
     contrast, noise = _contrast(
         image,
         params.background_radius_factor * params.leukocyte_diameter_um,
@@ -192,7 +215,7 @@ def _leukocytes(image: np.ndarray, params: FluorescenceParams) -> np.ndarray:
     objects, _ = filter_labels_by_area(objects, disk_area(params.leukocyte_min_diameter_um))
     n_objects = int(objects.max(initial=0))
     if n_objects == 0:
-        return objects
+        return objects, candidates
     props = regionprops_table(
         objects, properties=("axis_minor_length", "axis_major_length", "solidity")
     )
@@ -203,12 +226,12 @@ def _leukocytes(image: np.ndarray, params: FluorescenceParams) -> np.ndarray:
         & (props["solidity"] >= params.leukocyte_min_solidity)
         & (mean_contrast >= params.leukocyte_mean_sigmas * noise)
     )
-    return renumber_kept(objects, np.concatenate([[False], keep]))
+    return renumber_kept(objects, np.concatenate([[False], keep])), candidates
 
 
 def _platelets(image: np.ndarray, params: FluorescenceParams) -> tuple[np.ndarray, np.ndarray]:
-    """Platelet labels of one (Y, X) channel (bright local maxima of platelet size) and the
-    channel's background-subtracted contrast."""
+    """Platelet-channel objects of one (Y, X) channel (bright local maxima at least platelet
+    size; aggregates not split yet) and the channel's background-subtracted contrast."""
     contrast, noise = _contrast(
         image,
         params.background_radius_factor * params.platelet_diameter_um,
@@ -225,24 +248,52 @@ def _platelets(image: np.ndarray, params: FluorescenceParams) -> tuple[np.ndarra
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     objects = watershed(-contrast, markers, mask=contrast > floor)
     objects = _trim_to_peak_fraction(objects, contrast, params.platelet_edge_fraction)
-    objects, _ = filter_labels_by_area(
-        objects,
-        disk_area(params.platelet_min_diameter_um),
-        disk_area(params.platelet_max_diameter_um),
-    )
+    objects, _ = filter_labels_by_area(objects, disk_area(params.platelet_min_diameter_um))
     return objects, contrast
 
 
+def _platelet_counts(
+    leukocyte_signal: np.ndarray,
+    platelets: np.ndarray,
+    contrast: np.ndarray,
+    cluster_ratio: float,
+) -> np.ndarray:
+    """Estimated platelets per object of ``platelets`` (indexed by label, entry 0 unused).
+
+    An object's integrated ``contrast`` over the frame's median one (the typical single
+    platelet; objects on ``leukocyte_signal`` (Y, X) bool are left out of the median, since
+    bleed-through of a leukocyte is no platelet) gives its count when at least
+    ``cluster_ratio`` and its area at least 1.8 median areas (so a large, bright single
+    platelet stays whole), else 1. Frames with fewer than a handful of platelets are not
+    split.
+    """
+    n_platelets = int(platelets.max(initial=0))
+    counts = np.ones(n_platelets + 1, dtype=np.int64)
+    index = np.arange(1, n_platelets + 1)
+    flux = np.asarray(ndi.sum(np.clip(contrast, 0, None), platelets, index))
+    reference = ~np.asarray(ndi.maximum(leukocyte_signal, platelets, index), dtype=bool)
+    if np.count_nonzero(reference) < _MIN_PLATELETS_FOR_TYPICAL:
+        reference[:] = True
+    if n_platelets < _MIN_PLATELETS_FOR_TYPICAL:
+        return counts
+    area = np.bincount(platelets.ravel(), minlength=n_platelets + 1)[1:]
+    ratio = flux / max(float(np.median(flux[reference])), 1e-12)
+    large = area >= _CLUSTER_MIN_AREA_RATIO * np.median(area[reference])
+    several = (ratio >= cluster_ratio) & large
+    counts[1:] = np.where(several, np.maximum(np.rint(ratio), 2), 1)
+    return counts
+
+
 def _is_compact_peak(
-    contrast: np.ndarray, peaks: np.ndarray, fraction: float, max_diameter: float
+    contrast: np.ndarray, peaks: np.ndarray, fraction: float, max_diameters: np.ndarray
 ) -> np.ndarray:
     """(n,) bool: the region above ``fraction`` × the peak's contrast around each (y, x) peak
-    is no larger than a disk of ``max_diameter`` px, so the peak is a spot, not the top of a
-    broad blob such as a leukocyte seen in the platelet channel."""
-    half = int(np.ceil(max_diameter))
-    max_area = disk_area(max_diameter)
+    is no larger than a disk of its ``max_diameters`` px, so the peak is a spot (or a small
+    aggregate), not the top of a broad blob such as a leukocyte seen in the platelet channel."""
     compact = np.zeros(len(peaks), dtype=bool)
-    for index, (y, x) in enumerate(peaks):
+    for index, ((y, x), max_diameter) in enumerate(zip(peaks, max_diameters, strict=True)):
+        half = int(np.ceil(max_diameter))
+        max_area = disk_area(max_diameter)
         y0, x0 = max(y - half, 0), max(x - half, 0)
         window = contrast[y0 : y + half + 1, x0 : x + half + 1]
         regions, _ = ndi.label(window >= fraction * contrast[y, x])
@@ -254,26 +305,28 @@ def _platelets_visible_on(
     leukocytes: np.ndarray,
     platelets: np.ndarray,
     contrast: np.ndarray,
+    counts: np.ndarray,
     params: FluorescenceParams,
 ) -> np.ndarray:
-    """``platelets`` without the ones on a leukocyte that are not compact spots.
+    """(n + 1,) bool, indexed by label: which ``platelets`` to keep (entry 0 False).
 
     On a leukocyte, a platelet-channel object counts only when the region above
-    ``platelet_edge_fraction`` × its peak ``contrast`` (platelet channel) is platelet-sized;
-    a broad one is the leukocyte itself seen in the platelet channel (e.g. bleed-through).
+    ``platelet_edge_fraction`` × its peak ``contrast`` (platelet channel) is as small as
+    ``counts[label]`` platelets of ``platelet_max_diameter_um``; a broad one is the leukocyte
+    itself seen in the platelet channel (e.g. bleed-through).
     """
     n_platelets = int(platelets.max(initial=0))
-    if n_platelets == 0 or not leukocytes.any():
-        return platelets
-    index = np.arange(1, n_platelets + 1)
-    on_leukocyte = np.asarray(ndi.maximum(leukocytes > 0, platelets, index), dtype=bool)
-    peaks = np.asarray(ndi.maximum_position(contrast, platelets, index[on_leukocyte]))
     keep = np.ones(n_platelets + 1, dtype=bool)
     keep[0] = False
-    keep[index[on_leukocyte]] = _is_compact_peak(
+    if n_platelets == 0 or not leukocytes.any():
+        return keep
+    index = np.arange(1, n_platelets + 1)
+    on_leukocyte = index[np.asarray(ndi.maximum(leukocytes > 0, platelets, index), dtype=bool)]
+    peaks = np.asarray(ndi.maximum_position(contrast, platelets, on_leukocyte))
+    keep[on_leukocyte] = _is_compact_peak(
         contrast,
         peaks.reshape(-1, 2).astype(int),
         params.platelet_edge_fraction,
-        params.platelet_max_diameter_um,
+        params.platelet_max_diameter_um * np.sqrt(counts[on_leukocyte]),
     )
-    return renumber_kept(platelets, keep)
+    return keep
