@@ -1,5 +1,6 @@
 """The command line end to end: analyze, train, evaluate, predict, demo and bad input."""
 
+import io
 import json
 import subprocess
 import sys
@@ -59,14 +60,47 @@ def test_analyze_writes_table_labels_overlays_and_run_record(
     assert "ms/frame" in capsys.readouterr().out
 
 
-def test_analyze_refuses_to_overwrite_without_the_flag(tmp_path, smear_png, capsys):
+def test_rerun_skips_finished_inputs_and_overwrite_replaces_them(tmp_path, smear_png, capsys):
     out = tmp_path / "out"
     assert run_cli("analyze", smear_png, "--out", out, "--no-classify") == 0
-    before = (out / "cells.csv").read_bytes()
+    labels = out / "labels" / "smear.tif"
+    before = (out / "cells.csv").read_bytes(), labels.stat().st_mtime_ns
+    other = tmp_path / "other.png"
+    iio.imwrite(other, make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=3, seed=7).image)
+    capsys.readouterr()
+    assert run_cli("analyze", smear_png, other, "--out", out, "--no-classify") == 0
+    err = capsys.readouterr().err
+    assert "smear.png: skipped" in err and "--overwrite" in err and "other.png" not in err
+    assert labels.stat().st_mtime_ns == before[1]  # not analysed again
+    table = pd.read_csv(out / "cells.csv")
+    assert set(table["source"]) == {"smear.png", "other.png"}  # finished inputs stay in
+    assert json.loads((out / "run.json").read_text())["skipped"] == [str(smear_png)]
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify") == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify", "--overwrite") == 0
+    assert labels.stat().st_mtime_ns != before[1]
+    assert set(pd.read_csv(out / "cells.csv")["source"]) == {"smear.png", "other.png"}
+    smear_rows = pd.read_csv(out / "tables" / "smear.csv")
+    assert smear_rows.equals(pd.read_csv(io.BytesIO(before[0])))
+
+
+def test_labels_of_an_older_run_are_never_replaced_without_overwrite(tmp_path, smear_png, capsys):
+    out = tmp_path / "out"
+    (out / "labels").mkdir(parents=True)
+    (out / "labels" / "smear.tif").write_bytes(b"older results")
     assert run_cli("analyze", smear_png, "--out", out, "--no-classify") == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (out / "cells.csv").read_bytes() == before
+    assert (out / "labels" / "smear.tif").read_bytes() == b"older results"
     assert run_cli("analyze", smear_png, "--out", out, "--no-classify", "--overwrite") == 0
+
+
+def test_analyze_on_a_local_dask_cluster(tmp_path, smear_png, capsys):
+    out = tmp_path / "out"
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify", "--workers", "1") == 0
+    err = capsys.readouterr().err
+    assert "1 worker(s)" in err and "Dask dashboard: http" in err
+    assert json.loads((out / "run.json").read_text())["dask"]["workers"] == 1
+    assert len(pd.read_csv(out / "cells.csv")) > 0
 
 
 def test_analyze_a_fluorescence_stack_with_a_channel_mapping(tmp_path):
@@ -173,7 +207,15 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny
     assert run_cli("evaluate", tiny_heldout, "--model", tiny_model, "--out", out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "classes", "confusion_matrix"} <= set(metrics)
-    assert set(metrics["per_class"]["round"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics["per_class"]["round"]) == {
+        "precision",
+        "recall",
+        "f1",
+        "support",
+        "precision_ci95",
+        "recall_ci95",
+        "f1_ci95",
+    }
     assert {"ece", "uncertain_rate", "coverage_curve"} <= set(metrics)
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert (out / "reliability.png").stat().st_size > 1000

@@ -2,22 +2,40 @@
 
 Layout of ``out``::
 
-    cells.csv               one row per cell per frame (and cells.parquet with pyarrow)
+    cells.csv               every finished input's rows, rebuilt from tables/ after each run
+                            (and cells.parquet with pyarrow)
+    tables/<stem>.csv       one input's rows; written last, it marks that input as finished
     labels/<stem>.tif       uint32 instance labels, (Y, X) or (T, Y, X) like the input
     overlays/<stem>[_tNNNN].png   outlines coloured by class (first frames of a stack)
-    run.json                parameters, model, timings and failures
+    run.json                the last run: parameters, model, inputs analysed, skipped, failed
+    .parts/<stem>/          one input's work in progress, removed when it is finished
 
-Every file is written under a temporary name and renamed, so ``out`` never holds
-a half-written file. Existing results are never replaced unless ``overwrite``.
+**Units of work** are (input, chunk of frames). A unit gets its frames from the lazy
+stack (:func:`~napari_bloodcell.reading.open_lazy`, so only the chunk is ever in
+memory), analyses them one by one, streams their labels to ``.parts/<stem>/`` with its
+overlays and returns its table rows. When every unit of an input is done its labels are
+copied page by page into ``labels/<stem>.tif``, its overlays moved and its table
+written. Units run here one after the other (Dask's synchronous scheduler), or on a
+Dask cluster when a ``client`` is given (:mod:`napari_bloodcell.distributed`); both
+give the same files. On a cluster the workers must see ``out`` and the inputs (a
+shared file system).
+
+**Reruns** skip inputs that are finished in ``out`` (``summary.skipped`` says so) and
+analyse the others; ``overwrite`` analyses every input again. ``cells.csv`` always holds
+every finished input. Every file is written under a temporary name and renamed, so
+``out`` never holds a half-written file, and an input's old results are replaced only
+once its new ones are complete.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +45,27 @@ from . import __version__
 from .errors import BloodcellError, InputImageError, OutputExistsError
 from .overlays import save_overlay_png
 from .pipeline import AnalysisSettings, concat_tables, iter_analyze_stack
-from .reading import read_image
-from .table import write_table
+from .reading import LazyImage, open_lazy
+from .table import read_table, write_table
 
 MAX_OVERLAYS_PER_INPUT = 10
+FRAMES_PER_UNIT = 8
+"""Frames analysed by one unit of work: memory per worker grows with it, overhead shrinks."""
+PARTS_FOLDER = ".parts"
 
 
 @dataclass
 class BatchSummary:
-    """What a batch run did: per-input outcome, the table, timings."""
+    """What a batch run did: per-input outcome, the table, timings.
+
+    ``table`` holds the rows of this run's inputs, analysed now or skipped as finished.
+    """
 
     out: Path
     table: pd.DataFrame
     processed: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
     modalities: dict[str, str] = field(default_factory=dict)
     n_frames: int = 0
     seconds: float = 0.0
@@ -51,15 +76,44 @@ class BatchSummary:
         return self.seconds / self.n_frames if self.n_frames else float("nan")
 
 
-def planned_outputs(inputs: list[Path], out: Path) -> list[Path]:
-    """Files a run over ``inputs`` would create (used to refuse overwriting)."""
-    paths = [out / "cells.csv", out / "cells.parquet", out / "run.json"]
-    paths += [out / "labels" / f"{p.stem}.tif" for p in inputs]
-    return paths
+@dataclass(frozen=True)
+class BatchProgress:
+    """Progress after a unit of work: this input's frames and all inputs' frames."""
+
+    source: str
+    frames_done: int
+    n_frames: int
+    total_done: int
+    total_frames: int
 
 
-def check_inputs_and_output(inputs: list[Path], out: Path, overwrite: bool) -> None:
-    """Refuse colliding input names and existing results (unless ``overwrite``)."""
+@dataclass(frozen=True)
+class InputJob:
+    """What every unit of work on one input needs (sent to the workers)."""
+
+    source: str
+    stem: str
+    parts: Path
+    n_frames: int
+    frame_shape: tuple[int, int]
+    settings: AnalysisSettings
+    model_path: Path | None
+    max_overlays: int
+
+
+@dataclass
+class UnitResult:
+    """One unit's outcome: the table rows of its frames and the modalities found."""
+
+    first_frame: int
+    n_frames: int
+    table: pd.DataFrame
+    modalities: set[str]
+    seconds: float
+
+
+def check_inputs(inputs: list[Path], out: Path) -> None:
+    """Refuse an empty input list, colliding input names and an ``out`` that is a file."""
     if not inputs:
         raise InputImageError("no input files given")
     stems: dict[str, Path] = {}
@@ -72,12 +126,26 @@ def check_inputs_and_output(inputs: list[Path], out: Path, overwrite: bool) -> N
         stems[path.stem] = path
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
-    existing = [p for p in planned_outputs(inputs, out) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{out} already holds results ({', '.join(p.name for p in existing[:3])}"
-            f"{' …' if len(existing) > 3 else ''}); pass --overwrite to replace them"
+
+
+def finished_reason(path: Path, out: Path) -> str | None:
+    """Why ``path`` needs no analysis into ``out`` (its results exist), or None.
+
+    Raises :class:`OutputExistsError` for labels without a table (an older or
+    interrupted run), which only ``overwrite`` may replace.
+    """
+    table, labels = _table_path(out, path.stem), _labels_path(out, path.stem)
+    if table.exists():
+        return (
+            f"skipped: {out} already holds its results ({labels.relative_to(out)}, "
+            f"{table.relative_to(out)}); pass --overwrite to analyse it again"
         )
+    if labels.exists():
+        raise OutputExistsError(
+            f"{labels} exists without {table.relative_to(out)} (an older or interrupted "
+            f"run); pass --overwrite to replace it"
+        )
+    return None
 
 
 def analyze_files(
@@ -89,40 +157,182 @@ def analyze_files(
     axes: str | None = None,
     overwrite: bool = False,
     max_overlays: int = MAX_OVERLAYS_PER_INPUT,
-    on_frame: Callable[[str, int, int], None] | None = None,
+    frames_per_unit: int = FRAMES_PER_UNIT,
+    client=None,
+    on_progress: Callable[[BatchProgress], None] | None = None,
 ) -> BatchSummary:
-    """Analyse every input file into ``out``; a bad input is reported and skipped.
+    """Analyse every input file into ``out``; a bad input is reported and the others go on.
 
-    ``on_frame(source, frame_index, n_frames)`` is called after each frame.
+    Inputs are opened lazily and analysed in units of ``frames_per_unit`` frames, here
+    or on the Dask cluster of ``client`` (a ``distributed.Client``). Finished inputs are
+    skipped unless ``overwrite``. ``on_progress`` is called after each unit of work.
     """
     inputs = [Path(p) for p in inputs]
     out = Path(out)
-    check_inputs_and_output(inputs, out, overwrite)
-    classifier = _load_classifier(model)
+    check_inputs(inputs, out)
+    if frames_per_unit < 1:
+        raise BloodcellError(f"frames per unit must be at least 1, got {frames_per_unit}")
+    classifier = _model_metadata(model)
     started = time.perf_counter()
     summary = BatchSummary(out=out, table=pd.DataFrame())
-    tables = []
+    jobs, units, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
         try:
-            table, n_frames, modality, written = _analyze_one(
-                path, out, settings, classifier, axes, max_overlays, on_frame
-            )
+            reason = None if overwrite else finished_reason(path, out)
+            if reason is not None:
+                summary.skipped[str(path)] = reason
+                continue
+            image = open_lazy(path, axes=axes)
         except BloodcellError as exc:
             summary.failures[str(path)] = str(exc)
             continue
-        tables.append(table)
-        summary.processed.append(str(path))
-        summary.modalities[str(path)] = modality
-        summary.n_frames += n_frames
-        summary.written += written
+        job = _input_job(path, out, image, settings, classifier, max_overlays)
+        shutil.rmtree(job.parts, ignore_errors=True)  # leftovers of an interrupted run
+        jobs.append(job)
+        job_units = _units(image, job, frames_per_unit)
+        units += job_units
+        unit_jobs += [job] * len(job_units)
+        n_units[job.source] = len(job_units)
+
+    results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
+    total_frames, total_done = sum(job.n_frames for job in jobs), 0
+
+    def failed_unit(index: int) -> bool:
+        return unit_jobs[index].source in summary.failures
+
+    for index, outcome in _computed(units, client, skip=failed_unit):
+        job = unit_jobs[index]
+        if job.source in summary.failures:
+            continue
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, BloodcellError):
+                raise outcome
+            summary.failures[job.source] = str(outcome)
+            continue
+        results[job.source].append(outcome)
+        total_done += outcome.n_frames
+        if on_progress is not None:
+            done = sum(r.n_frames for r in results[job.source])
+            on_progress(BatchProgress(job.source, done, job.n_frames, total_done, total_frames))
+        if len(results[job.source]) == n_units[job.source]:
+            unit_results = sorted(results.pop(job.source), key=lambda r: r.first_frame)
+            summary.written += _finish_input(job, unit_results, out)
+            summary.processed.append(job.source)
+            summary.modalities[job.source] = "+".join(
+                sorted(set().union(*(r.modalities for r in unit_results)))
+            )
+            summary.n_frames += job.n_frames
+    for job in jobs:
+        if job.source in summary.failures:  # its other units have all finished by now
+            _remove_parts(job)
     summary.seconds = time.perf_counter() - started
-    summary.table = concat_tables(tables) if tables else pd.DataFrame()
+    summary.processed.sort(key=[str(p) for p in inputs].index)  # cluster: completion order
+    finished = [p.stem for p in inputs if str(p) in summary.processed or str(p) in summary.skipped]
+    summary.table = _tables_of(finished, out)
     if summary.processed:
-        summary.written += _write_tables(summary, settings, classifier, out)
+        summary.written += _write_run_tables(summary, settings, classifier, client, out)
     return summary
 
 
-def _load_classifier(model):
+def _computed(units: list, client, skip: Callable[[int], bool]) -> Iterator[tuple[int, object]]:
+    """``(index, result or the exception raised)`` per unit as each finishes: here one
+    after the other (Dask's synchronous scheduler), or on the cluster of ``client``.
+
+    Here, units for which ``skip(index)`` is true when their turn comes are not run; a
+    cluster runs every unit (the units of an input that failed run on, and are ignored).
+    """
+    if client is not None:
+        from .distributed import compute_on_cluster
+
+        yield from compute_on_cluster(units, client)
+        return
+    import dask
+
+    for index, unit in enumerate(units):
+        if skip(index):
+            continue
+        try:
+            (result,) = dask.compute(unit, scheduler="sync")
+        except BloodcellError as exc:
+            result = exc
+        yield index, result
+
+
+def analyze_unit(frames: np.ndarray, first_frame: int, job: InputJob) -> UnitResult:
+    """Analyse frames ``first_frame …`` of one input ((T, Y, X, C) chunk), writing their
+    labels and overlays under ``job.parts``; returns their table rows.
+
+    The classifier is loaded once per process (see :func:`cached_classifier`), so a Dask
+    worker loads the network for its first unit only.
+    """
+    classifier = cached_classifier(job.model_path) if job.model_path is not None else None
+    tables, modalities, seconds = [], set(), 0.0
+
+    def labels_of_each_frame() -> Iterator[np.ndarray]:
+        nonlocal seconds
+        results = iter_analyze_stack(
+            frames, classifier, job.settings, source=Path(job.source).name, first_frame=first_frame
+        )
+        for t, result in enumerate(results, start=first_frame):
+            tables.append(result.table)
+            modalities.add(result.modality)
+            seconds += result.seconds
+            if t < job.max_overlays:
+                overlay = job.parts / f"overlay_{t:06d}.png"
+                save_overlay_png(overlay, frames[t - first_frame], result.labels, result.table)
+            yield result.labels
+
+    job.parts.mkdir(parents=True, exist_ok=True)
+    write_label_stack(
+        job.parts / f"labels_{first_frame:06d}.tif",
+        labels_of_each_frame(),
+        n_frames=len(frames),
+        frame_shape=job.frame_shape,
+    )
+    return UnitResult(first_frame, len(frames), concat_tables(tables), modalities, seconds)
+
+
+def write_label_stack(
+    path: Path, frames: Iterator[np.ndarray], *, n_frames: int, frame_shape: tuple[int, int]
+) -> Path:
+    """Write uint32 (Y, X) label frames page by page (never all in memory), atomically,
+    as (Y, X) when there is one frame, else (T, Y, X)."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.tif")
+    shape = tuple(frame_shape) if n_frames == 1 else (n_frames, *frame_shape)
+    try:
+        tifffile.imwrite(
+            tmp,
+            (np.asarray(frame, dtype=np.uint32) for frame in frames),
+            shape=shape,
+            dtype=np.uint32,
+            compression="zlib",
+            photometric="minisblack",  # never read a 3- or 4-frame stack as RGB(A)
+            metadata={"axes": "YX" if n_frames == 1 else "TYX"},
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier_of_file(model_path: Path, modified_ns: int):
+    from .classification.inference import CellClassifier
+
+    return CellClassifier(model_path)
+
+
+def cached_classifier(model_path: Path):
+    """The classifier of a model file, loaded once per process (and again if the file
+    changes): a Dask worker keeps its network for all the units it runs."""
+    return _classifier_of_file(Path(model_path), Path(model_path).stat().st_mtime_ns)
+
+
+def _model_metadata(model):
+    """The model's classifier object for its path, classes and metadata (no network load)."""
     if model is None:
         return None
     from .classification.inference import CellClassifier
@@ -130,53 +340,110 @@ def _load_classifier(model):
     return CellClassifier(model)
 
 
-def _analyze_one(path, out, settings, classifier, axes, max_overlays, on_frame):
-    """Read, analyse and write one input; returns (table, n_frames, modality, files written)."""
-    image = read_image(path, axes=axes)
+def _input_job(path, out, image: LazyImage, settings, classifier, max_overlays) -> InputJob:
     if settings.pixel_size_um is None and image.pixel_size_um is not None:
-        settings = AnalysisSettings(**{**asdict(settings), "pixel_size_um": image.pixel_size_um})
-    labels = np.zeros(image.data.shape[:3], dtype=np.uint32)
-    tables, modalities, overlays = [], set(), []
-    frames = iter_analyze_stack(image.data, classifier, settings, source=path.name)
-    for t, result in enumerate(frames):
-        labels[t] = result.labels
-        tables.append(result.table)
-        modalities.add(result.modality)
-        if t < max_overlays:
-            overlays.append((t, result))
-        if on_frame is not None:
-            on_frame(path.name, t, image.n_frames)
-    written = [_write_labels(out / "labels" / f"{path.stem}.tif", labels)]
-    for t, result in overlays:
-        suffix = f"_t{t:04d}" if image.n_frames > 1 else ""
-        target = out / "overlays" / f"{path.stem}{suffix}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(save_overlay_png(target, image.data[t], result.labels, result.table))
-    return concat_tables(tables), image.n_frames, "+".join(sorted(modalities)), written
+        settings = replace(settings, pixel_size_um=image.pixel_size_um)
+    return InputJob(
+        source=str(path),
+        stem=path.stem,
+        parts=out / PARTS_FOLDER / path.stem,
+        n_frames=image.n_frames,
+        frame_shape=tuple(image.data.shape[1:3]),
+        settings=settings,
+        model_path=classifier.path if classifier is not None else None,
+        max_overlays=max_overlays,
+    )
 
 
-def _write_labels(path: Path, labels: np.ndarray) -> Path:
-    """uint32 labels as (Y, X) for a single frame or (T, Y, X), written atomically."""
+def _units(image: LazyImage, job: InputJob, frames_per_unit: int) -> list:
+    """One Dask task per chunk of frames; its argument is the chunk of the lazy stack, so
+    Dask reads the frames (on the worker that runs the unit) right before it."""
+    import dask
+
+    analyze = dask.delayed(functools.partial(analyze_unit, job=job), pure=False)
+    return [
+        analyze(image.data[start : start + frames_per_unit], start)
+        for start in range(0, image.n_frames, frames_per_unit)
+    ]
+
+
+def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> list[Path]:
+    """Assemble one input's labels, overlays and table from its units (sorted by frame);
+    returns the files written."""
+    parts = [job.parts / f"labels_{r.first_frame:06d}.tif" for r in unit_results]
+    written = [
+        write_label_stack(
+            _labels_path(out, job.stem),
+            _pages_of(parts),
+            n_frames=job.n_frames,
+            frame_shape=job.frame_shape,
+        )
+    ]
+    written += _move_overlays(job, out)
+    table = concat_tables([r.table for r in unit_results])
+    _table_path(out, job.stem).parent.mkdir(parents=True, exist_ok=True)
+    written.append(write_table(table, _table_path(out, job.stem)))
+    _remove_parts(job)
+    return written
+
+
+def _remove_parts(job: InputJob) -> None:
+    """Remove an input's work in progress (and the parts folder once empty)."""
+    shutil.rmtree(job.parts, ignore_errors=True)
+    if job.parts.parent.is_dir() and not any(job.parts.parent.iterdir()):
+        job.parts.parent.rmdir()
+
+
+def _pages_of(paths: list[Path]) -> Iterator[np.ndarray]:
+    """The pages of several TIFF files in order, one page in memory at a time."""
     import tifffile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = labels[0] if labels.shape[0] == 1 else labels
-    tmp = path.with_name(f".{path.name}.tmp.tif")
-    tifffile.imwrite(
-        tmp, data, compression="zlib", metadata={"axes": "YX" if data.ndim == 2 else "TYX"}
-    )
-    tmp.replace(path)
-    return path
+    for path in paths:
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.pages:
+                yield page.asarray()
 
 
-def _write_tables(summary: BatchSummary, settings, classifier, out: Path) -> list[Path]:
-    written = [write_table(summary.table, out / "cells.csv")]
+def _move_overlays(job: InputJob, out: Path) -> list[Path]:
+    """Replace the input's old overlays by the ones its units wrote."""
+    folder = out / "overlays"
+    for old in [folder / f"{job.stem}.png", *folder.glob(f"{job.stem}_t[0-9][0-9][0-9][0-9].png")]:
+        old.unlink(missing_ok=True)
+    moved = []
+    for overlay in sorted(job.parts.glob("overlay_*.png")):
+        t = int(overlay.stem.removeprefix("overlay_"))
+        suffix = f"_t{t:04d}" if job.n_frames > 1 else ""
+        target = folder / f"{job.stem}{suffix}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        moved.append(overlay.replace(target))
+    return moved
+
+
+def _labels_path(out: Path, stem: str) -> Path:
+    return out / "labels" / f"{stem}.tif"
+
+
+def _table_path(out: Path, stem: str) -> Path:
+    return out / "tables" / f"{stem}.csv"
+
+
+def _tables_of(stems: list[str], out: Path) -> pd.DataFrame:
+    """The rows of finished inputs (by file stem), in the order given."""
+    tables = [read_table(_table_path(out, stem)) for stem in stems]
+    return concat_tables(tables) if tables else pd.DataFrame()
+
+
+def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: Path):
+    """cells.csv (+ .parquet) from every finished input in ``out``, and run.json."""
+    cells = _tables_of(sorted(p.stem for p in (out / "tables").glob("*.csv")), out)
+    written = [write_table(cells, out / "cells.csv")]
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pass
     else:
-        written.append(write_table(summary.table, out / "cells.parquet"))
+        written.append(write_table(cells, out / "cells.parquet"))
+    processed_names = [Path(p).name for p in summary.processed]
     run = {
         "napari_bloodcell_version": __version__,
         "command": " ".join(sys.argv),
@@ -196,11 +463,13 @@ def _write_tables(summary: BatchSummary, settings, classifier, out: Path) -> lis
             "version": classifier.metadata.version,
             "classes": classifier.classes,
         },
+        "dask": None if client is None else _cluster_record(client),
         "inputs": summary.processed,
+        "skipped": list(summary.skipped),
         "modalities": summary.modalities,
         "failures": summary.failures,
         "n_frames": summary.n_frames,
-        "n_cells": int(len(summary.table)),
+        "n_cells": int(summary.table["source"].isin(processed_names).sum()),
         "seconds": round(summary.seconds, 3),
         "seconds_per_frame": round(summary.seconds_per_frame, 4),
     }
@@ -210,3 +479,12 @@ def _write_tables(summary: BatchSummary, settings, classifier, out: Path) -> lis
     tmp.replace(run_path)
     written.append(run_path)
     return written
+
+
+def _cluster_record(client) -> dict:
+    info = client.scheduler_info()
+    return {
+        "scheduler": info.get("address"),
+        "workers": len(info.get("workers", {})),
+        "threads": sum(w.get("nthreads", 0) for w in info.get("workers", {}).values()),
+    }

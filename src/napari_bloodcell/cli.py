@@ -11,11 +11,13 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import BloodcellError
 
 EXIT_USER_ERROR = 2
+FRAMES_PER_UNIT = 8  # the default of napari_bloodcell.batch, without importing it here
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-overlays", type=int, default=10, help="overlay PNGs per input (first frames)"
     )
     analyze.add_argument(
-        "--overwrite", action="store_true", help="replace existing results in --out"
+        "--overwrite",
+        action="store_true",
+        help="analyse inputs again whose results are in --out (default: skip them)",
+    )
+    cluster = analyze.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="analyse on a local Dask cluster of N worker processes (one thread each)",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="analyse on an existing Dask cluster, e.g. tcp://host:8786 "
+        "(default: $DASK_SCHEDULER_ADDRESS when set)",
+    )
+    analyze.add_argument(
+        "--frames-per-task",
+        type=int,
+        default=FRAMES_PER_UNIT,
+        metavar="N",
+        help=f"frames per unit of work (default {FRAMES_PER_UNIT}); memory grows with it",
     )
     analyze.set_defaults(run=_run_analyze)
 
@@ -142,9 +166,7 @@ def parse_channels(specs: list[str]) -> dict[str, int] | None:
 
 
 def _run_analyze(args) -> int:
-    from .batch import analyze_files
     from .pipeline import AnalysisSettings
-    from .table import summarise
 
     if args.pixel_size is not None and args.pixel_size <= 0:
         raise BloodcellError(f"--pixel-size must be positive, got {args.pixel_size}")
@@ -154,6 +176,26 @@ def _run_analyze(args) -> int:
         pixel_size_um=args.pixel_size,
         uncertain_threshold=args.uncertain_threshold,
     )
+    scheduler = args.scheduler
+    if scheduler is None and args.workers is None:
+        import dask
+
+        scheduler = dask.config.get("scheduler-address", None)  # $DASK_SCHEDULER_ADDRESS
+    if scheduler is None and args.workers is None:
+        return _analyze_and_report(args, settings, client=None)
+    from .distributed import dashboard_link, describe, open_client
+
+    with open_client(args.workers, scheduler) as client:
+        print(describe(client), file=sys.stderr)
+        print(f"Dask dashboard: {dashboard_link(client)}", file=sys.stderr)
+        return _analyze_and_report(args, settings, client)
+
+
+def _analyze_and_report(args, settings, client) -> int:
+    """Run :func:`~napari_bloodcell.batch.analyze_files` and print its summary."""
+    from .batch import analyze_files
+    from .table import summarise
+
     summary = analyze_files(
         args.inputs,
         args.out,
@@ -162,8 +204,12 @@ def _run_analyze(args) -> int:
         axes=args.axes,
         overwrite=args.overwrite,
         max_overlays=args.max_overlays,
-        on_frame=_terminal_progress,
+        frames_per_unit=args.frames_per_task,
+        client=client,
+        on_progress=TerminalProgress(sys.stderr),
     )
+    for path, message in summary.skipped.items():
+        print(f"napari-bloodcell: {path}: {message}", file=sys.stderr)
     for path, message in summary.failures.items():
         print(
             f"napari-bloodcell: error: {message if path in message else f'{path}: {message}'}",
@@ -177,12 +223,33 @@ def _run_analyze(args) -> int:
         )
         print(summarise(summary.table).to_string(index=False))
         print(f"results in {summary.out}/")
+    elif summary.skipped and not summary.failures:
+        print(f"nothing to do: every input is finished in {summary.out}/")
     return EXIT_USER_ERROR if summary.failures else 0
 
 
-def _terminal_progress(source: str, t: int, n: int) -> None:
-    if n > 1 and sys.stderr.isatty():
-        print(f"\r{source}: frame {t + 1}/{n}", end="" if t + 1 < n else "\n", file=sys.stderr)
+class TerminalProgress:
+    """A one-line progress bar on a terminal (nothing when the stream is not a terminal)."""
+
+    WIDTH = 30
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._started = time.perf_counter()
+
+    def __call__(self, progress) -> None:
+        if not self._stream.isatty() or progress.total_frames == 0:
+            return
+        fraction = progress.total_done / progress.total_frames
+        filled = int(self.WIDTH * fraction)
+        rate = progress.total_done / max(time.perf_counter() - self._started, 1e-9)
+        line = (
+            f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.total_done}/"
+            f"{progress.total_frames} frames, {rate:.1f}/s · {Path(progress.source).name} "
+            f"{progress.frames_done}/{progress.n_frames}"
+        )
+        end = "\n" if progress.total_done == progress.total_frames else ""
+        print(line, end=end, file=self._stream, flush=True)
 
 
 def _run_train(args) -> int:

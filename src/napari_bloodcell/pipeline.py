@@ -90,15 +90,20 @@ def analyze_frame(
 
 
 def iter_analyze_stack(
-    stack: np.ndarray,
+    stack,
     classifier=None,
     settings: AnalysisSettings | None = None,
     *,
     source: str = "",
+    first_frame: int = 0,
 ) -> Iterator[FrameResult]:
     """Analyse a (T, Y, X, C) stack frame by frame, yielding each :class:`FrameResult`.
 
-    Being a generator, the caller can report progress or stop between frames.
+    ``stack`` is a numpy or dask array; a dask stack is computed one frame at a time
+    (in this thread), so memory stays bounded by a frame whatever the stack's length.
+    ``first_frame`` is the index of ``stack[0]`` in its whole stack (for the table's
+    ``frame`` column when ``stack`` is a chunk). Being a generator, the caller can
+    report progress or stop between frames.
     """
     if stack.ndim != 4:
         raise InputImageError(
@@ -106,8 +111,20 @@ def iter_analyze_stack(
         )
     for t in range(stack.shape[0]):
         yield analyze_frame(
-            np.asarray(stack[t]), classifier, settings, frame_index=t, source=source
+            _computed_frame(stack, t),
+            classifier,
+            settings,
+            frame_index=first_frame + t,
+            source=source,
         )
+
+
+def _computed_frame(stack, t: int) -> np.ndarray:
+    """Frame ``t`` of a numpy or dask stack as a numpy array."""
+    frame = stack[t]
+    if hasattr(frame, "compute"):  # dask: compute only this frame, here, not on a cluster
+        return np.asarray(frame.compute(scheduler="sync"))
+    return np.asarray(frame)
 
 
 def analyze_stack(stack, classifier=None, settings=None, *, source: str = ""):
@@ -158,7 +175,7 @@ def _classify_into(table, frame, segmentation, classifier, uncertain_threshold) 
         size=classifier.input_size,
         scale=classifier.crop_scale,
     )
-    decided = classifier.classify(crops, uncertain_threshold)
+    decided = classifier.classify(crops, uncertain_threshold, cells["cell_type"])
     for column in decided.columns:
         table.loc[table.index[chosen], column] = decided[column].to_numpy()
 

@@ -10,6 +10,12 @@ values in [0, 1]:
   :class:`~napari_bloodcell.errors.InputImageError` asks for ``axes``.
 * Intensities are normalised by an explicit, documented rule
   (:func:`normalise_intensity`), never by accident of dtype.
+
+Two entry points: :func:`read_image` loads the whole image (small inputs, napari
+layers); :func:`open_lazy` opens TIFF/OME-TIFF stacks (and Zarr when ``zarr`` is
+installed) as a Dask array read page by page, so a stack of any length is analysed
+with memory bounded by the frames in flight (see :func:`lazy_image_from_array` for
+how its intensity mapping is chosen from a bounded sample of frames).
 """
 
 from __future__ import annotations
@@ -18,14 +24,25 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputImageError
 
+if TYPE_CHECKING:
+    import dask.array as da
+
 CANONICAL_AXES = "TYXC"
 MIN_FRAME_SIDE_PX = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+ZARR_SUFFIX = ".zarr"
+TIFF_READ_TASK = "read-tiff-page"
+"""Name of the Dask tasks that read one TIFF page each."""
+INTENSITY_SAMPLE_FRAMES = 16
+"""At most this many frames, evenly spaced over the stack, set a lazy stack's intensity range."""
+INTENSITY_SAMPLE_VALUES = 2**24
+"""…and at most this many values (64 MB as float32): fewer frames are sampled when they are big."""
 
 # Letters accepted in an axes string and what they mean for this 2-D + time pipeline.
 _AXIS_SYNONYMS = {"T": "T", "Y": "Y", "X": "X", "C": "C", "S": "C", "I": "T", "Q": "T", "Z": "Z"}
@@ -65,18 +82,9 @@ def read_image(path: str | Path, axes: str | None = None) -> LoadedImage:
     ``axes`` overrides the inferred axis order (letters T, Y, X, C; e.g. ``"TCYX"``).
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputImageError(f"{path}: the file is empty (0 bytes)")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise InputImageError(
-            f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
-        )
+    path = _checked_image_path(path, IMAGE_SUFFIXES)
     try:
-        if suffix in (".tif", ".tiff"):
+        if path.suffix.lower() in (".tif", ".tiff"):
             array, metadata_axes, pixel_size = _read_tiff(path)
         else:
             array, metadata_axes, pixel_size = _read_with_imageio(path), None, None
@@ -92,6 +100,23 @@ def read_image(path: str | Path, axes: str | None = None) -> LoadedImage:
         raise InputImageError(f"{path}: {exc}") from None
 
 
+def _checked_image_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """The path, or an :class:`InputImageError` if it is missing, empty or of another type."""
+    path = Path(path)
+    if path.suffix.lower() == ZARR_SUFFIX and ZARR_SUFFIX in suffixes and path.is_dir():
+        return path
+    if not path.is_file():
+        raise InputImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"{path}: the file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise InputImageError(
+            f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(suffixes)}"
+        )
+    return path
+
+
 def image_from_array(
     array: np.ndarray,
     axes: str | None = None,
@@ -101,6 +126,19 @@ def image_from_array(
 ) -> LoadedImage:
     """Bring an in-memory array to canonical (T, Y, X, C) float32 in [0, 1]."""
     array = np.asarray(array)
+    tyxc, original_axes = _canonical_layout(array, axes)
+    tyxc = _drop_constant_alpha(tyxc, tyxc)
+    return LoadedImage(
+        data=normalise_intensity(tyxc),
+        source=source,
+        original_axes=original_axes,
+        original_dtype=str(array.dtype),
+        pixel_size_um=pixel_size_um,
+    )
+
+
+def _canonical_layout(array, axes: str | None):
+    """Checked (T, Y, X, C) view of a numpy or dask array and the input's axes string."""
     if array.dtype.kind not in "biuf":
         raise InputImageError(f"unsupported pixel type {array.dtype}; expected integers or floats")
     if array.size == 0:
@@ -112,15 +150,124 @@ def image_from_array(
             f"frames are {tyxc.shape[1]}×{tyxc.shape[2]} px; need at least "
             f"{MIN_FRAME_SIDE_PX}×{MIN_FRAME_SIDE_PX} px"
         )
-    tyxc = _drop_constant_alpha(tyxc)
-    data = normalise_intensity(tyxc)
-    return LoadedImage(
+    return tyxc, original_axes
+
+
+@dataclass(frozen=True)
+class LazyImage:
+    """A stack in canonical layout whose frames are read only when computed.
+
+    Attributes
+    ----------
+    data : dask float32 array (T, Y, X, C), values in [0, 1], one frame per chunk.
+    source, original_axes, original_dtype, pixel_size_um : as in :class:`LoadedImage`.
+    intensity : the mapping of stored values to [0, 1] shared by every frame.
+    sampled_frames : the frame indices the mapping was chosen from.
+    """
+
+    data: da.Array
+    source: str
+    original_axes: str
+    original_dtype: str
+    intensity: IntensityMapping
+    sampled_frames: tuple[int, ...]
+    pixel_size_um: float | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def n_channels(self) -> int:
+        return self.data.shape[-1]
+
+
+def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
+    """Open an image file as a lazy (T, Y, X, C) float32 stack in [0, 1].
+
+    TIFF and OME-TIFF stacks are read page by page when frames are computed; a
+    ``.zarr`` folder (needs the ``zarr`` package) chunk by chunk; JPEG/PNG/BMP frames
+    are small and read at once. The intensity rule is :func:`lazy_image_from_array`'s.
+    Raises :class:`InputImageError` naming the file for anything unreadable or unusable;
+    a page that turns out unreadable later raises it when that frame is computed.
+    """
+    path = _checked_image_path(path, (*IMAGE_SUFFIXES, ZARR_SUFFIX))
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            array, metadata_axes, pixel_size = _open_tiff_lazily(path)
+        elif suffix == ZARR_SUFFIX:
+            array, metadata_axes, pixel_size = _open_zarr_lazily(path)
+        else:
+            array, metadata_axes, pixel_size = _read_with_imageio(path), None, None
+    except InputImageError:
+        raise
+    except Exception as exc:  # any decoder failure means a corrupt or foreign file
+        raise InputImageError(f"{path}: cannot be read as an image ({exc})") from exc
+    try:
+        return lazy_image_from_array(
+            array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
+        )
+    except InputImageError as exc:
+        message = str(exc)
+        raise InputImageError(message if str(path) in message else f"{path}: {message}") from None
+
+
+def lazy_image_from_array(
+    array,
+    axes: str | None = None,
+    *,
+    source: str = "<array>",
+    pixel_size_um: float | None = None,
+) -> LazyImage:
+    """Bring a numpy or dask array to a lazy canonical (T, Y, X, C) float32 stack in [0, 1].
+
+    Memory rule: nothing but a bounded sample is computed here. The intensity mapping
+    (:func:`intensity_mapping`) is chosen from up to :data:`INTENSITY_SAMPLE_FRAMES`
+    frames evenly spaced over the stack (first and last included), fewer when they would
+    hold more than :data:`INTENSITY_SAMPLE_VALUES` values; for stacks that short it is
+    exactly the whole-stack rule of :func:`read_image`. Consequences for longer stacks:
+    a 16-bit stack's percentiles come from the sample; a float stack within [0, 1] in
+    the sample is passed through clipped to [0, 1]; a constant sample is refused; NaN
+    or infinite values are refused when the frame holding them is computed.
+    """
+    import dask.array as da
+
+    array = da.asarray(array)
+    tyxc, original_axes = _canonical_layout(array, axes)
+    tyxc = tyxc.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
+    sampled_frames = _sample_frame_indices(tyxc.shape)
+    sample = tyxc[list(sampled_frames)].compute(scheduler="sync")
+    tyxc = _drop_constant_alpha(tyxc, sample)
+    mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
+    data = tyxc.map_blocks(
+        _normalise_frames, mapping, source, dtype=np.float32, meta=np.empty((0,) * 4, np.float32)
+    )
+    return LazyImage(
         data=data,
         source=source,
         original_axes=original_axes,
         original_dtype=str(array.dtype),
+        intensity=mapping,
+        sampled_frames=sampled_frames,
         pixel_size_um=pixel_size_um,
     )
+
+
+def _sample_frame_indices(tyxc_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Evenly spaced frame indices (first and last included) within the sample budget."""
+    n_frames, values_per_frame = tyxc_shape[0], int(np.prod(tyxc_shape[1:]))
+    budget = max(1, INTENSITY_SAMPLE_VALUES // values_per_frame)
+    n_sampled = min(n_frames, INTENSITY_SAMPLE_FRAMES, budget)
+    return tuple(int(t) for t in np.unique(np.linspace(0, n_frames - 1, n_sampled).round()))
+
+
+def _normalise_frames(
+    frames: np.ndarray, mapping: IntensityMapping, source: str, block_id=None
+) -> np.ndarray:
+    """One (1, Y, X, C) block of stored values → float32 in [0, 1] (block i is frame i)."""
+    refuse_non_finite(frames, where=f"{source}: frame {block_id[0]}")
+    return mapping.apply(frames)
 
 
 def normalise_axes(axes: str, ndim: int) -> str:
@@ -200,39 +347,70 @@ def to_canonical_axes(array: np.ndarray, axes: str) -> np.ndarray:
     return np.transpose(array, [canonical.index(letter) for letter in CANONICAL_AXES])
 
 
-def normalise_intensity(array: np.ndarray) -> np.ndarray:
-    """Map stored values to float32 in [0, 1] by an explicit rule per dtype.
+@dataclass(frozen=True)
+class IntensityMapping:
+    """value → clip((value − low) / (high − low), 0, 1) as float32."""
+
+    low: float
+    high: float
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Map stored values (any shape) to float32 in [0, 1]."""
+        if values.dtype == bool:
+            return values.astype(np.float32)
+        values = values.astype(np.float32, copy=False)
+        low, high = self.low, self.high
+        return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def intensity_mapping(values: np.ndarray) -> IntensityMapping:
+    """Choose the mapping of stored values to [0, 1] from ``values`` by an explicit rule.
 
     * ``bool`` → 0 / 1.
     * ``uint8`` → value / 255 (the file's own scale: brightfield colours stay comparable).
     * other integers (e.g. 12/16-bit cameras) and floats outside [0, 1] → linear stretch
-      of the whole stack's 0.1–99.9 percentile range to [0, 1], clipped, so that all
-      frames of a stack share one mapping.
+      of the 0.1–99.9 percentile range of ``values`` to [0, 1], clipped.
     * floats already within [0, 1] → unchanged.
 
-    Raises :class:`InputImageError` for NaN/inf values or a constant image.
+    Raises :class:`InputImageError` for NaN/inf values or constant values.
     """
-    if array.dtype == bool:
-        return array.astype(np.float32)
-    if array.dtype == np.uint8:
-        if array.min() == array.max():
-            raise _constant_image_error(array)
-        return array.astype(np.float32) / np.float32(255)
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        n_bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise InputImageError(
-            f"the image contains {n_bad} NaN or infinite value(s); expected finite numbers"
-        )
-    values = array.astype(np.float32, copy=False)
-    low, high = float(values.min()), float(values.max())
+    if values.dtype == bool:
+        return IntensityMapping(0.0, 1.0)
+    if values.dtype == np.uint8:
+        if values.min() == values.max():
+            raise _constant_image_error(values)
+        return IntensityMapping(0.0, 255.0)
+    refuse_non_finite(values)
+    as_float = values.astype(np.float32, copy=False)
+    low, high = float(as_float.min()), float(as_float.max())
     if low == high:
-        raise _constant_image_error(array)
-    if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
-        return values.astype(np.float32, copy=True)
-    low, high = (float(v) for v in np.percentile(values, [0.1, 99.9]))
-    if high <= low:  # nearly constant with rare outliers: fall back to the full range
-        low, high = float(values.min()), float(values.max())
-    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+        raise _constant_image_error(values)
+    if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        return IntensityMapping(0.0, 1.0)
+    percentiles = (float(v) for v in np.percentile(as_float, [0.1, 99.9]))
+    low_percentile, high_percentile = percentiles
+    if high_percentile <= low_percentile:  # nearly constant with rare outliers: full range
+        return IntensityMapping(low, high)
+    return IntensityMapping(low_percentile, high_percentile)
+
+
+def normalise_intensity(array: np.ndarray) -> np.ndarray:
+    """Map stored values to float32 in [0, 1] by the rule of :func:`intensity_mapping`.
+
+    The range comes from the whole array, so that all frames of a stack share one mapping.
+    """
+    return intensity_mapping(array).apply(array)
+
+
+def refuse_non_finite(values: np.ndarray, where: str = "the image") -> None:
+    """Raise :class:`InputImageError` if float ``values`` hold NaN or infinite numbers."""
+    if values.dtype.kind != "f":
+        return
+    n_bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if n_bad:
+        raise InputImageError(
+            f"{where} contains {n_bad} NaN or infinite value(s); expected finite numbers"
+        )
 
 
 def _constant_image_error(array: np.ndarray) -> InputImageError:
@@ -242,11 +420,12 @@ def _constant_image_error(array: np.ndarray) -> InputImageError:
     )
 
 
-def _drop_constant_alpha(tyxc: np.ndarray) -> np.ndarray:
-    """RGBA → RGB when alpha is uniform; a varying alpha is an error (what would it mean?)."""
+def _drop_constant_alpha(tyxc, sample: np.ndarray):
+    """RGBA → RGB when alpha is uniform in ``sample`` (frames of ``tyxc``); a varying
+    alpha is an error (what would it mean?)."""
     if tyxc.shape[-1] != 4:
         return tyxc
-    alpha = tyxc[..., 3]
+    alpha = sample[..., 3]
     if alpha.min() != alpha.max():
         raise InputImageError(
             "the image has 4 channels with a varying 4th channel; if these are 4 fluorescence "
@@ -277,6 +456,124 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
         axes = _tiff_axes(series.axes, array.shape)
         pixel_size = _tiff_pixel_size_um(tif)
     return array, axes, pixel_size
+
+
+def _open_tiff_lazily(path: Path):
+    """The first series of a TIFF as a dask array of pages, its axes and pixel size."""
+    import dask.array as da
+    import tifffile
+    from dask.base import tokenize
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise InputImageError(
+                f"{path}: cannot be read as an image (the TIFF holds no image series)"
+            )
+        pages = _TiffPages.of(path, tif)
+        axes = _tiff_axes(tif.series[0].axes, pages.shape)
+        pixel_size = _tiff_pixel_size_um(tif)
+    page_dims = len(pages.page_shape)
+    chunks = (1,) * (len(pages.shape) - page_dims) + pages.page_shape
+    name = f"{TIFF_READ_TASK}-{tokenize(pages)}"
+    array = da.from_array(
+        pages, chunks=chunks, name=name, asarray=False, meta=np.empty((0,), pages.dtype)
+    )
+    return array, axes, pixel_size
+
+
+@dataclass(frozen=True)
+class _TiffPages:
+    """Array-like view of one TIFF series that reads one page per ``[...]`` (for Dask).
+
+    Pages are read with tifffile when the series lists them all; a contiguous series
+    whose pages are not all listed (ImageJ files over 4 GB) is read at its byte offsets.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    page_shape: tuple[int, ...]
+    dtype: np.dtype
+    stored_dtype: np.dtype  # with the file's byte order
+    listed_pages: bool
+    data_offset: int | None
+
+    @classmethod
+    def of(cls, path: Path, tif) -> _TiffPages:
+        series = tif.series[0]
+        shape, page_shape = tuple(series.shape), tuple(series.keyframe.shape)
+        n_pages = int(np.prod(shape)) // max(1, int(np.prod(page_shape)))
+        if shape[len(shape) - len(page_shape) :] != page_shape:
+            raise InputImageError(
+                f"{path}: TIFF pages of shape {page_shape} do not tile the series {shape}"
+            )
+        listed = len(series.pages) == n_pages
+        if not listed and series.dataoffset is None:
+            raise InputImageError(
+                f"{path}: the TIFF lists {len(series.pages)} of {n_pages} pages and is "
+                f"not contiguous; cannot read its frames"
+            )
+        dtype = np.dtype(series.dtype)
+        return cls(
+            path=str(path),
+            shape=shape,
+            page_shape=page_shape,
+            dtype=dtype.newbyteorder("="),
+            stored_dtype=dtype.newbyteorder(tif.byteorder),
+            listed_pages=listed,
+            data_offset=series.dataoffset,
+        )
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __dask_tokenize__(self):
+        stat = Path(self.path).stat()
+        return (self.path, stat.st_size, stat.st_mtime_ns, self.shape)
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        """The part of one page that ``index`` selects (one position on every non-page axis)."""
+        import tifffile
+
+        n_outer = self.ndim - len(self.page_shape)
+        outer, inner = index[:n_outer], tuple(index[n_outer:])
+        position = [i if isinstance(i, (int, np.integer)) else (i.start or 0) for i in outer]
+        page = int(np.ravel_multi_index(position, self.shape[:n_outer])) if n_outer else 0
+        try:
+            if self.listed_pages:
+                with tifffile.TiffFile(self.path) as tif:
+                    data = tif.series[0].pages[page].asarray()
+            else:
+                count = int(np.prod(self.page_shape))
+                offset = self.data_offset + page * count * self.stored_dtype.itemsize
+                data = np.fromfile(self.path, self.stored_dtype, count, offset=offset)
+        except Exception as exc:  # a corrupt page: name the file and the page
+            raise InputImageError(f"{self.path}: page {page} cannot be read ({exc})") from exc
+        block = data.astype(self.dtype, copy=False).reshape((1,) * n_outer + self.page_shape)
+        local = tuple(0 if isinstance(i, (int, np.integer)) else slice(0, 1) for i in outer)
+        return block[local + inner]
+
+
+def _open_zarr_lazily(path: Path):
+    """A Zarr array, or the full-resolution level of an OME-Zarr group, with its axes."""
+    try:
+        import zarr
+    except ImportError:
+        raise InputImageError(
+            f"{path}: reading Zarr needs the zarr package (pip install zarr)"
+        ) from None
+    import dask.array as da
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return da.from_zarr(node), None, None
+    attributes = node.attrs.asdict()
+    multiscales = attributes.get("ome", attributes).get("multiscales")
+    if not multiscales:
+        raise InputImageError(f"{path}: a Zarr group without OME multiscales metadata")
+    level = multiscales[0]
+    axes = "".join(axis["name"] if isinstance(axis, dict) else axis for axis in level["axes"])
+    return da.from_zarr(node[level["datasets"][0]["path"]]), axes.upper(), None
 
 
 def _tiff_axes(tiff_axes: str, shape: tuple[int, ...]) -> str | None:

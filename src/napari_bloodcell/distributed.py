@@ -1,0 +1,118 @@
+"""Running :mod:`napari_bloodcell.batch` units of work on a Dask cluster.
+
+Importing this module imports ``dask.distributed``; the rest of the package imports it
+only when a cluster is asked for.
+
+* :func:`open_client` starts a ``LocalCluster`` of worker processes (one thread each),
+  or connects to an existing scheduler (``tcp://host:port``, e.g. the
+  ``scheduler_address`` of a dask-jobqueue ``SLURMCluster``).
+* Every worker sizes TensorFlow's thread pools to its own Dask threads
+  (:class:`TensorFlowThreads`), so N single-threaded workers on N cores do not
+  oversubscribe them. The network itself is loaded once per worker process, by the
+  first unit that needs it (:func:`napari_bloodcell.batch.cached_classifier`).
+* :func:`compute_on_cluster` hands the units to the scheduler and yields them as they
+  finish. Dask does the scheduling, the data movement and the retries: the units of a
+  worker that dies are run again elsewhere, up to ``distributed.scheduler.allowed-failures``
+  deaths per unit (default 3), after which the unit fails and so does its input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dask
+from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_completed
+
+from .errors import BloodcellError
+
+TENSORFLOW_INTER_OP_THREADS = 1
+
+
+class TensorFlowThreads(WorkerPlugin):
+    """Give TensorFlow in each worker process as many intra-op threads as the worker has
+    Dask threads, and one inter-op thread.
+
+    It sets ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``, which TensorFlow reads
+    when it starts: workers import TensorFlow only in their first unit with a model, after
+    this plugin ran (a worker that already imported it keeps its pools).
+    """
+
+    name = "napari-bloodcell-tensorflow-threads"
+
+    def setup(self, worker) -> None:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, worker.state.nthreads))
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(TENSORFLOW_INTER_OP_THREADS)
+
+
+@contextmanager
+def open_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
+    """A Dask client: a new ``LocalCluster`` of ``workers`` processes (one thread each),
+    closed on exit, or the existing cluster whose scheduler is at ``scheduler``."""
+    if workers is not None and scheduler:
+        raise BloodcellError("give a number of workers or a scheduler address, not both")
+    if workers is None and not scheduler:
+        raise BloodcellError("give a number of workers or a scheduler address")
+    if workers is not None and workers < 1:
+        raise BloodcellError(f"--workers must be at least 1, got {workers}")
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise BloodcellError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
+        with client:
+            client.register_plugin(TensorFlowThreads())
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(TensorFlowThreads())
+        yield client
+
+
+def dashboard_link(client: Client) -> str:
+    """The cluster's dashboard address (with a hint when ``bokeh``, which serves it, is
+    missing here)."""
+    if importlib.util.find_spec("bokeh") is None:
+        return f"{client.dashboard_link} (install bokeh>=3.1 to see it)"
+    return client.dashboard_link
+
+
+def describe(client: Client) -> str:
+    """One line: scheduler address, workers and threads."""
+    workers = client.scheduler_info().get("workers", {})
+    threads = sum(w.get("nthreads", 0) for w in workers.values())
+    return f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)"
+
+
+def compute_on_cluster(units: list, client: Client) -> Iterator[tuple[int, object]]:
+    """Compute delayed units on the cluster; yield ``(index, result)`` as each finishes,
+    the result being the exception for a unit that failed (a
+    :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying)."""
+    futures = client.compute(units)
+    index_of = {future.key: index for index, future in enumerate(futures)}
+    for future in as_completed(futures):
+        index = index_of[future.key]
+        if future.status == "error":
+            error = future.exception()
+            if isinstance(error, KilledWorker):
+                limit = dask.config.get("distributed.scheduler.allowed-failures")
+                error = BloodcellError(
+                    f"Dask workers died more than {limit} times running one of its units "
+                    f"(out of memory?); see the worker logs"
+                )
+            yield index, error
+        else:
+            yield index, future.result()
+        future.release()

@@ -1,0 +1,142 @@
+"""Batch analysis on a local Dask cluster: same results, lost workers, bad inputs."""
+
+import json
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_bloodcell import batch
+from napari_bloodcell.batch import analyze_files
+from napari_bloodcell.pipeline import AnalysisSettings
+from napari_bloodcell.synthetic import make_smear, make_timelapse
+
+from .test_lazy_reading import corrupt_page
+
+distributed = pytest.importorskip("distributed")
+
+KEY = ["source", "frame", "label"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from napari_bloodcell.distributed import open_client
+
+    with open_client(workers=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Two smear frames (classified by the CNN) and two short fluorescence stacks."""
+    folder = tmp_path_factory.mktemp("inputs")
+    paths = []
+    for seed in (1, 2):
+        paths.append(folder / f"smear{seed}.png")
+        iio.imwrite(
+            paths[-1],
+            make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=3, seed=seed + 3).image,
+        )
+        paths.append(folder / f"movie{seed}.tif")
+        tifffile.imwrite(
+            paths[-1],
+            make_timelapse(n_frames=5, shape=(64, 96), seed=seed).image,
+            metadata={"axes": "TYXS"},
+        )
+    return paths
+
+
+def sorted_table(out) -> pd.DataFrame:
+    return pd.read_csv(out / "cells.csv").sort_values(KEY).reset_index(drop=True)
+
+
+def assert_same_results(out_a, out_b, stems) -> None:
+    pd.testing.assert_frame_equal(sorted_table(out_a), sorted_table(out_b))
+    for stem in stems:
+        np.testing.assert_array_equal(
+            tifffile.imread(out_a / "labels" / f"{stem}.tif"),
+            tifffile.imread(out_b / "labels" / f"{stem}.tif"),
+        )
+
+
+def test_a_cluster_gives_the_in_process_results_loading_the_model_once_per_worker(
+    tmp_path, client, inputs, tiny_model
+):
+    kwargs = {"model": tiny_model, "frames_per_unit": 2}
+    here = analyze_files(inputs, tmp_path / "here", AnalysisSettings(), **kwargs)
+    there = analyze_files(inputs, tmp_path / "there", AnalysisSettings(), client=client, **kwargs)
+    assert here.failures == there.failures == {}
+    assert len(there.table) == len(here.table) > 0
+    assert there.table["p_lobed"].notna().any()  # the CNN ran on the workers
+    assert_same_results(tmp_path / "here", tmp_path / "there", [p.stem for p in inputs])
+    assert not (tmp_path / "there" / ".parts").exists()
+    loads = client.run(lambda: batch._classifier_of_file.cache_info().misses)
+    assert set(loads.values()) <= {0, 1} and sum(loads.values()) >= 1
+    threads = client.run(lambda: os.environ.get("TF_NUM_INTRAOP_THREADS"))
+    assert set(threads.values()) == {"1"}
+    run = json.loads((tmp_path / "there" / "run.json").read_text())
+    assert run["dask"]["workers"] == 2
+
+
+class KillWorkerOnce(distributed.WorkerPlugin):
+    """Makes the first unit of work run on any worker kill that worker's process."""
+
+    name = "kill-worker-once"
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def setup(self, worker):
+        self.original = batch.analyze_unit
+
+        def analyze_unit_or_die(frames, first_frame, job):
+            if not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)
+            return self.original(frames, first_frame, job)
+
+        batch.analyze_unit = analyze_unit_or_die
+
+    def teardown(self, worker):
+        batch.analyze_unit = self.original
+
+
+def test_a_killed_worker_is_survived(tmp_path, client, inputs):
+    marker = tmp_path / "killed"
+    client.register_plugin(KillWorkerOnce(marker))
+    try:
+        there = analyze_files(
+            inputs, tmp_path / "there", AnalysisSettings(), model=None, client=client
+        )
+    finally:
+        client.unregister_worker_plugin(KillWorkerOnce.name)
+    assert marker.exists()  # a worker died mid-run
+    assert there.failures == {} and len(there.processed) == len(inputs)
+    analyze_files(inputs, tmp_path / "here", AnalysisSettings(), model=None)
+    assert_same_results(tmp_path / "here", tmp_path / "there", [p.stem for p in inputs])
+
+
+def test_bad_inputs_fail_alone_on_the_cluster(tmp_path, client, inputs):
+    unreadable = tmp_path / "unreadable.tif"
+    unreadable.write_bytes(b"II*\x00 not really a tiff")
+    corrupt = tmp_path / "corrupt.tif"
+    tifffile.imwrite(
+        corrupt,
+        np.random.default_rng(0).integers(0, 255, (40, 64, 64), np.uint8),
+        compression="zlib",
+    )
+    corrupt_page(corrupt, 37)  # not in the intensity sample: found by a worker
+    out = tmp_path / "out"
+    summary = analyze_files(
+        [unreadable, corrupt, *inputs], out, AnalysisSettings(), model=None, client=client
+    )
+    assert set(summary.failures) == {str(unreadable), str(corrupt)}
+    assert "page 37 cannot be read" in summary.failures[str(corrupt)]
+    assert "unreadable.tif" in summary.failures[str(unreadable)]
+    assert set(summary.processed) == {str(p) for p in inputs}
+    assert set(pd.read_csv(out / "cells.csv")["source"]) == {p.name for p in inputs}
+    assert not (out / "labels" / "corrupt.tif").exists()
+    assert not (out / ".parts").exists()

@@ -1,0 +1,191 @@
+"""Lazy stacks: same values as the eager reader, bounded sampling and frame-by-frame reads."""
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from dask.callbacks import Callback
+
+from napari_bloodcell import reading
+from napari_bloodcell.batch import analyze_files
+from napari_bloodcell.errors import InputImageError
+from napari_bloodcell.pipeline import AnalysisSettings, iter_analyze_stack
+from napari_bloodcell.reading import lazy_image_from_array, open_lazy, read_image
+from napari_bloodcell.synthetic import make_timelapse
+
+RNG = np.random.default_rng(0)
+
+
+class ReadsPerCompute(Callback):
+    """Counts frame reads (calls of :meth:`read`) per Dask compute and raises when one
+    compute would read more than ``limit`` frames, i.e. materialise more of the stack."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.counts, self._current = limit, [], 0
+
+    def read(self, reader, *args):
+        self._current += 1
+        if self.active and self._current > self.limit:
+            raise AssertionError(f"one compute reads more than {self.limit} frames")
+        return reader(*args)
+
+    def _start(self, dsk):
+        self._current = 0
+
+    @property
+    def active(self) -> bool:
+        return self._callback in Callback.active
+
+    def _finish(self, dsk, state, errored):
+        if self._current:
+            self.counts.append(self._current)
+
+
+@pytest.mark.parametrize(
+    ("array", "write_kwargs", "axes"),
+    [
+        (
+            RNG.integers(0, 255, (5, 40, 50, 3), dtype=np.uint8),
+            {"metadata": {"axes": "TYXS"}},
+            None,
+        ),
+        (RNG.integers(0, 4000, (4, 2, 40, 50), dtype=np.uint16), {"imagej": True}, "TCYX"),
+        (RNG.integers(0, 4000, (3, 2, 40, 50), dtype=np.uint16), {"ome": True}, "TCYX"),
+        (
+            RNG.integers(0, 4000, (6, 40, 50), dtype=np.uint16),
+            {"imagej": True, "truncate": True},
+            "TYX",
+        ),
+        (
+            RNG.random((3, 40, 50)).astype(np.float32),
+            {"compression": "zlib", "photometric": "minisblack"},
+            "TYX",
+        ),
+        (RNG.integers(0, 4000, (7, 40, 50), dtype=np.uint16), {"byteorder": ">"}, None),
+        (RNG.integers(0, 255, (40, 50, 3), dtype=np.uint8), {}, None),
+    ],
+    ids=[
+        "uint8-TYXS",
+        "imagej-TCYX",
+        "ome-TCYX",
+        "imagej-truncated",
+        "float-zlib",
+        "big-endian",
+        "rgb",
+    ],
+)
+def test_short_stacks_read_lazily_equal_the_eager_reader(tmp_path, array, write_kwargs, axes):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, array, **write_kwargs)
+    lazy, eager = open_lazy(path, axes), read_image(path, axes)
+    assert lazy.data.shape == eager.data.shape and lazy.data.dtype == np.float32
+    assert set(lazy.data.chunks[0]) == {1}  # one frame per chunk
+    np.testing.assert_array_equal(lazy.data.compute(), eager.data)
+    assert lazy.original_axes == eager.original_axes
+
+
+def test_a_long_stack_takes_its_intensity_range_from_a_bounded_sample(tmp_path):
+    stack = RNG.integers(100, 4000, (40, 32, 32), dtype=np.uint16)
+    path = tmp_path / "long.tif"
+    tifffile.imwrite(path, stack)
+    lazy = open_lazy(path)
+    assert len(lazy.sampled_frames) == reading.INTENSITY_SAMPLE_FRAMES
+    assert lazy.sampled_frames[0] == 0 and lazy.sampled_frames[-1] == 39
+    sample = stack[list(lazy.sampled_frames)].astype(np.float32)
+    low, high = np.percentile(sample, [0.1, 99.9])
+    assert (lazy.intensity.low, lazy.intensity.high) == pytest.approx((low, high))
+    np.testing.assert_array_equal(lazy.data[25].compute()[..., 0], lazy.intensity.apply(stack[25]))
+
+
+def test_big_frames_are_sampled_fewer(monkeypatch):
+    monkeypatch.setattr(reading, "INTENSITY_SAMPLE_VALUES", 3 * 32 * 32)
+    lazy = lazy_image_from_array(RNG.integers(0, 4000, (20, 32, 32), dtype=np.uint16))
+    assert lazy.sampled_frames == (0, 10, 19)
+
+
+def test_nan_in_an_unsampled_frame_is_refused_when_that_frame_is_read():
+    stack = RNG.random((40, 16, 16)).astype(np.float32) * 10
+    lazy = lazy_image_from_array(stack, source="s.tif")
+    unsampled = next(t for t in range(40) if t not in lazy.sampled_frames)
+    stack[unsampled, 3, 3] = np.nan
+    lazy = lazy_image_from_array(stack, source="s.tif")
+    lazy.data[lazy.sampled_frames[1]].compute()
+    with pytest.raises(InputImageError, match=f"s.tif: frame {unsampled} contains 1 NaN"):
+        lazy.data[unsampled].compute()
+
+
+def test_a_corrupt_page_names_the_file_and_page(tmp_path):
+    path = tmp_path / "corrupt.tif"
+    tifffile.imwrite(path, RNG.integers(0, 255, (5, 64, 64), dtype=np.uint8), compression="zlib")
+    corrupt_page(path, 3)
+    with pytest.raises(InputImageError, match="corrupt.tif: page 3 cannot be read"):
+        open_lazy(path).data.compute()  # when sampled, or else when computed
+
+
+def corrupt_page(path, page: int) -> None:
+    """Overwrite the compressed data of one page with garbage."""
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[page].dataoffsets[0], tif.pages[page].databytecounts[0]
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(b"\x00garbage" * (count // 8))
+
+
+def test_iter_analyze_stack_computes_a_dask_stack_one_frame_at_a_time():
+    movie = make_timelapse(n_frames=4, shape=(64, 96), seed=3)
+    reads = ReadsPerCompute(limit=1)
+    stack = da.map_blocks(
+        lambda block_id: reads.read(lambda t: movie.image[t : t + 1], block_id[0]),
+        chunks=((1,) * 4, (64,), (96,), (3,)),
+        meta=np.empty((0, 0, 0, 0), np.uint8),
+    )
+    image = lazy_image_from_array(stack, axes="TYXC")  # reads its sample: every frame
+    with reads:
+        results = list(iter_analyze_stack(image.data))
+    assert reads.counts == [1, 1, 1, 1]
+    assert [r.table["frame"].unique().tolist() for r in results if len(r.table)] == [
+        [t] for t in range(4) if len(results[t].table)
+    ]
+
+
+def test_analyze_files_reads_a_stack_in_bounded_chunks(tmp_path, monkeypatch):
+    movie = make_timelapse(n_frames=24, shape=(64, 96), seed=5)
+    path = tmp_path / "movie.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for frame in movie.image:  # page by page, as a camera would
+            writer.write(frame, photometric="rgb", metadata=None)
+    reads = ReadsPerCompute(limit=reading.INTENSITY_SAMPLE_FRAMES)
+    read_page = reading._TiffPages.__getitem__
+    monkeypatch.setattr(
+        reading._TiffPages, "__getitem__", lambda pages, index: reads.read(read_page, pages, index)
+    )
+    with reads:
+        summary = analyze_files(
+            [path], tmp_path / "out", AnalysisSettings(), model=None, frames_per_unit=5
+        )
+    assert summary.failures == {} and summary.n_frames == 24
+    sample, *units = reads.counts
+    assert sample == reading.INTENSITY_SAMPLE_FRAMES and units == [5, 5, 5, 5, 4]
+    labels = tifffile.imread(tmp_path / "out" / "labels" / "movie.tif")
+    assert labels.shape == (24, 64, 96) and labels.dtype == np.uint32
+    table = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert sorted(table["frame"].unique()) == list(range(24))
+
+
+def test_zarr_stacks_open_lazily(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    stack = RNG.integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    zarr.save_array(str(tmp_path / "s.zarr"), stack)
+    lazy = open_lazy(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(lazy.data.compute()[..., 0], stack / np.float32(255))
+
+
+def test_zarr_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zarr", None)
+    (tmp_path / "s.zarr").mkdir()
+    with pytest.raises(InputImageError, match="needs the zarr package"):
+        open_lazy(tmp_path / "s.zarr")
