@@ -24,7 +24,7 @@ from napari_bloodcell.classification.model_files import (
     resolve_model_path,
     save_model,
 )
-from napari_bloodcell.errors import DatasetError, ModelError
+from napari_bloodcell.errors import DatasetError, ModelError, OutputExistsError
 
 from .helpers import write_crop_folder
 
@@ -257,11 +257,14 @@ def test_user_models_are_listed_by_name(tmp_path, monkeypatch, tiny_model):
     from napari_bloodcell.classification import model_files
 
     monkeypatch.setattr(model_files, "user_models_dir", lambda: tmp_path / "models")
-    shutil.copy(tiny_model, model_files.user_model_path("mylab"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(tiny_model, model_files.check_model_name("mylab"))
     assert list(model_files.list_models()) == ["default", "mylab"]
     assert model_files.resolve_model_path("mylab") == tmp_path / "models" / "mylab.keras"
     with pytest.raises(ModelError, match="invalid model name"):
-        model_files.user_model_path("../escape")
+        model_files.check_model_name("../escape")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        model_files.check_model_name("mylab")
 
 
 def test_evaluation_reports_calibration_intervals_and_coverage(tiny_model, tiny_heldout):

@@ -26,3 +26,16 @@ CELL_TYPE_COLOURS: dict[str, str] = {"wbc": "#17becf", "rbc": "#f4a6a6", "platel
 def class_colour(name: str) -> str:
     """Hex colour of a class (or cell type) name."""
     return CLASS_COLOURS.get(str(name).lower(), OTHER_COLOUR)
+
+
+EXTRA_COLOURS = ("#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#dbdb8d", "#9edae5")
+"""Colours for classes outside :data:`CLASS_COLOURS` (e.g. a user model's own classes)."""
+
+
+def class_colours(classes) -> dict[str, str]:
+    """Fixed colour per class: :data:`CLASS_COLOURS`, then :data:`EXTRA_COLOURS` for other
+    classes in the given order (so each keeps its colour for a given model)."""
+    classes = [str(c) for c in dict.fromkeys(classes)]
+    others = [c for c in classes if c.lower() not in CLASS_COLOURS]
+    extra = {c: EXTRA_COLOURS[i % len(EXTRA_COLOURS)] for i, c in enumerate(others)}
+    return {c: extra.get(c) or class_colour(c) for c in classes}

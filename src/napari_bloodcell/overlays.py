@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from skimage.segmentation import find_boundaries
 
-from .classes import class_colour
+from .classes import class_colours
 
 MIN_OVERLAY_WIDTH_PX = 640
 DPI = 100
@@ -25,9 +25,10 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -
     out = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     if table.empty:
         return out
+    colours = class_colours(table["cell_class"])
     colour_of_label = np.zeros((int(labels.max()) + 1, 3), dtype=np.uint8)
     for label, cell_class in zip(table["label"], table["cell_class"], strict=True):
-        colour_of_label[int(label)] = _hex_to_rgb(class_colour(cell_class))
+        colour_of_label[int(label)] = _hex_to_rgb(colours[str(cell_class)])
     edges = find_boundaries(labels, mode="inner")
     out[edges] = colour_of_label[labels[edges]]
     return out
@@ -51,6 +52,7 @@ def save_overlay_png(
     ax.imshow(image, interpolation="nearest")
     ax.set_axis_off()
     annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
+    colours = class_colours(table["cell_class"])
     for row in annotated.itertuples():
         text = f"{row.cell_class} {row.confidence:.2f}"
         near_right_edge = row.bbox_x0 > 0.75 * width
@@ -58,7 +60,7 @@ def save_overlay_png(
             row.bbox_x1 if near_right_edge else row.bbox_x0,
             max(row.bbox_y0 - 3, 8),
             text,
-            color=class_colour(row.cell_class),
+            color=colours[str(row.cell_class)],
             fontsize=8,
             ha="right" if near_right_edge else "left",
             fontweight="bold",

@@ -9,12 +9,13 @@ extra member; models load with Keras' safe mode on.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ModelError, OutputExistsError
 
 METADATA_MEMBER = "napari_bloodcell.json"
 DEFAULT_MODEL_NAME = "default"
@@ -163,12 +164,21 @@ def list_models() -> dict[str, Path]:
     return models
 
 
-def user_model_path(name: str) -> Path:
-    """Where a user model called ``name`` is saved (the folder is created)."""
-    if not name or name == DEFAULT_MODEL_NAME or any(c in name for c in '/\\:*?"<>|'):
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_model_name(name: str, models_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """The file a user model called ``name`` is saved to (in ``models_dir``, default the
+    per-user folder), or a :class:`ModelError` / :class:`OutputExistsError` for an
+    unusable or taken name."""
+    if not MODEL_NAME_PATTERN.match(name):
         raise ModelError(
-            f"invalid model name {name!r}: use letters, digits, '-' or '_', and not 'default'"
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit"
         )
-    folder = user_models_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}.keras"
+    if name == DEFAULT_MODEL_NAME:
+        raise ModelError(f"{DEFAULT_MODEL_NAME!r} is the packaged model; choose another name")
+    target = (models_dir or user_models_dir()) / f"{name}.keras"
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"a model named {name!r} already exists ({target})")
+    return target

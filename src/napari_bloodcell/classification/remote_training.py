@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import re
 import shutil
 import tempfile
 import time
@@ -22,12 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BloodcellError, DatasetError, ModelError, OutputExistsError
+from ..errors import BloodcellError, DatasetError
 from .datasets import find_labelled_files
-from .model_files import DEFAULT_MODEL_NAME, user_models_dir
+from .model_files import check_model_name, user_models_dir
 from .training import TrainingConfig
-
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -70,16 +67,24 @@ class _StopRequested(Exception):
 def _train_in_child(data_dirs, out, config, events, stop) -> None:
     """Subprocess body: train, reporting epochs and the outcome on ``events``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
     from .training import train_classifier
 
     def on_epoch_end(epoch: int, logs: dict | None) -> None:
         clean = {key: float(value) for key, value in (logs or {}).items()}
         events.put(EpochEnd(epoch + 1, config.epochs, clean))
+        stop_if_asked()
+
+    def stop_if_asked(*_, **__) -> None:
         if stop.is_set():
             raise _StopRequested
 
+    stop_between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=stop_if_asked)
     try:
-        result = train_classifier(data_dirs, out, config, on_epoch_end=on_epoch_end)
+        result = train_classifier(
+            data_dirs, out, config, on_epoch_end=on_epoch_end, callbacks=[stop_between_batches]
+        )
     except _StopRequested:
         events.put(TrainingCancelled())
     except BloodcellError as exc:
@@ -88,22 +93,6 @@ def _train_in_child(data_dirs, out, config, events, stop) -> None:
         events.put(TrainingFailed(f"training failed: {type(exc).__name__}: {exc}"))
     else:
         events.put(TrainingDone(result.model_path, result.history, result.metadata.classes))
-
-
-def check_model_name(name: str, models_dir: Path, overwrite: bool = False) -> Path:
-    """The file a model called ``name`` is saved to, or a :class:`ModelError` /
-    :class:`OutputExistsError` for an unusable or taken name."""
-    if not _MODEL_NAME.match(name):
-        raise ModelError(
-            f"model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-            f"starting with a letter or digit"
-        )
-    if name == DEFAULT_MODEL_NAME:
-        raise ModelError(f"{DEFAULT_MODEL_NAME!r} is the packaged model; choose another name")
-    target = models_dir / f"{name}.keras"
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"a model named {name!r} already exists ({target})")
-    return target
 
 
 class TrainingJob:

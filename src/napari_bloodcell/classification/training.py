@@ -89,12 +89,13 @@ def train_classifier(
     config: TrainingConfig | None = None,
     *,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    callbacks: list | None = None,
 ) -> TrainingResult:
     """Train a classifier on labelled crop folders and save it to ``out`` (``.keras``).
 
-    Also writes ``<out stem>_history.csv`` (loss and accuracy per epoch, train and
-    validation) next to the model. ``on_epoch_end(epoch, logs)`` is called after
-    each epoch (for progress bars).
+    Also writes learning curves ``<out stem>_history.csv`` / ``.png`` (loss and accuracy per
+    epoch, train and validation) next to the model. ``on_epoch_end(epoch, logs)`` is called
+    after each epoch (for progress bars); ``callbacks`` are extra Keras callbacks.
     """
     config = (config or TrainingConfig()).resolved()
     started = time.perf_counter()
@@ -110,7 +111,7 @@ def train_classifier(
             f"need at least a few per class"
         )
     train_idx = oversample_small_domains(dataset, train_idx, np.random.default_rng(config.seed))
-    model, history = fit(dataset, train_idx, val_idx, config, out, on_epoch_end)
+    model, history = fit(dataset, train_idx, val_idx, config, out, on_epoch_end, callbacks)
     validation = dataset.subset(val_idx)
     calibration = calibration_record(
         predict_dataset(model, validation, config.batch_size), validation.labels
@@ -167,7 +168,15 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def fit(dataset, train_idx, val_idx, config: TrainingConfig, out: Path, on_epoch_end=None):
+def fit(
+    dataset,
+    train_idx,
+    val_idx,
+    config: TrainingConfig,
+    out: Path,
+    on_epoch_end=None,
+    extra_callbacks: list | None = None,
+):
     """Build, compile and fit the model with early stopping and checkpointing."""
     import keras
 
@@ -206,6 +215,7 @@ def fit(dataset, train_idx, val_idx, config: TrainingConfig, out: Path, on_epoch
     ]
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
+    callbacks += extra_callbacks or []
     history = model.fit(
         train,
         validation_data=val,

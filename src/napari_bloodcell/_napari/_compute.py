@@ -1,0 +1,270 @@
+"""The computations behind the widgets, without Qt: generators that yield progress and
+results, and plain functions that run them to the end (what the tests call).
+
+Like stardist-napari: the widget wraps a generator in ``thread_worker`` and handles its
+yields; expected failures arrive as :class:`Failure` yields (shown as a notification),
+never as tracebacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import BloodcellError, InputImageError
+from ..pipeline import AnalysisSettings, analyze_frame, concat_tables
+from ..reading import image_from_array, infer_axes, normalise_axes
+from ._layers import Placement, all_classes, class_ids, class_label_image, result_layers
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Axes of an image layer's data (e.g. ``"YXC"``, ``"TYX"``, ``"TCYX"``) and its shape."""
+
+    axes: str
+    shape: tuple[int, ...]
+    rgb: bool = False
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[self.axes.index("T")] if "T" in self.axes else 1
+
+    @property
+    def n_channels(self) -> int:
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.shape[self.axes.index("Y")], self.shape[self.axes.index("X")]
+
+    @property
+    def layer_axes(self) -> str:
+        """Axes that napari gives a scale to (all but the colour axis of an RGB layer)."""
+        return self.axes[:-1] if self.rgb else self.axes
+
+    def placement(self, scale, translate, letters: str) -> Placement:
+        """Scale / translate of the layer for the output axes ``letters`` (e.g. ``"TYX"``)."""
+        indices = [self.layer_axes.index(a) for a in letters]
+        return Placement(
+            tuple(float(scale[i]) for i in indices), tuple(float(translate[i]) for i in indices)
+        )
+
+
+def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayout:
+    """The layout of layer data of ``shape``: from ``axes`` if given, else inferred.
+
+    An RGB layer's last axis is its colour axis. Raises :class:`InputImageError` with a
+    hint to give the axes when the shape is ambiguous.
+    """
+    shape = tuple(int(s) for s in shape)
+    axes = axes.strip()
+    if axes:
+        axes = normalise_axes(axes, len(shape))
+        if rgb and axes[-1] != "C":
+            raise InputImageError(
+                f"axes {axes!r}: this is an RGB layer, its last axis is the colour axis (C)"
+            )
+    elif rgb:
+        if len(shape) not in (3, 4):
+            raise InputImageError(
+                f"an RGB layer of shape {shape}: expected (Y, X, C) or (T, Y, X, C); "
+                f"give the axes explicitly"
+            )
+        axes = "YXC" if len(shape) == 3 else "TYXC"
+    else:
+        try:
+            axes = infer_axes(shape)
+        except InputImageError as exc:
+            raise InputImageError(f"{exc} in the Axes field") from None
+    if any(a not in "TYXC" for a in axes):
+        raise InputImageError(f"axes {axes!r}: only T, Y, X and C are supported here")
+    return ImageLayout(axes, shape, rgb)
+
+
+def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
+    """Frame ``t`` as float32 (Y, X, C) in [0, 1], or None for a constant (empty) frame.
+
+    Only that frame is read, so dask-backed data stay lazy.
+    """
+    index = tuple(t if a == "T" else slice(None) for a in layout.axes)
+    raw = np.asarray(data[index])
+    if raw.size and raw.min() == raw.max():
+        return None
+    return image_from_array(raw, axes=layout.axes.replace("T", "")).data[0]
+
+
+def check_channels(settings: AnalysisSettings, layout: ImageLayout) -> None:
+    """Refuse a channel mapping that names a channel the image does not have."""
+    for role, index in (settings.channels or {}).items():
+        if not 0 <= index < layout.n_channels:
+            raise InputImageError(
+                f"the {role} channel is {index} but the image has {layout.n_channels} "
+                f"channel(s) (0–{layout.n_channels - 1})"
+            )
+
+
+def run_parameters(
+    settings: AnalysisSettings, classifier, source: str, layout: ImageLayout
+) -> dict:
+    """What a run used, for the layers' metadata and the exported table's sidecar JSON."""
+    model = None
+    threshold = settings.uncertain_threshold
+    if classifier is not None:
+        meta = classifier.metadata
+        model = {
+            "name": classifier.name,
+            "version": meta.version,
+            "path": str(classifier.path),
+            "classes": list(meta.classes),
+        }
+        threshold = meta.uncertain_threshold if threshold is None else threshold
+    return {
+        "napari_bloodcell_version": __version__,
+        "source": source,
+        "axes": layout.axes,
+        "modality": settings.modality,
+        "channels": dict(settings.channels) if settings.channels else None,
+        "pixel_size_um": settings.pixel_size_um,
+        "uncertain_threshold": threshold,
+        "model": model,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An expected error (bad input, model problem) to show as a notification."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class StackProgress:
+    """Results of the first ``frames_done`` of ``n_frames`` frames, as layer data."""
+
+    frames_done: int
+    n_frames: int
+    layers: list[tuple]
+    table: pd.DataFrame
+    empty_frames: list[int] = field(default_factory=list)
+
+
+def guarded(steps: Iterator) -> Iterator:
+    """Re-yield ``steps``, turning a :class:`BloodcellError` into a final :class:`Failure`."""
+    try:
+        yield from steps
+    except BloodcellError as exc:
+        yield Failure(str(exc))
+
+
+@dataclass
+class AnalysisJob:
+    """One analysis request: the image data and how to analyse it."""
+
+    data: object
+    layout: ImageLayout
+    settings: AnalysisSettings
+    classifier: object
+    source: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+    @property
+    def model_classes(self) -> list[str]:
+        return list(self.classifier.classes) if self.classifier is not None else []
+
+    def parameters(self) -> dict:
+        return run_parameters(self.settings, self.classifier, self.source, self.layout)
+
+    def empty_result(self, t: int):
+        """Analysis of an all-zero frame: no cells, the right columns."""
+        shape = (*self.layout.frame_shape, self.layout.n_channels)
+        return self.analyze(np.zeros(shape, np.float32), t)
+
+    def analyze(self, frame: np.ndarray, t: int):
+        return analyze_frame(
+            frame, self.classifier, self.settings, frame_index=t, source=self.source
+        )
+
+
+def frame_steps(job: AnalysisJob, t: int) -> Iterator[list[tuple] | Failure]:
+    """Analyse frame ``t``; yield its layer data (Y, X layers), or a :class:`Failure`."""
+    frame = read_frame(job.data, job.layout, t)
+    if frame is None:
+        yield Failure(f"{job.source}: frame {t} is empty (constant): nothing to segment")
+        return
+    result = job.analyze(frame, t)
+    classes = all_classes(result.table, job.model_classes)
+    yield result_layers(
+        result.labels,
+        class_label_image(result.labels, result.table, class_ids(classes)),
+        result.table,
+        model_classes=job.model_classes,
+        source=job.source,
+        placement=job.layout.placement(job.scale, job.translate, "YX"),
+        parameters=job.parameters(),
+    )
+
+
+def stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
+    """Analyse a stack frame by frame, yielding after each frame the results so far.
+
+    The label stacks are filled in place and each yield shows only the finished frames
+    (``labels[:frames_done]``), so a stop between frames leaves consistent layers.
+    A stack without a time axis is refused at once (before any frame is read).
+    """
+    if "T" not in job.layout.axes:
+        raise InputImageError(
+            f"{job.source}: the image has no time axis (axes {job.layout.axes}); "
+            f"use the Analyze widget for single frames"
+        )
+    return _stack_steps(job)
+
+
+def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
+    n = job.layout.n_frames
+    instances = np.zeros((n, *job.layout.frame_shape), dtype=np.uint32)
+    classes_image = np.zeros(instances.shape, dtype=np.uint8)
+    tables: list[pd.DataFrame] = []
+    empty: list[int] = []
+    parameters = job.parameters()
+    placement = job.layout.placement(job.scale, job.translate, "TYX")
+    seen_classes: list[str] = list(job.model_classes)
+    for t in range(n):
+        frame = read_frame(job.data, job.layout, t)
+        if frame is None:
+            empty.append(t)
+            result = job.empty_result(t)
+        else:
+            result = job.analyze(frame, t)
+        tables.append(result.table)
+        table = concat_tables(tables)
+        seen_classes = all_classes(table, seen_classes)
+        instances[t] = result.labels
+        classes_image[t] = class_label_image(result.labels, result.table, class_ids(seen_classes))
+        parameters = {**parameters, "frames": t + 1, "n_frames": n}
+        layers = result_layers(
+            instances[: t + 1],
+            classes_image[: t + 1],
+            table,
+            model_classes=seen_classes,
+            source=job.source,
+            placement=placement,
+            parameters=parameters,
+            role_prefix="stack-",
+        )
+        yield StackProgress(t + 1, n, layers, table, list(empty))
+
+
+def run_to_end(steps: Iterator):
+    """Run a generator of steps to its end and return the last item (tests, scripts)."""
+    last = None
+    for last in guarded(steps):
+        if isinstance(last, Failure):
+            raise BloodcellError(last.message)
+    return last

@@ -1,0 +1,164 @@
+"""Core results → napari ``LayerDataTuple``s (no viewer, no Qt).
+
+Every layer made here carries ``metadata["napari_bloodcell"]`` with a stable ``key``
+(role + source layer name), so a second run updates the same layers instead of adding
+new ones, and the ``parameters`` of the run (written next to exported tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..classes import CLASS_COLOURS, OTHER_COLOUR, class_colours
+from ..table import as_categories
+
+METADATA_KEY = "napari_bloodcell"
+TRANSPARENT = "transparent"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where outputs go in world coordinates: per-axis scale and translate of (T,) Y, X."""
+
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+    def spatial(self, ndim: int) -> Placement:
+        """The last ``ndim`` axes (e.g. Y, X of a T, Y, X placement)."""
+        return Placement(self.scale[-ndim:], self.translate[-ndim:])
+
+
+def class_ids(classes: list[str]) -> dict[str, int]:
+    """Label value of each class in the class Labels layer.
+
+    Known classes have fixed values (their rank in CLASS_COLOURS); other classes follow in
+    the given order, so appending classes never renumbers earlier ones.
+    """
+    known = {name: i for i, name in enumerate(CLASS_COLOURS, start=1)}
+    others = [c for c in dict.fromkeys(classes) if c not in known]
+    extra = {name: len(known) + i for i, name in enumerate(others, start=1)}
+    return {name: known.get(name) or extra[name] for name in dict.fromkeys(classes)}
+
+
+def all_classes(table: pd.DataFrame, model_classes: list[str]) -> list[str]:
+    """Classes to show: the model's, then any other class present in the table."""
+    present = [str(c) for c in pd.unique(table["cell_class"].astype(str))] if len(table) else []
+    return list(dict.fromkeys([*model_classes, *sorted(present)]))
+
+
+def layer_metadata(role: str, source: str, parameters: dict) -> dict:
+    """Metadata marking a layer as this plugin's output ``role`` for image ``source``."""
+    return {METADATA_KEY: {"key": f"{role}:{source}", "parameters": parameters}}
+
+
+def layer_key(metadata: dict) -> str | None:
+    """The stable key of a layer made by this plugin (None for other layers)."""
+    return (metadata or {}).get(METADATA_KEY, {}).get("key")
+
+
+def class_label_image(labels: np.ndarray, table: pd.DataFrame, ids: dict[str, int]) -> np.ndarray:
+    """(Y, X) instance labels → class ids via the table's ``label`` → ``cell_class``."""
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint8)
+    if len(table):
+        lookup[table["label"].to_numpy(dtype=np.int64)] = [ids[str(c)] for c in table["cell_class"]]
+    return lookup[labels]
+
+
+def class_colormap(ids: dict[str, int], colours: dict[str, str]):
+    """A napari ``DirectLabelColormap`` with one fixed colour per class id."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    color_dict = {None: TRANSPARENT, 0: TRANSPARENT}
+    color_dict.update({value: colours.get(name, OTHER_COLOUR) for name, value in ids.items()})
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+def point_size(table: pd.DataFrame) -> float:
+    """Marker size (data px): a quarter of the median cell diameter, within 4–30 px."""
+    if not len(table):
+        return 10.0
+    return float(np.clip(0.25 * np.median(table["diameter_px"]), 4.0, 30.0))
+
+
+def result_layers(
+    instances: np.ndarray,
+    classes_image: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    model_classes: list[str],
+    source: str,
+    placement: Placement,
+    parameters: dict,
+    role_prefix: str = "",
+) -> list[tuple]:
+    """Instance labels, class labels and class-coloured points of one analysis.
+
+    ``instances`` / ``classes_image`` are (Y, X) or (T, Y, X); points are (y, x) or
+    (frame, y, x) at the cell centroids, with ``features`` = the per-cell table (class
+    columns as ``category``).
+    """
+    stack = instances.ndim == 3
+    names = all_classes(table, model_classes)
+    ids = class_ids(names)
+    colours = class_colours(names)
+    features = as_categories(table.reset_index(drop=True))
+    features["cell_class"] = features["cell_class"].cat.set_categories(names)
+    coordinates = ["frame", "centroid_y", "centroid_x"] if stack else ["centroid_y", "centroid_x"]
+    points = table[coordinates].to_numpy(dtype=float).reshape(-1, len(coordinates))
+    place = {"scale": placement.scale, "translate": placement.translate}
+
+    def meta(role: str, name: str, **kwargs) -> dict:
+        return {
+            "name": f"{source} {name}",
+            "metadata": layer_metadata(f"{role_prefix}{role}", source, parameters),
+            **place,
+            **kwargs,
+        }
+
+    instance_meta = meta("instances", "stack instances" if stack else "instances", contour=2)
+    if not stack:  # in a stack label values repeat per frame: the points carry the table
+        instance_meta["features"] = features.rename(columns={"label": "index"})
+    class_features = pd.DataFrame({"index": list(ids.values()), "cell_class": list(ids)})
+    return [
+        (instances, instance_meta, "labels"),
+        (
+            classes_image,
+            meta(
+                "classes",
+                "stack classes" if stack else "classes",
+                colormap=class_colormap(ids, colours),
+                features=class_features,
+                opacity=0.4,
+            ),
+            "labels",
+        ),
+        (
+            points,
+            meta(
+                "cells",
+                "stack cells" if stack else "cells",
+                features=features,
+                face_color="cell_class",
+                face_color_cycle=colours,
+                border_color="white",
+                border_width=0.1,
+                size=point_size(table),
+            ),
+            "points",
+        ),
+    ]
+
+
+def legend_html(table: pd.DataFrame, model_classes: list[str]) -> str:
+    """Rich-text legend: a colour swatch, the class name and its cell count per class."""
+    names = all_classes(table, model_classes)
+    colours = class_colours(names)
+    counts = table["cell_class"].astype(str).value_counts() if len(table) else pd.Series()
+    rows = [
+        f'<span style="color:{colours[name]}">&#9632;</span> {name}: {int(counts.get(name, 0))}'
+        for name in names
+    ]
+    return "<br>".join(rows) or "no cells"

@@ -1,0 +1,142 @@
+"""The Train classifier widget: train a compact CNN on class folders in a spawned process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+
+from ..classification.remote_training import (
+    EpochEnd,
+    TrainingCancelled,
+    TrainingDone,
+    TrainingFailed,
+    TrainingJob,
+)
+from ..classification.training import TrainingConfig
+from ..errors import BloodcellError
+from ._widgets_common import MODEL_EVENTS, PlotCanvas
+
+
+class TrainWidget(Container):
+    """Pick a folder with one sub-folder of crops per class, name the model and train.
+
+    TensorFlow runs in a spawned subprocess (:class:`TrainingJob`); a ``thread_worker``
+    polls its queue, so the viewer stays responsive. The model is saved in the user
+    models folder and appears in the Analyze and Batch widgets' model lists.
+    """
+
+    def __init__(self, napari_viewer, models_dir: Path | None = None):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._models_dir = models_dir
+        self._state: dict = {"job": None}
+        self.data_dir = FileEdit(label="class folders", mode="d")
+        self.name = LineEdit(label="model name", value="my-model")
+        self.epochs = SpinBox(label="epochs", value=30, min=1, max=500)
+        self.input_size = SpinBox(label="input size (px)", value=64, min=16, max=224, step=8)
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend(
+            [
+                self.data_dir,
+                self.name,
+                self.epochs,
+                self.input_size,
+                self.train_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
+        self.plot = PlotCanvas("epoch", "loss / accuracy")
+        self.native.layout().addWidget(self.plot.canvas)
+        self.history: dict[str, list[float]] = {}
+        self.train_button.clicked.connect(self.train)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.native.destroyed.connect(lambda *_, state=self._state: _close_job(state))
+
+    def config(self) -> TrainingConfig:
+        return TrainingConfig(
+            architecture="compact", input_size=self.input_size.value, epochs=self.epochs.value
+        )
+
+    def train(self) -> None:
+        """Start training (input problems are shown as a notification)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        if self._state["job"] is not None:
+            return
+        try:
+            job = TrainingJob(
+                [Path(self.data_dir.value)],
+                self.name.value.strip(),
+                self.config(),
+                models_dir=self._models_dir,
+            )
+            job.start()
+        except BloodcellError as exc:
+            show_error(str(exc))
+            return
+        self._state["job"] = job
+        self.history = {}
+        self.plot.plot({})
+        worker = create_worker(
+            job.events,
+            _progress={"total": job.config.epochs, "desc": f"training {job.target.stem}"},
+            _start_thread=False,
+        )
+        worker.yielded.connect(self._on_event)
+        worker.finished.connect(self._on_finished)
+        self.train_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"training {job.target.stem} on {', '.join(job.classes)}…"
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop after the current epoch; nothing is saved."""
+        if self._state["job"] is not None:
+            self._state["job"].cancel()
+            self.status.value = "cancelling after this epoch…"
+
+    def _on_event(self, event) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(event, EpochEnd):
+            for key, value in event.logs.items():
+                self.history.setdefault(key, []).append(value)
+            self._plot_history()
+            loss = event.logs.get("val_loss", float("nan"))
+            self.status.value = f"epoch {event.epoch}/{event.epochs}, val. loss {loss:.3f}"
+        elif isinstance(event, TrainingDone):
+            self.status.value = f"saved {event.model_path.name} ({', '.join(event.classes)})"
+            show_info(f"model {event.model_path.stem!r} saved to {event.model_path.parent}")
+            MODEL_EVENTS.changed.emit()
+        elif isinstance(event, TrainingCancelled):
+            self.status.value = "cancelled: no model saved"
+        elif isinstance(event, TrainingFailed):
+            self.status.value = "failed (see notification)"
+            show_error(event.message)
+
+    def _plot_history(self) -> None:
+        colours = {"loss": "C0", "val_loss": "C1", "accuracy": "C2", "val_accuracy": "C3"}
+        self.plot.plot(
+            {
+                key: (np.arange(1, len(values) + 1), np.asarray(values), colours.get(key))
+                for key, values in self.history.items()
+                if key in colours
+            }
+        )
+
+    def _on_finished(self) -> None:
+        self._state["job"] = None
+        self.train_button.enabled = True
+        self.cancel_button.enabled = False
+
+
+def _close_job(state: dict) -> None:
+    """When the widget is destroyed: stop a running training (its poller then cleans up)."""
+    if state["job"] is not None:
+        state["job"].cancel()

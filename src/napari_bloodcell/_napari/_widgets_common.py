@@ -1,0 +1,435 @@
+"""What the widgets share: the classifier worker processes, model choices, adding or
+updating layers, plots, the legend, table export and the base of the analysis widgets."""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+from psygnal import Signal
+
+from ..classification.model_files import (
+    DEFAULT_MODEL_NAME,
+    packaged_models_dir,
+    read_metadata,
+    resolve_model_path,
+    user_models_dir,
+)
+from ..classification.remote import RemoteClassifier
+from ..errors import BloodcellError, InputImageError
+from ..pipeline import AnalysisSettings
+from ._compute import AnalysisJob, Failure, ImageLayout, check_channels, guarded, image_layout
+from ._layers import layer_key, legend_html
+from ._writer import export_table
+
+NO_MODEL = "none (segmentation only)"
+
+
+class SharedClassifiers:
+    """One :class:`RemoteClassifier` (one TensorFlow worker process) per model file,
+    shared by every widget using that model and closed when none uses it any more."""
+
+    def __init__(self) -> None:
+        self._classifiers: dict[tuple[str, int], RemoteClassifier] = {}
+        self._users: dict[tuple[str, int], set[str]] = {}
+
+    def acquire(self, user: str, model: str) -> RemoteClassifier:
+        """The classifier of ``model`` for ``user`` (who then holds no other model)."""
+        path = resolve_model_path(model)
+        key = (str(path.resolve()), path.stat().st_mtime_ns)  # a retrained file is a new model
+        self.release(user, keep=key)
+        if key not in self._classifiers:
+            self._classifiers[key] = RemoteClassifier(path)
+        self._users.setdefault(key, set()).add(user)
+        return self._classifiers[key]
+
+    def release(self, user: str, keep: tuple[str, int] | None = None) -> None:
+        """Drop ``user``'s hold on every model but ``keep``; close unused classifiers."""
+        for key in list(self._users):
+            if key != keep:
+                self._users[key].discard(user)
+            if not self._users[key]:
+                del self._users[key]
+                self._classifiers.pop(key).close()
+
+    def users(self) -> set[str]:
+        return set().union(*self._users.values()) if self._users else set()
+
+    def close_all(self) -> None:
+        for classifier in self._classifiers.values():
+            classifier.close()
+        self._classifiers.clear()
+        self._users.clear()
+
+
+CLASSIFIERS = SharedClassifiers()
+atexit.register(CLASSIFIERS.close_all)
+
+
+class _ModelEvents:
+    """Emitted when a model is added to the user models folder (e.g. after training)."""
+
+    changed = Signal()
+
+
+MODEL_EVENTS = _ModelEvents()
+
+
+def model_choices(_widget=None) -> list[tuple[str, str | None]]:
+    """The packaged default model (if installed), the user's models, and no model."""
+    names = []
+    if (packaged_models_dir() / f"{DEFAULT_MODEL_NAME}.keras").is_file():
+        names.append(DEFAULT_MODEL_NAME)
+    folder = user_models_dir()
+    if folder.is_dir():
+        names += sorted(p.stem for p in folder.glob("*.keras") if not p.name.startswith("."))
+    return [(name, name) for name in names] + [(NO_MODEL, None)]
+
+
+def upsert_layers(viewer, layer_data: list[tuple]) -> list:
+    """Add the layers, or update the layers of the same plugin key in place (no duplicates).
+
+    If adding fails half-way, the layers added by this call are removed again.
+    """
+    from napari.layers import Layer
+
+    layers, added = [], []
+    try:
+        for data, meta, layer_type in layer_data:
+            key = layer_key(meta["metadata"])
+            existing = next(
+                (
+                    layer
+                    for layer in viewer.layers
+                    if layer_key(layer.metadata) == key
+                    and layer._type_string == layer_type
+                    and layer.ndim == len(meta["scale"])
+                ),
+                None,
+            )
+            if existing is None:
+                settings = {k: v for k, v in meta.items() if k not in _SET_AFTER_CREATION}
+                existing = viewer.add_layer(Layer.create(data, settings, layer_type))
+                for attribute in _SET_AFTER_CREATION.intersection(meta):
+                    setattr(existing, attribute, meta[attribute])
+                added.append(existing)
+            else:
+                _update_layer(existing, data, meta)
+            layers.append(existing)
+    except Exception:
+        for layer in added:
+            viewer.layers.remove(layer)
+        raise
+    return layers
+
+
+_SET_AFTER_CREATION = {"contour"}  # display settings layer constructors do not take
+
+_UPDATED_ATTRIBUTES = (
+    "scale",
+    "translate",
+    "metadata",
+    "features",
+    "colormap",
+    "face_color_cycle",
+    "face_color",
+    "border_color",
+    "border_width",
+    "size",
+)
+
+
+def _update_layer(layer, data, meta: dict) -> None:
+    """New data and display settings for an existing layer (its name stays the user's)."""
+    layer.data = data
+    for attribute in _UPDATED_ATTRIBUTES:
+        if attribute in meta:
+            setattr(layer, attribute, meta[attribute])
+
+
+def check_image_layer(layer) -> None:
+    """Refuse anything but a single-scale image layer."""
+    from napari.layers import Image
+
+    if layer is None:
+        raise InputImageError("no image layer selected: open an image first")
+    if not isinstance(layer, Image):
+        raise InputImageError(
+            f"layer {layer.name!r} is a {type(layer).__name__} layer; choose an image layer"
+        )
+    if layer.multiscale:
+        raise InputImageError(f"layer {layer.name!r} is multiscale; open one resolution level")
+
+
+class PlotCanvas:
+    """A small matplotlib figure (FigureCanvas) to embed in a dock widget."""
+
+    def __init__(self, xlabel: str, ylabel: str, height_in: float = 2.2):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.5, height_in), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(int(height_in * 60))
+        self.axes = self.figure.add_subplot()
+        self._labels = (xlabel, ylabel)
+        self.plot({})
+
+    def plot(self, series: dict[str, tuple[np.ndarray, np.ndarray, str | None]]) -> None:
+        """Redraw with one line per name: ``(x, y, colour)``."""
+        self.axes.clear()
+        for name, (x, y, colour) in series.items():
+            self.axes.plot(x, y, marker=".", label=name, color=colour)
+        self.axes.set_xlabel(self._labels[0])
+        self.axes.set_ylabel(self._labels[1])
+        if series:
+            self.axes.legend(fontsize="x-small")
+        self.canvas.draw()
+
+
+def channel_choices(_widget=None) -> list[tuple[str, int | None]]:
+    return [("default", None), ("none", -1)] + [(str(i), i) for i in range(8)]
+
+
+class AnalysisWidget(Container):
+    """Base of the Analyze and Batch widgets: inputs, run / cancel in a ``thread_worker``,
+    results as layers (added or updated), legend and table export.
+
+    Subclasses set ``role_prefix`` and implement :meth:`_steps` and :meth:`_apply`.
+    """
+
+    role_prefix = ""
+    keep_results_after_cancel = False
+
+    def __init__(self, napari_viewer, extra_inputs: tuple = ()):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._owner = f"{type(self).__name__}-{id(self)}"
+        self._state: dict = {"worker": None, "cancelled": False, "summary": ""}
+        self._cells_layer = None
+        self.image = ComboBox(label="image", choices=self._image_layers)
+        self.modality = ComboBox(label="modality", choices=["auto", "smear", "fluorescence"])
+        self.leukocyte_channel = ComboBox(label="leukocyte channel", choices=channel_choices)
+        self.platelet_channel = ComboBox(label="platelet channel", choices=channel_choices)
+        self.model = ComboBox(label="model", choices=model_choices)
+        self.pixel_size = FloatSpinBox(
+            label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
+            tooltip="µm per pixel; 0 = unknown (defaults tuned on BCCD frames)",
+        )  # fmt: skip
+        self.uncertain_threshold = FloatSpinBox(
+            label="uncertain below", value=0.5, min=0.0, max=1.0, step=0.05,
+            tooltip="confidence below which a cell's class is 'uncertain'",
+        )  # fmt: skip
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.legend = Label(value="")
+        self.export_file = FileEdit(label="table file", mode="w", filter="*.csv")
+        self.export_button = PushButton(text="Export table")
+        self.extend(
+            [
+                self.image,
+                *extra_inputs,
+                self.modality,
+                self.leukocyte_channel,
+                self.platelet_channel,
+                self.model,
+                self.pixel_size,
+                self.uncertain_threshold,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+                self.legend,
+                self.export_file,
+                self.export_button,
+            ]
+        )
+        self.model.changed.connect(self._on_model_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self.export)
+        signals = (
+            napari_viewer.layers.events.inserted,
+            napari_viewer.layers.events.removed,
+            MODEL_EVENTS.changed,
+        )
+        for signal in signals:
+            signal.connect(self.reset_choices)
+        self.native.destroyed.connect(
+            partial(_stop_and_release, self._owner, self._state, signals, self.reset_choices)
+        )
+        self._on_model_changed(self.model.value)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _image_layers(self, _widget=None) -> list:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _on_model_changed(self, model: str | None) -> None:
+        if model is None:
+            return
+        try:
+            self.uncertain_threshold.value = read_metadata(
+                resolve_model_path(model)
+            ).uncertain_threshold
+        except BloodcellError as exc:
+            self._show_error(str(exc))
+
+    def settings(self) -> AnalysisSettings:
+        channels = {}
+        for role, widget in (
+            ("leukocyte", self.leukocyte_channel),
+            ("platelet", self.platelet_channel),
+        ):
+            if widget.value is not None and widget.value >= 0:
+                channels[role] = widget.value
+        if self.leukocyte_channel.value is None and self.platelet_channel.value is None:
+            channels = None
+        return AnalysisSettings(
+            modality=self.modality.value,
+            channels=channels,
+            pixel_size_um=self.pixel_size.value or None,
+            uncertain_threshold=self.uncertain_threshold.value,
+        )
+
+    def _axes(self) -> str:
+        return ""
+
+    def job(self) -> AnalysisJob:
+        """The analysis request from the current inputs (raises BloodcellError if unusable)."""
+        layer = self.image.value
+        check_image_layer(layer)
+        layout: ImageLayout = image_layout(layer.data.shape, layer.rgb, self._axes())
+        settings = self.settings()
+        check_channels(settings, layout)
+        classifier = None
+        if self.model.value is not None:
+            classifier = CLASSIFIERS.acquire(self._owner, self.model.value)
+        return AnalysisJob(
+            data=layer.data,
+            layout=layout,
+            settings=settings,
+            classifier=classifier,
+            source=layer.name,
+            scale=tuple(layer.scale),
+            translate=tuple(layer.translate),
+        )
+
+    # ------------------------------------------------------------------ running
+
+    def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
+        """The generator to run and its number of yields (0: unknown)."""
+        raise NotImplementedError
+
+    def _apply(self, item) -> None:
+        """Show one yielded result in the viewer."""
+        raise NotImplementedError
+
+    @property
+    def worker(self):
+        return self._state["worker"]
+
+    def run(self) -> None:
+        """Check the inputs and start the analysis in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return
+        try:
+            steps, total = self._steps(self.job())
+        except BloodcellError as exc:
+            self._show_error(str(exc))
+            return
+        worker = create_worker(
+            guarded,
+            steps,
+            _progress={"total": total, "desc": f"napari-bloodcell: {type(self).__name__}"},
+            _start_thread=False,
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.finished.connect(self._on_finished)
+        self._state.update(worker=worker, cancelled=False, summary="")
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "running…"
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop after the current frame."""
+        if self.worker is not None:
+            self._state["cancelled"] = True
+            self.status.value = "cancelling…"
+            self.worker.quit()
+
+    def _on_yielded(self, item) -> None:
+        if isinstance(item, Failure):
+            self._show_error(item.message)
+        elif self.keep_results_after_cancel or not self._state["cancelled"]:
+            self._apply(item)
+
+    def _on_finished(self) -> None:
+        self._state["worker"] = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        outcome = "cancelled" if self._state["cancelled"] else "finished"
+        self.status.value = f"{outcome}: {self._state['summary'] or 'no results'}"
+
+    def _show_layers(
+        self, layer_data: list[tuple], table, model_classes: list[str], summary: str
+    ) -> None:
+        layers = upsert_layers(self._viewer, layer_data)
+        self._state["summary"] = summary
+        self.status.value = summary
+        self._cells_layer = layers[-1]
+        self.legend.value = legend_html(table, model_classes)
+
+    def _show_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.value = "error (see notification)"
+        show_error(message)
+
+    # ------------------------------------------------------------------ export
+
+    def export(self) -> None:
+        """Write the cells table of the last result (never over an existing file)."""
+        from napari.utils.notifications import show_info, show_warning
+
+        layer = self._cells_layer
+        if layer is None or layer not in self._viewer.layers:
+            show_warning("no results to export yet: run the analysis first")
+            return
+        path = Path(self.export_file.value)
+        if path.suffix.lower() not in (".csv", ".parquet") or path.name in ("", "."):
+            show_warning("choose a table file name ending in .csv")
+            return
+        parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
+        try:
+            written = export_table(path, layer.features, parameters)
+        except BloodcellError as exc:
+            show_warning(str(exc))
+            return
+        show_info(f"wrote {', '.join(p.name for p in written)} to {written[0].parent}")
+
+
+def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
+    """When a widget is destroyed: stop its worker, disconnect it from the viewer and model
+    events, and release its classifier processes."""
+    if state["worker"] is not None:
+        state["worker"].quit()
+    for signal in signals:
+        signal.disconnect(callback)
+    CLASSIFIERS.release(owner)

@@ -1,0 +1,195 @@
+"""The napari plugin's viewer-free parts: manifest, layouts, layer data, stacks, writer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_bloodcell.errors import BloodcellError, InputImageError, OutputExistsError
+from napari_bloodcell.pipeline import AnalysisSettings
+from napari_bloodcell.synthetic import make_timelapse
+from napari_bloodcell.table import read_table
+
+pytestmark = pytest.mark.napari
+
+
+def test_manifest_has_widgets_writer_and_layer_menus():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-bloodcell")
+    contributions = manifest.contributions
+    assert {w.display_name for w in contributions.widgets} == {
+        "Analyze",
+        "Batch time-lapse",
+        "Train classifier",
+    }
+    (writer,) = contributions.writers
+    assert writer.layer_types == ["points"] and writer.filename_extensions == [".csv"]
+    assert {"napari/layers/segment", "napari/layers/classify"} <= set(contributions.menus)
+    for command in contributions.commands:  # every command resolves to an importable object
+        assert callable(_resolve(command.python_name))
+
+
+def _resolve(python_name: str):
+    import importlib
+
+    module, attribute = python_name.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@pytest.mark.parametrize(
+    ("shape", "rgb", "axes", "expected"),
+    [
+        ((48, 64, 3), True, "", "YXC"),
+        ((5, 48, 64, 3), True, "", "TYXC"),
+        ((5, 48, 64), False, "", "TYX"),
+        ((5, 3, 48, 64), False, "", "TCYX"),
+        ((3, 5, 48, 64), False, "CTYX", "CTYX"),
+    ],
+)
+def test_image_layout(shape, rgb, axes, expected):
+    from napari_bloodcell._napari._compute import image_layout
+
+    assert image_layout(shape, rgb, axes).axes == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "rgb", "axes", "message"),
+    [
+        ((6, 8, 48, 64), False, "", "Axes field"),
+        ((5, 48, 64, 3), True, "TCYX", "last axis is the colour axis"),
+        ((5, 48, 64), False, "TYXC", "name 4 axes"),
+    ],
+)
+def test_image_layout_refuses_ambiguous_or_wrong_axes(shape, rgb, axes, message):
+    from napari_bloodcell._napari._compute import image_layout
+
+    with pytest.raises(InputImageError, match=message):
+        image_layout(shape, rgb, axes)
+
+
+def test_class_ids_and_colours_are_fixed():
+    from napari_bloodcell._napari._layers import class_colours, class_ids
+    from napari_bloodcell.classes import CLASS_COLOURS
+
+    ids = class_ids(["round", "rbc", "lobed"])
+    assert ids["rbc"] == class_ids(["rbc"])["rbc"]  # known classes never move
+    assert class_ids(["round", "rbc", "lobed", "platelet"])["lobed"] == ids["lobed"]
+    colours = class_colours(["round", "rbc", "lobed"])
+    assert colours["rbc"] == CLASS_COLOURS["rbc"]
+    assert len({colours["round"], colours["lobed"], colours["rbc"]}) == 3
+
+
+@pytest.fixture(scope="module")
+def movie():
+    return make_timelapse(n_frames=4, shape=(64, 96), n_leukocytes=2, n_platelets=4, seed=1)
+
+
+def _job(data, axes="", rgb=True, scale=(2.0, 0.5, 0.5)):
+    from napari_bloodcell._napari._compute import AnalysisJob, image_layout
+
+    layout = image_layout(data.shape, rgb, axes)
+    return AnalysisJob(
+        data=data,
+        layout=layout,
+        settings=AnalysisSettings(modality="fluorescence"),
+        classifier=None,
+        source="movie",
+        scale=scale,
+        translate=(0.0,) * (len(scale) - 2) + (10.0, 20.0),
+    )
+
+
+def test_stack_is_read_frame_by_frame_from_dask(movie):
+    import dask
+    import dask.array as da
+
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+
+    computed = []
+
+    def count(*args, **kwargs):
+        computed.append(1)
+
+    lazy = da.from_array(movie.image, chunks=(1, 64, 96, 3))
+    with dask.config.set(scheduler="sync"), dask.callbacks.Callback(pretask=count):
+        result = run_to_end(stack_steps(_job(lazy)))
+    assert result.frames_done == result.n_frames == 4
+    assert len(computed) <= 2 * 4  # one small task graph per frame, never the whole stack
+    instances, classes, points = result.layers
+    assert instances[0].shape == classes[0].shape == (4, 64, 96)
+    assert instances[1]["scale"] == (2.0, 0.5, 0.5)
+    assert instances[1]["translate"] == (0.0, 10.0, 20.0)
+    features = points[1]["features"]
+    assert points[0].shape == (len(features), 3)
+    np.testing.assert_array_equal(points[0][:, 0], features["frame"])
+    assert isinstance(features["cell_class"].dtype, pd.CategoricalDtype)
+
+
+def test_stack_of_another_axis_order_gives_the_same_cells(movie):
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+
+    tyxc = run_to_end(stack_steps(_job(movie.image))).table
+    tcyx_job = _job(movie.image.transpose(0, 3, 1, 2), rgb=False, scale=(2.0, 1.0, 0.5, 0.5))
+    tcyx = run_to_end(stack_steps(tcyx_job))
+    assert tcyx.layers[0][1]["scale"] == (2.0, 0.5, 0.5)  # the channel axis has no output
+    tcyx = tcyx.table
+    pd.testing.assert_frame_equal(tyxc, tcyx)
+
+
+def test_empty_frames_give_no_cells_and_are_reported(movie):
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+
+    stack = movie.image.copy()
+    stack[2] = 0
+    result = run_to_end(stack_steps(_job(stack)))
+    assert result.empty_frames == [2]
+    assert 2 not in set(result.table["frame"])
+    assert not result.layers[0][0][2].any()
+
+
+def test_batch_refuses_a_single_frame(movie):
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+
+    with pytest.raises(BloodcellError, match="no time axis"):
+        run_to_end(stack_steps(_job(movie.image[0], scale=(0.5, 0.5))))
+
+
+def test_missing_channel_is_refused():
+    from napari_bloodcell._napari._compute import check_channels, image_layout
+
+    layout = image_layout((5, 48, 64), False)
+    with pytest.raises(InputImageError, match="has 1 channel"):
+        check_channels(AnalysisSettings(channels={"platelet": 2}), layout)
+
+
+def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+    from napari_bloodcell._napari._writer import export_table, write_cells_table
+
+    result = run_to_end(stack_steps(_job(movie.image)))
+    _, meta, _ = result.layers[-1]
+    parameters = meta["metadata"]["napari_bloodcell"]["parameters"]
+    written = export_table(tmp_path / "cells.csv", meta["features"], parameters)
+    assert {p.suffix for p in written} >= {".csv", ".json"}
+    for path in written[:-1]:
+        pd.testing.assert_frame_equal(
+            _plain(read_table(path)), _plain(meta["features"]), check_dtype=False
+        )
+    sidecar = json.loads(written[-1].read_text())
+    assert sidecar["modality"] == "fluorescence" and sidecar["frames"] == 4
+    before = written[0].read_bytes()
+    with pytest.raises(OutputExistsError, match="already exist"):
+        export_table(tmp_path / "cells.csv", meta["features"].iloc[:1], parameters)
+    assert written[0].read_bytes() == before
+    assert write_cells_table(str(tmp_path / "other.csv"), None, meta)[0].endswith("other.csv")
+    with pytest.raises(BloodcellError, match="no napari-bloodcell cell table"):
+        write_cells_table(str(tmp_path / "x.csv"), None, {"name": "pts", "features": None})
+
+
+def _plain(table: pd.DataFrame) -> pd.DataFrame:
+    """Category columns as plain strings (CSV does not keep the category dtype)."""
+    return table.astype({c: str for c in ("source", "cell_type", "cell_class")})

@@ -1,0 +1,412 @@
+"""The widgets end to end in a viewer: Analyze and Batch with a tiny model served by one
+shared classifier worker process, Train classifier in a spawned process, and a shown viewer
+with the real default model (TensorFlow never runs in the test process: with Mesa's
+software OpenGL it segfaults next to a viewer)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_bloodcell.synthetic import make_smear, make_timelapse
+
+from .conftest import SHARED_DATA, requires_bccd
+from .helpers import write_crop_folder
+
+pytestmark = pytest.mark.napari
+
+WAIT_MS = 90_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_tensorflow_in_this_process():
+    if "tensorflow" in sys.modules:
+        reason = "TensorFlow was imported in this process; run `pytest -m napari` on its own"
+        if os.environ.get("CI"):  # CI runs the napari tests in their own process: never skip
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def tiny_user_model(tmp_path_factory):
+    """A user data folder with a 1-epoch model 'tiny' (classes lobed, round), trained in a
+    spawned process; one classifier worker for it is held for the whole module."""
+    from napari_bloodcell._napari._widgets_common import CLASSIFIERS
+    from napari_bloodcell.classification.model_files import user_models_dir
+    from napari_bloodcell.classification.remote_training import TrainingDone, TrainingJob
+    from napari_bloodcell.classification.training import TrainingConfig
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg")))
+        data = write_crop_folder(tmp_path_factory.mktemp("crops"), n_per_class=12, seed=0)
+        config = TrainingConfig(
+            input_size=32, epochs=1, batch_size=8, validation_fraction=0.25, test_fraction=0.0
+        )
+        job = TrainingJob([data], "tiny", config, models_dir=user_models_dir())
+        job.start()
+        assert isinstance(list(job.events())[-1], TrainingDone)
+        CLASSIFIERS.acquire("tests", "tiny")
+        yield "tiny"
+        CLASSIFIERS.release("tests")
+    assert not CLASSIFIERS.users()
+    assert not multiprocessing.active_children()
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Messages shown with napari's show_error / show_warning / show_info."""
+    import napari.utils.notifications as notes
+
+    shown: list[tuple[str, str]] = []
+    for kind in ("error", "warning", "info"):
+        monkeypatch.setattr(notes, f"show_{kind}", lambda m, kind=kind: shown.append((kind, m)))
+    return shown
+
+
+def _run(widget, qtbot):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+@pytest.fixture(scope="module")
+def smear():
+    return make_smear(n_rbc=16, n_wbc=2, n_platelets=4, seed=1)
+
+
+def test_analyze_widget_adds_then_updates_class_coloured_layers(
+    make_napari_viewer, qtbot, tiny_user_model, smear
+):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._layers import class_colours
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(smear.image, rgb=True, name="smear", scale=(0.5, 0.5))
+    image.translate = (3.0, 4.0)
+    widget = AnalyzeWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = image
+    widget.model.value = tiny_user_model
+    _run(widget, qtbot)
+
+    instances, classes, cells = viewer.layers[1:]
+    assert [type(layer).__name__ for layer in (instances, classes, cells)] == [
+        "Labels",
+        "Labels",
+        "Points",
+    ]
+    for layer in (instances, classes, cells):
+        np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+        np.testing.assert_allclose(layer.translate, (3.0, 4.0))
+    features = cells.features
+    assert len(features) == instances.data.max() > 0
+    assert isinstance(features["cell_class"].dtype, pd.CategoricalDtype)
+    assert {"p_lobed", "p_round"} <= set(features.columns)
+    wbc = features[features["cell_type"] == "wbc"]
+    assert set(wbc["cell_class"]) <= {"lobed", "round", "uncertain"} and len(wbc)
+    colours = class_colours(list(features["cell_class"].cat.categories))
+    expected = np.array([_rgba(colours[c]) for c in features["cell_class"]])
+    np.testing.assert_allclose(cells.face_color, expected, atol=1e-6)
+    assert isinstance(classes.colormap, DirectLabelColormap)
+    rbc_value = classes.data[instances.data == int(features.loc[0, "label"])][0]
+    np.testing.assert_allclose(classes.colormap.map(rbc_value), expected[0], atol=1e-3)
+    assert "lobed" in widget.legend.value and "rbc" in widget.legend.value
+
+    first = list(viewer.layers)
+    widget.uncertain_threshold.value = 1.0  # every CNN answer becomes "uncertain"
+    _run(widget, qtbot)
+    assert list(viewer.layers) == first  # the same layers, updated in place
+    assert set(cells.features.loc[cells.features["cell_type"] == "wbc", "cell_class"]) == {
+        "uncertain"
+    }
+    params = cells.metadata["napari_bloodcell"]["parameters"]
+    assert params["model"]["name"] == "tiny" and params["uncertain_threshold"] == 1.0
+
+
+def _rgba(hex_colour: str) -> list[float]:
+    from matplotlib.colors import to_rgba
+
+    return list(to_rgba(hex_colour))
+
+
+def test_analyze_widget_uses_the_current_frame_of_a_stack(make_napari_viewer, qtbot):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image, rgb=True, name="movie")
+    viewer.dims.set_current_step(0, 2)
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    cells = viewer.layers["movie cells"]
+    assert cells.ndim == 2 and set(cells.features["frame"]) == {2}
+    assert set(cells.features["cell_class"]) <= {"leukocyte", "platelet"}
+
+
+@pytest.fixture
+def dask_movie():
+    import dask.array as da
+
+    movie = make_timelapse(n_frames=6, shape=(64, 96), n_leukocytes=2, n_platelets=4, seed=4)
+    return da.from_array(movie.image, chunks=(1, 64, 96, 3))
+
+
+def test_batch_widget_processes_a_dask_stack_frame_by_frame(
+    make_napari_viewer, qtbot, dask_movie, tmp_path, notifications
+):
+    from napari_bloodcell._napari._batch import BatchWidget
+    from napari_bloodcell.table import read_table
+
+    viewer = make_napari_viewer()
+    viewer.add_image(dask_movie, rgb=True, name="movie", scale=(5.0, 0.5, 0.5))
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    instances = viewer.layers["movie stack instances"]
+    cells = viewer.layers["movie stack cells"]
+    assert instances.data.shape == viewer.layers["movie stack classes"].data.shape == (6, 64, 96)
+    np.testing.assert_allclose(instances.scale, (5.0, 0.5, 0.5))
+    np.testing.assert_array_equal(cells.data[:, 0], cells.features["frame"])
+    assert set(cells.features["frame"]) <= set(range(6))
+    assert widget.plot.axes.get_lines() and widget.status.value.startswith("finished: 6/6")
+
+    widget.export_file.value = tmp_path / "cells.csv"
+    widget.export()
+    assert (tmp_path / "cells.csv").is_file() and (tmp_path / "cells.json").is_file()
+    widget.export()  # a second click must not overwrite
+    assert notifications[-1][0] == "warning" and "already exist" in notifications[-1][1]
+
+    viewer.layers.selection = {cells}  # File → Save Selected Layers with our writer
+    saved = viewer.layers.save(
+        str(tmp_path / "saved.csv"), selected=True, plugin="napari-bloodcell"
+    )
+    assert saved and len(read_table(tmp_path / "saved.csv")) == len(cells.features)
+
+
+def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
+    make_napari_viewer, qtbot, dask_movie
+):
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    def slow(block):  # a slow reader gives the viewer time to cancel mid-batch
+        time.sleep(0.4)
+        return block
+
+    viewer = make_napari_viewer()
+    viewer.add_image(dask_movie.map_blocks(slow), rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.run()
+    widget.worker.yielded.connect(lambda _: widget.cancel())
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    instances = viewer.layers["movie stack instances"]
+    done = instances.data.shape[0]
+    assert 1 <= done < 6
+    assert viewer.layers["movie stack classes"].data.shape[0] == done
+    cells = viewer.layers["movie stack cells"]
+    assert set(cells.features["frame"]) <= set(range(done))
+    assert cells.metadata["napari_bloodcell"]["parameters"]["frames"] == done
+    assert widget.status.value.startswith("cancelled")
+    widget.run()  # a new run completes and updates the same layers
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert viewer.layers["movie stack instances"] is instances and instances.data.shape[0] == 6
+
+
+@pytest.mark.parametrize(
+    ("make_image", "axes", "channel", "message"),
+    [
+        (lambda: np.random.default_rng(0).random((64, 96)), "", None, "no time axis"),
+        (lambda: np.random.default_rng(0).random((6, 8, 48, 64)), "", None, "Axes field"),
+        (lambda: np.random.default_rng(0).random((3, 48, 64, 3)), "TCYX", None, "colour axis"),
+        (lambda: np.random.default_rng(0).random((3, 48, 64)), "", 2, "has 1 channel"),
+    ],
+)
+def test_batch_bad_input_is_a_notification_and_adds_nothing(
+    make_napari_viewer, notifications, make_image, axes, channel, message
+):
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    viewer = make_napari_viewer()
+    data = make_image()
+    viewer.add_image(data, rgb=data.ndim == 4 and data.shape[-1] == 3, name="bad")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.axes.value = axes
+    widget.platelet_channel.value = channel
+    widget.run()
+    assert widget.worker is None and len(viewer.layers) == 1
+    assert notifications[-1][0] == "error" and message in notifications[-1][1]
+
+
+def test_analyze_bad_input_is_a_notification(make_napari_viewer, qtbot, notifications):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._widgets_common import check_image_layer
+    from napari_bloodcell.errors import InputImageError
+
+    viewer = make_napari_viewer()
+    widget = AnalyzeWidget(viewer)
+    widget.run()
+    assert "no image layer" in notifications[-1][1]
+    labels = viewer.add_labels(np.zeros((32, 32), np.uint8))
+    with pytest.raises(InputImageError, match="Labels layer; choose an image layer"):
+        check_image_layer(labels)
+    viewer.add_image(np.full((48, 64), 7, np.uint8), name="blank")
+    widget.model.value = None
+    _run(widget, qtbot)
+    assert "empty" in notifications[-1][1] and len(viewer.layers) == 2
+
+
+def test_classifier_processes_are_released_when_the_viewer_closes(
+    make_napari_viewer, qtbot, tiny_user_model
+):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._widgets_common import CLASSIFIERS
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((32, 32)))
+    widget = AnalyzeWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.value = tiny_user_model
+    widget.job()  # acquires the classifier as the Run button would
+    owner = widget._owner
+    assert owner in CLASSIFIERS.users()
+    viewer.close()
+    qtbot.waitUntil(lambda: owner not in CLASSIFIERS.users(), timeout=10_000)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture
+def user_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return write_crop_folder(tmp_path / "crops", n_per_class=12, seed=1)
+
+
+def _wait(widget, qtbot):
+    qtbot.waitUntil(lambda: widget._state["job"] is None, timeout=120_000)
+
+
+def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
+    make_napari_viewer, qtbot, user_data, notifications
+):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._train import TrainWidget
+    from napari_bloodcell.classification.model_files import read_metadata, user_models_dir
+
+    viewer = make_napari_viewer()
+    analyze = AnalyzeWidget(viewer)
+    widget = TrainWidget(viewer)
+    widget.data_dir.value = user_data
+    widget.name.value = "lobes"
+    widget.input_size.value = 32
+
+    widget.epochs.value = 50
+    widget.train()
+    widget.cancel()  # stops at the end of the first epoch
+    _wait(widget, qtbot)
+    assert widget.status.value.startswith("cancelled")
+    assert not list(user_models_dir().iterdir())  # no model, no work folder left
+    assert "lobes" not in analyze.model.choices
+
+    widget.epochs.value = 2
+    widget.train()
+    _wait(widget, qtbot)
+    model = user_models_dir() / "lobes.keras"
+    assert read_metadata(model).classes == ["lobed", "round"], notifications
+    assert "lobes" in analyze.model.choices
+    assert len(widget.history["loss"]) == 2 and widget.plot.axes.get_lines()
+    assert not [p for p in multiprocessing.active_children() if "training" in p.name]
+
+    widget.train()  # the name is now taken
+    assert notifications[-1][0] == "error" and "already exists" in notifications[-1][1]
+
+
+def test_train_widget_refuses_a_folder_without_classes(
+    make_napari_viewer, tmp_path, monkeypatch, notifications
+):
+    from napari_bloodcell._napari._train import TrainWidget
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    widget = TrainWidget(make_napari_viewer())
+    widget.data_dir.value = tmp_path
+    widget.train()
+    assert notifications[-1][0] == "error" and "no class sub-folders" in notifications[-1][1]
+    assert widget._state["job"] is None
+
+
+# --------------------------------------------------------------------------- shown viewer
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    """The packaged default model, its classifier worker held for the module (or skip)."""
+    from napari_bloodcell._napari._widgets_common import CLASSIFIERS
+    from napari_bloodcell.classification.model_files import packaged_models_dir
+
+    if not (packaged_models_dir() / "default.keras").is_file():
+        pytest.skip("the packaged default model (default.keras) is not installed")
+    CLASSIFIERS.acquire("tests-default", "default")
+    yield "default"
+    CLASSIFIERS.release("tests-default")
+
+
+def _class_pixels(shot: np.ndarray, colour: str, tolerance: int = 12) -> int:
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(colour)) * 255
+    return int(np.all(np.abs(shot[..., :3].astype(float) - rgb) <= tolerance, axis=-1).sum())
+
+
+def _analyze_in_shown_viewer(make_napari_viewer, qtbot, image: np.ndarray, model: str):
+    """Run the Analyze widget in a shown viewer; check the screenshot shows class colours."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._layers import class_colours
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(image, rgb=True, name="frame")
+    widget = AnalyzeWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = layer
+    widget.model.value = model
+    _run(widget, qtbot)
+    cells = viewer.layers["frame cells"]
+    assert len(cells.features), widget.status.value
+    viewer.reset_view()  # the whole frame in view
+    shown = viewer.screenshot(canvas_only=True, flash=False)
+    assert shown.shape[-1] == 4 and shown[..., :3].std() > 10  # not blank
+    cells.visible = False
+    hidden = viewer.screenshot(canvas_only=True, flash=False)
+    colours = class_colours(list(cells.features["cell_class"].cat.categories))
+    present = set(cells.features["cell_class"])
+    drawn = {
+        c
+        for c in present
+        if _class_pixels(shown, colours[c]) > _class_pixels(hidden, colours[c]) + 5
+    }
+    assert drawn == present, (present, drawn)
+
+
+def test_shown_viewer_analyzes_a_synthetic_smear_without_crashing(
+    make_napari_viewer, qtbot, default_model
+):
+    _analyze_in_shown_viewer(make_napari_viewer, qtbot, make_smear(seed=2).image, default_model)
+
+
+@requires_bccd
+def test_shown_viewer_analyzes_a_real_bccd_frame_without_crashing(
+    make_napari_viewer, qtbot, default_model
+):
+    import imageio.v3 as iio
+
+    frame = iio.imread(SHARED_DATA / "bccd" / "JPEGImages" / "BloodImage_00000.jpg")
+    _analyze_in_shown_viewer(make_napari_viewer, qtbot, frame, default_model)
