@@ -280,3 +280,34 @@ def test_calibrate_refits_the_temperature_on_validation_sources(tmp_path, tiny_m
     assert "temperature" in json.loads(capsys.readouterr().out)
     assert read_metadata(copy).temperature > 0
     assert run_cli("calibrate", copy, tmp_path) == 2  # no class folders there
+
+
+def test_analyze_with_tracking_then_track_command(tmp_path):
+    movie = make_timelapse(n_frames=6, shape=(96, 128), seed=3)
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie.image)
+    out = tmp_path / "out"
+    args = ["--out", out, "--axes", "TYXC", "--track", "--pixel-size", "0.75"]
+    assert run_cli("analyze", path, *args, "--frame-interval", "10") == 0
+    tracks = pd.read_csv(out / "tracking" / "tracks.csv")
+    assert {"track_id", "frame", "t_s", "centroid_y", "centroid_x", "cell_class"} <= set(tracks)
+    assert tracks.groupby("track_id")["frame"].nunique().max() > 1  # cells were linked
+    summary = pd.read_csv(out / "tracking" / "track_summary.csv")
+    assert set(summary["track_id"]) == set(tracks["track_id"])
+    # the same from the table alone; results are never replaced without --overwrite
+    again = tmp_path / "again"
+    assert run_cli("track", out / "cells.csv", "--out", again, "--pixel-size", "0.75") == 0
+    assert len(pd.read_csv(again / "tracks.csv")) == len(tracks)
+    assert run_cli("track", out / "cells.csv", "--out", again) == 2
+
+
+def test_track_refuses_a_table_without_frames(tmp_path, capsys):
+    table = tmp_path / "cells.csv"
+    pd.DataFrame({"centroid_y": [1.0], "centroid_x": [2.0], "cell_type": ["wbc"]}).to_csv(table)
+    assert run_cli("track", table, "--out", tmp_path / "t") == 2
+    assert "frame" in capsys.readouterr().err
+
+
+def test_models_lists_the_default_model(capsys):
+    assert run_cli("models") == 0
+    assert capsys.readouterr().out.startswith("default")

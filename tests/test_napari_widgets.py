@@ -178,11 +178,22 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert set(cells.features["frame"]) <= set(range(6))
     assert widget.plot.axes.get_lines() and widget.status.value.startswith("finished: 6/6")
 
+    widget.frame_interval.value = 10.0
+    widget.track()  # link the cells into a Tracks layer coloured by track class
+    tracks = viewer.layers["movie tracks"]
+    assert tracks.data.shape[1] == 4 and len(tracks.data) == len(widget.tracking.tracks)
+    assert {"track_class", "cell_type"} <= set(tracks.features.columns)
+    assert tracks.color_by == "track_class"
+    np.testing.assert_allclose(tracks.scale, (5.0, 0.5, 0.5))
+    widget.track()  # again: the same layer is updated, not a second one added
+    assert sum(layer.name.endswith("tracks") for layer in viewer.layers) == 1
+
     widget.export_file.value = tmp_path / "cells.csv"
     widget.export()
     assert (tmp_path / "cells.csv").is_file() and (tmp_path / "cells.json").is_file()
+    assert (tmp_path / "cells_tracking" / "tracks.csv").is_file()
     widget.export()  # a second click must not overwrite
-    assert notifications[-1][0] == "warning" and "already exist" in notifications[-1][1]
+    assert any(kind == "warning" and "already exist" in text for kind, text in notifications[-2:])
 
     viewer.layers.selection = {cells}  # File → Save Selected Layers with our writer
     saved = viewer.layers.save(
@@ -300,7 +311,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     make_napari_viewer, qtbot, user_data, notifications
 ):
     from napari_bloodcell._napari._analyze import AnalyzeWidget
-    from napari_bloodcell._napari._train import TrainWidget
+    from napari_bloodcell._napari._train import FROM_SCRATCH, TrainWidget
     from napari_bloodcell.classification.model_files import read_metadata, user_models_dir
 
     viewer = make_napari_viewer()
@@ -309,6 +320,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     widget.data_dir.value = user_data
     widget.name.value = "lobes"
     widget.input_size.value = 32
+    widget.start_from.value = FROM_SCRATCH
 
     widget.epochs.value = 50
     widget.train()
@@ -319,10 +331,13 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     assert "lobes" not in analyze.model.choices
 
     widget.epochs.value = 2
+    widget.start_from.value = "default"  # fine-tune the packaged model on the user's classes
     widget.train()
     _wait(widget, qtbot)
     model = user_models_dir() / "lobes.keras"
     assert read_metadata(model).classes == ["lobed", "round"], notifications
+    assert read_metadata(model).training["config"]["init_model"] == "default"
+    assert read_metadata(model).input_size == 64  # the default model's, not the widget's 32
     assert "lobes" in analyze.model.choices
     assert len(widget.history["loss"]) == 2 and widget.plot.axes.get_lines()
     assert not [p for p in multiprocessing.active_children() if "training" in p.name]

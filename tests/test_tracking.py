@@ -150,6 +150,10 @@ def test_write_tracking(tmp_path):
         (cells([(0, 1, np.nan, 1.0, "wbc")]), "NaN"),
         (cells([(0, 1, 1.0, 1.0, "wbc"), (0, 1, 9.0, 9.0, "wbc")]), "same frame/label"),
         (cells([(-1, 1, 1.0, 1.0, "wbc")]), "frame"),
+        (
+            cells([(0, 1, 1.0, 1.0, "wbc"), (0, 2, 5.0, 5.0, "wbc")]).assign(source=["a", "b"]),
+            "one time-lapse at a time",
+        ),
     ],
 )
 def test_bad_tables_raise_tracking_error(table, message):

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import BloodcellError
+from .errors import BloodcellError, OutputExistsError
 
 EXIT_USER_ERROR = 2
 FRAMES_PER_UNIT = 8  # the default of napari_bloodcell.batch, without importing it here
@@ -97,23 +97,55 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"frames per unit of work (default {FRAMES_PER_UNIT}); memory grows with it",
     )
+    analyze.add_argument(
+        "--track", action="store_true", help="also link cells over frames into tracks (tracking/)"
+    )
+    analyze.add_argument(
+        "--frame-interval", type=float, metavar="S", help="seconds between frames (tracking)"
+    )
     analyze.set_defaults(run=_run_analyze)
+
+    track = commands.add_parser("track", help="link the cells of an analyze table into tracks")
+    track.add_argument("cells", type=Path, help="cells table from 'analyze' (.csv or .parquet)")
+    track.add_argument("--out", type=Path, required=True, help="output folder")
+    track.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel")
+    track.add_argument("--frame-interval", type=float, metavar="S", help="seconds between frames")
+    track.add_argument("--overwrite", action="store_true", help="replace existing results")
+    track.set_defaults(run=_run_track)
 
     train = commands.add_parser("train", help="train a crop classifier from class folders")
     train.add_argument(
         "data_dirs", nargs="+", type=Path, help="folders with one sub-folder per class"
     )
-    train.add_argument("--out", type=Path, required=True, help="model file to write (.keras)")
+    target = train.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="model file to write (.keras)")
+    target.add_argument(
+        "--name", help="save as a user model of this name (listed by 'napari-bloodcell models')"
+    )
+    train.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune from this model ('default', a user model or a path): body kept, "
+        "head rebuilt for new classes",
+    )
     train.add_argument("--arch", choices=["compact", "coursework"], default="compact")
     train.add_argument(
         "--input-size", type=int, help="crop side in pixels (default per architecture)"
     )
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument(
+        "--learning-rate", type=float, help="default 1e-3 from scratch, 3e-4 with --init"
+    )
     train.add_argument("--patience", type=int, default=5)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--normalization", choices=["batch", "group"], default="batch")
+    train.add_argument(
+        "--stain-jitter", type=float, default=0.0, help="per-channel gain jitter, e.g. 0.15"
+    )
+    train.add_argument(
+        "--blur-sigma", type=float, default=0.0, help="max Gaussian blur sigma (px), e.g. 1.5"
+    )
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=_run_train)
 
@@ -143,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--overwrite", action="store_true")
     predict.set_defaults(run=_run_predict)
+
+    models = commands.add_parser("models", help="list the models available by name")
+    models.set_defaults(run=_run_models)
 
     demo = commands.add_parser("demo", help="run the pipeline on generated data with known answers")
     demo.add_argument("--out", type=Path, default=Path("bloodcell-demo"))
@@ -225,6 +260,10 @@ def _analyze_and_report(args, settings, client) -> int:
         print(f"results in {summary.out}/")
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
+    if args.track and len(summary.table):
+        _track_each_source(
+            summary.table, summary.out / "tracking", settings.pixel_size_um, args.frame_interval
+        )
     return EXIT_USER_ERROR if summary.failures else 0
 
 
@@ -253,26 +292,82 @@ class TerminalProgress:
 
 
 def _run_train(args) -> int:
+    from .classification.model_files import check_model_name
     from .classification.training import TrainingConfig, describe, train_classifier
 
-    if args.out.exists() and not args.overwrite:
-        raise BloodcellError(f"{args.out} exists; pass --overwrite to replace it")
-    if args.out.suffix != ".keras":
-        raise BloodcellError(f"{args.out}: the model file must end in .keras")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_model_name(args.name, overwrite=args.overwrite) if args.name else args.out
+    if out.exists() and not args.overwrite:
+        raise BloodcellError(f"{out} exists; pass --overwrite to replace it")
+    if out.suffix != ".keras":
+        raise BloodcellError(f"{out}: the model file must end in .keras")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    learning_rate = args.learning_rate or (3e-4 if args.init else 1e-3)
     config = TrainingConfig(
         architecture=args.arch,
         input_size=args.input_size,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
+        learning_rate=learning_rate,
         patience=args.patience,
         seed=args.seed,
         normalization=args.normalization,
+        stain_jitter=args.stain_jitter,
+        max_blur_sigma=args.blur_sigma,
+        init_model=args.init,
     )
-    result = train_classifier(args.data_dirs, args.out, config)
+    result = train_classifier(args.data_dirs, out, config)
     print(describe(result))
     return 0
+
+
+def _run_models(args) -> int:
+    from .classification.model_files import list_models, read_metadata
+
+    for name, path in list_models().items():
+        metadata = read_metadata(path)
+        print(f"{name:20s} v{metadata.version:4s} {', '.join(metadata.classes)}  ({path})")
+    return 0
+
+
+def _run_track(args) -> int:
+    from .table import read_table
+    from .tracking import OUTPUT_FILES
+
+    if not args.cells.is_file():
+        raise BloodcellError(f"{args.cells}: no such file")
+    existing = [name for name in OUTPUT_FILES.values() if (args.out / name).exists()]
+    if existing and not args.overwrite:
+        raise OutputExistsError(
+            f"{args.out} holds {', '.join(existing)}; pass --overwrite to replace them"
+        )
+    _track_each_source(read_table(args.cells), args.out, args.pixel_size, args.frame_interval)
+    return 0
+
+
+def _track_each_source(table, out: Path, pixel_size_um, frame_interval_s) -> None:
+    """Track every time-lapse (``source``) of a cells table; several go to sub-folders."""
+    from .tracking import track_table
+
+    sources = table["source"].unique() if "source" in table else [None]
+    for source in sources:
+        cells = table if source is None else table[table["source"] == source]
+        target = out if len(sources) == 1 else out / Path(str(source)).stem
+        if source is not None:
+            print(f"{source}:")
+        _report_tracking(track_table(cells, pixel_size_um, frame_interval_s), target)
+
+
+def _report_tracking(result, out: Path) -> None:
+    from .tracking import write_tracking
+
+    write_tracking(result, out)
+    if len(result.summary):
+        counts = result.summary.groupby(["cell_type", "track_class"]).size().rename("tracks")
+        print(counts.reset_index().to_string(index=False))
+    print(
+        f"{len(result.summary)} track(s), {len(result.interactions)} contact event(s); "
+        f"tracking tables in {out}/"
+    )
 
 
 def _run_evaluate(args) -> int:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from magicgui.widgets import LineEdit
+from magicgui.widgets import FloatSpinBox, LineEdit, PushButton
 
+from ..errors import BloodcellError
 from ..table import frame_counts
 from ._compute import AnalysisJob, StackProgress, stack_steps
-from ._layers import class_colours
-from ._widgets_common import AnalysisWidget, PlotCanvas
+from ._layers import Placement, class_colours, tracks_layers
+from ._widgets_common import AnalysisWidget, PlotCanvas, upsert_layers
 
 
 class BatchWidget(AnalysisWidget):
@@ -18,6 +19,9 @@ class BatchWidget(AnalysisWidget):
     and a points layer with a ``frame`` column; a plot shows cells per class and frame.
 
     Cancelling keeps the finished frames: the layers then hold exactly those frames.
+    **Track cells** links the cells of the result over frames (``tracking.track_table``)
+    into a Tracks layer coloured by track class; the tracking tables are exported next to
+    the cells table.
     """
 
     keep_results_after_cancel = True
@@ -28,6 +32,14 @@ class BatchWidget(AnalysisWidget):
             "empty = inferred (RGB layers: TYXC)",
         )  # fmt: skip
         super().__init__(napari_viewer, extra_inputs=(self.axes,))
+        self.frame_interval = FloatSpinBox(
+            label="frame interval (s)", value=0.0, min=0.0, max=3600.0, step=1.0,
+            tooltip="seconds between frames, for speeds in µm/min; 0 = unknown (per frame)",
+        )  # fmt: skip
+        self.track_button = PushButton(text="Track cells")
+        self.extend([self.frame_interval, self.track_button])
+        self.track_button.clicked.connect(self.track)
+        self.tracking = None
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
 
@@ -56,3 +68,54 @@ class BatchWidget(AnalysisWidget):
                 if np.any(counts[name])
             }
         )
+
+    def track(self) -> None:
+        """Link the cells of the last batch result into tracks and show them as a layer."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from ..tracking import track_table
+
+        layer = self._cells_layer
+        if layer is None or layer not in self._viewer.layers or not len(layer.features):
+            show_warning("no cells to track yet: run the batch first")
+            return
+        parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
+        source = parameters.get("source", layer.name)
+        try:
+            self.tracking = track_table(
+                layer.features,
+                parameters.get("pixel_size_um"),
+                self.frame_interval.value or None,
+            )
+            placement = Placement(tuple(layer.scale), tuple(layer.translate))
+            upsert_layers(
+                self._viewer, tracks_layers(self.tracking.tracks, source, placement, parameters)
+            )
+        except BloodcellError as exc:
+            show_error(str(exc))
+            return
+        counts = self.tracking.summary["track_class"].value_counts()
+        by_class = ", ".join(f"{n} {name}" for name, n in counts.items())
+        self.status.value = (
+            f"{len(self.tracking.summary)} tracks ({by_class}), "
+            f"{len(self.tracking.interactions)} contact events"
+        )
+
+    def export(self) -> None:
+        """The cells table, and the tracking tables (``<table stem>_tracking/``) if tracked."""
+        from pathlib import Path
+
+        from napari.utils.notifications import show_info, show_warning
+
+        from ..tracking import write_tracking
+
+        super().export()
+        if self.tracking is None:
+            return
+        folder = Path(self.export_file.value)
+        folder = folder.with_name(f"{folder.stem}_tracking")
+        if folder.exists():
+            show_warning(f"{folder} exists; tracking tables not written (choose another name)")
+            return
+        write_tracking(self.tracking, folder)
+        show_info(f"wrote the tracking tables to {folder}")

@@ -162,3 +162,36 @@ def legend_html(table: pd.DataFrame, model_classes: list[str]) -> str:
         for name in names
     ]
     return "<br>".join(rows) or "no cells"
+
+
+def tracks_layers(
+    tracks: pd.DataFrame, source: str, placement: Placement, parameters: dict
+) -> list[tuple]:
+    """A napari Tracks layer of ``tracks`` (``tracking.track_table``), coloured by the class
+    of each track with the fixed class colours; ``features`` = the per-point table."""
+    from napari.utils.colormaps import Colormap
+
+    from ..tracking import tracks_layer_data
+
+    data, features, properties = tracks_layer_data(tracks)
+    names = [str(c) for c in features["track_class"].cat.categories]
+    colours = class_colours(names)
+    n = max(len(names), 1)
+    colormap = Colormap(
+        colors=[colours[name] for name in names] or ["#ffffff"],
+        controls=np.linspace(0.0, 1.0, n + 1),
+        interpolation="zero",
+        name="track classes",
+    )
+    meta = {
+        "name": f"{source} tracks",
+        "metadata": layer_metadata("tracks", source, parameters),
+        "scale": placement.scale,
+        "translate": placement.translate,
+        "features": features,
+        "properties": properties,
+        "color_by": "track_class",
+        "colormaps_dict": {"track_class": colormap},
+        "tail_length": 30,
+    }
+    return [(data, meta, "tracks")]

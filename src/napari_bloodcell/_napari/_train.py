@@ -5,8 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 
+from ..classification.model_files import DEFAULT_MODEL_NAME, list_models
 from ..classification.remote_training import (
     EpochEnd,
     TrainingCancelled,
@@ -17,6 +26,8 @@ from ..classification.remote_training import (
 from ..classification.training import TrainingConfig
 from ..errors import BloodcellError
 from ._widgets_common import MODEL_EVENTS, PlotCanvas
+
+FROM_SCRATCH = "(new network)"
 
 
 class TrainWidget(Container):
@@ -34,8 +45,22 @@ class TrainWidget(Container):
         self._state: dict = {"job": None}
         self.data_dir = FileEdit(label="class folders", mode="d")
         self.name = LineEdit(label="model name", value="my-model")
+        self.start_from = ComboBox(
+            label="start from",
+            choices=[FROM_SCRATCH, *list_models()],
+            value=DEFAULT_MODEL_NAME,
+            tooltip="fine-tune a model (its body is kept, the head rebuilt for your classes) "
+            "or train a new network from scratch",
+        )
         self.epochs = SpinBox(label="epochs", value=30, min=1, max=500)
-        self.input_size = SpinBox(label="input size (px)", value=64, min=16, max=224, step=8)
+        self.input_size = SpinBox(
+            label="input size (px)",
+            value=64,
+            min=16,
+            max=224,
+            step=8,
+            tooltip="new networks only; fine-tuning keeps the model's input size",
+        )
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -43,6 +68,7 @@ class TrainWidget(Container):
             [
                 self.data_dir,
                 self.name,
+                self.start_from,
                 self.epochs,
                 self.input_size,
                 self.train_button,
@@ -58,8 +84,13 @@ class TrainWidget(Container):
         self.native.destroyed.connect(lambda *_, state=self._state: _close_job(state))
 
     def config(self) -> TrainingConfig:
+        """Fine-tuning (input size of the initial model, learning rate 3e-4) or from scratch."""
+        if self.start_from.value == FROM_SCRATCH:
+            return TrainingConfig(
+                architecture="compact", input_size=self.input_size.value, epochs=self.epochs.value
+            )
         return TrainingConfig(
-            architecture="compact", input_size=self.input_size.value, epochs=self.epochs.value
+            epochs=self.epochs.value, learning_rate=3e-4, init_model=self.start_from.value
         )
 
     def train(self) -> None:

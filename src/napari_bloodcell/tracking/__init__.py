@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import TrackingError
 from ..table import write_table
 from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, checked_cells
 from .ctc import ctc_scores, ctc_segments, write_ctc
@@ -89,14 +90,20 @@ def track_table(
 ) -> TrackingResult:
     """Link the cells of ``cells_table`` over frames and measure tracks and interactions.
 
-    ``cells_table`` needs ``frame, centroid_y, centroid_x`` (px) and ``cell_type``; leukocytes
-    (``wbc``) and platelets are linked separately (red cells are left out), per ``source``
-    when present. ``cell_class`` / ``confidence`` feed the class vote (``cell_type`` stands in
-    for a missing ``cell_class``). Raises :class:`~napari_bloodcell.errors.TrackingError` for
-    a table it cannot use; a table without tracked cells gives empty tables.
+    ``cells_table`` needs ``frame, centroid_y, centroid_x`` (px) and ``cell_type`` and holds
+    one time-lapse (one ``source``); leukocytes (``wbc``) and platelets are linked
+    separately (red cells are left out). ``cell_class`` / ``confidence`` feed the class
+    vote (``cell_type`` stands in for a missing ``cell_class``). Raises
+    :class:`~napari_bloodcell.errors.TrackingError` for a table it cannot use; a table
+    without tracked cells gives empty tables.
     """
     params = params or TrackingParams()
     units = Units(pixel_size_um, frame_interval_s)
+    if "source" in cells_table and cells_table["source"].nunique() > 1:
+        raise TrackingError(
+            f"the table holds {cells_table['source'].nunique()} sources (inputs); track one "
+            f"time-lapse at a time, e.g. cells_table[cells_table.source == name]"
+        )
     cells = checked_cells(cells_table)
     if "cell_class" not in cells:
         cells["cell_class"] = cells["cell_type"]
