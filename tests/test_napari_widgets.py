@@ -182,11 +182,13 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     widget.track()  # link the cells into a Tracks layer coloured by track class
     tracks = viewer.layers["movie tracks"]
     assert tracks.data.shape[1] == 4 and len(tracks.data) == len(widget.tracking.tracks)
-    assert {"track_class", "cell_type"} <= set(tracks.features.columns)
-    assert tracks.color_by == "track_class"
+    assert {"track_class", "cell_type", "cell_class", "frame"} <= set(tracks.features.columns)
+    assert set(tracks.features["track_class"].astype(str)) <= {"leukocyte", "platelet"}
+    assert tracks.color_by == "track_class_code"
     np.testing.assert_allclose(tracks.scale, (5.0, 0.5, 0.5))
     widget.track()  # again: the same layer is updated, not a second one added
     assert sum(layer.name.endswith("tracks") for layer in viewer.layers) == 1
+    assert tracks.color_by == "track_class_code"
 
     widget.export_file.value = tmp_path / "cells.csv"
     widget.export()

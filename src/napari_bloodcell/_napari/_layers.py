@@ -168,12 +168,14 @@ def tracks_layers(
     tracks: pd.DataFrame, source: str, placement: Placement, parameters: dict
 ) -> list[tuple]:
     """A napari Tracks layer of ``tracks`` (``tracking.track_table``), coloured by the class
-    of each track with the fixed class colours; ``features`` = the per-point table."""
+    of each track with the fixed class colours; ``features`` = the per-point table plus
+    ``track_class_code`` (the numeric code napari colours by)."""
     from napari.utils.colormaps import Colormap
 
     from ..tracking import tracks_layer_data
 
     data, features, properties = tracks_layer_data(tracks)
+    features = features.assign(track_class_code=properties["track_class"])
     names = [str(c) for c in features["track_class"].cat.categories]
     colours = class_colours(names)
     n = max(len(names), 1)
@@ -189,9 +191,8 @@ def tracks_layers(
         "scale": placement.scale,
         "translate": placement.translate,
         "features": features,
-        "properties": properties,
-        "color_by": "track_class",
-        "colormaps_dict": {"track_class": colormap},
+        "colormaps_dict": {"track_class_code": colormap},
+        "color_by": "track_class_code",
         "tail_length": 30,
     }
     return [(data, meta, "tracks")]

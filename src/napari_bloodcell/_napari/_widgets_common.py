@@ -4,6 +4,7 @@ updating layers, plots, the legend, table export and the base of the analysis wi
 from __future__ import annotations
 
 import atexit
+import warnings
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -141,6 +142,8 @@ _UPDATED_ATTRIBUTES = (
     "translate",
     "metadata",
     "features",
+    "colormaps_dict",
+    "color_by",
     "colormap",
     "face_color_cycle",
     "face_color",
@@ -152,7 +155,10 @@ _UPDATED_ATTRIBUTES = (
 
 def _update_layer(layer, data, meta: dict) -> None:
     """New data and display settings for an existing layer (its name stays the user's)."""
-    layer.data = data
+    with warnings.catch_warnings():
+        # Tracks drop their features with new data until ``features`` is set below
+        warnings.filterwarnings("ignore", message="Previous color_by key")
+        layer.data = data
     for attribute in _UPDATED_ATTRIBUTES:
         if attribute in meta:
             setattr(layer, attribute, meta[attribute])
