@@ -1,0 +1,86 @@
+"""Train classifier variants on the same data and split, and score each on unseen data.
+
+Issue 3 asks which choices generalise to other microscopes: normalisation layers
+(BatchNorm vs GroupNorm), stain/blur augmentation, architecture. Every variant is
+trained by ``train_classifier`` on the same folders with the same seed (hence the same
+split by source image) and scored like ``bench_classifier.py``: PBC and BCCD test
+splits, and the two Zheng 2018 microscopes never trained on.
+
+Usage (one variant takes ~15-20 min on 2 cores)::
+
+    python scripts/cut_bccd_training_crops.py ../shared/data/bccd runs/bccd_crops
+    python benchmarks/bench_training_variants.py --variants bn_aug gn_aug
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import DEFAULT_DATA, require, write_result
+from bench_classifier import TARGET_CLASSES, score, test_split_files, zheng_files
+
+from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+VARIANTS = {
+    "bn": TrainingConfig(),
+    "bn_aug": TrainingConfig(stain_jitter=0.15, max_blur_sigma=1.5),
+    "gn_aug": TrainingConfig(normalization="group", stain_jitter=0.15, max_blur_sigma=1.5),
+    "coursework_short": TrainingConfig(architecture="coursework", epochs=4, learning_rate=1e-4),
+}
+
+
+def evaluate(model: Path, data: Path, bccd_crops: Path) -> dict:
+    classifier = CellClassifier(model)
+    test_sources = set(classifier.metadata.training["test_sources"])
+    files, truth = test_split_files(data / "pbc", test_sources, classifier.classes)
+    six = [(f, c) for f, c in zip(files, truth, strict=True) if c in TARGET_CLASSES]
+    result = {"pbc_test_six_classes": score(classifier, *map(list, zip(*six, strict=True)))}
+    files, truth = test_split_files(bccd_crops, test_sources, classifier.classes)
+    result["bccd_test_frames"] = score(classifier, files, truth)
+    zheng = zheng_files(data / "wbc_seg_zheng2018", classifier.classes)
+    for name, files, truth in zip(("zheng_dataset1", "zheng_dataset2"), *zheng, strict=True):
+        result[name] = score(classifier, files, truth)
+    return {
+        key: {k: metrics[k] for k in ("n", "accuracy", "macro_f1")}
+        for key, metrics in result.items()
+    } | {
+        "neutrophil_precision_pbc": result["pbc_test_six_classes"]["per_class"]["neutrophil"][
+            "precision"
+        ]
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["bn_aug"])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
+    parser.add_argument("--workdir", type=Path, default=Path("runs/variants"))
+    args = parser.parse_args()
+    require(args.data / "pbc")
+    require(args.bccd_crops)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in args.variants:
+        model = args.workdir / f"{name}.keras"
+        if not model.exists():
+            trained = train_classifier([args.data / "pbc", args.bccd_crops], model, VARIANTS[name])
+            seconds = trained.seconds
+        else:
+            seconds = None
+        training = CellClassifier(model).metadata.training
+        results[name] = {
+            "config": training["config"],
+            "epochs_run": training["epochs_run"],
+            "training_seconds": seconds,
+            "model_bytes": model.stat().st_size,
+            **evaluate(model, args.data, args.bccd_crops),
+        }
+        print(name, {k: v for k, v in results[name].items() if k != "config"})
+        write_result("training_variants", {"variants": results})
+
+
+if __name__ == "__main__":
+    main()
