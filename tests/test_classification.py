@@ -295,3 +295,25 @@ def test_augmentation_keeps_shape_and_range_and_changes_images():
     assert not np.allclose(augmented, images)
     # blur lowers pixel-to-pixel variation of noise images
     assert np.abs(np.diff(augmented, axis=1)).mean() < np.abs(np.diff(images, axis=1)).mean()
+
+
+def test_training_keeps_the_best_validation_epoch_even_without_early_stop(tmp_path):
+    """EarlyStopping restores best weights only when it stops early: the checkpoint must."""
+    import keras
+
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    from .helpers import write_crop_folder
+
+    class WreckLastEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == self.params["epochs"] - 1:  # after the checkpoint saw this epoch
+                self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=10, seed=2)
+    config = TrainingConfig(input_size=32, epochs=2, batch_size=8, test_fraction=0.0)
+    result = train_classifier([data], tmp_path / "m.keras", config, callbacks=[WreckLastEpoch()])
+    weights = load_keras_model(result.model_path).get_weights()
+    assert any(np.abs(w).sum() > 0 for w in weights)
+    assert not list(tmp_path.glob(".*checkpoint*"))

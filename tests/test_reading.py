@@ -123,3 +123,13 @@ def test_truncated_jpeg_is_refused(tmp_path):
 def test_missing_file():
     with pytest.raises(InputImageError, match="no such file"):
         read_image("does/not/exist.png")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint32])
+def test_extreme_ranges_do_not_overflow_to_nan(dtype):
+    """Found by hypothesis: float64 values near float32's maximum became inf, then NaN."""
+    info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
+    array = np.full((12, 12), info.max, dtype=dtype)
+    array[0, :6] = info.min
+    data = image_from_array(array).data
+    assert np.isfinite(data).all() and data.min() == 0 and data.max() == 1

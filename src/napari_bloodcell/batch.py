@@ -24,13 +24,22 @@ shared file system).
 analyse the others; ``overwrite`` analyses every input again. ``cells.csv`` always holds
 every finished input. Every file is written under a temporary name and renamed, so
 ``out`` never holds a half-written file, and an input's old results are replaced only
-once its new ones are complete.
+once its new ones are complete: they are staged in ``.parts/<stem>/``, then renamed
+into place, its table last (a table in ``tables/`` always belongs to the labels and
+overlays beside it).
+
+**Failures** (see ``docs/robustness.md``): an input that cannot be read, a frame that
+fails (named in the message, whatever the exception) or results that cannot be written
+(disk full, read-only folder) fail that input only; its work in progress is removed and
+the other inputs go on. An interrupt (Ctrl-C, or SIGTERM through the CLI) removes the
+work in progress, rebuilds ``cells.csv`` from the finished inputs and re-raises.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import sys
 import time
@@ -52,6 +61,8 @@ MAX_OVERLAYS_PER_INPUT = 10
 FRAMES_PER_UNIT = 8
 """Frames analysed by one unit of work: memory per worker grows with it, overhead shrinks."""
 PARTS_FOLDER = ".parts"
+STAGED_LABELS = "labels.tif"
+STAGED_TABLE = "table.csv"
 
 
 @dataclass
@@ -194,44 +205,87 @@ def analyze_files(
         unit_jobs += [job] * len(job_units)
         n_units[job.source] = len(job_units)
 
+    if jobs:
+        check_writable(out)
+        if classifier is not None and client is None:  # a bad network fails the run at once
+            cached_classifier(classifier.path).load()
     results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
     total_frames, total_done = sum(job.n_frames for job in jobs), 0
 
     def failed_unit(index: int) -> bool:
         return unit_jobs[index].source in summary.failures
 
-    for index, outcome in _computed(units, client, skip=failed_unit):
-        job = unit_jobs[index]
-        if job.source in summary.failures:
-            continue
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, BloodcellError):
-                raise outcome
-            summary.failures[job.source] = str(outcome)
-            continue
-        results[job.source].append(outcome)
-        total_done += outcome.n_frames
-        if on_progress is not None:
-            done = sum(r.n_frames for r in results[job.source])
-            on_progress(BatchProgress(job.source, done, job.n_frames, total_done, total_frames))
-        if len(results[job.source]) == n_units[job.source]:
-            unit_results = sorted(results.pop(job.source), key=lambda r: r.first_frame)
-            summary.written += _finish_input(job, unit_results, out)
-            summary.processed.append(job.source)
-            summary.modalities[job.source] = "+".join(
-                sorted(set().union(*(r.modalities for r in unit_results)))
-            )
-            summary.n_frames += job.n_frames
+    try:
+        for index, outcome in _computed(units, client, skip=failed_unit):
+            job = unit_jobs[index]
+            if job.source in summary.failures:
+                continue
+            if isinstance(outcome, BaseException):
+                summary.failures[job.source] = failure_message(job.source, outcome)
+                continue
+            results[job.source].append(outcome)
+            total_done += outcome.n_frames
+            if on_progress is not None:
+                done = sum(r.n_frames for r in results[job.source])
+                on_progress(BatchProgress(job.source, done, job.n_frames, total_done, total_frames))
+            if len(results[job.source]) == n_units[job.source]:
+                unit_results = sorted(results.pop(job.source), key=lambda r: r.first_frame)
+                try:
+                    summary.written += _finish_input(job, unit_results, out)
+                except BloodcellError as exc:
+                    summary.failures[job.source] = str(exc)
+                    continue
+                summary.processed.append(job.source)
+                summary.modalities[job.source] = "+".join(
+                    sorted(set().union(*(r.modalities for r in unit_results)))
+                )
+                summary.n_frames += job.n_frames
+    except KeyboardInterrupt:
+        for job in jobs:
+            _remove_parts(job)
+        unfinished = [job.source for job in jobs if job.source not in summary.processed]
+        summary.failures.update(dict.fromkeys(unfinished, "interrupted"))
+        _record_run(summary, inputs, settings, classifier, client, out, started)
+        raise
     for job in jobs:
         if job.source in summary.failures:  # its other units have all finished by now
             _remove_parts(job)
+    _record_run(summary, inputs, settings, classifier, client, out, started)
+    return summary
+
+
+def _record_run(summary, inputs, settings, classifier, client, out, started) -> None:
+    """Fill in the summary's timing and table; write cells.csv and run.json if needed."""
     summary.seconds = time.perf_counter() - started
     summary.processed.sort(key=[str(p) for p in inputs].index)  # cluster: completion order
     finished = [p.stem for p in inputs if str(p) in summary.processed or str(p) in summary.skipped]
     summary.table = _tables_of(finished, out)
     if summary.processed:
         summary.written += _write_run_tables(summary, settings, classifier, client, out)
-    return summary
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written in it, or raise :class:`BloodcellError`."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise BloodcellError(f"{out}: cannot write results there ({exc.strerror or exc})") from None
+
+
+def failure_message(source: str, error: BaseException) -> str:
+    """One line for an input that failed: a :class:`BloodcellError`'s own message, else
+    the unexpected exception's type and message (a bug, worth reporting)."""
+    if isinstance(error, BloodcellError):
+        return str(error)
+    return f"{source}: {_unexpected(error)}"
+
+
+def _unexpected(error: BaseException) -> str:
+    return f"unexpected {type(error).__name__} ({error}); please report this bug"
 
 
 def _computed(units: list, client, skip: Callable[[int], bool]) -> Iterator[tuple[int, object]]:
@@ -253,7 +307,7 @@ def _computed(units: list, client, skip: Callable[[int], bool]) -> Iterator[tupl
             continue
         try:
             (result,) = dask.compute(unit, scheduler="sync")
-        except BloodcellError as exc:
+        except Exception as exc:  # the unit's input fails, not the run (failure_message)
             result = exc
         yield index, result
 
@@ -263,7 +317,9 @@ def analyze_unit(frames: np.ndarray, first_frame: int, job: InputJob) -> UnitRes
     labels and overlays under ``job.parts``; returns their table rows.
 
     The classifier is loaded once per process (see :func:`cached_classifier`), so a Dask
-    worker loads the network for its first unit only.
+    worker loads the network for its first unit only. Any error in a frame raises a
+    :class:`BloodcellError` naming the input and the frame; an error writing raises one
+    naming the input (the half-written part is removed).
     """
     classifier = cached_classifier(job.model_path) if job.model_path is not None else None
     tables, modalities, seconds = [], set(), 0.0
@@ -273,7 +329,11 @@ def analyze_unit(frames: np.ndarray, first_frame: int, job: InputJob) -> UnitRes
         results = iter_analyze_stack(
             frames, classifier, job.settings, source=Path(job.source).name, first_frame=first_frame
         )
-        for t, result in enumerate(results, start=first_frame):
+        for t in range(first_frame, first_frame + len(frames)):
+            try:
+                result = next(results)
+            except Exception as exc:  # any failure fails this input, naming the frame
+                raise _frame_error(job.source, t, exc) from exc
             tables.append(result.table)
             modalities.add(result.modality)
             seconds += result.seconds
@@ -282,14 +342,28 @@ def analyze_unit(frames: np.ndarray, first_frame: int, job: InputJob) -> UnitRes
                 save_overlay_png(overlay, frames[t - first_frame], result.labels, result.table)
             yield result.labels
 
-    job.parts.mkdir(parents=True, exist_ok=True)
-    write_label_stack(
-        job.parts / f"labels_{first_frame:06d}.tif",
-        labels_of_each_frame(),
-        n_frames=len(frames),
-        frame_shape=job.frame_shape,
-    )
+    try:
+        job.parts.mkdir(parents=True, exist_ok=True)
+        write_label_stack(
+            job.parts / f"labels_{first_frame:06d}.tif",
+            labels_of_each_frame(),
+            n_frames=len(frames),
+            frame_shape=job.frame_shape,
+        )
+    except OSError as exc:
+        raise _write_error(job.source, exc) from exc
     return UnitResult(first_frame, len(frames), concat_tables(tables), modalities, seconds)
+
+
+def _frame_error(source: str, t: int, error: Exception) -> BloodcellError:
+    """A frame's failure as a :class:`BloodcellError` naming the input and the frame."""
+    if isinstance(error, BloodcellError):
+        return type(error)(f"{source}: frame {t}: {error}")
+    return BloodcellError(f"{source}: frame {t}: {_unexpected(error)}")
+
+
+def _write_error(source: str, error: OSError) -> BloodcellError:
+    return BloodcellError(f"{source}: cannot write its results ({error})")
 
 
 def write_label_stack(
@@ -369,21 +443,33 @@ def _units(image: LazyImage, job: InputJob, frames_per_unit: int) -> list:
 
 def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> list[Path]:
     """Assemble one input's labels, overlays and table from its units (sorted by frame);
-    returns the files written."""
+    returns the files written.
+
+    Everything is first staged complete in ``job.parts`` (the old results untouched),
+    then renamed into place: the old table goes first and the new one comes last, so a
+    table always matches the labels beside it. Raises :class:`BloodcellError` (the
+    staged files removed) if a file cannot be written.
+    """
     parts = [job.parts / f"labels_{r.first_frame:06d}.tif" for r in unit_results]
-    written = [
-        write_label_stack(
-            _labels_path(out, job.stem),
+    table = concat_tables([r.table for r in unit_results])
+    labels, table_path = _labels_path(out, job.stem), _table_path(out, job.stem)
+    try:
+        staged_labels = write_label_stack(
+            job.parts / STAGED_LABELS,
             _pages_of(parts),
             n_frames=job.n_frames,
             frame_shape=job.frame_shape,
         )
-    ]
-    written += _move_overlays(job, out)
-    table = concat_tables([r.table for r in unit_results])
-    _table_path(out, job.stem).parent.mkdir(parents=True, exist_ok=True)
-    written.append(write_table(table, _table_path(out, job.stem)))
-    _remove_parts(job)
+        staged_table = write_table(table, job.parts / STAGED_TABLE)
+        for folder in (labels.parent, table_path.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        table_path.unlink(missing_ok=True)
+        written = [staged_labels.replace(labels), *_move_overlays(job, out)]
+        written.append(staged_table.replace(table_path))
+    except OSError as exc:
+        raise _write_error(job.source, exc) from exc
+    finally:
+        _remove_parts(job)
     return written
 
 
@@ -436,13 +522,12 @@ def _tables_of(stems: list[str], out: Path) -> pd.DataFrame:
 def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: Path):
     """cells.csv (+ .parquet) from every finished input in ``out``, and run.json."""
     cells = _tables_of(sorted(p.stem for p in (out / "tables").glob("*.csv")), out)
-    written = [write_table(cells, out / "cells.csv")]
     try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        written.append(write_table(cells, out / "cells.parquet"))
+        written = [write_table(cells, out / "cells.csv")]
+        if _has_pyarrow():
+            written.append(write_table(cells, out / "cells.parquet"))
+    except OSError as exc:
+        raise BloodcellError(f"{out}: cannot write cells.csv ({exc})") from exc
     processed_names = [Path(p).name for p in summary.processed]
     run = {
         "napari_bloodcell_version": __version__,
@@ -475,10 +560,21 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
     }
     run_path = out / "run.json"
     tmp = run_path.with_name(".run.json.tmp")
-    tmp.write_text(json.dumps(run, indent=2))
-    tmp.replace(run_path)
+    try:
+        tmp.write_text(json.dumps(run, indent=2))
+        os.replace(tmp, run_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     written.append(run_path)
     return written
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _cluster_record(client) -> dict:

@@ -2,7 +2,8 @@
 
 Every user error (bad file, bad option, existing results, incompatible model)
 prints one line ``napari-bloodcell: error: …`` naming the file and the problem
-and exits with status 2.
+and exits with status 2. Ctrl-C (SIGINT) and SIGTERM both stop cleanly — work in
+progress removed, finished results kept — with status 130 and 143.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,18 +23,34 @@ EXIT_USER_ERROR = 2
 FRAMES_PER_UNIT = 8  # the default of napari_bloodcell.batch, without importing it here
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (SIGINT)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return args.run(args)
     except BloodcellError as exc:
         print(f"napari-bloodcell: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("napari-bloodcell: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"napari-bloodcell: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,9 +67,12 @@ def save_overlay_png(
             bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
         )
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=DPI)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

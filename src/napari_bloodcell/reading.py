@@ -20,6 +20,7 @@ how its intensity mapping is chosen from a bounded sample of frames).
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ INTENSITY_SAMPLE_FRAMES = 16
 """At most this many frames, evenly spaced over the stack, set a lazy stack's intensity range."""
 INTENSITY_SAMPLE_VALUES = 2**24
 """…and at most this many values (64 MB as float32): fewer frames are sampled when they are big."""
+
+MAX_FRAME_PIXELS_ENV = "NAPARI_BLOODCELL_MAX_FRAME_PIXELS"
+DEFAULT_MAX_FRAME_PIXELS = 64 * 2**20
+"""Pixel budget of one frame (Y × X) unless ``$NAPARI_BLOODCELL_MAX_FRAME_PIXELS`` says otherwise:
+larger images are refused from their header, before any pixel is decoded."""
 
 # Letters accepted in an axes string and what they mean for this 2-D + time pipeline.
 _AXIS_SYNONYMS = {"T": "T", "Y": "Y", "X": "X", "C": "C", "S": "C", "I": "T", "Q": "T", "Z": "Z"}
@@ -91,7 +97,7 @@ def read_image(path: str | Path, axes: str | None = None) -> LoadedImage:
     except InputImageError:
         raise
     except Exception as exc:  # any decoder failure means a corrupt or foreign file
-        raise InputImageError(f"{path}: cannot be read as an image ({exc})") from exc
+        raise InputImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
     try:
         return image_from_array(
             array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
@@ -146,11 +152,41 @@ def _canonical_layout(array, axes: str | None):
     original_axes = normalise_axes(axes, array.ndim) if axes else infer_axes(array.shape)
     tyxc = to_canonical_axes(array, original_axes)
     if tyxc.shape[1] < MIN_FRAME_SIDE_PX or tyxc.shape[2] < MIN_FRAME_SIDE_PX:
+        hint = (
+            ""
+            if axes
+            else f" (axes {original_axes!r} inferred from shape {array.shape}: if they are "
+            f"wrong, give them explicitly, e.g. 'YXC')"
+        )
         raise InputImageError(
             f"frames are {tyxc.shape[1]}×{tyxc.shape[2]} px; need at least "
-            f"{MIN_FRAME_SIDE_PX}×{MIN_FRAME_SIDE_PX} px"
+            f"{MIN_FRAME_SIDE_PX}×{MIN_FRAME_SIDE_PX} px{hint}"
         )
+    check_frame_pixels(tyxc.shape[1], tyxc.shape[2])
     return tyxc, original_axes
+
+
+def max_frame_pixels() -> int:
+    """The pixel budget of one frame: ``$NAPARI_BLOODCELL_MAX_FRAME_PIXELS`` or 64 Mpx."""
+    value = os.environ.get(MAX_FRAME_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_FRAME_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise InputImageError(
+            f"${MAX_FRAME_PIXELS_ENV}={value!r}: expected a positive whole number of pixels"
+        )
+    return int(value)
+
+
+def check_frame_pixels(height: int, width: int) -> None:
+    """Refuse frames of more than :func:`max_frame_pixels` pixels (before reading them)."""
+    budget = max_frame_pixels()
+    if height * width > budget:
+        raise InputImageError(
+            f"frames of {height}×{width} px ({height * width / 1e6:.1f} Mpx) exceed the "
+            f"pixel budget of {budget / 1e6:.1f} Mpx per frame; crop or downsample the "
+            f"image, or raise ${MAX_FRAME_PIXELS_ENV}"
+        )
 
 
 @dataclass(frozen=True)
@@ -203,7 +239,7 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
     except InputImageError:
         raise
     except Exception as exc:  # any decoder failure means a corrupt or foreign file
-        raise InputImageError(f"{path}: cannot be read as an image ({exc})") from exc
+        raise InputImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
     try:
         return lazy_image_from_array(
             array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
@@ -358,9 +394,25 @@ class IntensityMapping:
         """Map stored values (any shape) to float32 in [0, 1]."""
         if values.dtype == bool:
             return values.astype(np.float32)
-        values = values.astype(np.float32, copy=False)
-        low, high = self.low, self.high
+        magnitude = max(abs(self.low), abs(self.high))
+        if magnitude > _FLOAT32_SAFE:  # scale first: differences could overflow even float64
+            values = values.astype(np.float64) / magnitude
+            low, high = self.low / magnitude, self.high / magnitude
+        else:
+            values = values.astype(np.float64 if _needs_float64(values.dtype) else np.float32)
+            low, high = self.low, self.high
         return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+_FLOAT32_SAFE = 1e30
+"""Beyond this magnitude differences of float32 values can overflow: compute in float64."""
+
+
+def _needs_float64(dtype: np.dtype) -> bool:
+    """64-bit floats and 32/64-bit integers lose range or precision in float32."""
+    return (dtype.kind == "f" and dtype.itemsize > 4) or (
+        dtype.kind in "iu" and dtype.itemsize >= 4
+    )
 
 
 def intensity_mapping(values: np.ndarray) -> IntensityMapping:
@@ -381,7 +433,7 @@ def intensity_mapping(values: np.ndarray) -> IntensityMapping:
             raise _constant_image_error(values)
         return IntensityMapping(0.0, 255.0)
     refuse_non_finite(values)
-    as_float = values.astype(np.float32, copy=False)
+    as_float = values.astype(np.float64 if _needs_float64(values.dtype) else np.float32, copy=False)
     low, high = float(as_float.min()), float(as_float.max())
     if low == high:
         raise _constant_image_error(values)
@@ -434,9 +486,25 @@ def _drop_constant_alpha(tyxc, sample: np.ndarray):
     return tyxc[..., :3]
 
 
-def _read_with_imageio(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
+def _one_line(exc: Exception) -> str:
+    """An exception's message on one line (decoders write several)."""
+    return " ".join(str(exc).split())
 
+
+def _read_with_imageio(path: Path) -> np.ndarray:
+    """Decode a PNG/JPEG/BMP file after checking its header's size against the budget."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except Image.DecompressionBombError as exc:
+        raise InputImageError(f"{path}: over the pixel budget ({_one_line(exc)})") from None
+    try:
+        check_frame_pixels(height, width)
+    except InputImageError as exc:
+        raise InputImageError(f"{path}: {exc}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return np.asarray(iio.imread(path))
@@ -451,7 +519,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
             raise InputImageError(
                 f"{path}: cannot be read as an image (the TIFF holds no image series)"
             )
-        series = tif.series[0]
+        series = _single_series(path, tif)
         array = series.asarray()
         axes = _tiff_axes(series.axes, array.shape)
         pixel_size = _tiff_pixel_size_um(tif)
@@ -469,7 +537,7 @@ def _open_tiff_lazily(path: Path):
             raise InputImageError(
                 f"{path}: cannot be read as an image (the TIFF holds no image series)"
             )
-        pages = _TiffPages.of(path, tif)
+        pages = _TiffPages.of(path, _single_series(path, tif), tif.byteorder)
         axes = _tiff_axes(tif.series[0].axes, pages.shape)
         pixel_size = _tiff_pixel_size_um(tif)
     page_dims = len(pages.page_shape)
@@ -479,6 +547,28 @@ def _open_tiff_lazily(path: Path):
         pages, chunks=chunks, name=name, asarray=False, meta=np.empty((0,), pages.dtype)
     )
     return array, axes, pixel_size
+
+
+def _single_series(path: Path, tif):
+    """The TIFF's one image series, its frames checked against the pixel budget.
+
+    A file with several series (pages of different shapes, or separately written
+    images) is refused: analysing only the first would silently drop the others.
+    """
+    series = [s for s in tif.series if not s.keyframe.is_reduced]
+    if len(series) > 1:
+        shapes = ", ".join("×".join(map(str, s.shape)) for s in series[:4])
+        raise InputImageError(
+            f"{path}: the TIFF holds {len(series)} image series of shapes {shapes}"
+            f"{' …' if len(series) > 4 else ''} (the second starts at page "
+            f"{series[1].pages[0].index}); save one stack of same-shape pages per file"
+        )
+    keyframe = series[0].keyframe
+    try:
+        check_frame_pixels(keyframe.imagelength, keyframe.imagewidth)
+    except InputImageError as exc:
+        raise InputImageError(f"{path}: {exc}") from None
+    return series[0]
 
 
 @dataclass(frozen=True)
@@ -498,9 +588,10 @@ class _TiffPages:
     data_offset: int | None
 
     @classmethod
-    def of(cls, path: Path, tif) -> _TiffPages:
-        series = tif.series[0]
+    def of(cls, path: Path, series, byteorder: str) -> _TiffPages:
         shape, page_shape = tuple(series.shape), tuple(series.keyframe.shape)
+        if 0 in shape:
+            raise InputImageError(f"{path}: the image has zero size (shape {shape})")
         n_pages = int(np.prod(shape)) // max(1, int(np.prod(page_shape)))
         if shape[len(shape) - len(page_shape) :] != page_shape:
             raise InputImageError(
@@ -518,7 +609,7 @@ class _TiffPages:
             shape=shape,
             page_shape=page_shape,
             dtype=dtype.newbyteorder("="),
-            stored_dtype=dtype.newbyteorder(tif.byteorder),
+            stored_dtype=dtype.newbyteorder(byteorder),
             listed_pages=listed,
             data_offset=series.dataoffset,
         )

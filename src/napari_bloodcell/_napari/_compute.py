@@ -3,11 +3,13 @@ results, and plain functions that run them to the end (what the tests call).
 
 Like stardist-napari: the widget wraps a generator in ``thread_worker`` and handles its
 yields; expected failures arrive as :class:`Failure` yields (shown as a notification),
-never as tracebacks.
+never as tracebacks; an unexpected exception too (its traceback goes to the log), so a
+widget stays usable whatever a frame does.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import BloodcellError, InputImageError
 from ..pipeline import AnalysisSettings, analyze_frame, concat_tables
-from ..reading import image_from_array, infer_axes, normalise_axes
+from ..reading import check_frame_pixels, image_from_array, infer_axes, normalise_axes
 from ._layers import Placement, all_classes, class_ids, class_label_image, result_layers
 
 
@@ -83,7 +85,9 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
             raise InputImageError(f"{exc} in the Axes field") from None
     if any(a not in "TYXC" for a in axes):
         raise InputImageError(f"axes {axes!r}: only T, Y, X and C are supported here")
-    return ImageLayout(axes, shape, rgb)
+    layout = ImageLayout(axes, shape, rgb)
+    check_frame_pixels(*layout.frame_shape)  # before any frame is read
+    return layout
 
 
 def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
@@ -155,11 +159,15 @@ class StackProgress:
 
 
 def guarded(steps: Iterator) -> Iterator:
-    """Re-yield ``steps``, turning a :class:`BloodcellError` into a final :class:`Failure`."""
+    """Re-yield ``steps``, turning a :class:`BloodcellError` into a final :class:`Failure`,
+    and any other exception too (a bug: its traceback is logged)."""
     try:
         yield from steps
     except BloodcellError as exc:
         yield Failure(str(exc))
+    except Exception as exc:
+        logging.getLogger(__name__).exception("napari-bloodcell: unexpected error")
+        yield Failure(f"unexpected {type(exc).__name__} ({exc}); please report this bug")
 
 
 @dataclass

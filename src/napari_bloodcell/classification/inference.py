@@ -75,6 +75,10 @@ class CellClassifier(ModelFileClassifier):
         super().__init__(model)
         self._model = None
 
+    def load(self) -> None:
+        """Load the network now rather than on first use (:class:`ModelError` if unusable)."""
+        self._keras_model()
+
     def _keras_model(self):
         if self._model is None:
             model = load_keras_model(self.path)

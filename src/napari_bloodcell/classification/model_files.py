@@ -3,7 +3,8 @@
 The metadata (classes, input size, crop scale, training split, calibration and
 the "uncertain" threshold) travels in the same zip archive as an extra member
 ``napari_bloodcell.json``, so a model is always one file. Keras ignores the
-extra member; models load with Keras' safe mode on.
+extra member; models load with Keras' safe mode on, and only when their network
+config names built-in Keras objects alone (no Lambda layers, no custom objects).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,9 @@ from pathlib import Path
 from ..errors import ModelError, OutputExistsError
 
 METADATA_MEMBER = "napari_bloodcell.json"
+CONFIG_MEMBER = "config.json"
+CODE_OBJECTS = {"Lambda": "Lambda layer", "TFOpLambda": "TFOpLambda layer", "__lambda__": "lambda"}
+"""Keras objects that carry Python code (marshalled bytecode) in their config."""
 DEFAULT_MODEL_NAME = "default"
 FORMAT_VERSION = 1
 
@@ -115,10 +120,44 @@ def load_keras_model(path: str | Path):
     import keras
 
     path = Path(path)
+    refuse_custom_code(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a damaged or foreign file
         raise ModelError(f"{path}: the Keras model cannot be loaded ({exc})") from None
+
+
+def refuse_custom_code(path: Path) -> None:
+    """Raise :class:`ModelError` unless the network config of ``path`` names only built-in
+    Keras objects: Lambda layers and custom (registered or not) objects run code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read(CONFIG_MEMBER))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise ModelError(f"{path}: not a Keras .keras model file ({exc})") from None
+    custom = sorted(set(_custom_objects(config)))
+    if custom:
+        raise ModelError(
+            f"{path}: the network needs custom code ({', '.join(custom)}); models are loaded "
+            f"in Keras safe mode with built-in layers only: rebuild it without Lambda layers "
+            f"or custom objects"
+        )
+
+
+def _custom_objects(node) -> Iterator[str]:
+    """Names of the objects in a Keras config that are code or live outside Keras."""
+    if isinstance(node, dict):
+        name, module = node.get("class_name"), node.get("module")
+        if name in CODE_OBJECTS:
+            yield CODE_OBJECTS[name]
+            return
+        if isinstance(name, str) and module is not None and module.split(".")[0] != "keras":
+            yield f"{node.get('registered_name') or name} from module {module}"
+        for value in node.values():
+            yield from _custom_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _custom_objects(value)
 
 
 def packaged_models_dir() -> Path:

@@ -206,26 +206,34 @@ def fit(
     val = make_tf_dataset(
         dataset.subset(val_idx), config.batch_size, augment=False, seed=config.seed
     )
-    checkpoint = out.with_name(f".{out.stem}.checkpoint.keras")
+    checkpoint = out.with_name(f".{out.stem}.checkpoint.weights.h5")
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         ),
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True
+        ),
     ]
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
     callbacks += extra_callbacks or []
-    history = model.fit(
-        train,
-        validation_data=val,
-        epochs=config.epochs,
-        class_weight=class_weights(dataset.labels[train_idx], len(dataset.classes)),
-        callbacks=callbacks,
-        shuffle=False,  # tf.data shuffles
-        verbose=2,
-    )
-    checkpoint.unlink(missing_ok=True)
+    try:
+        history = model.fit(
+            train,
+            validation_data=val,
+            epochs=config.epochs,
+            class_weight=class_weights(dataset.labels[train_idx], len(dataset.classes)),
+            callbacks=callbacks,
+            shuffle=False,  # tf.data shuffles
+            verbose=2,
+        )
+        # EarlyStopping restores the best weights only when it stops training early; a run
+        # that uses all its epochs would otherwise keep the last epoch's weights.
+        if checkpoint.exists():
+            model.load_weights(checkpoint)
+    finally:
+        checkpoint.unlink(missing_ok=True)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 

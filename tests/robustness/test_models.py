@@ -1,0 +1,99 @@
+"""Bad model files: truncated, foreign, other classes, and networks that need custom code
+(refused although Keras safe mode would load a registered custom object)."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+
+from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.model_files import (
+    METADATA_MEMBER,
+    ModelMetadata,
+    save_model,
+)
+from napari_bloodcell.cli import main
+from napari_bloodcell.errors import ModelError
+
+from .corpus import smear_rgb
+
+CLASSES = ["lobed", "round"]
+
+
+def _metadata(classes=CLASSES) -> ModelMetadata:
+    return ModelMetadata(classes=list(classes), input_size=16, crop_scale=2.2, architecture="x")
+
+
+def _network(middle=None):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    if middle is not None:
+        x = middle(x)
+    return keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Model files: one good, the rest broken in one way each."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="robustness_tests")
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    folder = tmp_path_factory.mktemp("models")
+    good = save_model(_network(), folder / "good.keras", _metadata())
+    paths = {"good": good}
+    paths["truncated"] = folder / "truncated.keras"
+    paths["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    paths["not keras"] = folder / "notes.keras"
+    paths["not keras"].write_text("these are my notes, not a model")
+    paths["other classes"] = save_model(
+        _network(), folder / "other.keras", _metadata(["a", "b", "c"])
+    )
+    paths["no network"] = folder / "metadata_only.keras"
+    with zipfile.ZipFile(paths["no network"], "w") as archive, zipfile.ZipFile(good) as source:
+        archive.writestr(METADATA_MEMBER, source.read(METADATA_MEMBER))
+    lambda_layer = keras.layers.Lambda(lambda x: x + 1.0)
+    paths["Lambda layer"] = save_model(_network(lambda_layer), folder / "lambda.keras", _metadata())
+    paths["custom object"] = save_model(_network(Doubling()), folder / "custom.keras", _metadata())
+    return paths
+
+
+BROKEN = {
+    "truncated": "not a Keras .keras model file",
+    "not keras": "not a Keras .keras model file",
+    "other classes": "does not match its metadata",
+    "no network": "not a Keras .keras model file",
+    "Lambda layer": "custom code (Lambda layer)",
+    "custom object": "custom code (robustness_tests>Doubling",
+}
+
+
+def test_a_good_model_file_loads(models):
+    CellClassifier(models["good"]).load()
+
+
+@pytest.mark.parametrize(("kind", "message"), BROKEN.items(), ids=list(BROKEN))
+def test_a_broken_model_is_a_model_error(models, kind, message):
+    with pytest.raises(ModelError, match=re.escape(message)) as error:
+        CellClassifier(models[kind]).load()
+    assert models[kind].name in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "other classes", "Lambda layer"])
+def test_the_cli_refuses_a_broken_model_before_analysing(tmp_path, models, kind, capsys):
+    frame = tmp_path / "smear.png"
+    iio.imwrite(frame, smear_rgb())
+    out = tmp_path / "out"
+    assert main(["analyze", str(frame), "--out", str(out), "--model", str(models[kind])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and models[kind].name in err and BROKEN[kind] in err
+    assert [p for p in out.rglob("*") if p.is_file()] == []
