@@ -317,3 +317,13 @@ def test_training_keeps_the_best_validation_epoch_even_without_early_stop(tmp_pa
     weights = load_keras_model(result.model_path).get_weights()
     assert any(np.abs(w).sum() > 0 for w in weights)
     assert not list(tmp_path.glob(".*checkpoint*"))
+
+
+def test_trained_model_files_hold_no_optimizer_state(tiny_model):
+    import io
+
+    import h5py
+
+    with zipfile.ZipFile(tiny_model) as archive:
+        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+        assert "optimizer" not in weights

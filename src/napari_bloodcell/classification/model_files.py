@@ -72,9 +72,10 @@ def save_model(model, path: str | Path, metadata: ModelMetadata) -> Path:
 
 
 def _without_optimizer(model):
+    """An uncompiled copy of a functional model (``clone_model`` would keep the optimizer)."""
     import keras
 
-    clone = keras.models.clone_model(model)
+    clone = keras.Model.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     return clone
 
