@@ -189,8 +189,8 @@ def check_frame_pixels(height: int, width: int) -> None:
         )
 
 
-@dataclass(frozen=True)
-class LazyImage:
+@dataclass(frozen=True, kw_only=True)
+class LazyImage(LoadedImage):
     """A stack in canonical layout whose frames are read only when computed.
 
     Attributes
@@ -202,20 +202,8 @@ class LazyImage:
     """
 
     data: da.Array
-    source: str
-    original_axes: str
-    original_dtype: str
     intensity: IntensityMapping
     sampled_frames: tuple[int, ...]
-    pixel_size_um: float | None = None
-
-    @property
-    def n_frames(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def n_channels(self) -> int:
-        return self.data.shape[-1]
 
 
 def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
