@@ -20,7 +20,13 @@ import pandas as pd
 from .. import __version__
 from ..errors import BloodcellError, InputImageError
 from ..pipeline import AnalysisSettings, analyze_frame, concat_tables
-from ..reading import check_frame_pixels, image_from_array, infer_axes, normalise_axes
+from ..reading import (
+    check_frame_pixels,
+    image_from_array,
+    infer_axes,
+    lazy_image_from_array,
+    normalise_axes,
+)
 from ._layers import Placement, all_classes, class_ids, class_label_image, result_layers
 
 
@@ -243,8 +249,12 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     parameters = job.parameters()
     placement = job.layout.placement(job.scale, job.translate, "TYX")
     seen_classes: list[str] = list(job.model_classes)
+    # one intensity mapping for the whole stack, from a bounded frame sample (as the CLI)
+    stack = lazy_image_from_array(job.data, job.layout.axes, source=job.source).data
     for t in range(n):
-        frame = read_frame(job.data, job.layout, t)
+        frame = np.asarray(stack[t].compute(scheduler="sync"))
+        if frame.min() == frame.max():
+            frame = None
         if frame is None:
             empty.append(t)
             result = job.empty_result(t)
