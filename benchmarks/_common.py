@@ -22,6 +22,18 @@ def require(path: Path) -> Path:
     return path
 
 
+def relative_paths(value):
+    """Paths under the project's parent folder rewritten relative to the repository root
+    (results must not carry this machine's absolute paths)."""
+    if isinstance(value, dict):
+        return {key: relative_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [relative_paths(item) for item in value]
+    if isinstance(value, str) and value.startswith(f"{REPO_ROOT.parent}{os.sep}"):
+        return os.path.relpath(value, REPO_ROOT)
+    return value
+
+
 def write_result(name: str, result: dict) -> Path:
     """Write ``benchmarks/results/<name>.json`` with the command, date and machine."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -36,6 +48,6 @@ def write_result(name: str, result: dict) -> Path:
         **result,
     }
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2))
+    path.write_text(json.dumps(relative_paths(record), indent=2))
     print(f"wrote {path}")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,24 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_heldout(tmp_path_factory) -> Path:
     """Fresh round/lobed images (another seed) never seen in training."""
     return write_crop_folder(tmp_path_factory.mktemp("heldout"), n_per_class=20, seed=99)
+
+
+@pytest.fixture(scope="module")
+def no_tensorflow_in_this_process():
+    """Viewer tests must not share a process with TensorFlow (Mesa llvmpipe segfaults)."""
+    if "tensorflow" in sys.modules:
+        reason = "TensorFlow was imported in this process; run `pytest -m napari` on its own"
+        if os.environ.get("CI"):  # CI runs the napari tests in their own process: never skip
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Messages shown with napari's show_error / show_warning / show_info."""
+    import napari.utils.notifications as notes
+
+    shown: list[tuple[str, str]] = []
+    for kind in ("error", "warning", "info"):
+        monkeypatch.setattr(notes, f"show_{kind}", lambda m, kind=kind: shown.append((kind, m)))
+    return shown

@@ -6,8 +6,6 @@ software OpenGL it segfaults next to a viewer)."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import sys
 import time
 
 import numpy as np
@@ -19,18 +17,9 @@ from napari_bloodcell.synthetic import make_smear, make_timelapse
 from .conftest import SHARED_DATA, requires_bccd
 from .helpers import write_crop_folder
 
-pytestmark = pytest.mark.napari
+pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("no_tensorflow_in_this_process")]
 
 WAIT_MS = 90_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_tensorflow_in_this_process():
-    if "tensorflow" in sys.modules:
-        reason = "TensorFlow was imported in this process; run `pytest -m napari` on its own"
-        if os.environ.get("CI"):  # CI runs the napari tests in their own process: never skip
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +45,6 @@ def tiny_user_model(tmp_path_factory):
         CLASSIFIERS.release("tests")
     assert not CLASSIFIERS.users()
     assert not multiprocessing.active_children()
-
-
-@pytest.fixture
-def notifications(monkeypatch):
-    """Messages shown with napari's show_error / show_warning / show_info."""
-    import napari.utils.notifications as notes
-
-    shown: list[tuple[str, str]] = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(notes, f"show_{kind}", lambda m, kind=kind: shown.append((kind, m)))
-    return shown
 
 
 def _run(widget, qtbot):

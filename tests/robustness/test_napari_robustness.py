@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -12,27 +10,10 @@ from napari_bloodcell.reading import MAX_FRAME_PIXELS_ENV
 
 from .corpus import smear_rgb
 
-pytestmark = pytest.mark.napari
+pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("no_tensorflow_in_this_process")]
 
 WAIT_MS = 60_000
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_tensorflow_in_this_process():
-    if "tensorflow" in sys.modules:
-        pytest.skip("TensorFlow was imported in this process; run `pytest -m napari` on its own")
-
-
-@pytest.fixture
-def notifications(monkeypatch):
-    """Messages shown with napari's show_error / show_warning / show_info."""
-    import napari.utils.notifications as notes
-
-    shown: list[tuple[str, str]] = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(notes, f"show_{kind}", lambda m, kind=kind: shown.append((kind, m)))
-    return shown
 
 
 def _segmentation_bug(*_args, **_kwargs):
