@@ -65,3 +65,19 @@ def test_single_cell_images_are_recropped_around_the_stained_object():
     assert abs(ys.mean() - 15.5) < 2 and abs(xs.mean() - 15.5) < 2
     # the nucleus fills about 1 / 2.2 of the side
     assert dark.sum() == pytest.approx(np.pi * (32 / 2.2 / 2) ** 2, rel=0.35)
+
+
+@pytest.mark.parametrize(
+    ("centre", "diameter", "message"),
+    [
+        ((120.0, 10.0), 8.0, "not inside"),
+        ((np.nan, 5.0), 8.0, "not inside"),
+        ((10.0, 10.0), -1.0, "non-negative"),
+    ],
+)
+def test_impossible_cells_are_refused_clearly(centre, diameter, message):
+    from napari_bloodcell.errors import InputImageError
+
+    frame = _frame_with_disk((100, 100), (50, 50), 8)
+    with pytest.raises(InputImageError, match=message):
+        crop_cells(frame, [centre], [diameter], size=16)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import resize
 
+from .errors import InputImageError
+
 CROP_SCALE = 2.2
 """Crop side / stained diameter: 2.2× the nucleus always contained the whole WBC on BCCD."""
 
@@ -44,6 +46,7 @@ def crop_cells(
     """
     centroids_yx = np.asarray(centroids_yx, dtype=float).reshape(-1, 2)
     diameters_px = np.asarray(diameters_px, dtype=float).reshape(-1)
+    _check_cells(frame.shape[:2], centroids_yx, diameters_px)
     crops = np.empty((len(centroids_yx), size, size, frame.shape[-1]), dtype=np.float32)
     if len(crops) == 0:
         return crops
@@ -57,6 +60,29 @@ def crop_cells(
         window = padded[y0 : y0 + side_px, x0 : x0 + side_px]
         crops[i] = resize(window, (size, size), order=1, anti_aliasing=side_px > size)
     return normalise_colour(crops)
+
+
+def _check_cells(frame_shape, centroids_yx: np.ndarray, diameters_px: np.ndarray) -> None:
+    """Refuse cells that cannot come from this frame (outside it, NaN, negative sizes)."""
+    if len(centroids_yx) != len(diameters_px):
+        raise InputImageError(
+            f"{len(centroids_yx)} centroids but {len(diameters_px)} diameters; expected one each"
+        )
+    height, width = frame_shape
+    inside = (
+        np.isfinite(centroids_yx).all(axis=1)
+        & (centroids_yx[:, 0] >= 0)
+        & (centroids_yx[:, 0] <= height - 1)
+        & (centroids_yx[:, 1] >= 0)
+        & (centroids_yx[:, 1] <= width - 1)
+    )
+    if not inside.all():
+        bad = centroids_yx[~inside][0]
+        raise InputImageError(
+            f"cell centroid (y={bad[0]}, x={bad[1]}) is not inside the {height}×{width} frame"
+        )
+    if not (np.isfinite(diameters_px) & (diameters_px >= 0)).all():
+        raise InputImageError("cell diameters must be finite and non-negative")
 
 
 def crop_single_cell_image(
