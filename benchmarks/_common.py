@@ -14,6 +14,17 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
+def model_benchmark_arguments(description: str):
+    """Parsed ``--model``, ``--data`` and ``--bccd-crops`` of the classifier benchmarks."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
+    return parser.parse_args()
+
+
 def require(path: Path) -> Path:
     """Exit cleanly (status 0, with a message) when a shared dataset is absent."""
     if not path.exists():

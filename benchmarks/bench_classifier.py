@@ -13,13 +13,12 @@ Usage: ``python benchmarks/bench_classifier.py [--model default] [--bccd-crops r
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import DEFAULT_DATA, require, write_result
+from _common import model_benchmark_arguments, require, write_result
 
 from napari_bloodcell.classification.datasets import (
     find_labelled_files,
@@ -73,11 +72,7 @@ def crops_per_second(architecture: str, n: int = 256) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
-    args = parser.parse_args()
+    args = model_benchmark_arguments(__doc__.splitlines()[0])
     pbc = require(args.data / "pbc")
     classifier = CellClassifier(args.model)
     test_sources = set(classifier.metadata.training.get("test_sources", []))

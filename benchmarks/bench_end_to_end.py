@@ -10,13 +10,12 @@ Usage: ``python benchmarks/bench_end_to_end.py [--model default] [--bccd-crops r
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import DEFAULT_DATA, require, write_result
+from _common import model_benchmark_arguments, require, write_result
 
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.pipeline import AnalysisSettings, analyze_frame
@@ -34,11 +33,7 @@ def frames_used_in_training(classifier: CellClassifier, bccd_crops: Path) -> set
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
-    args = parser.parse_args()
+    args = model_benchmark_arguments(__doc__.splitlines()[0])
     bccd = require(args.data / "bccd")
     classifier = CellClassifier(args.model)
     objects = pd.read_csv(bccd / "bccd_objects.csv")

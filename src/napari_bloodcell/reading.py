@@ -89,21 +89,35 @@ def read_image(path: str | Path, axes: str | None = None) -> LoadedImage:
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable.
     """
     path = _checked_image_path(path, IMAGE_SUFFIXES)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            array, metadata_axes, pixel_size = _read_tiff(path)
-        else:
-            array, metadata_axes, pixel_size = _read_with_imageio(path), None, None
-    except InputImageError:
-        raise
-    except Exception as exc:  # any decoder failure means a corrupt or foreign file
-        raise InputImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
+    array, metadata_axes, pixel_size = _decode(path, _read_tiff)
     try:
         return image_from_array(
             array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
         )
     except InputImageError as exc:
-        raise InputImageError(f"{path}: {exc}") from None
+        raise _naming_file(path, exc) from None
+
+
+def _decode(path: Path, read_tiff) -> tuple:
+    """``(array, axes or None, pixel size or None)`` by the reader for the file's type
+    (``read_tiff`` for TIFFs); any decoder failure becomes an :class:`InputImageError`."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            return read_tiff(path)
+        if suffix == ZARR_SUFFIX:
+            return _open_zarr_lazily(path)
+        return _read_with_imageio(path), None, None
+    except InputImageError:
+        raise
+    except Exception as exc:  # any decoder failure means a corrupt or foreign file
+        raise InputImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
+
+
+def _naming_file(path: Path, error: InputImageError) -> InputImageError:
+    """The error with the file's name in front, unless it names the file already."""
+    message = str(error)
+    return InputImageError(message if str(path) in message else f"{path}: {message}")
 
 
 def _checked_image_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
@@ -216,25 +230,13 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
     a page that turns out unreadable later raises it when that frame is computed.
     """
     path = _checked_image_path(path, (*IMAGE_SUFFIXES, ZARR_SUFFIX))
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            array, metadata_axes, pixel_size = _open_tiff_lazily(path)
-        elif suffix == ZARR_SUFFIX:
-            array, metadata_axes, pixel_size = _open_zarr_lazily(path)
-        else:
-            array, metadata_axes, pixel_size = _read_with_imageio(path), None, None
-    except InputImageError:
-        raise
-    except Exception as exc:  # any decoder failure means a corrupt or foreign file
-        raise InputImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
+    array, metadata_axes, pixel_size = _decode(path, _open_tiff_lazily)
     try:
         return lazy_image_from_array(
             array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
         )
     except InputImageError as exc:
-        message = str(exc)
-        raise InputImageError(message if str(path) in message else f"{path}: {message}") from None
+        raise _naming_file(path, exc) from None
 
 
 def lazy_image_from_array(
