@@ -141,6 +141,7 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     make_napari_viewer, qtbot, dask_movie, tmp_path, notifications
 ):
     from napari_bloodcell._napari._batch import BatchWidget
+    from napari_bloodcell._napari._label_frames import LabelFramesView
     from napari_bloodcell.table import read_table
 
     viewer = make_napari_viewer()
@@ -155,6 +156,13 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     np.testing.assert_array_equal(cells.data[:, 0], cells.features["frame"])
     assert set(cells.features["frame"]) <= set(range(6))
     assert widget.plot.axes.get_lines() and widget.status.value.startswith("finished: 6/6")
+    # the label stacks stay compressed in memory (issue 7) and can still be painted on
+    assert isinstance(instances.data, LabelFramesView)
+    instances.brush_size = 3
+    instances.paint((2, 10, 10), 999)
+    assert instances.data[2, 10, 10] == 999 and instances.data[1, 10, 10] != 999
+    instances.undo()
+    assert instances.data[2, 10, 10] != 999
 
     widget.frame_interval.value = 10.0
     widget.track()  # link the cells into a Tracks layer coloured by track class

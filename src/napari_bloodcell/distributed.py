@@ -31,6 +31,12 @@ from .errors import BloodcellError
 
 TENSORFLOW_INTER_OP_THREADS = 1
 
+KEEP_GLIBC_MALLOC_DEFAULTS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+"""Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's
+mmap threshold at 128 kB: every frame-sized array is then mapped and unmapped afresh,
+and the page faults made a frame cost 0.20 s instead of 0.13 s (512², measured in
+``docs/scaling.md``). Local workers keep glibc's adaptive defaults, like a plain process."""
+
 
 class TensorFlowThreads(WorkerPlugin):
     """Give TensorFlow in each worker process as many intra-op threads as the worker has
@@ -68,6 +74,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             yield client
         return
     with (
+        dask.config.set(KEEP_GLIBC_MALLOC_DEFAULTS),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,9 @@ class BatchWidget(AnalysisWidget):
     """
 
     keep_results_after_cancel = True
+    display_interval_s = 0.5
+    """Results are shown at most this often (and when the batch ends or is cancelled):
+    building the layers and the plot costs more the longer the table grows."""
 
     def __init__(self, napari_viewer):
         self.axes = LineEdit(
@@ -40,6 +44,8 @@ class BatchWidget(AnalysisWidget):
         self.extend([self.frame_interval, self.track_button])
         self.track_button.clicked.connect(self.track)
         self.tracking = None
+        self._latest: StackProgress | None = None
+        self._shown_at = -np.inf
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
 
@@ -50,6 +56,17 @@ class BatchWidget(AnalysisWidget):
         return stack_steps(job), job.layout.n_frames
 
     def _apply(self, item: StackProgress) -> None:
+        self._latest = item
+        if time.monotonic() - self._shown_at >= self.display_interval_s:
+            self._show(item)
+
+    def _on_finished(self) -> None:
+        if self._latest is not None:  # the frames finished since the last display
+            self._show(self._latest)
+        super()._on_finished()
+
+    def _show(self, item: StackProgress) -> None:
+        self._latest, self._shown_at = None, time.monotonic()
         classes = list(item.layers[-1][1]["face_color_cycle"])
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"
         if item.empty_frames:

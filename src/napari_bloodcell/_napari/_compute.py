@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from ..reading import (
     lazy_image_from_array,
     normalise_axes,
 )
+from ._label_frames import CompressedLabelFrames, LabelFramesView
 from ._layers import Placement, all_classes, class_ids, class_label_image, result_layers
 
 
@@ -155,13 +157,40 @@ class Failure:
 
 @dataclass(frozen=True)
 class StackProgress:
-    """Results of the first ``frames_done`` of ``n_frames`` frames, as layer data."""
+    """Results of the first ``frames_done`` of ``n_frames`` frames.
+
+    Cheap to make after every frame: the label stacks are views of compressed frame
+    stores, and the table and layer data are only assembled when asked for (the widget
+    asks at most a few times per second).
+    """
 
     frames_done: int
     n_frames: int
-    layers: list[tuple]
-    table: pd.DataFrame
+    frame_tables: tuple[pd.DataFrame, ...]
+    instances: LabelFramesView
+    classes_image: LabelFramesView
+    model_classes: list[str]
+    source: str
+    placement: Placement
+    parameters: dict
     empty_frames: list[int] = field(default_factory=list)
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        return concat_tables(list(self.frame_tables))
+
+    @cached_property
+    def layers(self) -> list[tuple]:
+        return result_layers(
+            self.instances,
+            self.classes_image,
+            self.table,
+            model_classes=self.model_classes,
+            source=self.source,
+            placement=self.placement,
+            parameters=self.parameters,
+            role_prefix="stack-",
+        )
 
 
 def guarded(steps: Iterator) -> Iterator:
@@ -242,8 +271,8 @@ def stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
 
 def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     n = job.layout.n_frames
-    instances = np.zeros((n, *job.layout.frame_shape), dtype=np.uint32)
-    classes_image = np.zeros(instances.shape, dtype=np.uint8)
+    instances = CompressedLabelFrames(job.layout.frame_shape, np.uint32)
+    classes_image = CompressedLabelFrames(job.layout.frame_shape, np.uint8)
     tables: list[pd.DataFrame] = []
     empty: list[int] = []
     parameters = job.parameters()
@@ -254,29 +283,28 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     for t in range(n):
         frame = np.asarray(stack[t].compute(scheduler="sync"))
         if frame.min() == frame.max():
-            frame = None
-        if frame is None:
             empty.append(t)
             result = job.empty_result(t)
         else:
             result = job.analyze(frame, t)
         tables.append(result.table)
-        table = concat_tables(tables)
-        seen_classes = all_classes(table, seen_classes)
-        instances[t] = result.labels
-        classes_image[t] = class_label_image(result.labels, result.table, class_ids(seen_classes))
-        parameters = {**parameters, "frames": t + 1, "n_frames": n}
-        layers = result_layers(
-            instances[: t + 1],
-            classes_image[: t + 1],
-            table,
+        seen_classes = all_classes(result.table, seen_classes)
+        instances.append(result.labels)
+        classes_image.append(
+            class_label_image(result.labels, result.table, class_ids(seen_classes))
+        )
+        yield StackProgress(
+            frames_done=t + 1,
+            n_frames=n,
+            frame_tables=tuple(tables),
+            instances=instances.view(t + 1),
+            classes_image=classes_image.view(t + 1),
             model_classes=seen_classes,
             source=job.source,
             placement=placement,
-            parameters=parameters,
-            role_prefix="stack-",
+            parameters={**parameters, "frames": t + 1, "n_frames": n},
+            empty_frames=list(empty),
         )
-        yield StackProgress(t + 1, n, layers, table, list(empty))
 
 
 def run_to_end(steps: Iterator):

@@ -1,0 +1,69 @@
+"""Compressed label stacks of the batch widget: same values as an array, bounded memory."""
+
+import numpy as np
+import pytest
+
+from napari_bloodcell._napari._label_frames import CompressedLabelFrames
+
+
+@pytest.fixture
+def stack() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((5, 40, 60), np.uint32)
+    for t in range(5):
+        for label in range(1, 4):
+            y, x = rng.integers(0, 30, 2)
+            labels[t, y : y + 8, x : x + 8] = label + 10 * t
+    return labels
+
+
+def _store(stack: np.ndarray) -> CompressedLabelFrames:
+    frames = CompressedLabelFrames(stack.shape[1:])
+    for frame in stack:
+        frames.append(frame)
+    return frames
+
+
+def test_views_index_like_the_array(stack):
+    view = _store(stack).view(4)
+    assert view.shape == (4, 40, 60) and view.dtype == np.uint32 and view.ndim == 3
+    np.testing.assert_array_equal(np.asarray(view), stack[:4])
+    for key in [2, -1, (1, slice(5, 20), 7), np.s_[1:3], np.s_[::2, 3], np.s_[..., 5], [0, 3]]:
+        np.testing.assert_array_equal(view[key], stack[:4][key])
+    with pytest.raises(IndexError, match="frame 4 out of range"):
+        view[4]
+
+
+def test_frames_are_stored_compressed(stack):
+    frames = _store(stack)
+    assert frames.nbytes_compressed < stack.nbytes / 20
+
+
+def test_painting_writes_into_the_frames(stack):
+    frames = _store(stack)
+    view = frames.view()
+    view[2, 0:3, 0:3] = 99  # a fill of a frame region
+    expected = stack.copy()
+    expected[2, 0:3, 0:3] = 99
+    # napari's paint: per-pixel coordinates over several frames
+    t, y, x = np.array([0, 0, 4]), np.array([1, 2, 3]), np.array([5, 6, 7])
+    view[(t, y, x)] = np.array([7, 8, 9])
+    expected[(t, y, x)] = [7, 8, 9]
+    np.testing.assert_array_equal(np.asarray(frames.view()), expected)
+    view[1:3, 0, :2] = np.array([[4, 5], [6, 7]])  # napari's undo: a region
+    expected[1:3, 0, :2] = [[4, 5], [6, 7]]
+    np.testing.assert_array_equal(np.asarray(frames.view()), expected)
+    with pytest.raises(TypeError, match="edited by frame number"):
+        view[np.array([True, False, True, False, True])] = 0
+
+
+def test_frames_read_are_copies(stack):
+    view = _store(stack).view()
+    frame = view[1]
+    frame[:] = 5
+    np.testing.assert_array_equal(view[1], stack[1])
+
+
+def test_wrong_frame_shape_is_refused(stack):
+    with pytest.raises(ValueError, match="expected"):
+        _store(stack).append(np.zeros((3, 3), np.uint32))
