@@ -123,9 +123,8 @@ class LabelFramesView:
             values = np.broadcast_to(np.asarray(value), first.shape)
             for t in np.unique(first):
                 here = first == t
-                self._write(
-                    self._frame_index(int(t)), tuple(np.asarray(i)[here] for i in rest), values[here]
-                )
+                pixels = tuple(np.asarray(index)[here] for index in rest)
+                self._write(self._frame_index(int(t)), pixels, values[here])
         else:
             raise TypeError(
                 "label frames are edited by frame number, slice of frames or integer arrays "
