@@ -92,11 +92,11 @@ class KillWorkerOnce(distributed.WorkerPlugin):
     def setup(self, worker):
         self.original = batch.analyze_unit
 
-        def analyze_unit_or_die(frames, first_frame, job):
+        def analyze_unit_or_die(chunk, job):
             if not os.path.exists(self.marker):
                 open(self.marker, "w").close()
                 os._exit(1)
-            return self.original(frames, first_frame, job)
+            return self.original(chunk, job)
 
         batch.analyze_unit = analyze_unit_or_die
 
@@ -140,3 +140,22 @@ def test_bad_inputs_fail_alone_on_the_cluster(tmp_path, client, inputs):
     assert set(pd.read_csv(out / "cells.csv")["source"]) == {p.name for p in inputs}
     assert not (out / "labels" / "corrupt.tif").exists()
     assert not (out / ".parts").exists()
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_units_are_submitted_a_few_per_worker_thread_at_a_time(client):
+    from napari_bloodcell.distributed import TASKS_PER_THREAD, compute_on_cluster
+
+    threads = sum(client.nthreads().values())
+    in_flight = []
+    results = {}
+    for index, result in compute_on_cluster(
+        _square, [(i,) for i in range(12)], client, skip=lambda i: i == 5
+    ):
+        in_flight.append(len(client.futures))
+        results[index] = result
+    assert results == {i: i * i for i in range(12) if i != 5}  # 5 was skipped, not run
+    assert max(in_flight) <= TASKS_PER_THREAD * threads < 12

@@ -10,15 +10,17 @@ Layout of ``out``::
     run.json                the last run: parameters, model, inputs analysed, skipped, failed
     .parts/<stem>/          one input's work in progress, removed when it is finished
 
-**Units of work** are (input, chunk of frames). A unit gets its frames from the lazy
-stack (:func:`~napari_bloodcell.reading.open_lazy`, so only the chunk is ever in
-memory), analyses them one by one, streams their labels to ``.parts/<stem>/`` with its
-overlays and returns its table rows. When every unit of an input is done its labels are
-copied page by page into ``labels/<stem>.tif``, its overlays moved and its table
-written. Units run here one after the other (Dask's synchronous scheduler), or on a
-Dask cluster when a ``client`` is given (:mod:`napari_bloodcell.distributed`); both
-give the same files. On a cluster the workers must see ``out`` and the inputs (a
-shared file system).
+**Units of work** are (input, chunk of frames): one task each. A unit reads its frames
+from the lazy stack (:func:`~napari_bloodcell.reading.open_lazy`; it carries the
+stack's dask graph culled to its own frames, so only the chunk is ever in memory and
+sending a unit costs the same whatever the stack's length), analyses them one by one,
+streams their labels to ``.parts/<stem>/`` with its overlays and returns its table
+rows. When every unit of an input is done its labels are copied page by page into
+``labels/<stem>.tif``, its overlays moved and its table written. Units run here one
+after the other, or on a Dask cluster when a ``client`` is given
+(:mod:`napari_bloodcell.distributed`, which keeps only about two units per worker
+thread submitted at a time); both give the same files. On a cluster the workers must
+see ``out`` and the inputs (a shared file system).
 
 **Reruns** skip inputs that are finished in ``out`` (``summary.skipped`` says so) and
 analyse the others; ``overwrite`` analyses every input again. ``cells.csv`` always holds
@@ -112,6 +114,19 @@ class InputJob:
     max_overlays: int
 
 
+@dataclass(frozen=True)
+class FrameChunk:
+    """Frames ``first … first + n − 1`` of a lazy stack, read when a unit runs (on its
+    worker): ``frames`` is the stack's dask array sliced and culled to those frames."""
+
+    frames: object  # dask array (n, Y, X, C)
+    first: int
+
+    def read(self) -> np.ndarray:
+        """The (n, Y, X, C) frames, computed here (in this worker's process)."""
+        return np.asarray(self.frames.compute(scheduler="sync"))
+
+
 @dataclass
 class UnitResult:
     """One unit's outcome: the table rows of its frames and the modalities found."""
@@ -186,7 +201,7 @@ def analyze_files(
     classifier = _model_metadata(model)
     started = time.perf_counter()
     summary = BatchSummary(out=out, table=pd.DataFrame())
-    jobs, units, unit_jobs, n_units = [], [], [], {}
+    jobs, chunks, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
         try:
             reason = None if overwrite else finished_reason(path, out)
@@ -200,10 +215,10 @@ def analyze_files(
         job = _input_job(path, out, image, settings, classifier, max_overlays)
         shutil.rmtree(job.parts, ignore_errors=True)  # leftovers of an interrupted run
         jobs.append(job)
-        job_units = _units(image, job, frames_per_unit)
-        units += job_units
-        unit_jobs += [job] * len(job_units)
-        n_units[job.source] = len(job_units)
+        job_chunks = _chunks(image, frames_per_unit)
+        chunks += job_chunks
+        unit_jobs += [job] * len(job_chunks)
+        n_units[job.source] = len(job_chunks)
 
     if jobs:
         check_writable(out)
@@ -216,7 +231,7 @@ def analyze_files(
         return unit_jobs[index].source in summary.failures
 
     try:
-        for index, outcome in _computed(units, client, skip=failed_unit):
+        for index, outcome in _computed(chunks, unit_jobs, client, skip=failed_unit):
             job = unit_jobs[index]
             if job.source in summary.failures:
                 continue
@@ -248,7 +263,7 @@ def analyze_files(
         _record_run(summary, inputs, settings, classifier, client, out, started)
         raise
     for job in jobs:
-        if job.source in summary.failures:  # its other units have all finished by now
+        if job.source in summary.failures:  # its units that ran have all finished by now
             _remove_parts(job)
     _record_run(summary, inputs, settings, classifier, client, out, started)
     return summary
@@ -288,33 +303,31 @@ def _unexpected(error: BaseException) -> str:
     return f"unexpected {type(error).__name__} ({error}); please report this bug"
 
 
-def _computed(units: list, client, skip: Callable[[int], bool]) -> Iterator[tuple[int, object]]:
+def _computed(
+    chunks: list[FrameChunk], jobs: list[InputJob], client, skip: Callable[[int], bool]
+) -> Iterator[tuple[int, object]]:
     """``(index, result or the exception raised)`` per unit as each finishes: here one
-    after the other (Dask's synchronous scheduler), or on the cluster of ``client``.
-
-    Here, units for which ``skip(index)`` is true when their turn comes are not run; a
-    cluster runs every unit (the units of an input that failed run on, and are ignored).
-    """
+    after the other, or on the cluster of ``client``. Units for which ``skip(index)`` is
+    true when their turn comes are not run (those of an input that failed)."""
+    arguments = list(zip(chunks, jobs, strict=True))
     if client is not None:
         from .distributed import compute_on_cluster
 
-        yield from compute_on_cluster(units, client)
+        yield from compute_on_cluster(analyze_unit, arguments, client, skip)
         return
-    import dask
-
-    for index, unit in enumerate(units):
+    for index, (chunk, job) in enumerate(arguments):
         if skip(index):
             continue
         try:
-            (result,) = dask.compute(unit, scheduler="sync")
+            result = analyze_unit(chunk, job)
         except Exception as exc:  # the unit's input fails, not the run (failure_message)
             result = exc
         yield index, result
 
 
-def analyze_unit(frames: np.ndarray, first_frame: int, job: InputJob) -> UnitResult:
-    """Analyse frames ``first_frame …`` of one input ((T, Y, X, C) chunk), writing their
-    labels and overlays under ``job.parts``; returns their table rows.
+def analyze_unit(chunk: FrameChunk, job: InputJob) -> UnitResult:
+    """Read and analyse one chunk of frames of one input, writing their labels and
+    overlays under ``job.parts``; returns their table rows.
 
     The classifier is loaded once per process (see :func:`cached_classifier`), so a Dask
     worker loads the network for its first unit only. Any error in a frame raises a
@@ -322,6 +335,7 @@ def analyze_unit(frames: np.ndarray, first_frame: int, job: InputJob) -> UnitRes
     naming the input (the half-written part is removed).
     """
     classifier = cached_classifier(job.model_path) if job.model_path is not None else None
+    frames, first_frame = chunk.read(), chunk.first
     tables, modalities, seconds = [], set(), 0.0
 
     def labels_of_each_frame() -> Iterator[np.ndarray]:
@@ -429,14 +443,13 @@ def _input_job(path, out, image: LazyImage, settings, classifier, max_overlays) 
     )
 
 
-def _units(image: LazyImage, job: InputJob, frames_per_unit: int) -> list:
-    """One Dask task per chunk of frames; its argument is the chunk of the lazy stack, so
-    Dask reads the frames (on the worker that runs the unit) right before it."""
+def _chunks(image: LazyImage, frames_per_unit: int) -> list[FrameChunk]:
+    """The stack cut into chunks of ``frames_per_unit`` frames, each with its own culled
+    graph (reading them stays lazy)."""
     import dask
 
-    analyze = dask.delayed(functools.partial(analyze_unit, job=job), pure=False)
     return [
-        analyze(image.data[start : start + frames_per_unit], start)
+        FrameChunk(dask.optimize(image.data[start : start + frames_per_unit])[0], start)
         for start in range(0, image.n_frames, frames_per_unit)
     ]
 

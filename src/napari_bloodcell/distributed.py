@@ -10,10 +10,11 @@ only when a cluster is asked for.
   (:class:`TensorFlowThreads`), so N single-threaded workers on N cores do not
   oversubscribe them. The network itself is loaded once per worker process, by the
   first unit that needs it (:func:`napari_bloodcell.batch.cached_classifier`).
-* :func:`compute_on_cluster` hands the units to the scheduler and yields them as they
-  finish. Dask does the scheduling, the data movement and the retries: the units of a
-  worker that dies are run again elsewhere, up to ``distributed.scheduler.allowed-failures``
-  deaths per unit (default 3), after which the unit fails and so does its input.
+* :func:`compute_on_cluster` hands the units to the scheduler, a few per worker thread
+  at a time, and yields them as they finish. Dask does the scheduling, the data
+  movement and the retries: the units of a worker that dies are run again elsewhere, up
+  to ``distributed.scheduler.allowed-failures`` deaths per unit (default 3), after which
+  the unit fails and so does its input.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dask
@@ -30,6 +31,8 @@ from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_com
 from .errors import BloodcellError
 
 TENSORFLOW_INTER_OP_THREADS = 1
+TASKS_PER_THREAD = 2
+"""Units submitted per worker thread at a time: one running, one ready to start."""
 
 KEEP_GLIBC_MALLOC_DEFAULTS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 """Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's
@@ -103,14 +106,37 @@ def describe(client: Client) -> str:
     return f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)"
 
 
-def compute_on_cluster(units: list, client: Client) -> Iterator[tuple[int, object]]:
-    """Compute delayed units on the cluster; yield ``(index, result)`` as each finishes,
-    the result being the exception for a unit that failed (a
-    :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying)."""
-    futures = client.compute(units)
-    index_of = {future.key: index for index, future in enumerate(futures)}
-    for future in as_completed(futures):
-        index = index_of[future.key]
+def compute_on_cluster(
+    function: Callable, arguments: list[tuple], client: Client, skip: Callable[[int], bool]
+) -> Iterator[tuple[int, object]]:
+    """Run ``function(*arguments[i])`` on the cluster for every ``i``; yield ``(i, result)``
+    as each finishes, the result being the exception for a call that failed (a
+    :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying).
+
+    At most :data:`TASKS_PER_THREAD` calls per worker thread are submitted at a time, so
+    the client's and the scheduler's memory do not grow with the number of units (a
+    long stack is many units). A call for which ``skip(i)`` is true when its turn to be
+    submitted comes is not submitted (e.g. the other units of an input that failed).
+    """
+    waiting = iter(enumerate(arguments))
+    running = as_completed()
+    index_of: dict[str, int] = {}
+
+    def submit_more() -> None:
+        limit = max(TASKS_PER_THREAD, TASKS_PER_THREAD * sum(client.nthreads().values()))
+        while running.count() < limit:
+            for index, args in waiting:
+                if not skip(index):
+                    future = client.submit(function, *args, pure=False)
+                    index_of[future.key] = index
+                    running.add(future)
+                    break
+            else:
+                return
+
+    submit_more()
+    for future in running:
+        index = index_of.pop(future.key)
         if future.status == "error":
             error = future.exception()
             if isinstance(error, KilledWorker):
@@ -123,3 +149,4 @@ def compute_on_cluster(units: list, client: Client) -> Iterator[tuple[int, objec
         else:
             yield index, future.result()
         future.release()
+        submit_more()
