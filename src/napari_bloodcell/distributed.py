@@ -34,11 +34,19 @@ TENSORFLOW_INTER_OP_THREADS = 1
 TASKS_PER_THREAD = 2
 """Units submitted per worker thread at a time: one running, one ready to start."""
 
-KEEP_GLIBC_MALLOC_DEFAULTS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-"""Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's
-mmap threshold at 128 kB: every frame-sized array is then mapped and unmapped afresh,
-and the page faults made a frame cost 0.20 s instead of 0.13 s (512², measured in
-``docs/scaling.md``). Local workers keep glibc's adaptive defaults, like a plain process."""
+LOCAL_WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask settings for the workers of a ``LocalCluster`` (measured in ``docs/scaling.md``):
+
+* Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's
+  mmap threshold at 128 kB: every frame-sized array is then mapped and unmapped afresh,
+  and the page faults made a 512² frame cost 0.20 s instead of 0.13 s. Local workers
+  keep glibc's adaptive defaults, like a plain process.
+* The statistical profiler of each worker keeps one call tree per second (up to 1,000):
+  ~25 MB more per worker every few minutes, for a dashboard view that needs bokeh.
+"""
 
 
 class TensorFlowThreads(WorkerPlugin):
@@ -77,7 +85,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             yield client
         return
     with (
-        dask.config.set(KEEP_GLIBC_MALLOC_DEFAULTS),
+        dask.config.set(LOCAL_WORKER_CONFIG),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

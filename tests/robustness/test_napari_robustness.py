@@ -87,6 +87,8 @@ def test_batch_widget_notifies_a_failing_frame_and_stays_usable(
     widget.image.value = viewer.add_image(bad, name="inf in frame 1")
     _run(widget, qtbot)
     assert "NaN or infinite" in notifications[-1][1]
+    assert widget.status.value.startswith("failed (see the notification): 1/3 frames")
+    assert viewer.layers["inf in frame 1 stack instances"].data.shape[0] == 1  # frame 0 kept
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "segment_frame", _segmentation_bug)
         widget.image.value = viewer.add_image(stack, name="bug")

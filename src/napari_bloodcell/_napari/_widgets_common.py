@@ -222,7 +222,7 @@ class AnalysisWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._owner = f"{type(self).__name__}-{id(self)}"
-        self._state: dict = {"worker": None, "cancelled": False, "summary": ""}
+        self._state: dict = {"worker": None, "cancelled": False, "failed": False, "summary": ""}
         self._cells_layer = None
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.modality = ComboBox(label="modality", choices=["auto", "smear", "fluorescence"])
@@ -367,7 +367,7 @@ class AnalysisWidget(Container):
         )
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
-        self._state.update(worker=worker, cancelled=False, summary="")
+        self._state.update(worker=worker, cancelled=False, failed=False, summary="")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = "running…"
@@ -382,6 +382,7 @@ class AnalysisWidget(Container):
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Failure):
+            self._state["failed"] = True
             self._show_error(item.message)
         elif self.keep_results_after_cancel or not self._state["cancelled"]:
             self._apply(item)
@@ -390,7 +391,10 @@ class AnalysisWidget(Container):
         self._state["worker"] = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
-        outcome = "cancelled" if self._state["cancelled"] else "finished"
+        if self._state["failed"]:  # the results of the frames before the failure stay
+            outcome = "failed (see the notification)"
+        else:
+            outcome = "cancelled" if self._state["cancelled"] else "finished"
         self.status.value = f"{outcome}: {self._state['summary'] or 'no results'}"
 
     def _show_layers(

@@ -1,0 +1,114 @@
+"""Fine-tuning to a new microscope: Zheng 2018 dataset 1 before and after (issue 3).
+
+The shared part of Zheng 2018 dataset 1 (Motic camera, rapid stain; one WBC per 120 px
+image, each image its own source) is split by image, per class, with a fixed seed: up
+to ``--per-class`` images of each class for fine-tuning (``train --init default``: the
+default model's body, a rebuilt head, learning rate 1e-4; the trainer holds out 20 % of
+these for early stopping), the rest for the test. The default model is scored on the
+test images before, the fine-tuned one after. The fine-tuning folder is made of
+symbolic links in a temporary folder (nothing is copied into the project).
+
+    python benchmarks/bench_finetune.py [--per-class 50] [--epochs 30]
+
+Writes ``benchmarks/results/finetune.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import DEFAULT_DATA, require, write_result
+from bench_classifier import score
+
+from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+DATASET = "wbc_seg_zheng2018/dataset1"
+
+
+def split_by_image(labels: pd.DataFrame, per_class: int, seed: int):
+    """(fine-tuning rows, test rows): per class up to ``per_class`` images, at most half
+    of the class, drawn at random; every other image is a test image."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _, rows in labels.groupby("label"):
+        n = min(per_class, len(rows) // 2)
+        chosen += list(rng.choice(rows.index.to_numpy(), size=n, replace=False))
+    return labels.loc[sorted(chosen)], labels.drop(index=chosen)
+
+
+def link_class_folders(rows: pd.DataFrame, root: Path, folder: Path) -> Path:
+    """``folder/<class>/<image>`` links to the images of ``rows``."""
+    for image, label in zip(rows["image"], rows["label"], strict=True):
+        target = folder / label / Path(image).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((root / image).resolve())
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune_zheng1.keras"))
+    args = parser.parse_args()
+    root = require(args.data / DATASET)
+    labels = pd.read_csv(root / "labels.csv")
+    tune, test = split_by_image(labels, args.per_class, args.seed)
+    test_files = [root / image for image in test["image"]]
+
+    before = CellClassifier("default")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = link_class_folders(tune, root, Path(tmp) / "crops")
+        config = TrainingConfig(
+            init_model="default",
+            epochs=args.epochs,
+            learning_rate=1e-4,
+            batch_size=16,
+            validation_fraction=0.2,
+            test_fraction=0.0,
+            seed=args.seed,
+            stain_jitter=0.15,
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        trained = train_classifier([folder], args.out, config)
+        minutes = (time.perf_counter() - started) / 60
+    after = CellClassifier(args.out)
+
+    def scored(classifier: CellClassifier) -> dict:
+        keep = test["label"].isin(classifier.classes).to_numpy()
+        files = [f for f, k in zip(test_files, keep, strict=True) if k]
+        metrics = score(classifier, files, test["label"][keep].tolist())
+        return {
+            "n": metrics["n"],
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "per_class_recall": {c: m["recall"] for c, m in metrics["per_class"].items()},
+        }
+
+    result = {
+        "dataset": DATASET,
+        "fine_tuning_images_per_class": tune["label"].value_counts().to_dict(),
+        "test_images_per_class": test["label"].value_counts().to_dict(),
+        "epochs_run": len(trained.history["loss"]),
+        "minutes_2_cores": round(minutes, 1),
+        "before_default_model": scored(before),
+        "after_fine_tuning": scored(after),
+        "target_accuracy": 0.85,
+    }
+    write_result("finetune", result)
+    for key in ("before_default_model", "after_fine_tuning"):
+        print(key, {k: result[key][k] for k in ("n", "accuracy", "macro_f1")})
+    print(f"fine-tuning: {result['epochs_run']} epochs, {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
