@@ -19,6 +19,8 @@ Per mapped channel:
 * each object is trimmed to the pixels above ``*_edge_fraction`` of its own peak contrast
   (about its half-maximum outline), then size-filtered.
 
+Before platelets are detected, the leukocyte channel's bleed-through into the platelet
+channel (linear crosstalk, estimated per frame over the leukocytes) is subtracted.
 A platelet on a leukocyte is kept and cut out of the leukocyte when it is a compact spot
 (platelets on leukocytes stay visible); a broad one is the leukocyte itself seen in the
 platelet channel, and the leukocyte wins.
@@ -63,6 +65,8 @@ _MAD_TO_SIGMA = 1.4826
 _PLATELET_FLOOD_SIGMAS = 3.0  # platelets are flooded from their peak down to this contrast (σ)
 _MIN_PLATELETS_FOR_TYPICAL = 5  # fewer platelets in a frame: no aggregate splitting
 _CLUSTER_MIN_AREA_RATIO = 1.8  # an aggregate also covers this many typical platelet areas
+_MIN_PIXELS_FOR_BLEED_THROUGH = 50  # leukocyte pixels needed to estimate the crosstalk
+_MAX_BLEED_THROUGH = 0.8  # a larger platelet/leukocyte signal ratio is no crosstalk
 
 
 def default_channels(n_channels: int) -> dict[str, int]:
@@ -95,8 +99,9 @@ class FluorescenceParams:
       which matters for noise-free frames. Leukocytes grow down to ``leukocyte_low_sigmas``
       (hysteresis).
     * ``leukocyte_min_diameter_um``: smallest equivalent diameter of a leukocyte;
-      ``leukocyte_min_roundness`` (minor / major axis) and ``leukocyte_min_solidity`` reject
-      streaks and ragged background texture; ``leukocyte_mean_sigmas``: smallest mean contrast
+      ``leukocyte_min_roundness`` (minor / major axis; crawling neutrophils are elongated,
+      hence 0.45) and ``leukocyte_min_solidity`` reject streaks and ragged background
+      texture; ``leukocyte_mean_sigmas``: smallest mean contrast
       of a leukocyte, in σ.
     * ``platelet_min`` / ``platelet_max_diameter_um``: equivalent-diameter range of a platelet.
     * ``leukocyte_edge_fraction`` / ``platelet_edge_fraction``: each object keeps the pixels
@@ -120,7 +125,7 @@ class FluorescenceParams:
     leukocyte_low_sigmas: float = 2.0
     leukocyte_min_contrast: float = 0.02
     leukocyte_mean_sigmas: float = 3.0
-    leukocyte_min_roundness: float = 0.6
+    leukocyte_min_roundness: float = 0.45
     leukocyte_min_solidity: float = 0.8
     leukocyte_edge_fraction: float = 0.35
     platelet_diameter_um: float = field(default=_um(6.0), metadata=UM)
@@ -155,7 +160,12 @@ def segment_fluorescence(
     if "leukocyte" in channels:
         leukocytes, leukocyte_signal = _leukocytes(frame[..., channels["leukocyte"]], params)
     if "platelet" in channels:
-        platelets, contrast = _platelets(frame[..., channels["platelet"]], params)
+        platelet_image = frame[..., channels["platelet"]]
+        if "leukocyte" in channels:
+            platelet_image = _without_bleed_through(
+                platelet_image, frame[..., channels["leukocyte"]], leukocyte_signal
+            )
+        platelets, contrast = _platelets(platelet_image, params)
         counts = _platelet_counts(
             leukocyte_signal, platelets, contrast, params.platelet_cluster_ratio
         )
@@ -171,6 +181,34 @@ def segment_fluorescence(
         LabelLayer(ROLE_CELL_TYPES["platelet"], platelets),
     ]
     return combine_layers(layers, shape, "fluorescence")
+
+
+def _without_bleed_through(
+    platelet_image: np.ndarray, leukocyte_image: np.ndarray, leukocyte_signal: np.ndarray
+) -> np.ndarray:
+    """The platelet channel minus the leukocyte channel's bleed-through (linear crosstalk).
+
+    The coefficient is the median, over the pixels of ``leukocyte_signal`` (Y, X bool), of
+    the platelet channel's signal above its background divided by the leukocyte
+    channel's (backgrounds: medians outside the mask). Platelets cover few leukocyte
+    pixels, so the median sees the crosstalk; without crosstalk it is ~0 and the channel
+    is unchanged. A coefficient above :data:`_MAX_BLEED_THROUGH` is not taken for
+    crosstalk (the platelet channel carries its own signal over the leukocytes, as in
+    the flowcatchR frames) and nothing is subtracted. Uncorrected, a leukocyte seen in
+    the platelet channel yields false platelets that are then cut out of the leukocyte.
+    """
+    if np.count_nonzero(leukocyte_signal) < _MIN_PIXELS_FOR_BLEED_THROUGH or leukocyte_signal.all():
+        return platelet_image
+    outside = ~leukocyte_signal
+    leukocyte = leukocyte_image - np.median(leukocyte_image[outside])
+    platelet = platelet_image - np.median(platelet_image[outside])
+    inside = leukocyte_signal & (leukocyte > 0)
+    if np.count_nonzero(inside) < _MIN_PIXELS_FOR_BLEED_THROUGH:
+        return platelet_image
+    coefficient = float(np.median(platelet[inside] / leukocyte[inside]))
+    if not 0.0 < coefficient <= _MAX_BLEED_THROUGH:
+        return platelet_image
+    return platelet_image - coefficient * np.clip(leukocyte, 0, None)
 
 
 def _contrast(
