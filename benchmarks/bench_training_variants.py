@@ -10,6 +10,11 @@ Usage (one variant takes ~15-20 min on 2 cores)::
 
     python scripts/cut_bccd_training_crops.py ../shared/data/bccd runs/bccd_crops
     python benchmarks/bench_training_variants.py --variants bn_aug gn_aug
+    python benchmarks/bench_training_variants.py --variants default coursework_short \
+        --result seed_vs_compact
+
+``default`` is the packaged model, scored without training (it was trained by
+``train`` on the same folders, seed and split: compare it with ``coursework_short``).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from _common import DEFAULT_DATA, require, write_result
 from bench_classifier import TARGET_CLASSES, score, test_split_files, zheng_files
 
 from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.model_files import resolve_model_path
 from napari_bloodcell.classification.training import TrainingConfig, train_classifier
 
 VARIANTS = {
+    "default": None,  # the packaged default model (compact), evaluated as it is
     "bn": TrainingConfig(),
     "bn_aug": TrainingConfig(stain_jitter=0.15, max_blur_sigma=1.5),
     "gn_aug": TrainingConfig(normalization="group", stain_jitter=0.15, max_blur_sigma=1.5),
@@ -58,6 +65,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
     parser.add_argument("--workdir", type=Path, default=Path("runs/variants"))
+    parser.add_argument("--result", default="training_variants", help="results file name")
     args = parser.parse_args()
     require(args.data / "pbc")
     require(args.bccd_crops)
@@ -65,7 +73,10 @@ def main() -> None:
     results = {}
     for name in args.variants:
         model = args.workdir / f"{name}.keras"
-        if not model.exists():
+        if VARIANTS[name] is None:
+            model = resolve_model_path(name)
+            seconds = None
+        elif not model.exists():
             trained = train_classifier([args.data / "pbc", args.bccd_crops], model, VARIANTS[name])
             seconds = trained.seconds
         else:
@@ -79,7 +90,7 @@ def main() -> None:
             **evaluate(model, args.data, args.bccd_crops),
         }
         print(name, {k: v for k, v in results[name].items() if k != "config"})
-        write_result("training_variants", {"variants": results})
+        write_result(args.result, {"variants": results})
 
 
 if __name__ == "__main__":
