@@ -251,6 +251,26 @@ def test_fine_tuning_keeps_the_body_and_rebuilds_the_head(tiny_model, tmp_path):
     assert len(before.layers) == len(after.layers)
 
 
+def test_head_only_fine_tuning_leaves_the_body_unchanged(tiny_model, tmp_path):
+    from napari_bloodcell.classification.architectures import HEAD_LAYER
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    from .helpers import write_crop_folder
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=12, seed=5)
+    config = TrainingConfig(
+        init_model=str(tiny_model), epochs=2, batch_size=8, test_fraction=0.0, train_body=False
+    )
+    result = train_classifier([data], tmp_path / "tuned.keras", config)
+    before, after = load_keras_model(tiny_model), load_keras_model(result.model_path)
+    for old, new in zip(before.layers, after.layers, strict=True):
+        same = all(
+            np.array_equal(a, b) for a, b in zip(old.get_weights(), new.get_weights(), strict=True)
+        )
+        assert same == (old.name != HEAD_LAYER), old.name
+
+
 def test_user_models_are_listed_by_name(tmp_path, monkeypatch, tiny_model):
     import shutil
 

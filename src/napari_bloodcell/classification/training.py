@@ -55,6 +55,9 @@ class TrainingConfig:
     """Fine-tune from this model ("default", a user model name or a path) instead of
     training from scratch: its body is kept, the head rebuilt when the classes differ;
     its architecture, input size and crop scale are used."""
+    train_body: bool = True
+    """With ``init_model``: False trains the head only (the body, BatchNorm statistics
+    included, stays as it is), for very few crops per class."""
 
     @property
     def size(self) -> int:
@@ -190,6 +193,8 @@ def fit(
         )
     else:
         model = model_to_fine_tune(config.init_model, dataset.classes, config.seed)
+        for layer in model.layers:  # (a head-only fine-tuned model is saved frozen)
+            layer.trainable = config.train_body or layer.name == HEAD_LAYER
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
