@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.cli import main
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 from napari_bloodcell.table import BASE_COLUMNS
@@ -240,6 +241,11 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert run_cli("train", tiny_heldout, *args) == 0
     assert model.is_file() and (tmp_path / "m_history.csv").is_file()
     assert run_cli("train", tiny_heldout, *args) == 2  # exists: needs --overwrite
+    assert run_cli("train", tiny_heldout, "--out", tmp_path / "h.keras", "--head-only") == 2
+    tuned = tmp_path / "tuned.keras"
+    assert run_cli("train", tiny_heldout, "--init", model, "--head-only", "--out", tuned,
+                   "--epochs", "1", "--batch-size", "8") == 0  # fmt: skip
+    assert CellClassifier(tuned).metadata.training["config"]["train_body"] is False
     table_path = tmp_path / "pred.csv"
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)

@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune from this model ('default', a user model or a path): body kept, "
         "head rebuilt for new classes",
     )
+    train.add_argument(
+        "--head-only",
+        action="store_true",
+        help="with --init: train the head only, the body frozen (measured worse than "
+        "fine-tuning it all with ~50 crops per class; see docs/benchmarks.md)",
+    )
     train.add_argument("--arch", choices=["compact", "coursework"], default="compact")
     train.add_argument(
         "--input-size", type=int, help="crop side in pixels (default per architecture)"
@@ -320,6 +326,8 @@ def _run_train(args) -> int:
     if out.suffix != ".keras":
         raise BloodcellError(f"{out}: the model file must end in .keras")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.head_only and not args.init:
+        raise BloodcellError("--head-only needs --init MODEL (the body to keep)")
     learning_rate = args.learning_rate or (3e-4 if args.init else 1e-3)
     config = TrainingConfig(
         architecture=args.arch,
@@ -333,6 +341,7 @@ def _run_train(args) -> int:
         stain_jitter=args.stain_jitter,
         max_blur_sigma=args.blur_sigma,
         init_model=args.init,
+        train_body=not args.head_only,
     )
     result = train_classifier(args.data_dirs, out, config)
     print(describe(result))
