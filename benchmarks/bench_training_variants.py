@@ -34,6 +34,7 @@ VARIANTS = {
     "bn": TrainingConfig(),
     "bn_aug": TrainingConfig(stain_jitter=0.15, max_blur_sigma=1.5),
     "gn_aug": TrainingConfig(normalization="group", stain_jitter=0.15, max_blur_sigma=1.5),
+    "bn_hue": TrainingConfig(stain_jitter=0.15, hue_jitter=0.15),
     "coursework_short": TrainingConfig(architecture="coursework", epochs=4, learning_rate=1e-4),
 }
 

@@ -317,6 +317,19 @@ def test_augmentation_keeps_shape_and_range_and_changes_images():
     assert np.abs(np.diff(augmented, axis=1)).mean() < np.abs(np.diff(images, axis=1)).mean()
 
 
+def test_hue_is_jittered_per_image():
+    import tensorflow as tf
+
+    from napari_bloodcell.classification.training import make_augmenter
+
+    red = np.zeros((16, 8, 8, 3), np.float32)
+    red[..., 0], red[..., 1] = 0.6, 0.15  # uniform (geometry cannot change it), hue 1/24
+    augmented = np.asarray(make_augmenter(0, hue_jitter=0.2)(red))
+    hues = np.asarray(tf.image.rgb_to_hsv(augmented))[:, 4, 4, 0]
+    hues = np.where(hues > 0.5, hues - 1, hues)  # red sits at hue 0 on the circle
+    assert np.ptp(hues) > 0.1 and np.all(np.abs(hues - 1 / 24) <= 0.2 + 1e-3)
+
+
 def test_training_keeps_the_best_validation_epoch_even_without_early_stop(tmp_path):
     """EarlyStopping restores best weights only when it stops early: the checkpoint must."""
     import keras

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--blur-sigma", type=float, default=0.0, help="max Gaussian blur sigma (px), e.g. 1.5"
     )
+    train.add_argument(
+        "--hue-jitter", type=float, default=0.05, help="max hue shift per crop (0.5 = 180°)"
+    )
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=_run_train)
 
@@ -340,6 +343,7 @@ def _run_train(args) -> int:
         normalization=args.normalization,
         stain_jitter=args.stain_jitter,
         max_blur_sigma=args.blur_sigma,
+        hue_jitter=args.hue_jitter,
         init_model=args.init,
         train_body=not args.head_only,
     )

@@ -51,6 +51,7 @@ class TrainingConfig:
     normalization: str = "batch"
     stain_jitter: float = 0.0
     max_blur_sigma: float = 0.0
+    hue_jitter: float = 0.05
     init_model: str | None = None
     """Fine-tune from this model ("default", a user model name or a path) instead of
     training from scratch: its body is kept, the head rebuilt when the classes differ;
@@ -207,6 +208,7 @@ def fit(
         seed=config.seed,
         stain_jitter=config.stain_jitter,
         max_blur_sigma=config.max_blur_sigma,
+        hue_jitter=config.hue_jitter,
     )
     val = make_tf_dataset(
         dataset.subset(val_idx), config.batch_size, augment=False, seed=config.seed
@@ -272,6 +274,7 @@ def make_tf_dataset(
     seed: int,
     stain_jitter: float = 0.0,
     max_blur_sigma: float = 0.0,
+    hue_jitter: float = 0.05,
 ):
     """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked."""
     import tensorflow as tf
@@ -284,14 +287,17 @@ def make_tf_dataset(
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
     )
     if augment:
-        augmenter = make_augmenter(seed, stain_jitter, max_blur_sigma)
+        augmenter = make_augmenter(seed, stain_jitter, max_blur_sigma, hue_jitter)
         ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_augmenter(seed: int, stain_jitter: float = 0.0, max_blur_sigma: float = 0.0) -> Callable:
+def make_augmenter(
+    seed: int, stain_jitter: float = 0.0, max_blur_sigma: float = 0.0, hue_jitter: float = 0.05
+) -> Callable:
     """Batch augmentation: the seed's (brightness 0.5–1.5, zoom 0.2, shifts 0.15, horizontal
-    flip) plus vertical flip, 90° rotations and hue/saturation jitter; optionally a stain
+    flip) plus vertical flip, 90° rotations, and per image a hue shift in ± ``hue_jitter``
+    (fraction of the hue circle) and a saturation factor in 0.7–1.3; optionally a stain
     cast (per image and channel gain in 1 ± ``stain_jitter``) and a Gaussian blur of random
     sigma in [0, ``max_blur_sigma``] px (other microscopes' stain and focus). Output in [0, 1]."""
     import keras
@@ -323,8 +329,13 @@ def make_augmenter(seed: int, stain_jitter: float = 0.0, max_blur_sigma: float =
         images = images * brightness
         if stain_jitter > 0:
             images *= generator.uniform((batch, 1, 1, 3), 1 - stain_jitter, 1 + stain_jitter)
-        images = tf.image.adjust_hue(images, generator.uniform((), -0.05, 0.05))
-        images = tf.image.adjust_saturation(images, generator.uniform((), 0.7, 1.3))
+        hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
+        hue = tf.math.floormod(
+            hsv[..., 0] + generator.uniform((batch, 1, 1), -hue_jitter, hue_jitter), 1.0
+        )
+        saturation = hsv[..., 1] * generator.uniform((batch, 1, 1), 0.7, 1.3)
+        saturation = tf.clip_by_value(saturation, 0.0, 1.0)
+        images = tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], axis=-1))
         if max_blur_sigma > 0:
             images = blur(images)
         return tf.clip_by_value(images, 0.0, 1.0)
