@@ -103,8 +103,8 @@ def main() -> None:
         "label_arrays_mb": round(args.frames * args.side**2 * 5 / 2**20),
         "compressed_labels_mb": round(
             (
-                instances.data._frames.nbytes_compressed
-                + viewer.layers["movie stack classes"].data._frames.nbytes_compressed
+                instances.data.nbytes_compressed
+                + viewer.layers["movie stack classes"].data.nbytes_compressed
             )
             / 2**20,
             1,

@@ -126,21 +126,17 @@ def compute_on_cluster(
     long stack is many units). A call for which ``skip(i)`` is true when its turn to be
     submitted comes is not submitted (e.g. the other units of an input that failed).
     """
-    waiting = iter(enumerate(arguments))
+    # a generator: skip(index) is asked when the unit's turn to be submitted comes
+    waiting = (index for index in range(len(arguments)) if not skip(index))
     running = as_completed()
     index_of: dict[str, int] = {}
 
     def submit_more() -> None:
         limit = max(TASKS_PER_THREAD, TASKS_PER_THREAD * sum(client.nthreads().values()))
-        while running.count() < limit:
-            for index, args in waiting:
-                if not skip(index):
-                    future = client.submit(function, *args, pure=False)
-                    index_of[future.key] = index
-                    running.add(future)
-                    break
-            else:
-                return
+        while running.count() < limit and (index := next(waiting, None)) is not None:
+            future = client.submit(function, *arguments[index], pure=False)
+            index_of[future.key] = index
+            running.add(future)
 
     submit_more()
     for future in running:

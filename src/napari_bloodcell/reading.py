@@ -88,14 +88,7 @@ def read_image(path: str | Path, axes: str | None = None) -> LoadedImage:
     ``axes`` overrides the inferred axis order (letters T, Y, X, C; e.g. ``"TCYX"``).
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable.
     """
-    path = _checked_image_path(path, IMAGE_SUFFIXES)
-    array, metadata_axes, pixel_size = _decode(path, _read_tiff)
-    try:
-        return image_from_array(
-            array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
-        )
-    except InputImageError as exc:
-        raise _naming_file(path, exc) from None
+    return _image_from_file(path, axes, IMAGE_SUFFIXES, _read_tiff, image_from_array)
 
 
 def _decode(path: Path, read_tiff) -> tuple:
@@ -229,10 +222,17 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable;
     a page that turns out unreadable later raises it when that frame is computed.
     """
-    path = _checked_image_path(path, (*IMAGE_SUFFIXES, ZARR_SUFFIX))
-    array, metadata_axes, pixel_size = _decode(path, _open_tiff_lazily)
+    suffixes = (*IMAGE_SUFFIXES, ZARR_SUFFIX)
+    return _image_from_file(path, axes, suffixes, _open_tiff_lazily, lazy_image_from_array)
+
+
+def _image_from_file(path, axes: str | None, suffixes, read_tiff, from_array):
+    """Check ``path``, decode it (TIFFs with ``read_tiff``) and bring it to the canonical
+    layout with ``from_array``; any :class:`InputImageError` names the file."""
+    path = _checked_image_path(path, suffixes)
+    array, metadata_axes, pixel_size = _decode(path, read_tiff)
     try:
-        return lazy_image_from_array(
+        return from_array(
             array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
         )
     except InputImageError as exc:

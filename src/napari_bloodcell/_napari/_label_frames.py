@@ -89,6 +89,11 @@ class LabelFramesView:
         self.ndim = 3
 
     @property
+    def nbytes_compressed(self) -> int:
+        """Memory held by the whole frame store (all frames, compressed)."""
+        return self._frames.nbytes_compressed
+
+    @property
     def size(self) -> int:
         return int(np.prod(self.shape))
 
