@@ -25,6 +25,7 @@ from napari_bloodcell.segmentation import (
     segment_frame,
 )
 from napari_bloodcell.segmentation._regions import split_into_counts
+from napari_bloodcell.segmentation.fluorescence import _axis_ratios
 from napari_bloodcell.synthetic import make_timelapse
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -239,6 +240,27 @@ def test_touching_platelets_in_an_aggregate_are_separate_objects():
     centres = cells[["centroid_y", "centroid_x"]].to_numpy()
     for centre in aggregate:
         assert np.linalg.norm(centres - centre, axis=1).min() <= 1.5
+
+
+def test_two_touching_platelets_are_split_by_their_elongation():
+    pair = [(40, 57.5), (40, 62.5)]  # 0.83 diameters apart: one object, 2.4× signal
+    segmentation = segment_frame(
+        platelet_field(pair, radius=3.0), "fluorescence", pixel_size_um=0.75
+    )
+    centres = segmentation.cells[["centroid_y", "centroid_x"]].to_numpy()
+    assert len(centres) == 6 + 2
+    for centre in pair:
+        assert np.linalg.norm(centres - centre, axis=1).min() <= 1.5
+
+
+def test_axis_ratio_of_a_disk_and_of_two_touching_disks():
+    labels = np.zeros((60, 60), dtype=np.int32)
+    labels[disk((15, 15), 5)] = 1
+    labels[disk((40, 20), 5)] = 2
+    labels[disk((40, 30), 5)] = 2
+    ratios = _axis_ratios(labels, np.ones(labels.shape), np.array([1, 2]))
+    assert ratios[0] == pytest.approx(1.0, abs=0.02)
+    assert ratios[1] == pytest.approx(np.sqrt(5), rel=0.1)
 
 
 def test_large_single_platelet_is_not_split():

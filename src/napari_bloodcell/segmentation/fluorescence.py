@@ -65,6 +65,8 @@ _MAD_TO_SIGMA = 1.4826
 _PLATELET_FLOOD_SIGMAS = 3.0  # platelets are flooded from their peak down to this contrast (σ)
 _MIN_PLATELETS_FOR_TYPICAL = 5  # fewer platelets in a frame: no aggregate splitting
 _CLUSTER_MIN_AREA_RATIO = 1.8  # an aggregate also covers this many typical platelet areas
+_PAIR_MIN_FLUX_RATIO = 1.5  # an elongated pair carries at least this many typical fluxes
+_PAIR_MIN_AREA_RATIO = 1.3  # ... and covers at least this many typical areas
 _MIN_PIXELS_FOR_BLEED_THROUGH = 50  # leukocyte pixels needed to estimate the crosstalk
 _MAX_BLEED_THROUGH = 0.8  # a larger platelet/leukocyte signal ratio is no crosstalk
 
@@ -114,6 +116,12 @@ class FluorescenceParams:
       many (k-means on its pixels).
       Touching platelets add up with no intensity dip between them, so their summed signal,
       not a local maximum, tells how many there are.
+    * ``platelet_pair_elongation``: two touching platelets carry only ~2× the signal and
+      ~1.6× the area of one after trimming, too close to a bright single for the rule
+      above, but they are elongated: an object with at least 1.5 × the typical signal and
+      1.3 × the typical area whose contrast-weighted major / minor axis ratio is at least
+      this is split in two. (Measured on synthetic medium stacks, tuning seeds: median
+      axis ratio 1.22 for singles, 1.73 for pairs.)
     """
 
     smoothing_sigma_um: float = field(default=_um(1.0), metadata=UM)
@@ -135,6 +143,7 @@ class FluorescenceParams:
     platelet_min_contrast: float = 0.05
     platelet_edge_fraction: float = 0.5
     platelet_cluster_ratio: float = 2.5
+    platelet_pair_elongation: float = 1.6
 
     def in_pixels(self, pixel_size_um: float | None) -> FluorescenceParams:
         """These parameters with every ``*_um`` length converted to pixels.
@@ -167,7 +176,11 @@ def segment_fluorescence(
             )
         platelets, contrast = _platelets(platelet_image, params)
         counts = _platelet_counts(
-            leukocyte_signal, platelets, contrast, params.platelet_cluster_ratio
+            leukocyte_signal,
+            platelets,
+            contrast,
+            params.platelet_cluster_ratio,
+            params.platelet_pair_elongation,
         )
         keep = _platelets_visible_on(leukocytes, platelets, contrast, counts, params)
         platelets = renumber_kept(platelets, keep)
@@ -295,6 +308,7 @@ def _platelet_counts(
     platelets: np.ndarray,
     contrast: np.ndarray,
     cluster_ratio: float,
+    pair_elongation: float,
 ) -> np.ndarray:
     """Estimated platelets per object of ``platelets`` (indexed by label, entry 0 unused).
 
@@ -302,8 +316,9 @@ def _platelet_counts(
     platelet; objects on ``leukocyte_signal`` (Y, X) bool are left out of the median, since
     bleed-through of a leukocyte is no platelet) gives its count when at least
     ``cluster_ratio`` and its area at least 1.8 median areas (so a large, bright single
-    platelet stays whole), else 1. Frames with fewer than a handful of platelets are not
-    split.
+    platelet stays whole); 2 for an object with at least 1.5 typical fluxes and 1.3 typical
+    areas whose axis ratio is at least ``pair_elongation`` (two touching platelets); else 1.
+    Frames with fewer than a handful of platelets are not split.
     """
     n_platelets = int(platelets.max(initial=0))
     counts = np.ones(n_platelets + 1, dtype=np.int64)
@@ -318,8 +333,32 @@ def _platelet_counts(
     ratio = flux / max(float(np.median(flux[reference])), 1e-12)
     large = area >= _CLUSTER_MIN_AREA_RATIO * np.median(area[reference])
     several = (ratio >= cluster_ratio) & large
-    counts[1:] = np.where(several, np.maximum(np.rint(ratio), 2), 1)
+    area_ratio = area / max(float(np.median(area[reference])), 1.0)
+    pair = (
+        (ratio >= _PAIR_MIN_FLUX_RATIO)
+        & (area_ratio >= _PAIR_MIN_AREA_RATIO)
+        & (_axis_ratios(platelets, np.clip(contrast, 0, None), index) >= pair_elongation)
+    )
+    counts[1:] = np.where(several, np.maximum(np.rint(ratio), 2), np.where(pair, 2, 1))
     return counts
+
+
+def _axis_ratios(labels: np.ndarray, weights: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Major / minor axis ratio of each object ``index`` of ``labels`` (Y, X), from its
+    ``weights``-weighted second moments (1 for a disk; √5 ≈ 2.2 for two touching disks)."""
+    y, x = np.indices(labels.shape, dtype=np.float64)
+    mass = np.asarray(ndi.sum(weights, labels, index)) + 1e-12
+
+    def moment(values: np.ndarray) -> np.ndarray:
+        return np.asarray(ndi.sum(weights * values, labels, index)) / mass
+
+    mean_y, mean_x = moment(y), moment(x)
+    var_y = moment(y * y) - mean_y**2
+    var_x = moment(x * x) - mean_x**2
+    cov = moment(y * x) - mean_y * mean_x
+    half_trace, half_gap = (var_y + var_x) / 2, np.hypot((var_y - var_x) / 2, cov)
+    major, minor = half_trace + half_gap, np.maximum(half_trace - half_gap, 1e-12)
+    return np.sqrt(major / minor)
 
 
 def _is_compact_peak(
