@@ -260,7 +260,9 @@ def analyze_files(
             _remove_parts(job)
         unfinished = [job.source for job in jobs if job.source not in summary.processed]
         summary.failures.update(dict.fromkeys(unfinished, "interrupted"))
-        _record_run(summary, inputs, settings, classifier, client, out, started)
+        # an input may have been committed (its table renamed into place) just before the
+        # interrupt reached the loop, so cells.csv is rebuilt from tables/ in any case
+        _record_run(summary, inputs, settings, classifier, client, out, started, always=True)
         raise
     for job in jobs:
         if job.source in summary.failures:  # its units that ran have all finished by now
@@ -269,13 +271,16 @@ def analyze_files(
     return summary
 
 
-def _record_run(summary, inputs, settings, classifier, client, out, started) -> None:
-    """Fill in the summary's timing and table; write cells.csv and run.json if needed."""
+def _record_run(
+    summary, inputs, settings, classifier, client, out, started, always: bool = False
+) -> None:
+    """Fill in the summary's timing and table; write cells.csv and run.json when an input
+    was processed (or ``always``)."""
     summary.seconds = time.perf_counter() - started
     summary.processed.sort(key=[str(p) for p in inputs].index)  # cluster: completion order
     finished = [p.stem for p in inputs if str(p) in summary.processed or str(p) in summary.skipped]
     summary.table = _tables_of(finished, out)
-    if summary.processed:
+    if summary.processed or (always and any((out / "tables").glob("*.csv"))):
         summary.written += _write_run_tables(summary, settings, classifier, client, out)
 
 
@@ -567,7 +572,9 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
         "modalities": summary.modalities,
         "failures": summary.failures,
         "n_frames": summary.n_frames,
-        "n_cells": int(summary.table["source"].isin(processed_names).sum()),
+        "n_cells": 0
+        if summary.table.empty
+        else int(summary.table["source"].isin(processed_names).sum()),
         "seconds": round(summary.seconds, 3),
         "seconds_per_frame": round(summary.seconds_per_frame, 4),
     }

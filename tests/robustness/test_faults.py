@@ -160,6 +160,22 @@ def _wait_for(predicate, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def test_an_interrupt_just_after_an_input_is_committed_keeps_it_in_cells_csv(
+    tmp_path, inputs, monkeypatch
+):
+    finish_input = batch._finish_input
+
+    def interrupted_after_the_first(job, unit_results, out):
+        finish_input(job, unit_results, out)  # the table is in place...
+        raise KeyboardInterrupt  # ...and the signal arrives before the loop records it
+
+    monkeypatch.setattr(batch, "_finish_input", interrupted_after_the_first)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        analyze_files(inputs, out, AnalysisSettings(), model=None)
+    assert assert_consistent(out) == {inputs[0].stem}
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_keeps_complete_results_and_the_rerun_resumes(tmp_path, signum, capsys):
     folder = tmp_path / "in"
