@@ -3,7 +3,8 @@
 The shared part of Zheng 2018 dataset 1 (Motic camera, rapid stain; one WBC per 120 px
 image, each image its own source) is split by image, per class, with a fixed seed: up
 to ``--per-class`` images of each class for fine-tuning (``train --init default``: the
-default model's body, a rebuilt head, learning rate 1e-4; the trainer holds out 20 % of
+default model's body, a rebuilt head starting from the default model's weights for the
+classes it knows, learning rate 1e-3; the trainer holds out 20 % of
 these for early stopping), the rest for the test. The default model is scored on the
 test images before, the fine-tuned one after. The fine-tuning folder is made of
 symbolic links in a temporary folder (nothing is copied into the project).
@@ -61,6 +62,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument(
+        "--lr-patience", type=int, default=0, help="learning-rate cut patience (0: none)"
+    )
     parser.add_argument("--head-only", action="store_true", help="train the head only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("runs"))
@@ -72,6 +76,7 @@ def main() -> None:
         "dataset": DATASET,
         "learning_rate": args.learning_rate,
         "patience": args.patience,
+        "lr_patience": args.lr_patience,
         "head_only": args.head_only,
         "mean_validation_accuracy": float(np.mean([r["validation_accuracy"] for r in runs])),
         "mean_accuracy_before": mean_accuracy(runs, "before_default_model"),
@@ -109,6 +114,7 @@ def fine_tune_run(args, root: Path, labels: pd.DataFrame, seed: int) -> dict:
             epochs=args.epochs,
             learning_rate=args.learning_rate,
             patience=args.patience,
+            lr_patience=args.lr_patience,
             batch_size=16,
             validation_fraction=0.2,
             test_fraction=0.0,

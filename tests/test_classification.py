@@ -251,6 +251,20 @@ def test_fine_tuning_keeps_the_body_and_rebuilds_the_head(tiny_model, tmp_path):
     assert len(before.layers) == len(after.layers)
 
 
+def test_fine_tuning_head_starts_from_the_known_classes_weights(tiny_model):
+    from napari_bloodcell.classification.architectures import HEAD_LAYER
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import model_to_fine_tune
+
+    old_kernel, old_bias = load_keras_model(tiny_model).get_layer(HEAD_LAYER).get_weights()
+    assert read_metadata(tiny_model).classes == ["lobed", "round"]
+    tuned = model_to_fine_tune(str(tiny_model), ["new", "round", "lobed"], seed=0)
+    kernel, bias = tuned.get_layer(HEAD_LAYER).get_weights()
+    np.testing.assert_array_equal(kernel[:, 1:], old_kernel[:, [1, 0]])  # as trained
+    np.testing.assert_array_equal(bias[1:], old_bias[[1, 0]])
+    assert not np.allclose(kernel[:, 0], old_kernel[:, 1])  # "new" starts at random
+
+
 def test_head_only_fine_tuning_leaves_the_body_unchanged(tiny_model, tmp_path):
     from napari_bloodcell.classification.architectures import HEAD_LAYER
     from napari_bloodcell.classification.model_files import load_keras_model

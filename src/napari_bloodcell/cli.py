@@ -162,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--learning-rate", type=float, help="default 1e-3 from scratch, 3e-4 with --init"
     )
-    train.add_argument("--patience", type=int, default=5)
+    train.add_argument("--patience", type=int, default=5, help="early-stopping patience")
+    train.add_argument(
+        "--lr-patience",
+        type=int,
+        default=0,
+        help="epochs without progress before the learning rate is cut ×0.3 (0: never)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--normalization", choices=["batch", "group"], default="batch")
     train.add_argument(
@@ -339,6 +345,7 @@ def _run_train(args) -> int:
         batch_size=args.batch_size,
         learning_rate=learning_rate,
         patience=args.patience,
+        lr_patience=args.lr_patience,
         seed=args.seed,
         normalization=args.normalization,
         stain_jitter=args.stain_jitter,

@@ -32,6 +32,8 @@ from .model_files import (
 )
 
 MIN_DOMAIN_SHARE = 0.25
+LR_CUT_FACTOR = 0.3
+"""Learning-rate cut on a validation-loss plateau (three cuts at most)."""
 
 
 @dataclass
@@ -44,6 +46,9 @@ class TrainingConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 5
+    lr_patience: int = 0
+    """Epochs without a better validation loss before the learning rate is cut to
+    ``LR_CUT_FACTOR`` × itself (0: constant learning rate)."""
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -222,6 +227,15 @@ def fit(
             checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True
         ),
     ]
+    if config.lr_patience > 0:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=LR_CUT_FACTOR,
+                patience=config.lr_patience,
+                min_lr=config.learning_rate * LR_CUT_FACTOR**3,
+            )
+        )
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
     callbacks += extra_callbacks or []
@@ -253,17 +267,28 @@ def predict_dataset(model, dataset: CropDataset, batch_size: int) -> np.ndarray:
 
 def model_to_fine_tune(init_model: str, classes: list[str], seed: int):
     """The network of ``init_model`` ready for new data: body kept; softmax head kept when
-    ``classes`` equal the model's (same order), else rebuilt for ``classes``."""
+    ``classes`` equal the model's (same order), else rebuilt for ``classes``, the classes
+    the model already knows starting from their trained head weights (new ones at random)."""
     import keras
 
     path = resolve_model_path(init_model)
     model = load_keras_model(path)
-    if read_metadata(path).classes == list(classes):
+    known = read_metadata(path).classes
+    if known == list(classes):
         return model
     keras.utils.set_random_seed(seed)
-    features = model.get_layer(HEAD_LAYER).input
-    head = keras.layers.Dense(len(classes), activation="softmax", name=HEAD_LAYER)(features)
-    return keras.Model(model.input, head, name=model.name)
+    old_head = model.get_layer(HEAD_LAYER)
+    features = old_head.input
+    new_head = keras.layers.Dense(len(classes), activation="softmax", name=HEAD_LAYER)
+    tuned = keras.Model(model.input, new_head(features), name=model.name)
+    old_kernel, old_bias = old_head.get_weights()
+    kernel, bias = new_head.get_weights()
+    for column, name in enumerate(classes):
+        if name in known:
+            kernel[:, column] = old_kernel[:, known.index(name)]
+            bias[column] = old_bias[known.index(name)]
+    new_head.set_weights([kernel, bias])
+    return tuned
 
 
 def make_tf_dataset(
