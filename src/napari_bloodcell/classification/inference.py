@@ -77,9 +77,10 @@ class CellClassifier(ModelFileClassifier):
 
     def load(self) -> None:
         """Load the network now rather than on first use (:class:`ModelError` if unusable)."""
-        self._keras_model()
+        self.keras_model()
 
-    def _keras_model(self):
+    def keras_model(self):
+        """The loaded Keras network (loaded on first call; :class:`ModelError` if unusable)."""
         if self._model is None:
             model = load_keras_model(self.path)
             expected = (None, self.input_size, self.input_size, 3)
@@ -102,7 +103,7 @@ class CellClassifier(ModelFileClassifier):
             )
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        model = self._keras_model()
+        model = self.keras_model()
         probabilities = np.concatenate(
             [
                 np.asarray(model.predict_on_batch(crops[i : i + PREDICT_BATCH]))
