@@ -300,7 +300,11 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
 ):
     from napari_bloodcell._napari._analyze import AnalyzeWidget
     from napari_bloodcell._napari._train import FROM_SCRATCH, TrainWidget
-    from napari_bloodcell.classification.model_files import read_metadata, user_models_dir
+    from napari_bloodcell.classification.model_files import (
+        read_metadata,
+        resolve_model_path,
+        user_models_dir,
+    )
 
     viewer = make_napari_viewer()
     analyze = AnalyzeWidget(viewer)
@@ -325,7 +329,8 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     model = user_models_dir() / "lobes.keras"
     assert read_metadata(model).classes == ["lobed", "round"], notifications
     assert read_metadata(model).training["config"]["init_model"] == "default"
-    assert read_metadata(model).input_size == 64  # the default model's, not the widget's 32
+    default_size = read_metadata(resolve_model_path("default")).input_size
+    assert read_metadata(model).input_size == default_size != 32  # not the widget's 32
     assert "lobes" in analyze.model.choices
     assert len(widget.history["loss"]) == 2 and widget.plot.axes.get_lines()
     assert not [p for p in multiprocessing.active_children() if "training" in p.name]
