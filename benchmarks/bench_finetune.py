@@ -58,6 +58,7 @@ def link_class_folders(rows: pd.DataFrame, root: Path, folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--init", default="default", help="model to start from")
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -74,12 +75,13 @@ def main() -> None:
     runs = [fine_tune_run(args, root, labels, seed) for seed in args.seeds]
     result = {
         "dataset": DATASET,
+        "init_model": args.init,
         "learning_rate": args.learning_rate,
         "patience": args.patience,
         "lr_patience": args.lr_patience,
         "head_only": args.head_only,
         "mean_validation_accuracy": float(np.mean([r["validation_accuracy"] for r in runs])),
-        "mean_accuracy_before": mean_accuracy(runs, "before_default_model"),
+        "mean_accuracy_before": mean_accuracy(runs, "before_fine_tuning"),
         "mean_accuracy_after": mean_accuracy(runs, "after_fine_tuning"),
         "target_accuracy": 0.85,
         "runs": runs,
@@ -106,11 +108,11 @@ def fine_tune_run(args, root: Path, labels: pd.DataFrame, seed: int) -> dict:
     tune, test = split_by_image(labels, args.per_class, seed)
     test_files = [root / image for image in test["image"]]
 
-    before = CellClassifier("default")
+    before = CellClassifier(args.init)
     with tempfile.TemporaryDirectory() as tmp:
         folder = link_class_folders(tune, root, Path(tmp) / "crops")
         config = TrainingConfig(
-            init_model="default",
+            init_model=args.init,
             epochs=args.epochs,
             learning_rate=args.learning_rate,
             patience=args.patience,
@@ -147,10 +149,10 @@ def fine_tune_run(args, root: Path, labels: pd.DataFrame, seed: int) -> dict:
         "epochs_run": len(trained.history["loss"]),
         "validation_accuracy": validation_accuracy(trained.history),
         "minutes_2_cores": round(minutes, 1),
-        "before_default_model": scored(before),
+        "before_fine_tuning": scored(before),
         "after_fine_tuning": scored(after),
     }
-    for key in ("before_default_model", "after_fine_tuning"):
+    for key in ("before_fine_tuning", "after_fine_tuning"):
         print(seed, key, {k: run[key][k] for k in ("n", "accuracy", "macro_f1")})
     return run
 
