@@ -46,7 +46,7 @@ def test_compact_network_is_small():
     from napari_bloodcell.classification.architectures import build_model
 
     model = build_model("compact", 8)
-    assert model.input_shape == (None, 64, 64, 3)
+    assert model.input_shape == (None, 80, 80, 3)
     assert 0.5e6 < model.count_params() < 1.0e6
 
 

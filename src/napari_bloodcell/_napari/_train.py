@@ -15,6 +15,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..classification.architectures import DEFAULT_INPUT_SIZE
 from ..classification.model_files import DEFAULT_MODEL_NAME, list_models
 from ..classification.remote_training import (
     EpochEnd,
@@ -55,7 +56,7 @@ class TrainWidget(Container):
         self.epochs = SpinBox(label="epochs", value=30, min=1, max=500)
         self.input_size = SpinBox(
             label="input size (px)",
-            value=64,
+            value=DEFAULT_INPUT_SIZE["compact"],
             min=16,
             max=224,
             step=8,

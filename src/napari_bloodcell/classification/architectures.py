@@ -5,7 +5,7 @@
   projection shortcuts ([64, 64, 128]×3 stride 1, [128, 128, 512]×3 stride 2,
   [256, 256, 1024]×3 stride 2), global average pooling, Dense softmax.
 * ``compact`` — a small residual net sized for CPUs: a 3×3 stride-2 stem, 4 stages ×
-  2 basic blocks with 16/32/64/128 filters (~0.7 M parameters), 64×64 input by default.
+  2 basic blocks with 16/32/64/128 filters (~0.7 M parameters), 80×80 input by default.
   The strided stem runs the first stage at half the input resolution: the default
   model (80 px) classifies 2,261 crops/s on 2 cores, 16.6× the seed's network; with a
   stride-1 stem (64 px) it was 7.6× (docs/benchmarks.md).
@@ -18,7 +18,8 @@ import time.
 from __future__ import annotations
 
 ARCHITECTURES = ("compact", "coursework")
-DEFAULT_INPUT_SIZE = {"compact": 64, "coursework": 224}
+DEFAULT_INPUT_SIZE = {"compact": 80, "coursework": 224}
+"""Input side (px) when none is given; the compact one is the default model's."""
 HEAD_LAYER = "class_probabilities"
 COMPACT_BN_MOMENTUM = 0.9
 """Keras' default 0.99 leaves the moving statistics far from the batch ones after the
