@@ -2,12 +2,13 @@
 
 The shared part of Zheng 2018 dataset 1 (Motic camera, rapid stain; one WBC per 120 px
 image, each image its own source) is split by image, per class, with a fixed seed: up
-to ``--per-class`` images of each class for fine-tuning (``train --init default``: the
-default model's body, a rebuilt head starting from the default model's weights for the
-classes it knows, learning rate 1e-3; the trainer holds out 20 % of
-these for early stopping), the rest for the test. The default model is scored on the
-test images before, the fine-tuned one after. The fine-tuning folder is made of
-symbolic links in a temporary folder (nothing is copied into the project).
+to ``--per-class`` images of each class for fine-tuning (``train --init default``, i.e.
+``fine_tuning_config``: the default model's body, a rebuilt head starting from the default
+model's weights for the classes it knows, learning rate 1e-3, batch 16, patience 10, stain
+jitter 0.15; the trainer holds out 20 % of these for early stopping), the rest for the test.
+The starting model is scored on the test images before, the fine-tuned one after. The
+fine-tuning folder is made of symbolic links in a temporary folder (nothing is copied into
+the project).
 
     python benchmarks/bench_finetune.py [--per-class 50] [--seeds 0 1 2]
 
@@ -30,7 +31,11 @@ from _common import DEFAULT_DATA, require, write_result
 from bench_classifier import score
 
 from napari_bloodcell.classification.inference import CellClassifier
-from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+from napari_bloodcell.classification.training import (
+    FINE_TUNING_RECIPE,
+    fine_tuning_config,
+    train_classifier,
+)
 
 DATASET = "wbc_seg_zheng2018/dataset1"
 
@@ -60,9 +65,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--init", default="default", help="model to start from")
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=FINE_TUNING_RECIPE["epochs"])
+    parser.add_argument("--learning-rate", type=float, default=FINE_TUNING_RECIPE["learning_rate"])
+    parser.add_argument("--patience", type=int, default=FINE_TUNING_RECIPE["patience"])
     parser.add_argument(
         "--lr-patience", type=int, default=0, help="learning-rate cut patience (0: none)"
     )
@@ -111,17 +116,13 @@ def fine_tune_run(args, root: Path, labels: pd.DataFrame, seed: int) -> dict:
     before = CellClassifier(args.init)
     with tempfile.TemporaryDirectory() as tmp:
         folder = link_class_folders(tune, root, Path(tmp) / "crops")
-        config = TrainingConfig(
-            init_model=args.init,
+        config = fine_tuning_config(
+            args.init,
             epochs=args.epochs,
             learning_rate=args.learning_rate,
             patience=args.patience,
             lr_patience=args.lr_patience,
-            batch_size=16,
-            validation_fraction=0.2,
-            test_fraction=0.0,
             seed=seed,
-            stain_jitter=0.15,
             train_body=not args.head_only,
         )
         out = args.workdir / f"finetune_zheng1_seed{seed}.keras"

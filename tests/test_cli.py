@@ -245,7 +245,12 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     tuned = tmp_path / "tuned.keras"
     assert run_cli("train", tiny_heldout, "--init", model, "--head-only", "--out", tuned,
                    "--epochs", "1", "--batch-size", "8") == 0  # fmt: skip
-    assert CellClassifier(tuned).metadata.training["config"]["train_body"] is False
+    tuned_config = CellClassifier(tuned).metadata.training["config"]
+    assert tuned_config["train_body"] is False
+    assert tuned_config["batch_size"] == 8 and tuned_config["epochs"] == 1  # as given
+    assert tuned_config["patience"] == 10 and tuned_config["stain_jitter"] == 0.15  # recipe
+    trained_config = CellClassifier(model).metadata.training["config"]
+    assert trained_config["patience"] == 5 and trained_config["stain_jitter"] == 0.0
     table_path = tmp_path / "pred.csv"
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)

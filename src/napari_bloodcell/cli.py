@@ -157,28 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--input-size", type=int, help="crop side in pixels (default per architecture)"
     )
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--epochs", type=int, help="default 30; 60 with --init")
+    train.add_argument("--batch-size", type=int, help="default 32; 16 with --init")
+    train.add_argument("--learning-rate", type=float, help="default 1e-3")
     train.add_argument(
-        "--learning-rate", type=float, help="default 1e-3 from scratch, 3e-4 with --init"
+        "--patience", type=int, help="early-stopping patience (default 5; 10 with --init)"
     )
-    train.add_argument("--patience", type=int, default=5, help="early-stopping patience")
     train.add_argument(
         "--lr-patience",
         type=int,
-        default=0,
-        help="epochs without progress before the learning rate is cut ×0.3 (0: never)",
+        help="epochs without progress before the learning rate is cut ×0.3 (default 0: never)",
     )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--normalization", choices=["batch", "group"], default="batch")
+    train.add_argument("--seed", type=int, help="split and initialisation seed (default 0)")
+    train.add_argument("--normalization", choices=["batch", "group"])
     train.add_argument(
-        "--stain-jitter", type=float, default=0.0, help="per-channel gain jitter, e.g. 0.15"
-    )
-    train.add_argument(
-        "--blur-sigma", type=float, default=0.0, help="max Gaussian blur sigma (px), e.g. 1.5"
+        "--stain-jitter",
+        type=float,
+        help="per-channel gain jitter, e.g. 0.1 (default 0; 0.15 with --init)",
     )
     train.add_argument(
-        "--hue-jitter", type=float, default=0.05, help="max hue shift per crop (0.5 = 180°)"
+        "--blur-sigma", type=float, help="max Gaussian blur sigma (px), e.g. 1.0 (default 0)"
+    )
+    train.add_argument(
+        "--hue-jitter", type=float, help="max hue shift per crop (0.5 = 180°; default 0.05)"
     )
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=_run_train)
@@ -327,7 +328,12 @@ class TerminalProgress:
 
 def _run_train(args) -> int:
     from .classification.model_files import check_model_name
-    from .classification.training import TrainingConfig, describe, train_classifier
+    from .classification.training import (
+        TrainingConfig,
+        describe,
+        fine_tuning_config,
+        train_classifier,
+    )
 
     out = check_model_name(args.name, overwrite=args.overwrite) if args.name else args.out
     if out.exists() and not args.overwrite:
@@ -337,23 +343,27 @@ def _run_train(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.head_only and not args.init:
         raise BloodcellError("--head-only needs --init MODEL (the body to keep)")
-    learning_rate = args.learning_rate or (3e-4 if args.init else 1e-3)
-    config = TrainingConfig(
-        architecture=args.arch,
-        input_size=args.input_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=learning_rate,
-        patience=args.patience,
-        lr_patience=args.lr_patience,
-        seed=args.seed,
-        normalization=args.normalization,
-        stain_jitter=args.stain_jitter,
-        max_blur_sigma=args.blur_sigma,
-        hue_jitter=args.hue_jitter,
-        init_model=args.init,
-        train_body=not args.head_only,
-    )
+    given = {
+        field: value
+        for field, value in {
+            "input_size": args.input_size,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "patience": args.patience,
+            "lr_patience": args.lr_patience,
+            "seed": args.seed,
+            "normalization": args.normalization,
+            "stain_jitter": args.stain_jitter,
+            "max_blur_sigma": args.blur_sigma,
+            "hue_jitter": args.hue_jitter,
+        }.items()
+        if value is not None
+    }
+    if args.init:
+        config = fine_tuning_config(args.init, train_body=not args.head_only, **given)
+    else:
+        config = TrainingConfig(architecture=args.arch, **given)
     result = train_classifier(args.data_dirs, out, config)
     print(describe(result))
     return 0

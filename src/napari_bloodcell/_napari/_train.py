@@ -24,7 +24,7 @@ from ..classification.remote_training import (
     TrainingFailed,
     TrainingJob,
 )
-from ..classification.training import TrainingConfig
+from ..classification.training import TrainingConfig, fine_tuning_config
 from ..errors import BloodcellError
 from ._widgets_common import MODEL_EVENTS, PlotCanvas
 
@@ -85,14 +85,12 @@ class TrainWidget(Container):
         self.native.destroyed.connect(lambda *_, state=self._state: _close_job(state))
 
     def config(self) -> TrainingConfig:
-        """Fine-tuning (input size of the initial model, learning rate 3e-4) or from scratch."""
+        """Fine-tuning (the measured recipe; the initial model's input size) or from scratch."""
         if self.start_from.value == FROM_SCRATCH:
             return TrainingConfig(
                 architecture="compact", input_size=self.input_size.value, epochs=self.epochs.value
             )
-        return TrainingConfig(
-            epochs=self.epochs.value, learning_rate=3e-4, init_model=self.start_from.value
-        )
+        return fine_tuning_config(self.start_from.value, epochs=self.epochs.value)
 
     def train(self) -> None:
         """Start training (input problems are shown as a notification)."""

@@ -84,6 +84,26 @@ class TrainingConfig:
         )
 
 
+FINE_TUNING_RECIPE: dict = {
+    "epochs": 60,
+    "learning_rate": 1e-3,
+    "batch_size": 16,
+    "patience": 10,
+    "stain_jitter": 0.15,
+    "validation_fraction": 0.2,
+    "test_fraction": 0.0,
+}
+"""Fine-tuning settings measured by ``benchmarks/bench_finetune.py`` (~50 crops per class):
+small batches, a longer patience for the noisy validation loss of a few dozen crops, stain
+jitter, and no test part (the lab keeps its own test images)."""
+
+
+def fine_tuning_config(init_model: str, **settings) -> TrainingConfig:
+    """A :class:`TrainingConfig` that fine-tunes ``init_model`` with
+    :data:`FINE_TUNING_RECIPE`; ``settings`` (TrainingConfig fields) override it."""
+    return TrainingConfig(init_model=init_model, **(FINE_TUNING_RECIPE | settings))
+
+
 @dataclass
 class TrainingResult:
     model_path: Path
