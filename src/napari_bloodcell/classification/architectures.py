@@ -7,7 +7,7 @@
 * ``compact`` — a small residual net sized for CPUs: a 3×3 stride-2 stem, 4 stages ×
   2 basic blocks with 16/32/64/128 filters (~0.7 M parameters), 80×80 input by default.
   The strided stem runs the first stage at half the input resolution: the default
-  model (80 px) classifies 2,261 crops/s on 2 cores, 16.6× the seed's network; with a
+  model (80 px) classifies 2,667 crops/s on 2 cores, 20× the seed's network; with a
   stride-1 stem (64 px) it was 7.6× (docs/benchmarks.md).
 
 Models take float crops in [0, 1] (see :mod:`napari_bloodcell.crops`) and end in
