@@ -322,24 +322,24 @@ def _platelet_counts(
     """
     n_platelets = int(platelets.max(initial=0))
     counts = np.ones(n_platelets + 1, dtype=np.int64)
+    if n_platelets < _MIN_PLATELETS_FOR_TYPICAL:
+        return counts
     index = np.arange(1, n_platelets + 1)
-    flux = np.asarray(ndi.sum(np.clip(contrast, 0, None), platelets, index))
+    signal = np.clip(contrast, 0, None)
     reference = ~np.asarray(ndi.maximum(leukocyte_signal, platelets, index), dtype=bool)
     if np.count_nonzero(reference) < _MIN_PLATELETS_FOR_TYPICAL:
         reference[:] = True
-    if n_platelets < _MIN_PLATELETS_FOR_TYPICAL:
-        return counts
+    flux = np.asarray(ndi.sum(signal, platelets, index))
     area = np.bincount(platelets.ravel(), minlength=n_platelets + 1)[1:]
-    ratio = flux / max(float(np.median(flux[reference])), 1e-12)
-    large = area >= _CLUSTER_MIN_AREA_RATIO * np.median(area[reference])
-    several = (ratio >= cluster_ratio) & large
-    area_ratio = area / max(float(np.median(area[reference])), 1.0)
+    flux_ratio = flux / max(float(np.median(flux[reference])), 1e-12)
+    area_ratio = area / float(np.median(area[reference]))
+    several = (flux_ratio >= cluster_ratio) & (area_ratio >= _CLUSTER_MIN_AREA_RATIO)
     pair = (
-        (ratio >= _PAIR_MIN_FLUX_RATIO)
+        (flux_ratio >= _PAIR_MIN_FLUX_RATIO)
         & (area_ratio >= _PAIR_MIN_AREA_RATIO)
-        & (_axis_ratios(platelets, np.clip(contrast, 0, None), index) >= pair_elongation)
+        & (_axis_ratios(platelets, signal, index) >= pair_elongation)
     )
-    counts[1:] = np.where(several, np.maximum(np.rint(ratio), 2), np.where(pair, 2, 1))
+    counts[1:] = np.where(several, np.maximum(np.rint(flux_ratio), 2), np.where(pair, 2, 1))
     return counts
 
 
