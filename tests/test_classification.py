@@ -198,6 +198,7 @@ def test_temperature_scaling_fixes_overconfidence_and_lowers_ece():
 
 def test_trained_model_records_its_calibration(tiny_model):
     metadata = read_metadata(tiny_model)
+    assert metadata.test_time_views == 8  # the temperature is fitted on the 8-view mean
     calibration = metadata.training["calibration"]
     assert metadata.temperature == calibration["temperature"] > 0
     assert 0 <= calibration["validation_ece"] <= 1
@@ -217,6 +218,57 @@ def test_metadata_can_be_updated_without_touching_the_network(tiny_model, tmp_pa
     np.testing.assert_allclose(
         CellClassifier(copy).predict_proba(crops), CellClassifier(tiny_model).predict_proba(crops)
     )
+
+
+def test_dihedral_views_are_the_distinct_rotations_and_flips():
+    from napari_bloodcell.classification.inference import dihedral_views
+
+    crops = np.random.default_rng(0).random((2, 5, 5, 3))
+    for n in (1, 2, 4, 8):
+        views = dihedral_views(crops, n)
+        assert len(views) == n and all(v.shape == crops.shape for v in views)
+        assert len({v.tobytes() for v in views}) == n
+    np.testing.assert_array_equal(dihedral_views(crops, 1)[0], crops)
+    with pytest.raises(ModelError, match="one of"):
+        dihedral_views(crops, 3)
+
+
+def test_eight_view_averaging_makes_predictions_orientation_free():
+    from napari_bloodcell.classification.inference import mean_over_views
+
+    weights = np.random.default_rng(1).random((5 * 5 * 3, 2))
+
+    def predict(batch):  # a deliberately orientation-dependent "network"
+        logits = batch.reshape(len(batch), -1) @ weights
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    crops = np.random.default_rng(2).random((4, 5, 5, 3))
+    rotated = np.rot90(crops, 1, axes=(1, 2))[:, ::-1]
+    assert not np.allclose(predict(crops), predict(rotated))
+    np.testing.assert_allclose(
+        mean_over_views(predict, crops, 8), mean_over_views(predict, rotated, 8)
+    )
+
+
+def test_classifier_averages_the_views_its_model_file_names(tiny_model, tmp_path):
+    import shutil
+
+    from napari_bloodcell.classification.inference import mean_over_views
+    from napari_bloodcell.classification.model_files import update_metadata
+
+    copy = shutil.copy(tiny_model, tmp_path / "views.keras")
+    metadata = read_metadata(copy)
+    metadata.test_time_views, metadata.temperature = 4, 1.0
+    update_metadata(copy, metadata)
+    classifier = CellClassifier(copy)
+    crops = np.random.default_rng(3).random((3, 32, 32, 3)).astype(np.float32)
+
+    def one_view(batch):
+        return np.asarray(classifier.keras_model().predict_on_batch(batch))
+
+    expected = mean_over_views(one_view, crops, 4)
+    np.testing.assert_allclose(classifier.predict_proba(crops), expected, rtol=1e-5)
+    assert not np.allclose(expected, one_view(crops))
 
 
 def test_cnn_answers_must_fit_the_segmented_cell_type():

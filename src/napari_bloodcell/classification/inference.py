@@ -12,6 +12,7 @@ from .model_files import ModelMetadata, load_keras_model, read_metadata, resolve
 
 UNCERTAIN = "uncertain"
 PREDICT_BATCH = 256
+TEST_TIME_VIEWS = (1, 2, 4, 8)
 
 
 class ModelFileClassifier:
@@ -94,7 +95,8 @@ class CellClassifier(ModelFileClassifier):
         return self._model
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities (N, K) for crops (N, S, S, 3) in [0, 1]."""
+        """Calibrated class probabilities (N, K) for crops (N, S, S, 3) in [0, 1]: the
+        mean over the model's ``test_time_views`` views, then its temperature."""
         crops = np.asarray(crops, dtype=np.float32)
         if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
             raise ModelError(
@@ -104,13 +106,37 @@ class CellClassifier(ModelFileClassifier):
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         model = self.keras_model()
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict_on_batch(batch))
+
         probabilities = np.concatenate(
             [
-                np.asarray(model.predict_on_batch(crops[i : i + PREDICT_BATCH]))
+                mean_over_views(
+                    predict, crops[i : i + PREDICT_BATCH], self.metadata.test_time_views
+                )
                 for i in range(0, len(crops), PREDICT_BATCH)
             ]
         )
         return apply_temperature(probabilities, self.metadata.temperature)
+
+
+def dihedral_views(crops: np.ndarray, views: int) -> list[np.ndarray]:
+    """The first ``views`` of the 8 rotations/flips of crops (N, S, S, C): 1 the crops, 2 +
+    horizontal flip, 4 the 90° rotations, 8 the rotations and their flips."""
+    if views not in TEST_TIME_VIEWS:
+        raise ModelError(f"test-time views must be one of {TEST_TIME_VIEWS}, not {views!r}")
+    if views == 4:
+        return [np.ascontiguousarray(np.rot90(crops, k, axes=(1, 2))) for k in range(4)]
+    rotations = [np.rot90(crops, k, axes=(1, 2)) for k in range(max(1, views // 2))]
+    all_views = [v for r in rotations for v in (r, r[:, :, ::-1])]
+    return [np.ascontiguousarray(v) for v in all_views[:views]]
+
+
+def mean_over_views(predict, crops: np.ndarray, views: int) -> np.ndarray:
+    """Mean of ``predict`` (crops → probabilities (N, K)) over ``views`` dihedral views: a
+    blood cell has no preferred orientation, so averaging them removes orientation noise."""
+    return np.mean([predict(view) for view in dihedral_views(crops, views)], axis=0)
 
 
 PLAUSIBLE_CLASSES = {"platelet": ("platelet",)}

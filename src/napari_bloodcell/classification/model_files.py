@@ -37,6 +37,8 @@ class ModelMetadata:
     architecture : ``"compact"`` or ``"coursework"``.
     temperature : softmax temperature from calibration (1.0 = uncalibrated).
     uncertain_threshold : below this confidence the answer is ``"uncertain"``.
+    test_time_views : how many rotated/flipped views of each crop are classified and their
+        probabilities averaged (1, 2, 4 or 8; see :func:`.inference.dihedral_views`).
     version : model version string.
     training : free-form record of the training run (data, split seed, epochs, metrics).
     """
@@ -47,6 +49,7 @@ class ModelMetadata:
     architecture: str
     temperature: float = 1.0
     uncertain_threshold: float = 0.5
+    test_time_views: int = 1
     version: str = "0"
     training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

@@ -23,6 +23,7 @@ from ..crops import CROP_SCALE
 from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
+from .inference import mean_over_views
 from .model_files import (
     ModelMetadata,
     load_keras_model,
@@ -57,6 +58,9 @@ class TrainingConfig:
     stain_jitter: float = 0.0
     max_blur_sigma: float = 0.0
     hue_jitter: float = 0.05
+    test_time_views: int = 8
+    """Dihedral views averaged when the model classifies (stored in the model file; the
+    temperature is fitted on the averaged validation probabilities)."""
     init_model: str | None = None
     """Fine-tune from this model ("default", a user model name or a path) instead of
     training from scratch: its body is kept, the head rebuilt when the classes differ;
@@ -143,7 +147,8 @@ def train_classifier(
     model, history = fit(dataset, train_idx, val_idx, config, out, on_epoch_end, callbacks)
     validation = dataset.subset(val_idx)
     calibration = calibration_record(
-        predict_dataset(model, validation, config.batch_size), validation.labels
+        predict_dataset(model, validation, config.batch_size, config.test_time_views),
+        validation.labels,
     )
     metadata = ModelMetadata(
         classes=dataset.classes,
@@ -151,6 +156,7 @@ def train_classifier(
         crop_scale=config.crop_scale,
         architecture=config.architecture,
         temperature=calibration["temperature"],
+        test_time_views=config.test_time_views,
         training={
             "data_dirs": [str(Path(d)) for d in data_dirs],
             "config": {k: v for k, v in vars(config).items()},
@@ -278,10 +284,14 @@ def fit(
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
-def predict_dataset(model, dataset: CropDataset, batch_size: int) -> np.ndarray:
-    """Uncalibrated softmax probabilities (N, K) of a prepared dataset."""
-    return np.asarray(
-        model.predict(make_tf_dataset(dataset, batch_size, augment=False, seed=0), verbose=0)
+def predict_dataset(model, dataset: CropDataset, batch_size: int, views: int = 1) -> np.ndarray:
+    """Uncalibrated softmax probabilities (N, K) of a prepared dataset, averaged over
+    ``views`` dihedral views."""
+    crops = dataset.images.astype(np.float32) / 255
+    return mean_over_views(
+        lambda view: np.asarray(model.predict(view, batch_size=batch_size, verbose=0)),
+        crops,
+        views,
     )
 
 
