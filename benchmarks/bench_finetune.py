@@ -10,7 +10,7 @@ The starting model is scored on the test images before, the fine-tuned one after
 fine-tuning folder is made of symbolic links in a temporary folder (nothing is copied into
 the project).
 
-    python benchmarks/bench_finetune.py [--per-class 50] [--seeds 0 1 2]
+    python benchmarks/bench_finetune.py [--per-class 50] [--seeds 0 1 2 3 4]
 
 Each seed draws another split (and seeds the training); the mean over seeds is the
 figure to read, the test sets being small (109 images).
@@ -33,6 +33,7 @@ from bench_classifier import score
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.training import (
     FINE_TUNING_RECIPE,
+    TrainingConfig,
     fine_tuning_config,
     train_classifier,
 )
@@ -72,7 +73,14 @@ def main() -> None:
         "--lr-patience", type=int, default=0, help="learning-rate cut patience (0: none)"
     )
     parser.add_argument("--head-only", action="store_true", help="train the head only")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=TrainingConfig.test_time_views,
+        help="test-time views of the fine-tuned model",
+    )
+    parser.add_argument("--result", default="finetune", help="name of the JSON result")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workdir", type=Path, default=Path("runs"))
     args = parser.parse_args()
     root = require(args.data / DATASET)
@@ -85,13 +93,14 @@ def main() -> None:
         "patience": args.patience,
         "lr_patience": args.lr_patience,
         "head_only": args.head_only,
+        "test_time_views": args.views,
         "mean_validation_accuracy": float(np.mean([r["validation_accuracy"] for r in runs])),
         "mean_accuracy_before": mean_accuracy(runs, "before_fine_tuning"),
         "mean_accuracy_after": mean_accuracy(runs, "after_fine_tuning"),
         "target_accuracy": 0.85,
         "runs": runs,
     }
-    write_result("finetune", result)
+    write_result(args.result, result)
     print(
         f"mean accuracy over seeds {args.seeds}: {result['mean_accuracy_before']:.3f} before, "
         f"{result['mean_accuracy_after']:.3f} after fine-tuning"
@@ -124,6 +133,7 @@ def fine_tune_run(args, root: Path, labels: pd.DataFrame, seed: int) -> dict:
             lr_patience=args.lr_patience,
             seed=seed,
             train_body=not args.head_only,
+            test_time_views=args.views,
         )
         out = args.workdir / f"finetune_zheng1_seed{seed}.keras"
         out.parent.mkdir(parents=True, exist_ok=True)

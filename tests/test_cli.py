@@ -291,6 +291,8 @@ def test_calibrate_refits_the_temperature_on_validation_sources(tmp_path, tiny_m
     assert "temperature" in json.loads(capsys.readouterr().out)
     assert read_metadata(copy).temperature > 0
     assert run_cli("calibrate", copy, tmp_path) == 2  # no class folders there
+    assert run_cli("calibrate", copy, data, "--views", "2") == 0
+    assert read_metadata(copy).test_time_views == 2
 
 
 def test_analyze_with_tracking_then_track_command(tmp_path):

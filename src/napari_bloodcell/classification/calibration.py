@@ -64,18 +64,23 @@ def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def calibrate_model_file(model_path: Path, data_dirs: list[Path]) -> dict:
+def calibrate_model_file(
+    model_path: Path, data_dirs: list[Path], *, views: int | None = None
+) -> dict:
     """Fit the temperature of a model file on its recorded validation sources and store it.
 
     ``data_dirs`` are the folders the model was trained on; only items whose source
-    image is in the model's ``validation_sources`` are used.
+    image is in the model's ``validation_sources`` are used. ``views`` first changes the
+    model's test-time views (the temperature depends on them).
     """
     from ..errors import DatasetError
     from .datasets import find_labelled_files, prepare_crop_files, source_id
     from .inference import CellClassifier
-    from .model_files import read_metadata, update_metadata
+    from .model_files import checked_views, read_metadata, update_metadata
 
     metadata = read_metadata(model_path)
+    if views is not None:
+        metadata.test_time_views = checked_views(views)
     validation = set(metadata.training.get("validation_sources", []))
     items = []
     for data_dir in map(Path, data_dirs):
@@ -91,6 +96,7 @@ def calibrate_model_file(model_path: Path, data_dirs: list[Path]) -> dict:
     )
     classifier = CellClassifier(model_path)
     classifier.metadata.temperature = 1.0
+    classifier.metadata.test_time_views = metadata.test_time_views
     probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
     labels = np.array([metadata.classes.index(c) for _, c in items])
     record = calibration_record(probabilities, labels)

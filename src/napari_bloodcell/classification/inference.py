@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ModelError
-from .model_files import ModelMetadata, load_keras_model, read_metadata, resolve_model_path
+from .model_files import (
+    ModelMetadata,
+    checked_views,
+    load_keras_model,
+    read_metadata,
+    resolve_model_path,
+)
 
 UNCERTAIN = "uncertain"
 PREDICT_BATCH = 256
-TEST_TIME_VIEWS = (1, 2, 4, 8)
 
 
 class ModelFileClassifier:
@@ -124,9 +129,7 @@ class CellClassifier(ModelFileClassifier):
 def dihedral_views(crops: np.ndarray, views: int) -> list[np.ndarray]:
     """The first ``views`` of the 8 rotations/flips of crops (N, S, S, C): 1 the crops, 2 +
     horizontal flip, 4 the 90° rotations, 8 the rotations and their flips."""
-    if views not in TEST_TIME_VIEWS:
-        raise ModelError(f"test-time views must be one of {TEST_TIME_VIEWS}, not {views!r}")
-    if views == 4:
+    if checked_views(views) == 4:
         return [np.ascontiguousarray(np.rot90(crops, k, axes=(1, 2))) for k in range(4)]
     rotations = [np.rot90(crops, k, axes=(1, 2)) for k in range(max(1, views // 2))]
     all_views = [v for r in rotations for v in (r, r[:, :, ::-1])]

@@ -25,6 +25,15 @@ CODE_OBJECTS = {"Lambda": "Lambda layer", "TFOpLambda": "TFOpLambda layer", "__l
 """Keras objects that carry Python code (marshalled bytecode) in their config."""
 DEFAULT_MODEL_NAME = "default"
 FORMAT_VERSION = 1
+TEST_TIME_VIEWS = (1, 2, 4, 8)
+"""Allowed numbers of rotated/flipped views averaged per crop."""
+
+
+def checked_views(views: int) -> int:
+    """``views`` if it is one of :data:`TEST_TIME_VIEWS`, else :class:`ModelError`."""
+    if views not in TEST_TIME_VIEWS:
+        raise ModelError(f"test-time views must be one of {TEST_TIME_VIEWS}, not {views!r}")
+    return views
 
 
 @dataclass
