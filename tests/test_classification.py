@@ -156,6 +156,20 @@ def test_bad_model_files_are_refused_clearly(tmp_path, content, message):
         CellClassifier(path)
 
 
+def test_a_model_file_with_an_impossible_number_of_views_is_refused(tiny_model, tmp_path):
+    from napari_bloodcell.classification.model_files import METADATA_MEMBER
+
+    path = tmp_path / "views.keras"
+    with zipfile.ZipFile(tiny_model) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == METADATA_MEMBER:
+                data = json.dumps(json.loads(data) | {"test_time_views": 3}).encode()
+            target.writestr(item, data)
+    with pytest.raises(ModelError, match="views.keras: incompatible model metadata.*one of"):
+        CellClassifier(path)
+
+
 def test_truncated_model_file_is_refused(tiny_model, tmp_path):
     data = tiny_model.read_bytes()
     cut = tmp_path / "cut.keras"

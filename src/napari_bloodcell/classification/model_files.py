@@ -123,9 +123,14 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     except (json.JSONDecodeError, OSError) as exc:
         raise ModelError(f"{path}: unreadable model metadata ({exc})") from None
     try:
-        return ModelMetadata(**raw)
+        metadata = ModelMetadata(**raw)
     except TypeError as exc:
         raise ModelError(f"{path}: incompatible model metadata ({exc})") from None
+    try:
+        checked_views(metadata.test_time_views)
+    except ModelError as exc:
+        raise ModelError(f"{path}: incompatible model metadata ({exc})") from None
+    return metadata
 
 
 def load_keras_model(path: str | Path):
