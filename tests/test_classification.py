@@ -375,6 +375,7 @@ def test_evaluation_reports_calibration_intervals_and_coverage(tiny_model, tiny_
     coverage = [point["coverage"] for point in metrics["coverage_curve"]]
     assert coverage[0] == 1.0 and coverage == sorted(coverage, reverse=True)
     assert sum(b["count"] for b in metrics["reliability"]) == metrics["n"]
+    assert metrics["test_time_views"] == 8
 
 
 def test_wilson_interval_matches_known_values():

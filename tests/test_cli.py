@@ -56,6 +56,7 @@ def test_analyze_writes_table_labels_overlays_and_run_record(
     assert (out / "overlays" / "smear.png").is_file()
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["classes"] == ["lobed", "round"] and run["failures"] == {}
+    assert run["model"]["test_time_views"] == 8
     classified = table[table.cell_type != "rbc"]
     assert classified["confidence"].between(0, 1).all()
     assert "ms/frame" in capsys.readouterr().out

@@ -565,6 +565,7 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
             "name": classifier.name,
             "version": classifier.metadata.version,
             "classes": classifier.classes,
+            "test_time_views": classifier.metadata.test_time_views,
         },
         "dask": None if client is None else _cluster_record(client),
         "inputs": summary.processed,

@@ -82,6 +82,7 @@ def evaluate_classifier(
     )
     metrics = score_probabilities(probabilities, dataset.labels, classifier.classes, threshold)
     metrics["model"] = str(classifier.path)
+    metrics["test_time_views"] = classifier.metadata.test_time_views
     metrics["data_dirs"] = [str(d) for d in data_dirs]
     return metrics, classifier
 
