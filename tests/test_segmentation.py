@@ -191,6 +191,36 @@ def test_central_stained_object_measures_merged_nucleus(smear_segmentation):
     assert central_stained_object(np.full((50, 50, 3), 0.9, dtype=np.float32)) is None
 
 
+def pale_cell_image(blue_gain: float) -> np.ndarray:
+    """A single-cell image (120 px): white background, pale cytoplasm, a purple nucleus of
+    diameter 40 px, lit by a lamp whose blue is ``blue_gain`` × the neutral one."""
+    image = np.full((120, 120, 3), 0.95, dtype=np.float32)
+    image[disk((60, 60), 34)] = (0.85, 0.80, 0.88)
+    image[disk((60, 60), 20)] = (0.60, 0.45, 0.75)
+    image = ndi.gaussian_filter(image, (1, 1, 0))
+    image[..., 2] *= blue_gain
+    return image
+
+
+def test_a_yellow_light_does_not_shrink_the_crop_window():
+    """Under a more yellow lamp than any training microscope's (Zheng 2018 dataset 1) a
+    pale nucleus fell under the fixed stain threshold and a fragment set the crop window."""
+    neutral = central_stained_object(pale_cell_image(1.0))
+    yellow = central_stained_object(pale_cell_image(0.75))
+    assert neutral is not None and neutral[2] == pytest.approx(40, rel=0.1)
+    assert yellow is not None and yellow[2] == pytest.approx(neutral[2], rel=0.1)
+
+
+def test_stain_score_is_unchanged_under_training_microscopes_light():
+    from napari_bloodcell.segmentation.smear import LOWEST_BACKGROUND_SCORE, stain_score
+
+    image = pale_cell_image(0.9)  # background score −0.095, as PBC's (−0.12 … −0.09)
+    raw = ndi.gaussian_filter(image[..., 2] - image[..., 1], 1.5)
+    np.testing.assert_array_equal(stain_score(image, 1.5), raw)
+    lifted = stain_score(pale_cell_image(0.75), 1.5)  # background −0.24 is lifted to −0.12
+    assert np.median(lifted[:10, :10]) == pytest.approx(LOWEST_BACKGROUND_SCORE, abs=0.005)
+
+
 # --- fluorescence ----------------------------------------------------------------------------
 
 

@@ -109,12 +109,28 @@ class SmearParams:
         return lengths_in_pixels(self, pixel_size_um, REFERENCE_PIXEL_SIZE_UM)
 
 
+LOWEST_BACKGROUND_SCORE = -0.12
+"""The lowest stain score of the background among the training images (PBC, CellaVision:
+−0.118 to −0.093; BCCD −0.05 to +0.01). Images under a more yellow light are lifted to it."""
+
+
 def stain_score(rgb: np.ndarray, sigma_px: float) -> np.ndarray:
     """Nucleus / platelet stain score (Y, X): blue − green, Gaussian-smoothed (σ in px).
 
-    Purple-blue nuclei and platelets score ~0.3–0.5, background and pink RBCs ~0.
+    Purple-blue nuclei and platelets score ~0.3–0.5, background and pink RBCs ~0. Under a
+    more yellow light than any training microscope's (background below
+    :data:`LOWEST_BACKGROUND_SCORE`) the score is raised by the difference, so that pale
+    nuclei still clear the fixed thresholds; other images are left as they are.
     """
-    return ndi.gaussian_filter(rgb[..., 2] - rgb[..., 1], sigma_px)
+    score = ndi.gaussian_filter(rgb[..., 2] - rgb[..., 1], sigma_px)
+    return score - min(0.0, background_score(rgb, score) - LOWEST_BACKGROUND_SCORE)
+
+
+def background_score(rgb: np.ndarray, score: np.ndarray) -> float:
+    """Median stain score of the brightest 10 % of pixels (the background)."""
+    brightness = rgb[::2, ::2].sum(axis=-1)
+    bright = brightness >= np.percentile(brightness, 90)
+    return float(np.median(score[::2, ::2][bright]))
 
 
 def merge_lobes(stained: np.ndarray, closing_radius_px: float) -> np.ndarray:
