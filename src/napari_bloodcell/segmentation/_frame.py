@@ -89,10 +89,14 @@ def _checked_frame(frame: np.ndarray) -> np.ndarray:
         )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InputImageError(f"expected a numeric image array, got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise InputImageError("the image contains NaN or infinite values")
-    return array
+    if array.dtype.kind == "f" and array.size and np.abs(array).max() > np.finfo(np.float32).max:
+        raise InputImageError(
+            f"image values up to {np.abs(array).max():.3g} do not fit in float32; "
+            f"expected intensities scaled to [0, 1]"
+        )
+    return array.astype(np.float32, copy=False)
 
 
 def _check_pixel_size(pixel_size_um: float | None) -> None:
