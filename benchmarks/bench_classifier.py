@@ -101,7 +101,9 @@ def main() -> None:
     size = classifier.input_size
     result["crops_per_second"] = {
         "model": round(crops_per_second(classifier.keras_model().predict_on_batch, size), 1),
-        "coursework": round(crops_per_second(seed_network.predict_on_batch, 224), 1),
+        "coursework": round(
+            crops_per_second(seed_network.predict_on_batch, seed_network.input_shape[1]), 1
+        ),
         f"classifier_{classifier.metadata.test_time_views}_views": round(
             crops_per_second(classifier.predict_proba, size), 1
         ),

@@ -33,7 +33,6 @@ from bench_classifier import score
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.training import (
     FINE_TUNING_RECIPE,
-    TrainingConfig,
     fine_tuning_config,
     train_classifier,
 )
@@ -74,10 +73,7 @@ def main() -> None:
     )
     parser.add_argument("--head-only", action="store_true", help="train the head only")
     parser.add_argument(
-        "--views",
-        type=int,
-        default=TrainingConfig.test_time_views,
-        help="test-time views of the fine-tuned model",
+        "--views", type=int, help="test-time views of the fine-tuned model (default: the initial's)"
     )
     parser.add_argument("--result", default="finetune", help="name of the JSON result")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -93,7 +89,7 @@ def main() -> None:
         "patience": args.patience,
         "lr_patience": args.lr_patience,
         "head_only": args.head_only,
-        "test_time_views": args.views,
+        "test_time_views": args.views or "initial model's",
         "mean_validation_accuracy": float(np.mean([r["validation_accuracy"] for r in runs])),
         "mean_accuracy_before": mean_accuracy(runs, "before_fine_tuning"),
         "mean_accuracy_after": mean_accuracy(runs, "after_fine_tuning"),

@@ -285,6 +285,34 @@ def test_classifier_averages_the_views_its_model_file_names(tiny_model, tmp_path
     assert not np.allclose(expected, one_view(crops))
 
 
+def test_fine_tuning_keeps_the_initial_models_views_unless_told(tiny_model, tmp_path):
+    import shutil
+
+    from napari_bloodcell.classification.model_files import checked_views, update_metadata
+    from napari_bloodcell.classification.training import TrainingConfig, fine_tuning_config
+
+    copy = shutil.copy(tiny_model, tmp_path / "two_views.keras")
+    metadata = read_metadata(copy)
+    metadata.test_time_views = 2
+    update_metadata(copy, metadata)
+    assert fine_tuning_config(str(copy)).resolved().test_time_views == 2
+    assert fine_tuning_config(str(copy), test_time_views=4).resolved().test_time_views == 4
+    assert TrainingConfig().resolved().test_time_views == 8
+    for wrong in (3, 8.0, True, "8"):
+        with pytest.raises(ModelError, match="one of"):
+            checked_views(wrong)
+
+
+def test_validation_predictions_do_not_depend_on_the_chunk_size(tiny_model, tiny_heldout):
+    from napari_bloodcell.classification.training import predict_dataset
+
+    model = CellClassifier(tiny_model).keras_model()
+    data = load_crop_dataset([tiny_heldout], size=32, scale=2.2, classes=["lobed", "round"])
+    whole = predict_dataset(model, data, 16, views=2)
+    np.testing.assert_allclose(predict_dataset(model, data, 16, views=2, chunk=7), whole, rtol=1e-5)
+    assert whole.shape == (len(data.labels), 2)
+
+
 def test_cnn_answers_must_fit_the_segmented_cell_type():
     from napari_bloodcell.classification.inference import plausible_class_mask
 

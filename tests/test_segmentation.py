@@ -372,6 +372,7 @@ def test_featureless_frames_give_empty_segmentation(frame, modality):
         (np.zeros((2, 10, 10, 3)), {}, "dimension"),
         (np.full((10, 10, 3), np.nan), {}, "NaN"),
         (np.full((10, 10, 3), 1e300), {}, "do not fit in float32"),
+        (np.full((10, 10, 3), 0.5 + 0j), {}, "complex"),
         (np.zeros((10, 10, 1)), {"modality": "smear"}, "RGB"),
         (np.zeros((10, 10, 3)), {"modality": "brightfield"}, "modality"),
         (

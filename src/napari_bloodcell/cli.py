@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--views",
         type=int,
         choices=TEST_TIME_VIEWS,
-        help="rotated/flipped views averaged per crop when classifying (default 8)",
+        help="rotated/flipped views averaged per crop when classifying (default 8; with "
+        "--init the initial model's)",
     )
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=_run_train)

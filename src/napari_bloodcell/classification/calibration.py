@@ -100,6 +100,7 @@ def calibrate_model_file(
     probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
     labels = np.array([metadata.classes.index(c) for _, c in items])
     record = calibration_record(probabilities, labels)
+    record["test_time_views"] = metadata.test_time_views
     metadata.temperature = record["temperature"]
     metadata.training["calibration"] = record
     update_metadata(model_path, metadata)

@@ -31,7 +31,7 @@ TEST_TIME_VIEWS = (1, 2, 4, 8)
 
 def checked_views(views: int) -> int:
     """``views`` if it is one of :data:`TEST_TIME_VIEWS`, else :class:`ModelError`."""
-    if views not in TEST_TIME_VIEWS:
+    if isinstance(views, bool) or not isinstance(views, int) or views not in TEST_TIME_VIEWS:
         raise ModelError(f"test-time views must be one of {TEST_TIME_VIEWS}, not {views!r}")
     return views
 

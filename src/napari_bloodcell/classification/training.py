@@ -33,6 +33,8 @@ from .model_files import (
 )
 
 MIN_DOMAIN_SHARE = 0.25
+DEFAULT_TEST_TIME_VIEWS = 8
+"""Views of a newly trained model (chosen for the default model on validation data)."""
 LR_CUT_FACTOR = 0.3
 """Learning-rate cut on a validation-loss plateau (three cuts at most)."""
 
@@ -58,9 +60,10 @@ class TrainingConfig:
     stain_jitter: float = 0.0
     max_blur_sigma: float = 0.0
     hue_jitter: float = 0.05
-    test_time_views: int = 8
+    test_time_views: int | None = None
     """Dihedral views averaged when the model classifies (stored in the model file; the
-    temperature is fitted on the averaged validation probabilities)."""
+    temperature is fitted on the averaged validation probabilities). None: the
+    ``init_model``'s when fine-tuning, else :data:`DEFAULT_TEST_TIME_VIEWS`."""
     init_model: str | None = None
     """Fine-tune from this model ("default", a user model name or a path) instead of
     training from scratch: its body is kept, the head rebuilt when the classes differ;
@@ -74,17 +77,19 @@ class TrainingConfig:
         return self.input_size or DEFAULT_INPUT_SIZE[self.architecture]
 
     def resolved(self) -> TrainingConfig:
-        """This config with architecture, input size and crop scale taken from ``init_model``."""
-        if self.init_model is None:
-            return self
+        """This config with architecture, input size and crop scale taken from
+        ``init_model``, and its test-time views unless set."""
         from dataclasses import replace
 
+        if self.init_model is None:
+            return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
         init = read_metadata(resolve_model_path(self.init_model))
         return replace(
             self,
             architecture=init.architecture,
             input_size=init.input_size,
             crop_scale=init.crop_scale,
+            test_time_views=self.test_time_views or init.test_time_views,
         )
 
 
@@ -284,15 +289,20 @@ def fit(
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
-def predict_dataset(model, dataset: CropDataset, batch_size: int, views: int = 1) -> np.ndarray:
+def predict_dataset(
+    model, dataset: CropDataset, batch_size: int, views: int = 1, chunk: int = 512
+) -> np.ndarray:
     """Uncalibrated softmax probabilities (N, K) of a prepared dataset, averaged over
-    ``views`` dihedral views."""
-    crops = dataset.images.astype(np.float32) / 255
-    return mean_over_views(
-        lambda view: np.asarray(model.predict(view, batch_size=batch_size, verbose=0)),
-        crops,
-        views,
-    )
+    ``views`` dihedral views (``chunk`` crops at a time: memory stays bounded)."""
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(crops, batch_size=batch_size, verbose=0))
+
+    parts = [
+        mean_over_views(predict, dataset.images[i : i + chunk].astype(np.float32) / 255, views)
+        for i in range(0, len(dataset.labels), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, len(dataset.classes)), np.float32)
 
 
 def model_to_fine_tune(init_model: str, classes: list[str], seed: int):

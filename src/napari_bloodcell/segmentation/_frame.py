@@ -89,13 +89,17 @@ def _checked_frame(frame: np.ndarray) -> np.ndarray:
         )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InputImageError(f"expected a numeric image array, got dtype {array.dtype}")
-    if array.dtype.kind in "fc" and not np.isfinite(array).all():
-        raise InputImageError("the image contains NaN or infinite values")
-    if array.dtype.kind == "f" and array.size and np.abs(array).max() > np.finfo(np.float32).max:
-        raise InputImageError(
-            f"image values up to {np.abs(array).max():.3g} do not fit in float32; "
-            f"expected intensities scaled to [0, 1]"
-        )
+    if array.dtype.kind == "c":
+        raise InputImageError("expected a real-valued image array, got complex values")
+    if array.dtype.kind == "f" and array.size:
+        if not np.isfinite(array).all():
+            raise InputImageError("the image contains NaN or infinite values")
+        largest = max(-float(array.min()), float(array.max()))
+        if largest > np.finfo(np.float32).max:
+            raise InputImageError(
+                f"image values up to {largest:.3g} do not fit in float32; "
+                f"expected intensities scaled to [0, 1]"
+            )
     return array.astype(np.float32, copy=False)
 
 

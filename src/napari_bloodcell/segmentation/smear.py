@@ -127,8 +127,10 @@ def stain_score(rgb: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def background_score(rgb: np.ndarray, score: np.ndarray) -> float:
-    """Median stain score of the brightest 10 % of pixels (the background)."""
+    """Median stain score of the brightest 10 % of pixels (the background); 0 if empty."""
     brightness = rgb[::2, ::2].sum(axis=-1)
+    if brightness.size == 0:
+        return 0.0
     bright = brightness >= np.percentile(brightness, 90)
     return float(np.median(score[::2, ::2][bright]))
 
