@@ -95,7 +95,7 @@ def _checked_frame(frame: np.ndarray) -> np.ndarray:
         if not np.isfinite(array).all():
             raise InputImageError("the image contains NaN or infinite values")
         largest = max(-float(array.min()), float(array.max()))
-        if largest > np.finfo(np.float32).max:
+        if largest > float(np.finfo(np.float32).max):
             raise InputImageError(
                 f"image values up to {largest:.3g} do not fit in float32; "
                 f"expected intensities scaled to [0, 1]"
