@@ -76,9 +76,10 @@ def calibrate_model_file(
     from ..errors import DatasetError
     from .datasets import find_labelled_files, prepare_crop_files, source_id
     from .inference import CellClassifier
-    from .model_files import checked_views, read_metadata, update_metadata
+    from .model_files import checked_views, update_metadata
 
-    metadata = read_metadata(model_path)
+    classifier = CellClassifier(model_path)
+    metadata = classifier.metadata
     if views is not None:
         metadata.test_time_views = checked_views(views)
     validation = set(metadata.training.get("validation_sources", []))
@@ -94,9 +95,7 @@ def calibrate_model_file(
     crops = prepare_crop_files(
         [f for f, _ in items], size=metadata.input_size, scale=metadata.crop_scale
     )
-    classifier = CellClassifier(model_path)
-    classifier.metadata.temperature = 1.0
-    classifier.metadata.test_time_views = metadata.test_time_views
+    metadata.temperature = 1.0  # uncalibrated probabilities, averaged over the views
     probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
     labels = np.array([metadata.classes.index(c) for _, c in items])
     record = calibration_record(probabilities, labels)

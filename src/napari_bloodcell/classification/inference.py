@@ -126,14 +126,24 @@ class CellClassifier(ModelFileClassifier):
         return apply_temperature(probabilities, self.metadata.temperature)
 
 
+VIEW_TRANSFORMS = {
+    1: [(0, False)],
+    2: [(0, False), (0, True)],
+    4: [(k, False) for k in range(4)],
+    8: [(k, flip) for k in range(4) for flip in (False, True)],
+}
+"""Per number of views: (quarter turns, horizontal flip) of each view."""
+
+
 def dihedral_views(crops: np.ndarray, views: int) -> list[np.ndarray]:
-    """The first ``views`` of the 8 rotations/flips of crops (N, S, S, C): 1 the crops, 2 +
-    horizontal flip, 4 the 90° rotations, 8 the rotations and their flips."""
-    if checked_views(views) == 4:
-        return [np.ascontiguousarray(np.rot90(crops, k, axes=(1, 2))) for k in range(4)]
-    rotations = [np.rot90(crops, k, axes=(1, 2)) for k in range(max(1, views // 2))]
-    all_views = [v for r in rotations for v in (r, r[:, :, ::-1])]
-    return [np.ascontiguousarray(v) for v in all_views[:views]]
+    """Rotated/flipped copies of crops (N, S, S, C): 1 the crops, 2 + their horizontal
+    flip, 4 the 90° rotations, 8 the rotations and their flips."""
+    transforms = VIEW_TRANSFORMS[checked_views(views)]
+    turned = [np.rot90(crops, k, axes=(1, 2)) for k, _ in transforms]
+    return [
+        np.ascontiguousarray(view[:, :, ::-1] if flip else view)
+        for view, (_, flip) in zip(turned, transforms, strict=True)
+    ]
 
 
 def mean_over_views(predict, crops: np.ndarray, views: int) -> np.ndarray:

@@ -124,11 +124,8 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         raise ModelError(f"{path}: unreadable model metadata ({exc})") from None
     try:
         metadata = ModelMetadata(**raw)
-    except TypeError as exc:
-        raise ModelError(f"{path}: incompatible model metadata ({exc})") from None
-    try:
         checked_views(metadata.test_time_views)
-    except ModelError as exc:
+    except (TypeError, ModelError) as exc:
         raise ModelError(f"{path}: incompatible model metadata ({exc})") from None
     return metadata
 
