@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--hue-jitter", type=float, help="max hue shift per crop (0.5 = 180°; default 0.05)"
     )
     train.add_argument(
+        "--lamp-jitter",
+        type=float,
+        help="simulated other lamp: per-channel over-exposure up to exp(x) and an "
+        "illumination ramp, then the crop is re-normalised, e.g. 0.3 (default 0)",
+    )
+    train.add_argument(
         "--views",
         type=int,
         choices=TEST_TIME_VIEWS,
@@ -372,6 +378,7 @@ def _run_train(args) -> int:
             "stain_jitter": args.stain_jitter,
             "max_blur_sigma": args.blur_sigma,
             "hue_jitter": args.hue_jitter,
+            "lamp_jitter": args.lamp_jitter,
             "test_time_views": args.views,
         }.items()
         if value is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crops import CROP_SCALE
+from ..crops import COLOUR_PERCENTILES, CROP_SCALE
 from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
@@ -60,6 +60,11 @@ class TrainingConfig:
     stain_jitter: float = 0.0
     max_blur_sigma: float = 0.0
     hue_jitter: float = 0.05
+    lamp_jitter: float = 0.0
+    """Another lamp and camera, simulated before the crop's colour normalisation: per crop
+    and channel an over-exposure gain in 1–exp(``lamp_jitter``) (bright parts clip) and an
+    illumination ramp across the crop of up to ± ``lamp_jitter`` / 2; the crop is then
+    re-normalised as ``analyze`` normalises it (0: off)."""
     test_time_views: int | None = None
     """Dihedral views averaged when the model classifies (stored in the model file; the
     temperature is fitted on the averaged validation probabilities). None: the
@@ -245,6 +250,7 @@ def fit(
         stain_jitter=config.stain_jitter,
         max_blur_sigma=config.max_blur_sigma,
         hue_jitter=config.hue_jitter,
+        lamp_jitter=config.lamp_jitter,
     )
     val = make_tf_dataset(
         dataset.subset(val_idx), config.batch_size, augment=False, seed=config.seed
@@ -340,6 +346,7 @@ def make_tf_dataset(
     stain_jitter: float = 0.0,
     max_blur_sigma: float = 0.0,
     hue_jitter: float = 0.05,
+    lamp_jitter: float = 0.0,
 ):
     """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked."""
     import tensorflow as tf
@@ -352,19 +359,24 @@ def make_tf_dataset(
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
     )
     if augment:
-        augmenter = make_augmenter(seed, stain_jitter, max_blur_sigma, hue_jitter)
+        augmenter = make_augmenter(seed, stain_jitter, max_blur_sigma, hue_jitter, lamp_jitter)
         ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def make_augmenter(
-    seed: int, stain_jitter: float = 0.0, max_blur_sigma: float = 0.0, hue_jitter: float = 0.05
+    seed: int,
+    stain_jitter: float = 0.0,
+    max_blur_sigma: float = 0.0,
+    hue_jitter: float = 0.05,
+    lamp_jitter: float = 0.0,
 ) -> Callable:
     """Batch augmentation: the seed's (brightness 0.5–1.5, zoom 0.2, shifts 0.15, horizontal
     flip) plus vertical flip, 90° rotations, and per image a hue shift in ± ``hue_jitter``
     (fraction of the hue circle) and a saturation factor in 0.7–1.3; optionally a stain
-    cast (per image and channel gain in 1 ± ``stain_jitter``) and a Gaussian blur of random
-    sigma in [0, ``max_blur_sigma``] px (other microscopes' stain and focus). Output in [0, 1]."""
+    cast (per image and channel gain in 1 ± ``stain_jitter``), another lamp (see
+    ``TrainingConfig.lamp_jitter``) and a Gaussian blur of random sigma in
+    [0, ``max_blur_sigma``] px (other microscopes' stain and focus). Output in [0, 1]."""
     import keras
     import tensorflow as tf
 
@@ -386,6 +398,17 @@ def make_augmenter(
         padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
         return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
 
+    def lamp(images):
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        gain = tf.exp(generator.uniform((batch, 1, 1, 3), 0.0, lamp_jitter))
+        angle = generator.uniform((batch, 1, 1, 1), 0.0, 2 * np.pi)
+        rows = tf.reshape(tf.linspace(-0.5, 0.5, height), (1, -1, 1, 1))
+        columns = tf.reshape(tf.linspace(-0.5, 0.5, width), (1, 1, -1, 1))
+        slope = generator.uniform((batch, 1, 1, 3), -lamp_jitter, lamp_jitter)
+        ramp = 1 + slope * (rows * tf.sin(angle) + columns * tf.cos(angle))
+        return normalise_colour_tf(tf.clip_by_value(images * gain * ramp, 0.0, 1.0))
+
     def augment(images):
         images = geometric(images, training=True)
         images = tf.image.rot90(images, k=generator.uniform((), 0, 4, dtype=tf.int32))
@@ -394,6 +417,8 @@ def make_augmenter(
         images = images * brightness
         if stain_jitter > 0:
             images *= generator.uniform((batch, 1, 1, 3), 1 - stain_jitter, 1 + stain_jitter)
+        if lamp_jitter > 0:
+            images = lamp(images)
         hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
         hue = tf.math.floormod(
             hsv[..., 0] + generator.uniform((batch, 1, 1), -hue_jitter, hue_jitter), 1.0
@@ -406,6 +431,38 @@ def make_augmenter(
         return tf.clip_by_value(images, 0.0, 1.0)
 
     return augment
+
+
+def normalise_colour_tf(images):
+    """:func:`napari_bloodcell.crops.normalise_colour` in TensorFlow, for a batch
+    (N, Y, X, C) in [0, 1] inside a tf.data pipeline (same percentiles, interpolated
+    linearly as numpy does)."""
+    import tensorflow as tf
+
+    low_pct, high_pct = COLOUR_PERCENTILES
+    channels = tf.transpose(images, (0, 3, 1, 2))
+    per_channel = tf.reshape(channels, (tf.shape(images)[0], tf.shape(images)[3], -1))
+    white = _percentile_tf(per_channel, high_pct)[:, None, None, :]
+    balanced = tf.clip_by_value(tf.math.divide_no_nan(images, white), 0.0, 1.0)
+    everything = tf.reshape(balanced, (tf.shape(images)[0], -1))
+    low = _percentile_tf(everything, low_pct)[:, None, None, None]
+    stretched = tf.math.divide_no_nan(balanced - low, 1.0 - low)
+    return tf.clip_by_value(stretched, 0.0, 1.0)
+
+
+def _percentile_tf(values, percent: float):
+    """``np.percentile(values, percent, axis=-1)`` (linear interpolation) for a float tensor."""
+    import tensorflow as tf
+
+    n = tf.shape(values)[-1]
+    position = percent / 100 * tf.cast(n - 1, tf.float32)
+    below = tf.cast(tf.floor(position), tf.int32)
+    above = tf.minimum(below + 1, n - 1)
+    ascending = tf.sort(values, axis=-1)
+    fraction = position - tf.cast(below, tf.float32)
+    return (1 - fraction) * tf.gather(ascending, below, axis=-1) + fraction * tf.gather(
+        ascending, above, axis=-1
+    )
 
 
 def write_learning_curves(history: dict[str, list[float]], stem: Path) -> list[Path]:
