@@ -42,9 +42,14 @@ def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> di
     return metrics
 
 
-def test_split_files(data_dir: Path, test_sources: set[str], classes: list[str]):
+def test_split_files(data_dir: Path, test_sources: set[str] | None, classes: list[str]):
+    """Files (and classes) of ``data_dir`` from the given sources (None: all of them)."""
     found, _ = find_labelled_files([data_dir], classes, ignore_unknown=True)
-    chosen = [(f, c) for f, c, _ in found if source_id(f, data_dir) in test_sources]
+    chosen = [
+        (f, c)
+        for f, c, _ in found
+        if test_sources is None or source_id(f, data_dir) in test_sources
+    ]
     return [f for f, _ in chosen], [c for _, c in chosen]
 
 

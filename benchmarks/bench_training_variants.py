@@ -15,6 +15,13 @@ Usage (one variant takes ~15-20 min on 2 cores)::
 
 ``default`` is the packaged model, scored without training (it was trained by
 ``train`` on the same folders, seed and split: compare it with ``coursework_short``).
+
+Variants named ``pbc_*`` are trained on PBC alone, so that BCCD is a microscope they
+never saw: they are also scored on all BCCD windows (``bccd_all_windows``), which
+chooses between domain-generalisation recipes without looking at Zheng 2018::
+
+    python benchmarks/bench_training_variants.py --variants pbc_base pbc_lamp \
+        --result unseen_microscope
 """
 
 from __future__ import annotations
@@ -36,10 +43,23 @@ VARIANTS = {
     "gn_aug": TrainingConfig(normalization="group", stain_jitter=0.15, max_blur_sigma=1.5),
     "bn_hue": TrainingConfig(stain_jitter=0.15, hue_jitter=0.15),
     "coursework_short": TrainingConfig(architecture="coursework", epochs=4, learning_rate=1e-4),
+    **{
+        f"pbc_{name}": TrainingConfig(
+            input_size=80,
+            patience=6,
+            lr_patience=3,
+            stain_jitter=0.1,
+            max_blur_sigma=1.0,
+            lamp_jitter=lamp_jitter,
+            test_time_views=1,
+        )
+        for name, lamp_jitter in (("base", 0.0), ("lamp", 0.3))
+    },
 }
+PBC_ONLY_PREFIX = "pbc_"
 
 
-def evaluate(model: Path, data: Path, bccd_crops: Path) -> dict:
+def evaluate(model: Path, data: Path, bccd_crops: Path, *, bccd_unseen: bool) -> dict:
     classifier = CellClassifier(model)
     test_sources = set(classifier.metadata.training["test_sources"])
     files, truth = test_split_files(data / "pbc", test_sources, classifier.classes)
@@ -47,6 +67,9 @@ def evaluate(model: Path, data: Path, bccd_crops: Path) -> dict:
     result = {"pbc_test_six_classes": score(classifier, *map(list, zip(*six, strict=True)))}
     files, truth = test_split_files(bccd_crops, test_sources, classifier.classes)
     result["bccd_test_frames"] = score(classifier, files, truth)
+    if bccd_unseen:
+        files, truth = test_split_files(bccd_crops, None, classifier.classes)
+        result["bccd_all_windows"] = score(classifier, files, truth)
     zheng = zheng_files(data / "wbc_seg_zheng2018", classifier.classes)
     for name, files, truth in zip(("zheng_dataset1", "zheng_dataset2"), *zheng, strict=True):
         result[name] = score(classifier, files, truth)
@@ -78,7 +101,10 @@ def main() -> None:
             model = resolve_model_path(name)
             seconds = None
         elif not model.exists():
-            trained = train_classifier([args.data / "pbc", args.bccd_crops], model, VARIANTS[name])
+            folders = [args.data / "pbc"]
+            if not name.startswith(PBC_ONLY_PREFIX):
+                folders.append(args.bccd_crops)
+            trained = train_classifier(folders, model, VARIANTS[name])
             seconds = trained.seconds
         else:
             seconds = None
@@ -88,7 +114,9 @@ def main() -> None:
             "epochs_run": training["epochs_run"],
             "training_seconds": seconds,
             "model_bytes": model.stat().st_size,
-            **evaluate(model, args.data, args.bccd_crops),
+            **evaluate(
+                model, args.data, args.bccd_crops, bccd_unseen=name.startswith(PBC_ONLY_PREFIX)
+            ),
         }
         print(name, {k: v for k, v in results[name].items() if k != "config"})
         write_result(args.result, {"variants": results})
