@@ -258,6 +258,23 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert len(table) == 20 and {"file", "cell_class", "confidence"} <= set(table.columns)
 
 
+def test_predict_warns_when_many_crops_look_unlike_the_training_images(
+    tmp_path, tiny_model, tiny_heldout, capsys
+):
+    from skimage import io
+
+    assert run_cli("predict", tiny_heldout, "--model", tiny_model, "--out", tmp_path / "a.csv") == 0
+    assert "look unlike" not in capsys.readouterr().err  # its own kind of images
+    rng = np.random.default_rng(0)
+    for i in range(30):  # green blobs on grey: nothing like its stained nuclei
+        image = np.full((40, 40, 3), 200, np.uint8)
+        image[12:28, 12:28] = (0, rng.integers(120, 255), 0)
+        io.imsave(tmp_path / f"green_{i}.png", image, check_contrast=False)
+    assert run_cli("predict", tmp_path, "--model", tiny_model, "--out", tmp_path / "b.csv") == 0
+    assert "30 classified cells" in capsys.readouterr().err
+    assert (pd.read_csv(tmp_path / "b.csv")["novelty"] > 1).mean() > 0.5
+
+
 def test_demo_runs_on_generated_data_and_scores_it(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_cli("demo", "--out", out) == 0
@@ -282,15 +299,24 @@ def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
 
 
 def test_calibrate_refits_the_temperature_on_validation_sources(tmp_path, tiny_model, capsys):
-    import shutil
+    from napari_bloodcell.classification.inference import CellClassifier
+    from napari_bloodcell.classification.model_files import (
+        read_metadata,
+        read_novelty_reference,
+        save_model,
+    )
 
-    from napari_bloodcell.classification.model_files import read_metadata
-
-    copy = shutil.copy(tiny_model, tmp_path / "m.keras")
+    trained = CellClassifier(tiny_model)
+    copy = save_model(trained.keras_model(), tmp_path / "m.keras", trained.metadata)
+    assert read_novelty_reference(copy) is None  # saved without one
     data = tiny_model.parent / "data"
     assert run_cli("calibrate", copy, data) == 0
     assert "temperature" in json.loads(capsys.readouterr().out)
     assert read_metadata(copy).temperature > 0
+    refitted = read_novelty_reference(copy)  # from the model's own training and validation split
+    np.testing.assert_allclose(
+        refitted.class_means, trained.novelty_reference.class_means, rtol=1e-3, atol=1e-4
+    )
     assert run_cli("calibrate", copy, tmp_path) == 2  # no class folders there
     assert run_cli("calibrate", copy, data, "--views", "2") == 0
     assert read_metadata(copy).test_time_views == 2

@@ -89,6 +89,8 @@ def test_analyze_widget_adds_then_updates_class_coloured_layers(
     assert {"p_lobed", "p_round"} <= set(features.columns)
     wbc = features[features["cell_type"] == "wbc"]
     assert set(wbc["cell_class"]) <= {"lobed", "round", "uncertain"} and len(wbc)
+    assert np.isfinite(wbc["novelty"]).all()  # features from the worker process
+    assert features.loc[features["cell_type"] == "rbc", "novelty"].isna().all()
     colours = class_colours(list(features["cell_class"].cat.categories))
     expected = np.array([_rgba(colours[c]) for c in features["cell_class"]])
     np.testing.assert_allclose(cells.face_color, expected, atol=1e-6)
@@ -106,6 +108,21 @@ def test_analyze_widget_adds_then_updates_class_coloured_layers(
     }
     params = cells.metadata["napari_bloodcell"]["parameters"]
     assert params["model"]["name"] == "tiny" and params["uncertain_threshold"] == 1.0
+
+
+def test_a_run_whose_cells_look_unfamiliar_ends_with_a_warning(make_napari_viewer, notifications):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    widget = AnalyzeWidget(viewer)
+    novelty = {"novelty": [np.nan] * 50 + [0.5] * 200 + [3.0] * 2}  # 1 %: as expected
+    widget._cells_layer = viewer.add_points(np.zeros((252, 2)), features=novelty)
+    widget._on_finished()
+    assert not notifications
+    novelty = {"novelty": [0.5] * 10 + [3.0] * 30}  # most cells unlike the training images
+    widget._cells_layer = viewer.add_points(np.zeros((40, 2)), features=novelty)
+    widget._on_finished()
+    assert notifications[-1][0] == "warning" and "30 of 40 classified cells" in notifications[-1][1]
 
 
 def _rgba(hex_colour: str) -> list[float]:

@@ -314,6 +314,9 @@ def _analyze_and_report(args, settings, client) -> int:
         )
         print(summarise(summary.table).to_string(index=False))
         print(f"results in {summary.out}/")
+        if "novelty" in summary.table:  # (tables of earlier versions lack it)
+            for source, rows in summary.table.groupby("source", observed=True):
+                _warn_if_novel(rows["novelty"], source)
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
     if args.track and len(summary.table):
@@ -471,7 +474,17 @@ def _run_predict(args) -> int:
     write_table(table, args.out)
     print(table["cell_class"].value_counts().to_string())
     print(f"wrote {args.out}")
+    _warn_if_novel(table["novelty"], "these crops")
     return 0
+
+
+def _warn_if_novel(novelty_values, what: str) -> None:
+    """Print :func:`~.classification.novelty.novelty_warning`'s warning, if any."""
+    from .classification.novelty import novelty_warning
+
+    message = novelty_warning(novelty_values)
+    if message:
+        print(f"napari-bloodcell: warning: {what}: {message}", file=sys.stderr)
 
 
 def _run_demo(args) -> int:

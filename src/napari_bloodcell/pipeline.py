@@ -157,6 +157,7 @@ def _cells_table(
             table[column] = cells[column].to_numpy()
     table["cell_class"] = cells["cell_type"].to_numpy().astype(object)
     table["confidence"] = np.nan
+    table["novelty"] = np.nan
     for name in classes:
         table[f"p_{name}"] = np.nan
     return table[cell_columns(classes)]

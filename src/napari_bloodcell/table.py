@@ -14,6 +14,9 @@ Columns (units):
 ``cell_class``         class from the CNN (or the channel role in fluorescence),
                        ``rbc`` for red cells, ``uncertain`` below the threshold
 ``confidence``         probability of ``cell_class`` (NaN when no CNN decided)
+``novelty``            how unlike the model's training images the cell's crop looks:
+                       > 1 = less familiar than 99 % of its validation crops (NaN
+                       when no CNN decided; see ``classification/novelty.py``)
 ``p_<class>``          calibrated probability of each model class
 ``centroid_y_um`` …    the same in µm when a pixel size is known
 =====================  =======================================================
@@ -44,6 +47,7 @@ BASE_COLUMNS = [
     "cell_type",
     "cell_class",
     "confidence",
+    "novelty",
 ]
 CATEGORY_COLUMNS = ("source", "cell_type", "cell_class")
 TABLE_SUFFIXES = (".csv", ".parquet")

@@ -395,7 +395,20 @@ class AnalysisWidget(Container):
             outcome = "failed (see the notification)"
         else:
             outcome = "cancelled" if self._state["cancelled"] else "finished"
+            self._warn_if_novel()
         self.status.value = f"{outcome}: {self._state['summary'] or 'no results'}"
+
+    def _warn_if_novel(self) -> None:
+        """Warn when many cells look unlike the model's training images (another microscope)."""
+        from napari.utils.notifications import show_warning
+
+        from ..classification.novelty import novelty_warning
+
+        features = None if self._cells_layer is None else self._cells_layer.features
+        if features is not None and "novelty" in features:
+            message = novelty_warning(features["novelty"])
+            if message:
+                show_warning(message)
 
     def _show_layers(
         self, layer_data: list[tuple], table, model_classes: list[str], summary: str

@@ -67,40 +67,56 @@ def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:
 def calibrate_model_file(
     model_path: Path, data_dirs: list[Path], *, views: int | None = None
 ) -> dict:
-    """Fit the temperature of a model file on its recorded validation sources and store it.
+    """Fit the temperature and the novelty reference of a model file on its recorded split
+    and store them.
 
-    ``data_dirs`` are the folders the model was trained on; only items whose source
-    image is in the model's ``validation_sources`` are used. ``views`` first changes the
-    model's test-time views (the temperature depends on them).
+    ``data_dirs`` are the folders the model was trained on. The temperature and the novelty
+    threshold are fitted on the items whose source image is in the model's
+    ``validation_sources``; the novelty's class means and covariance on the training items
+    (neither validation nor test sources). ``views`` first changes the model's test-time
+    views (both depend on them).
     """
     from ..errors import DatasetError
     from .datasets import find_labelled_files, prepare_crop_files, source_id
     from .inference import CellClassifier
     from .model_files import checked_views, update_metadata
+    from .novelty import fit_novelty_reference
 
     classifier = CellClassifier(model_path)
     metadata = classifier.metadata
     if views is not None:
         metadata.test_time_views = checked_views(views)
     validation = set(metadata.training.get("validation_sources", []))
-    items = []
+    held_out = validation | set(metadata.training.get("test_sources", []))
+    parts: dict[str, list[tuple[Path, str]]] = {"validation": [], "train": []}
     for data_dir in map(Path, data_dirs):
         found, _ = find_labelled_files([data_dir], metadata.classes, ignore_unknown=True)
-        items += [(f, c) for f, c, _ in found if source_id(f, data_dir) in validation]
-    if not items:
+        for f, c, _ in found:
+            source = source_id(f, data_dir)
+            if source in validation:
+                parts["validation"].append((f, c))
+            elif source not in held_out:
+                parts["train"].append((f, c))
+    if not parts["validation"] or not parts["train"]:
         raise DatasetError(
-            f"none of the model's {len(validation)} validation sources are in "
-            f"{', '.join(map(str, data_dirs))}; give the folders it was trained on"
+            f"none of the model's {len(validation)} validation sources (or none of its "
+            f"training sources) are in {', '.join(map(str, data_dirs))}; give the folders it "
+            f"was trained on"
         )
-    crops = prepare_crop_files(
-        [f for f, _ in items], size=metadata.input_size, scale=metadata.crop_scale
-    )
     metadata.temperature = 1.0  # uncalibrated probabilities, averaged over the views
-    probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
-    labels = np.array([metadata.classes.index(c) for _, c in items])
+    predicted = {}
+    for name, items in parts.items():
+        crops = prepare_crop_files(
+            [f for f, _ in items], size=metadata.input_size, scale=metadata.crop_scale
+        )
+        labels = np.array([metadata.classes.index(c) for _, c in items])
+        predicted[name] = (*classifier.predict(crops.astype(np.float32) / 255), labels)
+    probabilities, validation_features, labels = predicted["validation"]
+    _, train_features, train_labels = predicted["train"]
     record = calibration_record(probabilities, labels)
     record["test_time_views"] = metadata.test_time_views
     metadata.temperature = record["temperature"]
     metadata.training["calibration"] = record
-    update_metadata(model_path, metadata)
+    novelty = fit_novelty_reference(train_features, train_labels, validation_features)
+    update_metadata(model_path, metadata, novelty)
     return record

@@ -1,4 +1,5 @@
-"""Classifying crops with a trained model (probabilities, calibrated, with "uncertain")."""
+"""Classifying crops with a trained model (probabilities, calibrated, with "uncertain",
+and how novel each crop looks to the model: :mod:`.novelty`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from .model_files import (
     checked_views,
     load_keras_model,
     read_metadata,
+    read_novelty_reference,
     resolve_model_path,
 )
+from .novelty import novelty
 
 UNCERTAIN = "uncertain"
 PREDICT_BATCH = 256
@@ -23,12 +26,13 @@ PREDICT_BATCH = 256
 class ModelFileClassifier:
     """What every classifier of a model file shares: metadata and the decision rule.
 
-    Subclasses implement :meth:`predict_proba`.
+    Subclasses implement :meth:`predict`.
     """
 
     def __init__(self, model: str | Path = "default"):
         self.path = resolve_model_path(model)
         self.metadata: ModelMetadata = read_metadata(self.path)
+        self.novelty_reference = read_novelty_reference(self.path)
 
     @property
     def classes(self) -> list[str]:
@@ -46,8 +50,13 @@ class ModelFileClassifier:
     def name(self) -> str:
         return self.path.stem
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (N, K) and pooled CNN features (N, D) of crops."""
         raise NotImplementedError
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities (N, K) of crops (N, S, S, 3) in [0, 1]."""
+        return self.predict(crops)[0]
 
     def classify(
         self,
@@ -55,11 +64,13 @@ class ModelFileClassifier:
         uncertain_threshold: float | None = None,
         cell_types=None,
     ) -> pd.DataFrame:
-        """Per crop: ``cell_class``, ``confidence`` and ``p_<class>`` columns.
+        """Per crop: ``cell_class``, ``confidence``, ``novelty`` and ``p_<class>`` columns.
 
         ``cell_class`` is the most probable class — among those plausible for each
         crop's segmented ``cell_types`` when given — or ``"uncertain"`` when its
-        probability is below the threshold (default: the model's own).
+        probability is below the threshold (default: the model's own). ``novelty`` > 1:
+        the crop looks less like the training images than 99 % of the model's validation
+        crops (NaN for a model without a novelty reference; see :mod:`.novelty`).
         """
         threshold = (
             self.metadata.uncertain_threshold
@@ -67,7 +78,16 @@ class ModelFileClassifier:
             else uncertain_threshold
         )
         allowed = None if cell_types is None else plausible_class_mask(cell_types, self.classes)
-        return decide(self.predict_proba(crops), self.classes, threshold, allowed)
+        probabilities, features = self.predict(crops)
+        table = decide(probabilities, self.classes, threshold, allowed)
+        table.insert(
+            2,
+            "novelty",
+            np.full(len(table), np.nan)
+            if self.novelty_reference is None or len(table) == 0
+            else novelty(features, self.novelty_reference),
+        )
+        return table
 
 
 class CellClassifier(ModelFileClassifier):
@@ -87,6 +107,10 @@ class CellClassifier(ModelFileClassifier):
 
     def keras_model(self):
         """The loaded Keras network (loaded on first call; :class:`ModelError` if unusable)."""
+        return self._networks()[0]
+
+    def _networks(self):
+        """(the network, the same network answering (pooled features, probabilities))."""
         if self._model is None:
             model = load_keras_model(self.path)
             expected = (None, self.input_size, self.input_size, 3)
@@ -96,12 +120,13 @@ class CellClassifier(ModelFileClassifier):
                     f"does not match its metadata ({self.input_size} px input, "
                     f"{len(self.classes)} classes)"
                 )
-            self._model = model
+            self._model = model, with_features(model)
         return self._model
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities (N, K) for crops (N, S, S, 3) in [0, 1]: the
-        mean over the model's ``test_time_views`` views, then its temperature."""
+    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated class probabilities (N, K) and pooled features (N, D) for crops
+        (N, S, S, 3) in [0, 1]: the mean over the model's ``test_time_views`` views, then
+        (probabilities) its temperature."""
         crops = np.asarray(crops, dtype=np.float32)
         if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
             raise ModelError(
@@ -109,21 +134,32 @@ class CellClassifier(ModelFileClassifier):
                 f"(expects {self.input_size}×{self.input_size}×3)"
             )
         if len(crops) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        model = self.keras_model()
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        network = self._networks()[1]
 
-        def predict(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict_on_batch(batch))
+        def predict(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            features, probabilities = network.predict_on_batch(batch)
+            return np.asarray(probabilities), np.asarray(features)
 
-        probabilities = np.concatenate(
-            [
-                mean_over_views(
-                    predict, crops[i : i + PREDICT_BATCH], self.metadata.test_time_views
-                )
-                for i in range(0, len(crops), PREDICT_BATCH)
-            ]
-        )
-        return apply_temperature(probabilities, self.metadata.temperature)
+        parts = [
+            mean_over_views(predict, crops[i : i + PREDICT_BATCH], self.metadata.test_time_views)
+            for i in range(0, len(crops), PREDICT_BATCH)
+        ]
+        probabilities, features = (np.concatenate(column) for column in zip(*parts, strict=True))
+        return apply_temperature(probabilities, self.metadata.temperature), features
+
+
+def with_features(model):
+    """The network answering (pooled features (N, D), probabilities (N, K)): the output of
+    its last global average pooling, the input of the softmax head."""
+    import keras
+
+    pooled = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)
+    ]
+    if not pooled:
+        raise ModelError(f"network {model.name} has no global average pooling layer")
+    return keras.Model(model.inputs, [pooled[-1].output, model.output])
 
 
 VIEW_TRANSFORMS = {
@@ -146,10 +182,14 @@ def dihedral_views(crops: np.ndarray, views: int) -> list[np.ndarray]:
     ]
 
 
-def mean_over_views(predict, crops: np.ndarray, views: int) -> np.ndarray:
-    """Mean of ``predict`` (crops → probabilities (N, K)) over ``views`` dihedral views: a
-    blood cell has no preferred orientation, so averaging them removes orientation noise."""
-    return np.mean([predict(view) for view in dihedral_views(crops, views)], axis=0)
+def mean_over_views(predict, crops: np.ndarray, views: int):
+    """Mean of ``predict`` (crops → probabilities (N, K), or a tuple of arrays each averaged)
+    over ``views`` dihedral views: a blood cell has no preferred orientation, so averaging
+    them removes orientation noise."""
+    answers = [predict(view) for view in dihedral_views(crops, views)]
+    if isinstance(answers[0], tuple):
+        return tuple(np.mean(column, axis=0) for column in zip(*answers, strict=True))
+    return np.mean(answers, axis=0)
 
 
 PLAUSIBLE_CLASSES = {"platelet": ("platelet",)}

@@ -2,7 +2,8 @@
 
 The metadata (classes, input size, crop scale, training split, calibration and
 the "uncertain" threshold) travels in the same zip archive as an extra member
-``napari_bloodcell.json``, so a model is always one file. Keras ignores the
+``napari_bloodcell.json`` (and the novelty reference, :mod:`.novelty`, as
+``napari_bloodcell_novelty.npz``), so a model is always one file. Keras ignores the
 extra member; models load with Keras' safe mode on, and only when their network
 config names built-in Keras objects alone (no Lambda layers, no custom objects).
 """
@@ -18,8 +19,10 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ModelError, OutputExistsError
+from .novelty import NoveltyReference
 
 METADATA_MEMBER = "napari_bloodcell.json"
+NOVELTY_MEMBER = "napari_bloodcell_novelty.npz"
 CONFIG_MEMBER = "config.json"
 CODE_OBJECTS = {"Lambda": "Lambda layer", "TFOpLambda": "TFOpLambda layer", "__lambda__": "lambda"}
 """Keras objects that carry Python code (marshalled bytecode) in their config."""
@@ -64,8 +67,11 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
 
 
-def save_model(model, path: str | Path, metadata: ModelMetadata) -> Path:
-    """Save a Keras model and its metadata to one ``.keras`` file (written atomically).
+def save_model(
+    model, path: str | Path, metadata: ModelMetadata, novelty: NoveltyReference | None = None
+) -> Path:
+    """Save a Keras model, its metadata and novelty reference to one ``.keras`` file
+    (written atomically).
 
     The optimizer state is left out (a third of the size of an Adam-trained file);
     fine-tuning starts a fresh optimizer anyway.
@@ -79,6 +85,8 @@ def save_model(model, path: str | Path, metadata: ModelMetadata) -> Path:
     model.save(tmp)
     with zipfile.ZipFile(tmp, "a") as archive:
         archive.writestr(METADATA_MEMBER, json.dumps(asdict(metadata), indent=2))
+        if novelty is not None:
+            archive.writestr(NOVELTY_MEMBER, novelty.to_bytes())
     tmp.replace(path)
     return path
 
@@ -92,17 +100,39 @@ def _without_optimizer(model):
     return clone
 
 
-def update_metadata(path: str | Path, metadata: ModelMetadata) -> Path:
-    """Replace the metadata inside a model file (the network is copied unchanged, atomically)."""
+def update_metadata(
+    path: str | Path, metadata: ModelMetadata, novelty: NoveltyReference | None = None
+) -> Path:
+    """Replace the metadata (and, if given, the novelty reference) inside a model file; the
+    network is copied unchanged, atomically."""
     path = Path(path)
+    replaced = {METADATA_MEMBER: json.dumps(asdict(metadata), indent=2).encode()}
+    if novelty is not None:
+        replaced[NOVELTY_MEMBER] = novelty.to_bytes()
     tmp = path.with_name(f".{path.name}.tmp.keras")
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target:
         for item in source.infolist():
-            if item.filename != METADATA_MEMBER:
+            if item.filename not in replaced:
                 target.writestr(item, source.read(item.filename))
-        target.writestr(METADATA_MEMBER, json.dumps(asdict(metadata), indent=2))
+        for name, data in replaced.items():
+            target.writestr(name, data)
     tmp.replace(path)
     return path
+
+
+def read_novelty_reference(path: str | Path) -> NoveltyReference | None:
+    """The novelty reference stored in a model file, or None for a model without one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(NOVELTY_MEMBER)
+    except KeyError:
+        return None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"{path}: not a Keras .keras model file ({exc})") from None
+    try:
+        return NoveltyReference.from_bytes(data)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

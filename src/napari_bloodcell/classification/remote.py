@@ -3,7 +3,7 @@
 TensorFlow and Mesa's software OpenGL (llvmpipe) segfault when they share a process
 with a shown napari viewer (measured; both import orders). :class:`RemoteClassifier`
 has the same interface as :class:`~.inference.CellClassifier` — ``classes``,
-``input_size``, ``crop_scale``, ``metadata``, ``predict_proba``, ``classify`` — but
+``input_size``, ``crop_scale``, ``metadata``, ``predict``, ``predict_proba``, ``classify`` — but
 reads only the model's metadata in the calling process and runs TensorFlow in a
 freshly *spawned* child process (no inherited OpenGL or Qt state), which loads the
 network once and serves every call after. The napari widgets always use it.
@@ -35,8 +35,8 @@ def _load_in_worker(path: str) -> None:
     _worker_classifier = CellClassifier(path)
 
 
-def _predict_in_worker(crops: np.ndarray) -> np.ndarray:
-    return _worker_classifier.predict_proba(crops)
+def _predict_in_worker(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _worker_classifier.predict(crops)
 
 
 class RemoteClassifier(ModelFileClassifier):
@@ -59,11 +59,12 @@ class RemoteClassifier(ModelFileClassifier):
             )
         return self._pool
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (N, K), computed in the worker process."""
+    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (N, K) and pooled features (N, D), computed in the
+        worker process."""
         crops = np.ascontiguousarray(crops, dtype=np.float32)
         if len(crops) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         try:
             return self._executor().submit(_predict_in_worker, crops).result()
         except BrokenProcessPool as exc:

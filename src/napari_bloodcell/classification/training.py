@@ -23,7 +23,7 @@ from ..crops import COLOUR_PERCENTILES, CROP_SCALE
 from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
-from .inference import mean_over_views
+from .inference import mean_over_views, with_features
 from .model_files import (
     ModelMetadata,
     load_keras_model,
@@ -31,6 +31,7 @@ from .model_files import (
     resolve_model_path,
     save_model,
 )
+from .novelty import fit_novelty_reference
 
 MIN_DOMAIN_SHARE = 0.25
 DEFAULT_TEST_TIME_VIEWS = 8
@@ -156,10 +157,15 @@ def train_classifier(
     train_idx = oversample_small_domains(dataset, train_idx, np.random.default_rng(config.seed))
     model, history = fit(dataset, train_idx, val_idx, config, out, on_epoch_end, callbacks)
     validation = dataset.subset(val_idx)
-    calibration = calibration_record(
-        predict_dataset(model, validation, config.batch_size, config.test_time_views),
-        validation.labels,
+    probabilities, validation_features = predict_dataset(
+        model, validation, config.batch_size, config.test_time_views
     )
+    calibration = calibration_record(probabilities, validation.labels)
+    trained_on = dataset.subset(np.unique(train_idx))  # without the oversampling's repeats
+    _, train_features = predict_dataset(
+        model, trained_on, config.batch_size, config.test_time_views
+    )
+    novelty = fit_novelty_reference(train_features, trained_on.labels, validation_features)
     metadata = ModelMetadata(
         classes=dataset.classes,
         input_size=config.size,
@@ -182,7 +188,7 @@ def train_classifier(
             "calibration": calibration,
         },
     )
-    save_model(model, out, metadata)
+    save_model(model, out, metadata, novelty)
     write_learning_curves(history, out.with_name(f"{out.stem}_history"))
     return TrainingResult(Path(out), history, metadata, time.perf_counter() - started)
 
@@ -297,18 +303,24 @@ def fit(
 
 def predict_dataset(
     model, dataset: CropDataset, batch_size: int, views: int = 1, chunk: int = 512
-) -> np.ndarray:
-    """Uncalibrated softmax probabilities (N, K) of a prepared dataset, averaged over
-    ``views`` dihedral views (``chunk`` crops at a time: memory stays bounded)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated softmax probabilities (N, K) and pooled features (N, D) of a prepared
+    dataset, averaged over ``views`` dihedral views (``chunk`` crops at a time: memory
+    stays bounded)."""
+    network = with_features(model)
 
-    def predict(crops: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(crops, batch_size=batch_size, verbose=0))
+    def predict(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, probabilities = network.predict(crops, batch_size=batch_size, verbose=0)
+        return np.asarray(probabilities), np.asarray(features)
 
     parts = [
         mean_over_views(predict, dataset.images[i : i + chunk].astype(np.float32) / 255, views)
         for i in range(0, len(dataset.labels), chunk)
     ]
-    return np.concatenate(parts) if parts else np.zeros((0, len(dataset.classes)), np.float32)
+    if not parts:
+        return np.zeros((0, len(dataset.classes)), np.float32), np.zeros((0, 0), np.float32)
+    probabilities, features = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return probabilities, features
 
 
 def model_to_fine_tune(init_model: str, classes: list[str], seed: int):

@@ -1,0 +1,134 @@
+"""Does a crop look like the images the model was trained on? (novelty, numpy only)
+
+A classifier trained on two microscopes answers confidently on a third one and is
+mostly wrong there (docs/benchmarks.md: Zheng 2018). Its confidence does not warn;
+the distance of a crop's pooled CNN features from the training crops does (Lee et
+al., NeurIPS 2018): the Mahalanobis distance to the nearest class mean, with one
+shared covariance. It is reported relative to the distance that only 1 % of the
+model's validation crops exceed, so ``novelty > 1`` reads "less familiar than 99 %
+of the crops the model was checked on".
+
+One cell beyond 1 means little (1 % of familiar cells are); many do mean the images
+differ from the training ones (another microscope, stain or magnification), and the
+classes should not be trusted before fine-tuning (``train --init default``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+from ..errors import ModelError
+
+REFERENCE_PERCENTILE = 99.0
+"""Validation percentile of the distance that ``novelty = 1`` stands for."""
+COVARIANCE_SHRINKAGE = 0.1
+"""Weight of the scaled identity in the shared covariance (stable with few crops)."""
+WARNING_SHARE = 0.05
+"""Smallest share of novel cells that is warned about (5 × the validation share)."""
+WARNING_P_VALUE = 1e-3
+
+
+@dataclass
+class NoveltyReference:
+    """Class means (K, D) and shared precision (D, D) of the training crops' features,
+    and the validation distance at :data:`REFERENCE_PERCENTILE` (``threshold``)."""
+
+    class_means: np.ndarray
+    precision: np.ndarray
+    threshold: float
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            class_means=self.class_means.astype(np.float32),
+            precision=self.precision.astype(np.float32),
+            threshold=np.float64(self.threshold),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NoveltyReference:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                reference = cls(
+                    stored["class_means"], stored["precision"], float(stored["threshold"])
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"the model's novelty reference is unreadable ({exc})") from None
+        means, precision = reference.class_means, reference.precision
+        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+            raise ModelError(
+                f"the model's novelty reference has class means {means.shape} and precision "
+                f"{precision.shape}; expected (K, D) and (D, D)"
+            )
+        return reference
+
+
+def fit_novelty_reference(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    validation_features: np.ndarray,
+) -> NoveltyReference:
+    """Fit class means and a shrunk shared covariance on training features (N, D) with
+    labels (N,), and the distance threshold on validation features (M, D)."""
+    train_features = np.asarray(train_features, dtype=np.float64)
+    labels = np.asarray(train_labels)
+    present = np.unique(labels)
+    means = np.stack([train_features[labels == k].mean(axis=0) for k in present])
+    centred = train_features - means[np.searchsorted(present, labels)]
+    covariance = centred.T @ centred / max(len(centred) - len(present), 1)
+    scale = np.trace(covariance) / len(covariance)
+    covariance = (1 - COVARIANCE_SHRINKAGE) * covariance + COVARIANCE_SHRINKAGE * scale * np.eye(
+        len(covariance)
+    )
+    reference = NoveltyReference(means, np.linalg.inv(covariance), 1.0)
+    distances = mahalanobis_distances(validation_features, reference)
+    reference.threshold = float(np.percentile(distances, REFERENCE_PERCENTILE))
+    return reference
+
+
+def mahalanobis_distances(features: np.ndarray, reference: NoveltyReference) -> np.ndarray:
+    """Distance (N,) of each feature vector (N, D) to its nearest class mean."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[1] != reference.class_means.shape[1]:
+        raise ModelError(
+            f"features of shape {features.shape} do not fit the novelty reference "
+            f"({reference.class_means.shape[1]} features)"
+        )
+    offsets = features[:, None, :] - reference.class_means[None]
+    squared = np.einsum("nkd,de,nke->nk", offsets, reference.precision, offsets)
+    return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+
+def novelty(features: np.ndarray, reference: NoveltyReference) -> np.ndarray:
+    """Per crop (N,): distance / the reference's threshold (> 1: less familiar than 99 %
+    of the validation crops)."""
+    return mahalanobis_distances(features, reference) / reference.threshold
+
+
+def novelty_warning(novelty_values) -> str | None:
+    """A warning when clearly more cells are novel than the 1 % expected, else None.
+
+    Warned when at least :data:`WARNING_SHARE` of the cells are novel and a binomial test
+    against 1 % gives p < :data:`WARNING_P_VALUE` (so a handful of cells never warns by
+    chance). NaN values (cells not classified by the CNN) are ignored.
+    """
+    values = np.asarray(novelty_values, dtype=float)
+    values = values[np.isfinite(values)]
+    novel = int((values > 1).sum())
+    expected = 1 - REFERENCE_PERCENTILE / 100
+    if len(values) == 0 or novel / len(values) < WARNING_SHARE:
+        return None
+    if binomtest(novel, len(values), expected, alternative="greater").pvalue >= WARNING_P_VALUE:
+        return None
+    return (
+        f"{novel} of {len(values)} classified cells ({novel / len(values):.0%}) look unlike "
+        f"the model's training images (expected about {expected:.0%}): another microscope, "
+        f"stain or magnification? Their classes are not reliable; fine-tune the model on a "
+        f"few labelled crops of yours (napari-bloodcell train --init default)."
+    )

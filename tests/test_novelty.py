@@ -1,0 +1,79 @@
+"""Novelty: how unlike the training crops a crop looks (classification/novelty.py)."""
+
+import numpy as np
+import pytest
+
+from napari_bloodcell.classification.novelty import (
+    NoveltyReference,
+    fit_novelty_reference,
+    novelty,
+    novelty_warning,
+)
+from napari_bloodcell.errors import ModelError
+
+
+def _clusters(rng, n_per_class, shift=0.0):
+    """Three Gaussian classes in 6-D with correlated noise; ``shift`` moves them all."""
+    centres = np.array([[0, 0, 0, 0, 0, 0], [4, 0, 0, 1, 0, 0], [0, 4, 0, 0, 1, 0]], float)
+    mixing = np.eye(6) + 0.5 * np.eye(6, k=1)
+    labels = np.repeat(np.arange(3), n_per_class)
+    features = centres[labels] + rng.normal(size=(len(labels), 6)) @ mixing + shift
+    return features, labels
+
+
+def test_familiar_crops_are_novel_one_time_in_a_hundred_and_shifted_ones_almost_always():
+    rng = np.random.default_rng(0)
+    reference = fit_novelty_reference(
+        *_clusters(rng, 400), validation_features=_clusters(rng, 300)[0]
+    )
+    familiar = novelty(_clusters(rng, 2000)[0], reference)
+    assert 0.004 < np.mean(familiar > 1) < 0.02
+    shifted = novelty(_clusters(rng, 200, shift=np.array([0, 0, 6, 0, 0, -6]))[0], reference)
+    assert np.mean(shifted > 1) > 0.95
+
+
+def test_reference_round_trips_and_bad_bytes_are_a_clear_error():
+    rng = np.random.default_rng(1)
+    features, labels = _clusters(rng, 50)
+    reference = fit_novelty_reference(features, labels, features)
+    again = NoveltyReference.from_bytes(reference.to_bytes())
+    np.testing.assert_allclose(novelty(features, again), novelty(features, reference), rtol=1e-4)
+    with pytest.raises(ModelError, match="novelty reference"):
+        NoveltyReference.from_bytes(b"not an npz archive")
+    with pytest.raises(ModelError, match="do not fit"):
+        novelty(features[:, :4], reference)
+
+
+def test_a_warning_needs_many_novel_cells_not_a_few_by_chance():
+    assert novelty_warning([2.0, 0.5, 0.3] + [0.5] * 17) is None  # 1 of 20: chance
+    assert novelty_warning([2.0] * 2 + [0.5] * 198) is None  # 1 %: as expected
+    message = novelty_warning([1.5] * 30 + [0.5] * 70 + [np.nan] * 50)
+    assert "30 of 100 classified cells (30%)" in message and "--init default" in message
+    assert novelty_warning([]) is None and novelty_warning([np.nan]) is None
+
+
+def test_classifier_reports_novelty_per_crop(tiny_model, tiny_heldout, tmp_path):
+    from napari_bloodcell.classification.datasets import load_crop_dataset
+    from napari_bloodcell.classification.inference import CellClassifier
+    from napari_bloodcell.classification.model_files import ModelMetadata, save_model
+
+    classifier = CellClassifier(tiny_model)
+    assert classifier.novelty_reference is not None  # fitted by train_classifier
+    data = load_crop_dataset([tiny_heldout], size=32, scale=2.2, classes=["lobed", "round"])
+    crops = data.images.astype(np.float32) / 255
+    table = classifier.classify(crops)
+    assert list(table.columns[:3]) == ["cell_class", "confidence", "novelty"]
+    assert np.isfinite(table["novelty"]).all() and (table["novelty"] >= 0).all()
+    # solid green squares are nothing like the stained nuclei it was trained on
+    green = np.zeros_like(crops)
+    green[..., 1] = 1.0
+    assert classifier.classify(green)["novelty"].min() > table["novelty"].median()
+    # a model file without a reference answers NaN, not an error
+    bare = save_model(
+        classifier.keras_model(),
+        tmp_path / "bare.keras",
+        ModelMetadata(
+            classes=classifier.classes, input_size=32, crop_scale=2.2, architecture="compact"
+        ),
+    )
+    assert CellClassifier(bare).classify(crops)["novelty"].isna().all()
