@@ -65,11 +65,14 @@ def evaluate(model: Path, data: Path, bccd_crops: Path, *, bccd_unseen: bool) ->
     files, truth = test_split_files(data / "pbc", test_sources, classifier.classes)
     six = [(f, c) for f, c in zip(files, truth, strict=True) if c in TARGET_CLASSES]
     result = {"pbc_test_six_classes": score(classifier, *map(list, zip(*six, strict=True)))}
-    files, truth = test_split_files(bccd_crops, test_sources, classifier.classes)
-    result["bccd_test_frames"] = score(classifier, files, truth)
     if bccd_unseen:
         files, truth = test_split_files(bccd_crops, None, classifier.classes)
         result["bccd_all_windows"] = score(classifier, files, truth)
+        wbc = [(f, c) for f, c in zip(files, truth, strict=True) if c != "platelet"]
+        result["bccd_all_wbc_windows"] = score(classifier, *map(list, zip(*wbc, strict=True)))
+    else:
+        files, truth = test_split_files(bccd_crops, test_sources, classifier.classes)
+        result["bccd_test_frames"] = score(classifier, files, truth)
     zheng = zheng_files(data / "wbc_seg_zheng2018", classifier.classes)
     for name, files, truth in zip(("zheng_dataset1", "zheng_dataset2"), *zheng, strict=True):
         result[name] = score(classifier, files, truth)
