@@ -5,6 +5,8 @@
 * BCCD: crops cut by ``scripts/cut_bccd_training_crops.py`` from frames in the test split
   (another microscope: lower magnification, other stain).
 * Zheng 2018 dataset 1 and 2 (two more microscopes, never trained on): the WBC classes.
+* Novelty (when the model file has a reference): the share of crops with novelty > 1,
+  the accuracy on the others, and whether ``analyze`` would warn for such a set.
 * Speed: crops/s of the benchmarked model itself vs the seed ``coursework`` network
   (untrained weights; speed does not depend on them) in the same run.
 
@@ -27,18 +29,29 @@ from napari_bloodcell.classification.datasets import (
 )
 from napari_bloodcell.classification.evaluation import classification_metrics
 from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.novelty import novelty, novelty_warning
 
 TARGET_CLASSES = ["neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil", "platelet"]
 
 
 def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> dict:
     crops = prepare_crop_files(files, size=classifier.input_size, scale=classifier.crop_scale)
-    probabilities = classifier.predict_proba(crops.astype(np.float32) / 255)
+    probabilities, features = classifier.predict(crops.astype(np.float32) / 255)
     lookup = {c: i for i, c in enumerate(classifier.classes)}
     y_true = np.array([lookup[c] for c in truth])
     metrics = classification_metrics(y_true, probabilities.argmax(axis=1), classifier.classes)
     present = [c for c in classifier.classes if metrics["per_class"][c]["support"]]
     metrics["per_class"] = {c: metrics["per_class"][c] for c in present}
+    if classifier.novelty_reference is not None:
+        values = novelty(features, classifier.novelty_reference)
+        novel = values > 1
+        right = probabilities.argmax(axis=1) == y_true
+        metrics["novelty"] = {
+            "novel_share": float(novel.mean()),
+            "accuracy_of_familiar": float(right[~novel].mean()) if (~novel).any() else None,
+            "accuracy_of_novel": float(right[novel].mean()) if novel.any() else None,
+            "analyze_would_warn": novelty_warning(values) is not None,
+        }
     return metrics
 
 
@@ -117,7 +130,7 @@ def main() -> None:
         if isinstance(metrics, dict) and "accuracy" in metrics:
             print(
                 f"{key:24s} n={metrics['n']:5d} accuracy={metrics['accuracy']:.3f} "
-                f"macro_f1={metrics['macro_f1']:.3f}"
+                f"macro_f1={metrics['macro_f1']:.3f} {metrics.get('novelty', '')}"
             )
     print(f"crops/s: {result['crops_per_second']}")
     write_result("classifier", result)

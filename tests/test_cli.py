@@ -59,7 +59,23 @@ def test_analyze_writes_table_labels_overlays_and_run_record(
     assert run["model"]["test_time_views"] == 8
     classified = table[table.cell_type != "rbc"]
     assert classified["confidence"].between(0, 1).all()
+    assert (classified["novelty"] >= 0).all() and table["novelty"].isna().sum() == len(
+        table[table.cell_type == "rbc"]
+    )
     assert "ms/frame" in capsys.readouterr().out
+
+
+def test_analyze_passes_the_whole_runs_novelty_to_the_warning(
+    tmp_path, smear_png, tiny_model, capsys, monkeypatch
+):
+    import napari_bloodcell.classification.novelty as novelty
+
+    seen = []
+    monkeypatch.setattr(novelty, "novelty_warning", lambda v: seen.append(list(v)) or "TOLD")
+    assert run_cli("analyze", smear_png, "--out", tmp_path, "--model", tiny_model) == 0
+    assert "warning: these images: TOLD" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "cells.csv")
+    np.testing.assert_allclose(seen[0], table["novelty"])  # every cell, NaN for red cells
 
 
 def test_rerun_skips_finished_inputs_and_overwrite_replaces_them(tmp_path, smear_png, capsys):

@@ -21,21 +21,36 @@ def _clusters(rng, n_per_class, shift=0.0):
     return features, labels
 
 
-def test_familiar_crops_are_novel_one_time_in_a_hundred_and_shifted_ones_almost_always():
-    rng = np.random.default_rng(0)
-    reference = fit_novelty_reference(
-        *_clusters(rng, 400), validation_features=_clusters(rng, 300)[0]
+def _fit(rng, n_per_class=400):
+    """A reference from two microscopes: the second has few crops, shifted and twice as noisy."""
+    first, first_labels = _clusters(rng, n_per_class)
+    second, second_labels = _clusters(rng, n_per_class // 10, shift=3.0)
+    second = 3.0 + 2 * (second - 3.0)
+    validation = [_clusters(rng, 300)[0], 3.0 + 2 * (_clusters(rng, 30, shift=3.0)[0] - 3.0)]
+    return fit_novelty_reference(
+        np.concatenate([first, second]),
+        np.concatenate([first_labels, second_labels]),
+        np.repeat([0, 1], [len(first), len(second)]),
+        np.concatenate(validation),
+        np.repeat([0, 1], [len(v) for v in validation]),
     )
-    familiar = novelty(_clusters(rng, 2000)[0], reference)
-    assert 0.004 < np.mean(familiar > 1) < 0.02
-    shifted = novelty(_clusters(rng, 200, shift=np.array([0, 0, 6, 0, 0, -6]))[0], reference)
+
+
+def test_every_training_microscope_is_familiar_and_a_new_one_is_not():
+    rng = np.random.default_rng(0)
+    reference = _fit(rng)
+    assert len(reference.class_means) == 6  # one mean per class and microscope
+    first = novelty(_clusters(rng, 2000)[0], reference)
+    second = novelty(3.0 + 2 * (_clusters(rng, 500, shift=3.0)[0] - 3.0), reference)
+    assert np.mean(first > 1) < 0.02 and np.mean(second > 1) < 0.05
+    shifted = novelty(_clusters(rng, 200, shift=np.array([0, 0, 12, 0, 0, -12]))[0], reference)
     assert np.mean(shifted > 1) > 0.95
 
 
 def test_reference_round_trips_and_bad_bytes_are_a_clear_error():
     rng = np.random.default_rng(1)
-    features, labels = _clusters(rng, 50)
-    reference = fit_novelty_reference(features, labels, features)
+    reference = _fit(rng, 50)
+    features = _clusters(rng, 50)[0]
     again = NoveltyReference.from_bytes(reference.to_bytes())
     np.testing.assert_allclose(novelty(features, again), novelty(features, reference), rtol=1e-4)
     with pytest.raises(ModelError, match="novelty reference"):

@@ -315,8 +315,7 @@ def _analyze_and_report(args, settings, client) -> int:
         print(summarise(summary.table).to_string(index=False))
         print(f"results in {summary.out}/")
         if "novelty" in summary.table:  # (tables of earlier versions lack it)
-            for source, rows in summary.table.groupby("source", observed=True):
-                _warn_if_novel(rows["novelty"], source)
+            _warn_if_novel(summary.table["novelty"], "these images")
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
     if args.track and len(summary.table):

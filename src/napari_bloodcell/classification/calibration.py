@@ -88,15 +88,15 @@ def calibrate_model_file(
         metadata.test_time_views = checked_views(views)
     validation = set(metadata.training.get("validation_sources", []))
     held_out = validation | set(metadata.training.get("test_sources", []))
-    parts: dict[str, list[tuple[Path, str]]] = {"validation": [], "train": []}
-    for data_dir in map(Path, data_dirs):
+    parts: dict[str, list[tuple[Path, str, int]]] = {"validation": [], "train": []}
+    for domain, data_dir in enumerate(map(Path, data_dirs)):
         found, _ = find_labelled_files([data_dir], metadata.classes, ignore_unknown=True)
         for f, c, _ in found:
             source = source_id(f, data_dir)
             if source in validation:
-                parts["validation"].append((f, c))
+                parts["validation"].append((f, c, domain))
             elif source not in held_out:
-                parts["train"].append((f, c))
+                parts["train"].append((f, c, domain))
     if not parts["validation"] or not parts["train"]:
         raise DatasetError(
             f"none of the model's {len(validation)} validation sources (or none of its "
@@ -106,17 +106,18 @@ def calibrate_model_file(
     metadata.temperature = 1.0  # uncalibrated probabilities, averaged over the views
     predicted = {}
     for name, items in parts.items():
-        crops = prepare_crop_files(
-            [f for f, _ in items], size=metadata.input_size, scale=metadata.crop_scale
-        )
-        labels = np.array([metadata.classes.index(c) for _, c in items])
-        predicted[name] = (*classifier.predict(crops.astype(np.float32) / 255), labels)
-    probabilities, validation_features, labels = predicted["validation"]
-    _, train_features, train_labels = predicted["train"]
+        files, classes, domains = zip(*items, strict=True)
+        crops = prepare_crop_files(files, size=metadata.input_size, scale=metadata.crop_scale)
+        labels = np.array([metadata.classes.index(c) for c in classes])
+        predicted[name] = (*classifier.predict(crops.astype(np.float32) / 255), labels, domains)
+    probabilities, validation_features, labels, validation_domains = predicted["validation"]
+    _, train_features, train_labels, train_domains = predicted["train"]
     record = calibration_record(probabilities, labels)
     record["test_time_views"] = metadata.test_time_views
     metadata.temperature = record["temperature"]
     metadata.training["calibration"] = record
-    novelty = fit_novelty_reference(train_features, train_labels, validation_features)
+    novelty = fit_novelty_reference(
+        train_features, train_labels, train_domains, validation_features, validation_domains
+    )
     update_metadata(model_path, metadata, novelty)
     return record

@@ -165,7 +165,13 @@ def train_classifier(
     _, train_features = predict_dataset(
         model, trained_on, config.batch_size, config.test_time_views
     )
-    novelty = fit_novelty_reference(train_features, trained_on.labels, validation_features)
+    novelty = fit_novelty_reference(
+        train_features,
+        trained_on.labels,
+        trained_on.domains,
+        validation_features,
+        validation.domains,
+    )
     metadata = ModelMetadata(
         classes=dataset.classes,
         input_size=config.size,
