@@ -39,6 +39,23 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_with_novelty(tiny_model, tmp_path_factory) -> Path:
+    """A copy of ``tiny_model`` with a novelty reference, fitted by ``calibrate`` with the
+    minimum sizes lowered to its 96 crops (the real minimums are for real models)."""
+    import shutil
+
+    from napari_bloodcell.classification import novelty
+    from napari_bloodcell.classification.calibration import calibrate_model_file
+
+    copy = shutil.copy(tiny_model, tmp_path_factory.mktemp("novel") / "tiny_novelty.keras")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(novelty, "MIN_TRAINING_CROPS", 10)
+        patch.setattr(novelty, "MIN_VALIDATION_CROPS", 10)
+        assert calibrate_model_file(copy, [tiny_model.parent / "data"])["novelty_reference"]
+    return copy
+
+
+@pytest.fixture(scope="session")
 def tiny_heldout(tmp_path_factory) -> Path:
     """Fresh round/lobed images (another seed) never seen in training."""
     return write_crop_folder(tmp_path_factory.mktemp("heldout"), n_per_class=20, seed=99)

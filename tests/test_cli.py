@@ -43,10 +43,10 @@ def test_importing_the_package_does_not_import_tensorflow_or_qt():
 
 
 def test_analyze_writes_table_labels_overlays_and_run_record(
-    tmp_path, smear_png, tiny_model, capsys
+    tmp_path, smear_png, tiny_model_with_novelty, capsys
 ):
     out = tmp_path / "out"
-    assert run_cli("analyze", smear_png, "--out", out, "--model", tiny_model) == 0
+    assert run_cli("analyze", smear_png, "--out", out, "--model", tiny_model_with_novelty) == 0
     table = pd.read_csv(out / "cells.csv")
     assert list(table.columns[: len(BASE_COLUMNS)]) == BASE_COLUMNS
     assert {"p_lobed", "p_round"} <= set(table.columns)
@@ -73,7 +73,7 @@ def test_analyze_passes_the_whole_runs_novelty_to_the_warning(
     seen = []
     monkeypatch.setattr(novelty, "novelty_warning", lambda v: seen.append(list(v)) or "TOLD")
     assert run_cli("analyze", smear_png, "--out", tmp_path, "--model", tiny_model) == 0
-    assert "warning: these images: TOLD" in capsys.readouterr().err
+    assert "warning: these images: TOLD" in capsys.readouterr().err  # (NaN: no reference)
     table = pd.read_csv(tmp_path / "cells.csv")
     np.testing.assert_allclose(seen[0], table["novelty"])  # every cell, NaN for red cells
 
@@ -275,10 +275,11 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
 
 
 def test_predict_warns_when_many_crops_look_unlike_the_training_images(
-    tmp_path, tiny_model, tiny_heldout, capsys
+    tmp_path, tiny_model_with_novelty, tiny_heldout, capsys
 ):
     from skimage import io
 
+    tiny_model = tiny_model_with_novelty
     assert run_cli("predict", tiny_heldout, "--model", tiny_model, "--out", tmp_path / "a.csv") == 0
     assert "look unlike" not in capsys.readouterr().err  # its own kind of images
     rng = np.random.default_rng(0)
@@ -314,7 +315,10 @@ def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
     assert tifffile.imread(out / "labels" / "BloodImage_00000.tif").shape == (480, 640)
 
 
-def test_calibrate_refits_the_temperature_on_validation_sources(tmp_path, tiny_model, capsys):
+def test_calibrate_refits_the_temperature_on_validation_sources(
+    tmp_path, tiny_model, capsys, monkeypatch
+):
+    from napari_bloodcell.classification import novelty
     from napari_bloodcell.classification.inference import CellClassifier
     from napari_bloodcell.classification.model_files import (
         read_metadata,
@@ -324,15 +328,16 @@ def test_calibrate_refits_the_temperature_on_validation_sources(tmp_path, tiny_m
 
     trained = CellClassifier(tiny_model)
     copy = save_model(trained.keras_model(), tmp_path / "m.keras", trained.metadata)
-    assert read_novelty_reference(copy) is None  # saved without one
     data = tiny_model.parent / "data"
     assert run_cli("calibrate", copy, data) == 0
-    assert "temperature" in json.loads(capsys.readouterr().out)
-    assert read_metadata(copy).temperature > 0
-    refitted = read_novelty_reference(copy)  # from the model's own training and validation split
-    np.testing.assert_allclose(
-        refitted.class_means, trained.novelty_reference.class_means, rtol=1e-3, atol=1e-4
-    )
+    record = json.loads(capsys.readouterr().out)
+    assert "temperature" in record and record["novelty_reference"] is False  # 96 crops: too few
+    assert read_metadata(copy).temperature > 0 and read_novelty_reference(copy) is None
+    with monkeypatch.context() as patch:  # minimums lowered: a reference of 2 classes × 1 folder
+        patch.setattr(novelty, "MIN_TRAINING_CROPS", 10)
+        patch.setattr(novelty, "MIN_VALIDATION_CROPS", 10)
+        assert run_cli("calibrate", copy, data) == 0
+    assert len(read_novelty_reference(copy).class_means) == 2
     assert run_cli("calibrate", copy, tmp_path) == 2  # no class folders there
     assert run_cli("calibrate", copy, data, "--views", "2") == 0
     assert read_metadata(copy).test_time_views == 2

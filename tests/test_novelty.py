@@ -47,9 +47,24 @@ def test_every_training_microscope_is_familiar_and_a_new_one_is_not():
     assert np.mean(shifted > 1) > 0.95
 
 
+def test_too_few_crops_give_no_reference():
+    rng = np.random.default_rng(2)
+    features, labels = _clusters(rng, 300)  # 900 training crops: fewer than 1,000
+    validation = _clusters(rng, 100)[0]
+    domains = np.zeros(len(features), int)
+    assert fit_novelty_reference(features, labels, domains, validation, np.zeros(300)) is None
+    more, more_labels = _clusters(rng, 400)
+    # enough training crops, but a microscope with 30 validation crops
+    validation_domains = np.repeat([0, 1], [270, 30])
+    assert (
+        fit_novelty_reference(more, more_labels, more_labels % 2, validation, validation_domains)
+        is None
+    )
+
+
 def test_reference_round_trips_and_bad_bytes_are_a_clear_error():
     rng = np.random.default_rng(1)
-    reference = _fit(rng, 50)
+    reference = _fit(rng)
     features = _clusters(rng, 50)[0]
     again = NoveltyReference.from_bytes(reference.to_bytes())
     np.testing.assert_allclose(novelty(features, again), novelty(features, reference), rtol=1e-4)
@@ -67,15 +82,13 @@ def test_a_warning_needs_many_novel_cells_not_a_few_by_chance():
     assert novelty_warning([]) is None and novelty_warning([np.nan]) is None
 
 
-def test_classifier_reports_novelty_per_crop(tiny_model, tiny_heldout, tmp_path):
+def test_classifier_reports_novelty_per_crop(tiny_model_with_novelty, tiny_heldout, tiny_model):
     from napari_bloodcell.classification.datasets import load_crop_dataset
     from napari_bloodcell.classification.inference import CellClassifier
-    from napari_bloodcell.classification.model_files import ModelMetadata, save_model
 
-    classifier = CellClassifier(tiny_model)
-    assert classifier.novelty_reference is not None  # fitted by train_classifier
     data = load_crop_dataset([tiny_heldout], size=32, scale=2.2, classes=["lobed", "round"])
     crops = data.images.astype(np.float32) / 255
+    classifier = CellClassifier(tiny_model_with_novelty)
     table = classifier.classify(crops)
     assert list(table.columns[:3]) == ["cell_class", "confidence", "novelty"]
     assert np.isfinite(table["novelty"]).all() and (table["novelty"] >= 0).all()
@@ -83,12 +96,6 @@ def test_classifier_reports_novelty_per_crop(tiny_model, tiny_heldout, tmp_path)
     green = np.zeros_like(crops)
     green[..., 1] = 1.0
     assert classifier.classify(green)["novelty"].min() > table["novelty"].median()
-    # a model file without a reference answers NaN, not an error
-    bare = save_model(
-        classifier.keras_model(),
-        tmp_path / "bare.keras",
-        ModelMetadata(
-            classes=classifier.classes, input_size=32, crop_scale=2.2, architecture="compact"
-        ),
-    )
-    assert CellClassifier(bare).classify(crops)["novelty"].isna().all()
+    # trained on 96 crops, the model itself got no reference: it answers NaN, not an error
+    assert CellClassifier(tiny_model).novelty_reference is None
+    assert CellClassifier(tiny_model).classify(crops)["novelty"].isna().all()

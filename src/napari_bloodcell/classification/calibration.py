@@ -119,5 +119,6 @@ def calibrate_model_file(
     novelty = fit_novelty_reference(
         train_features, train_labels, train_domains, validation_features, validation_domains
     )
+    record["novelty_reference"] = novelty is not None
     update_metadata(model_path, metadata, novelty)
     return record

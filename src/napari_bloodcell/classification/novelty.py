@@ -27,6 +27,12 @@ REFERENCE_PERCENTILE = 99.0
 """Validation percentile of the distance that ``novelty = 1`` stands for."""
 COVARIANCE_SHRINKAGE = 0.1
 """Weight of the scaled identity in the shared covariance (stable with few crops)."""
+MIN_TRAINING_CROPS = 1000
+"""Fewer training crops than this (~8 per feature) give no reference: a covariance of 128
+features from a fine-tuning set of ~60 crops called 23 % of that microscope's own test
+images novel (docs/benchmarks.md)."""
+MIN_VALIDATION_CROPS = 50
+"""Per training microscope: fewer validation crops cannot place a 99th percentile."""
 WARNING_SHARE = 0.05
 """Smallest share of novel cells that is warned about (5 × the validation share)."""
 WARNING_P_VALUE = 1e-3
@@ -75,8 +81,11 @@ def fit_novelty_reference(
     train_domains: np.ndarray,
     validation_features: np.ndarray,
     validation_domains: np.ndarray,
-) -> NoveltyReference:
-    """Fit the reference of a model from its training and validation crops.
+) -> NoveltyReference | None:
+    """Fit the reference of a model from its training and validation crops (None when there
+    are fewer than :data:`MIN_TRAINING_CROPS` of them, or fewer than
+    :data:`MIN_VALIDATION_CROPS` validation crops of a training microscope: such a model
+    reports no novelty).
 
     Features (N, D) with class labels and domains (N,): a domain is a training data folder
     (a microscope). Each (class, domain) pair gets its own mean, all share one shrunk
@@ -87,6 +96,10 @@ def fit_novelty_reference(
     small training microscope's test crops novel; docs/benchmarks.md).
     """
     train_features = np.asarray(train_features, dtype=np.float64)
+    validation_domains = np.asarray(validation_domains)
+    smallest = min(np.unique(validation_domains, return_counts=True)[1], default=0)
+    if len(train_features) < MIN_TRAINING_CROPS or smallest < MIN_VALIDATION_CROPS:
+        return None
     components = np.unique(
         np.stack([train_labels, train_domains], axis=1), axis=0, return_inverse=True
     )[1]
@@ -102,7 +115,6 @@ def fit_novelty_reference(
     )
     reference = NoveltyReference(means, np.linalg.inv(covariance), 1.0)
     distances = mahalanobis_distances(validation_features, reference)
-    validation_domains = np.asarray(validation_domains)
     reference.threshold = float(
         max(
             np.percentile(distances[validation_domains == domain], REFERENCE_PERCENTILE)

@@ -192,6 +192,7 @@ def train_classifier(
             "epochs_run": len(history.get("loss", [])),
             "best_val_loss": float(min(history.get("val_loss", [np.nan]))),
             "calibration": calibration,
+            "novelty_reference": novelty is not None,
         },
     )
     save_model(model, out, metadata, novelty)
