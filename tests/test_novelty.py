@@ -99,3 +99,21 @@ def test_classifier_reports_novelty_per_crop(tiny_model_with_novelty, tiny_heldo
     # trained on 96 crops, the model itself got no reference: it answers NaN, not an error
     assert CellClassifier(tiny_model).novelty_reference is None
     assert CellClassifier(tiny_model).classify(crops)["novelty"].isna().all()
+
+
+def test_a_damaged_novelty_member_is_a_clear_model_error(tiny_model_with_novelty, tmp_path):
+    import zipfile
+
+    from napari_bloodcell.classification.inference import CellClassifier
+    from napari_bloodcell.classification.model_files import NOVELTY_MEMBER
+
+    damaged = tmp_path / "damaged.keras"
+    with (
+        zipfile.ZipFile(tiny_model_with_novelty) as source,
+        zipfile.ZipFile(damaged, "w") as target,
+    ):
+        for item in source.infolist():
+            data = b"garbage" if item.filename == NOVELTY_MEMBER else source.read(item)
+            target.writestr(item, data)
+    with pytest.raises(ModelError, match="damaged.keras: the model's novelty reference"):
+        CellClassifier(damaged)
