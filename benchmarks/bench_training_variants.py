@@ -27,6 +27,7 @@ chooses between domain-generalisation recipes without looking at Zheng 2018::
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from _common import DEFAULT_DATA, require, write_result
@@ -78,12 +79,23 @@ def evaluate(model: Path, data: Path, bccd_crops: Path, *, bccd_unseen: bool) ->
         result[name] = score(classifier, files, truth)
     return {
         key: {k: metrics[k] for k in ("n", "accuracy", "macro_f1")}
+        | {"recall": {c: m["recall"] for c, m in metrics["per_class"].items()}}
         for key, metrics in result.items()
     } | {
         "neutrophil_precision_pbc": result["pbc_test_six_classes"]["per_class"]["neutrophil"][
             "precision"
         ]
     }
+
+
+def check_reused(model: Path, config: TrainingConfig) -> None:
+    """Refuse a model file of an earlier run whose recorded settings differ from the
+    variant's (a setting it does not record did not exist then: its default applied)."""
+    recorded = CellClassifier(model).metadata.training["config"]
+    wanted = asdict(config)
+    differing = {k: (v, wanted[k]) for k, v in recorded.items() if k in wanted and wanted[k] != v}
+    if differing:
+        raise SystemExit(f"{model} was trained with other settings {differing}: delete it")
 
 
 def main() -> None:
@@ -110,11 +122,13 @@ def main() -> None:
             trained = train_classifier(folders, model, VARIANTS[name])
             seconds = trained.seconds
         else:
+            check_reused(model, VARIANTS[name])
             seconds = None
         training = CellClassifier(model).metadata.training
         results[name] = {
             "config": training["config"],
             "epochs_run": training["epochs_run"],
+            "best_validation_loss": training["best_val_loss"],
             "training_seconds": seconds,
             "model_bytes": model.stat().st_size,
             **evaluate(

@@ -268,6 +268,7 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert tuned_config["patience"] == 10 and tuned_config["stain_jitter"] == 0.15  # recipe
     trained_config = CellClassifier(model).metadata.training["config"]
     assert trained_config["patience"] == 5 and trained_config["stain_jitter"] == 0.0
+    assert run_cli("train", tiny_heldout, *args, "--overwrite", "--lamp-jitter", "-0.3") == 2
     table_path = tmp_path / "pred.csv"
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)
@@ -316,7 +317,7 @@ def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
 
 
 def test_calibrate_refits_the_temperature_on_validation_sources(
-    tmp_path, tiny_model, capsys, monkeypatch
+    tmp_path, tiny_model, tiny_heldout, capsys, monkeypatch
 ):
     from napari_bloodcell.classification import novelty
     from napari_bloodcell.classification.inference import CellClassifier
@@ -337,10 +338,18 @@ def test_calibrate_refits_the_temperature_on_validation_sources(
         patch.setattr(novelty, "MIN_TRAINING_CROPS", 10)
         patch.setattr(novelty, "MIN_VALIDATION_CROPS", 10)
         assert run_cli("calibrate", copy, data) == 0
-    assert len(read_novelty_reference(copy).class_means) == 2
+        means = read_novelty_reference(copy).class_means
+        assert len(means) == 2 and read_metadata(copy).training["novelty_reference"] is True
+        # a folder the model was not split from is not training data: same reference
+        assert run_cli("calibrate", copy, data, tiny_heldout) == 0
+        np.testing.assert_allclose(read_novelty_reference(copy).class_means, means, rtol=1e-5)
     assert run_cli("calibrate", copy, tmp_path) == 2  # no class folders there
+    assert run_cli("calibrate", copy, tiny_heldout) == 2  # none of its validation sources
     assert run_cli("calibrate", copy, data, "--views", "2") == 0
     assert read_metadata(copy).test_time_views == 2
+    # a reference for 8 views is not kept when the new one cannot be fitted
+    assert read_novelty_reference(copy) is None
+    assert read_metadata(copy).training["novelty_reference"] is False
 
 
 def test_analyze_with_tracking_then_track_command(tmp_path):

@@ -52,14 +52,19 @@ def test_too_few_crops_give_no_reference():
     features, labels = _clusters(rng, 300)  # 900 training crops: fewer than 1,000
     validation = _clusters(rng, 100)[0]
     domains = np.zeros(len(features), int)
-    assert fit_novelty_reference(features, labels, domains, validation, np.zeros(300)) is None
+    assert fit_novelty_reference(features, labels, domains, validation, domains[:300]) is None
     more, more_labels = _clusters(rng, 400)
-    # enough training crops, but a microscope with 30 validation crops
+    # enough training crops, but a microscope with 30 validation crops, or none
     validation_domains = np.repeat([0, 1], [270, 30])
-    assert (
-        fit_novelty_reference(more, more_labels, more_labels % 2, validation, validation_domains)
-        is None
-    )
+    for training_domains in (more_labels % 2, more_labels):  # (microscope 2: no validation)
+        assert (
+            fit_novelty_reference(
+                more, more_labels, training_domains, validation, validation_domains
+            )
+            is None
+        )
+    one_microscope = np.zeros(len(more), int)
+    assert fit_novelty_reference(more, more_labels, one_microscope, validation, domains[:300])
 
 
 def test_reference_round_trips_and_bad_bytes_are_a_clear_error():

@@ -315,7 +315,8 @@ def _analyze_and_report(args, settings, client) -> int:
         print(summarise(summary.table).to_string(index=False))
         print(f"results in {summary.out}/")
         if "novelty" in summary.table:  # (tables of earlier versions lack it)
-            _warn_if_novel(summary.table["novelty"], "these images")
+            analysed = summary.table["source"].isin([Path(p).name for p in summary.processed])
+            _warn_if_novel(summary.table.loc[analysed, "novelty"], "these images")
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
     if args.track and len(summary.table):

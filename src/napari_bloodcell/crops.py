@@ -20,6 +20,8 @@ CROP_SCALE = 2.2
 
 MIN_CROP_SIDE_PX = 8.0
 COLOUR_PERCENTILES = (1.0, 99.0)
+MIN_DIVISOR = 1e-6
+"""Colour normalisation divides only by values above this (a black channel stays 0)."""
 
 
 def crop_cells(
@@ -124,9 +126,9 @@ def normalise_colour(crops: np.ndarray) -> np.ndarray:
     crops = np.asarray(crops, dtype=np.float32)
     low_pct, high_pct = COLOUR_PERCENTILES
     white = np.percentile(crops, high_pct, axis=(1, 2), keepdims=True)
-    balanced = np.divide(crops, white, out=np.zeros_like(crops), where=white > 1e-6)
+    balanced = np.divide(crops, white, out=np.zeros_like(crops), where=white > MIN_DIVISOR)
     balanced = np.clip(balanced, 0.0, 1.0)
     low = np.percentile(balanced, low_pct, axis=(1, 2, 3), keepdims=True)
     span = 1.0 - low
-    stretched = np.divide(balanced - low, span, out=np.zeros_like(crops), where=span > 1e-6)
+    stretched = np.divide(balanced - low, span, out=np.zeros_like(crops), where=span > MIN_DIVISOR)
     return np.clip(stretched, 0.0, 1.0)

@@ -73,8 +73,10 @@ def calibrate_model_file(
     ``data_dirs`` are the folders the model was trained on. The temperature and the novelty
     threshold are fitted on the items whose source image is in the model's
     ``validation_sources``; the novelty's class means and covariance on the training items
-    (neither validation nor test sources). ``views`` first changes the model's test-time
-    views (both depend on them).
+    (neither validation nor test sources) of the folders that hold some of the model's
+    held-out sources (a folder it was not trained on is not training data). ``views`` first
+    changes the model's test-time views (both depend on them). The novelty reference is
+    replaced, or removed when the crops are too few for one.
     """
     from ..errors import DatasetError
     from .datasets import find_labelled_files, prepare_crop_files, source_id
@@ -91,18 +93,22 @@ def calibrate_model_file(
     parts: dict[str, list[tuple[Path, str, int]]] = {"validation": [], "train": []}
     for domain, data_dir in enumerate(map(Path, data_dirs)):
         found, _ = find_labelled_files([data_dir], metadata.classes, ignore_unknown=True)
-        for f, c, _ in found:
-            source = source_id(f, data_dir)
+        sources = [source_id(f, data_dir) for f, _, _ in found]
+        if held_out.isdisjoint(sources):
+            continue  # not one of the folders the model was split from
+        for (f, c, _), source in zip(found, sources, strict=True):
             if source in validation:
                 parts["validation"].append((f, c, domain))
             elif source not in held_out:
                 parts["train"].append((f, c, domain))
-    if not parts["validation"] or not parts["train"]:
+    folders = ", ".join(map(str, data_dirs))
+    if not parts["validation"]:
         raise DatasetError(
-            f"none of the model's {len(validation)} validation sources (or none of its "
-            f"training sources) are in {', '.join(map(str, data_dirs))}; give the folders it "
-            f"was trained on"
+            f"none of the model's {len(validation)} validation sources are in {folders}; "
+            f"give the folders it was trained on"
         )
+    if not parts["train"]:
+        raise DatasetError(f"{folders} hold no training images of the model, only held-out ones")
     metadata.temperature = 1.0  # uncalibrated probabilities, averaged over the views
     predicted = {}
     for name, items in parts.items():
@@ -119,6 +125,6 @@ def calibrate_model_file(
     novelty = fit_novelty_reference(
         train_features, train_labels, train_domains, validation_features, validation_domains
     )
-    record["novelty_reference"] = novelty is not None
+    record["novelty_reference"] = metadata.training["novelty_reference"] = novelty is not None
     update_metadata(model_path, metadata, novelty)
     return record

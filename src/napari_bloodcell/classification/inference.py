@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ModelError
+from .architectures import HEAD_LAYER
 from .model_files import (
     ModelMetadata,
     checked_views,
@@ -150,16 +151,15 @@ class CellClassifier(ModelFileClassifier):
 
 
 def with_features(model):
-    """The network answering (pooled features (N, D), probabilities (N, K)): the output of
-    its last global average pooling, the input of the softmax head."""
+    """The network answering (pooled features (N, D), probabilities (N, K)): the features
+    are the input of its softmax head (the pooled, at inference undropped, last stage)."""
     import keras
 
-    pooled = [
-        layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)
-    ]
-    if not pooled:
-        raise ModelError(f"network {model.name} has no global average pooling layer")
-    return keras.Model(model.inputs, [pooled[-1].output, model.output])
+    try:
+        head = model.get_layer(HEAD_LAYER)
+    except ValueError:
+        raise ModelError(f"network {model.name} has no {HEAD_LAYER!r} softmax head") from None
+    return keras.Model(model.inputs, [head.input, model.output])
 
 
 VIEW_TRANSFORMS = {

@@ -100,19 +100,24 @@ def _without_optimizer(model):
     return clone
 
 
+KEEP = "keep"
+"""``update_metadata(novelty=KEEP)``: leave the model's novelty reference as it is."""
+
+
 def update_metadata(
-    path: str | Path, metadata: ModelMetadata, novelty: NoveltyReference | None = None
+    path: str | Path, metadata: ModelMetadata, novelty: NoveltyReference | None | str = KEEP
 ) -> Path:
-    """Replace the metadata (and, if given, the novelty reference) inside a model file; the
-    network is copied unchanged, atomically."""
+    """Replace the metadata inside a model file, and the novelty reference unless ``KEEP``
+    (None removes it); the network is copied unchanged, atomically."""
     path = Path(path)
     replaced = {METADATA_MEMBER: json.dumps(asdict(metadata), indent=2).encode()}
-    if novelty is not None:
+    if novelty is not KEEP and novelty is not None:
         replaced[NOVELTY_MEMBER] = novelty.to_bytes()
+    dropped = set(replaced) | ({NOVELTY_MEMBER} if novelty is not KEEP else set())
     tmp = path.with_name(f".{path.name}.tmp.keras")
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target:
         for item in source.infolist():
-            if item.filename not in replaced:
+            if item.filename not in dropped:
                 target.writestr(item, source.read(item.filename))
         for name, data in replaced.items():
             target.writestr(name, data)

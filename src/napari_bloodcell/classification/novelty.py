@@ -36,6 +36,7 @@ MIN_VALIDATION_CROPS = 50
 WARNING_SHARE = 0.05
 """Smallest share of novel cells that is warned about (5 × the validation share)."""
 WARNING_P_VALUE = 1e-3
+DISTANCE_CHUNK = 1024
 
 
 @dataclass
@@ -67,6 +68,8 @@ class NoveltyReference:
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"the model's novelty reference is unreadable ({exc})") from None
         means, precision = reference.class_means, reference.precision
+        if not (np.isfinite(reference.threshold) and reference.threshold > 0):
+            raise ModelError(f"the model's novelty threshold is {reference.threshold}")
         if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
             raise ModelError(
                 f"the model's novelty reference has class means {means.shape} and precision "
@@ -97,7 +100,7 @@ def fit_novelty_reference(
     """
     train_features = np.asarray(train_features, dtype=np.float64)
     validation_domains = np.asarray(validation_domains)
-    smallest = min(np.unique(validation_domains, return_counts=True)[1], default=0)
+    smallest = min(int((validation_domains == d).sum()) for d in np.unique(train_domains))
     if len(train_features) < MIN_TRAINING_CROPS or smallest < MIN_VALIDATION_CROPS:
         return None
     components = np.unique(
@@ -132,9 +135,12 @@ def mahalanobis_distances(features: np.ndarray, reference: NoveltyReference) -> 
             f"features of shape {features.shape} do not fit the novelty reference "
             f"({reference.class_means.shape[1]} features)"
         )
-    offsets = features[:, None, :] - reference.class_means[None]
-    squared = np.einsum("nkd,de,nke->nk", offsets, reference.precision, offsets)
-    return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    distances = np.empty(len(features))
+    for start in range(0, len(features), DISTANCE_CHUNK):  # memory: chunk × means × features
+        offsets = features[start : start + DISTANCE_CHUNK, None, :] - reference.class_means[None]
+        squared = np.einsum("nkd,nkd->nk", offsets @ reference.precision, offsets)
+        distances[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return distances
 
 
 def novelty(features: np.ndarray, reference: NoveltyReference) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crops import COLOUR_PERCENTILES, CROP_SCALE
+from ..crops import COLOUR_PERCENTILES, CROP_SCALE, MIN_DIVISOR
 from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
@@ -63,9 +63,10 @@ class TrainingConfig:
     hue_jitter: float = 0.05
     lamp_jitter: float = 0.0
     """Another lamp and camera, simulated before the crop's colour normalisation: per crop
-    and channel an over-exposure gain in 1–exp(``lamp_jitter``) (bright parts clip) and an
-    illumination ramp across the crop of up to ± ``lamp_jitter`` / 2; the crop is then
-    re-normalised as ``analyze`` normalises it (0: off)."""
+    and channel an over-exposure gain in 1–exp(``lamp_jitter``) (bright parts clip) and a
+    linear illumination ramp across the crop (± ``lamp_jitter`` / 2 at the middle of the
+    edges, ≈ ± 0.7 × ``lamp_jitter`` at the corners); the crop is then re-normalised as
+    ``analyze`` normalises it, before the other colour jitters (0: off)."""
     test_time_views: int | None = None
     """Dihedral views averaged when the model classifies (stored in the model file; the
     temperature is fitted on the averaged validation probabilities). None: the
@@ -87,6 +88,11 @@ class TrainingConfig:
         ``init_model``, and its test-time views unless set."""
         from dataclasses import replace
 
+        from ..errors import BloodcellError
+
+        for name in ("stain_jitter", "max_blur_sigma", "hue_jitter", "lamp_jitter"):
+            if not getattr(self, name) >= 0:
+                raise BloodcellError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.init_model is None:
             return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
         init = read_metadata(resolve_model_path(self.init_model))
@@ -432,12 +438,12 @@ def make_augmenter(
         images = geometric(images, training=True)
         images = tf.image.rot90(images, k=generator.uniform((), 0, 4, dtype=tf.int32))
         batch = tf.shape(images)[0]
+        if lamp_jitter > 0:  # first: its re-normalisation would divide out the gains below
+            images = lamp(images)
         brightness = generator.uniform((batch, 1, 1, 1), 0.5, 1.5)
         images = images * brightness
         if stain_jitter > 0:
             images *= generator.uniform((batch, 1, 1, 3), 1 - stain_jitter, 1 + stain_jitter)
-        if lamp_jitter > 0:
-            images = lamp(images)
         hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 1.0))
         hue = tf.math.floormod(
             hsv[..., 0] + generator.uniform((batch, 1, 1), -hue_jitter, hue_jitter), 1.0
@@ -462,11 +468,20 @@ def normalise_colour_tf(images):
     channels = tf.transpose(images, (0, 3, 1, 2))
     per_channel = tf.reshape(channels, (tf.shape(images)[0], tf.shape(images)[3], -1))
     white = _percentile_tf(per_channel, high_pct)[:, None, None, :]
-    balanced = tf.clip_by_value(tf.math.divide_no_nan(images, white), 0.0, 1.0)
+    balanced = _divided_where(images, white, white > MIN_DIVISOR)
+    balanced = tf.clip_by_value(balanced, 0.0, 1.0)
     everything = tf.reshape(balanced, (tf.shape(images)[0], -1))
-    low = _percentile_tf(everything, low_pct)[:, None, None, None]
-    stretched = tf.math.divide_no_nan(balanced - low, 1.0 - low)
+    span = 1.0 - _percentile_tf(everything, low_pct)[:, None, None, None]
+    stretched = _divided_where(balanced - (1.0 - span), span, span > MIN_DIVISOR)
     return tf.clip_by_value(stretched, 0.0, 1.0)
+
+
+def _divided_where(numerator, denominator, where):
+    """numerator / denominator where ``where`` holds, else 0 (as numpy's ``out=zeros``)."""
+    import tensorflow as tf
+
+    safe = tf.where(where, denominator, tf.ones_like(denominator))
+    return tf.where(where, numerator / safe, tf.zeros_like(numerator))
 
 
 def _percentile_tf(values, percent: float):
