@@ -18,6 +18,7 @@ import pandas as pd
 from _common import model_benchmark_arguments, require, write_result
 
 from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.novelty import novelty_warning, white_cell_novelty
 from napari_bloodcell.pipeline import AnalysisSettings, analyze_frame
 from napari_bloodcell.reading import read_image
 
@@ -43,13 +44,14 @@ def main() -> None:
 
     # warm-up: load TensorFlow and the network outside the timed loop
     analyze_frame(read_image(bccd / "JPEGImages" / frames[0]).data[0], classifier, settings)
-    seconds, hits, n_cells = [], [], 0
+    seconds, hits, n_cells, novelty = [], [], 0, []
     for name in frames:
         frame = read_image(bccd / "JPEGImages" / name).data[0]
         started = time.perf_counter()
         result = analyze_frame(frame, classifier, settings, source=name)
         seconds.append(time.perf_counter() - started)
         n_cells += len(result.table)
+        novelty.append(result.table[["cell_type", "novelty"]].dropna())
         wbc = result.table[result.table.cell_type == "wbc"]
         boxes = objects[
             (objects.image == name) & (objects.cell_type == "WBC") & objects.wbc_subtype.notna()
@@ -78,6 +80,11 @@ def main() -> None:
         "wbc_boxes_scored": len(hits),
         "wbc_subtype_accuracy": float((truth == predicted).mean()),
         "wbc_subtype_per_class": per_class,
+        "novelty_per_cell_type": {
+            cell_type: {"classified": len(rows), "novel_share": float((rows.novelty > 1).mean())}
+            for cell_type, rows in pd.concat(novelty).groupby("cell_type")
+        },
+        "novelty_warning": novelty_warning(white_cell_novelty(pd.concat(novelty)), "white cells"),
         "confusion": pd.crosstab(
             pd.Series(truth, name="true"), pd.Series(predicted, name="predicted")
         ).to_dict(),
@@ -90,6 +97,10 @@ def main() -> None:
     print(
         f"WBC subtype accuracy {result['wbc_subtype_accuracy']:.3f} on {len(hits)} boxes: "
         f"{per_class}"
+    )
+    print(
+        f"novelty > 1 per cell type: {result['novelty_per_cell_type']} "
+        f"(warning: {result['novelty_warning'] or 'none'})"
     )
     write_result("end_to_end", result)
 

@@ -114,14 +114,21 @@ def test_a_run_whose_cells_look_unfamiliar_ends_with_a_warning(make_napari_viewe
 
     viewer = make_napari_viewer()
     widget = AnalyzeWidget(viewer)
-    novelty = {"novelty": [np.nan] * 50 + [0.5] * 200 + [3.0] * 2}  # 1 %: as expected
-    widget._cells_layer = viewer.add_points(np.zeros((252, 2)), features=novelty)
+    features = pd.DataFrame(
+        {
+            "cell_type": ["rbc"] * 50 + ["wbc"] * 202,
+            "novelty": [np.nan] * 50 + [0.5] * 200 + [3.0] * 2,
+        }
+    )  # 1 % of the white cells: as expected
+    widget._cells_layer = viewer.add_points(np.zeros((252, 2)), features=features)
     widget._on_finished()
     assert not notifications
-    novelty = {"novelty": [0.5] * 10 + [3.0] * 30}  # most cells unlike the training images
-    widget._cells_layer = viewer.add_points(np.zeros((40, 2)), features=novelty)
+    features = pd.DataFrame(  # most white cells unlike the training images; platelets ignored
+        {"cell_type": ["wbc"] * 40 + ["platelet"] * 40, "novelty": [0.5] * 10 + [3.0] * 70}
+    )
+    widget._cells_layer = viewer.add_points(np.zeros((80, 2)), features=features)
     widget._on_finished()
-    assert notifications[-1][0] == "warning" and "30 of 40 classified cells" in notifications[-1][1]
+    assert notifications[-1][0] == "warning" and "30 of 40 white cells" in notifications[-1][1]
 
 
 def _rgba(hex_colour: str) -> list[float]:

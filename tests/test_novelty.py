@@ -85,6 +85,17 @@ def test_a_warning_needs_many_novel_cells_not_a_few_by_chance():
     message = novelty_warning([1.5] * 30 + [0.5] * 70 + [np.nan] * 50)
     assert "30 of 100 classified cells (30%)" in message and "--init default" in message
     assert novelty_warning([]) is None and novelty_warning([np.nan]) is None
+    assert "30 of 100 white cells" in novelty_warning([1.5] * 30 + [0.5] * 70, "white cells")
+
+
+def test_the_warning_after_an_analysis_counts_white_cells_only():
+    import pandas as pd
+
+    from napari_bloodcell.classification.novelty import white_cell_novelty
+
+    table = pd.DataFrame({"cell_type": ["wbc", "platelet", "rbc"], "novelty": [0.4, 3.0, np.nan]})
+    np.testing.assert_array_equal(white_cell_novelty(table), [0.4])
+    assert len(white_cell_novelty(table.drop(columns="novelty"))) == 0  # an older table
 
 
 def test_classifier_reports_novelty_per_crop(tiny_model_with_novelty, tiny_heldout, tiny_model):

@@ -314,9 +314,10 @@ def _analyze_and_report(args, settings, client) -> int:
         )
         print(summarise(summary.table).to_string(index=False))
         print(f"results in {summary.out}/")
-        if "novelty" in summary.table:  # (tables of earlier versions lack it)
-            analysed = summary.table["source"].isin([Path(p).name for p in summary.processed])
-            _warn_if_novel(summary.table.loc[analysed, "novelty"], "these images")
+        from .classification.novelty import white_cell_novelty
+
+        analysed = summary.table["source"].isin([Path(p).name for p in summary.processed])
+        _warn_if_novel(white_cell_novelty(summary.table[analysed]), "these images", "white cells")
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
     if args.track and len(summary.table):
@@ -478,11 +479,11 @@ def _run_predict(args) -> int:
     return 0
 
 
-def _warn_if_novel(novelty_values, what: str) -> None:
+def _warn_if_novel(novelty_values, what: str, cells: str = "classified cells") -> None:
     """Print :func:`~.classification.novelty.novelty_warning`'s warning, if any."""
     from .classification.novelty import novelty_warning
 
-    message = novelty_warning(novelty_values)
+    message = novelty_warning(novelty_values, cells)
     if message:
         print(f"napari-bloodcell: warning: {what}: {message}", file=sys.stderr)
 

@@ -402,11 +402,11 @@ class AnalysisWidget(Container):
         """Warn when many cells look unlike the model's training images (another microscope)."""
         from napari.utils.notifications import show_warning
 
-        from ..classification.novelty import novelty_warning
+        from ..classification.novelty import novelty_warning, white_cell_novelty
 
-        features = None if self._cells_layer is None else self._cells_layer.features
-        if features is not None and "novelty" in features:
-            message = novelty_warning(features["novelty"])
+        if self._cells_layer is not None:
+            features = self._cells_layer.features
+            message = novelty_warning(white_cell_novelty(features), "white cells")
             if message:
                 show_warning(message)
 

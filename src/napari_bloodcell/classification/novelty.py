@@ -149,8 +149,8 @@ def novelty(features: np.ndarray, reference: NoveltyReference) -> np.ndarray:
     return mahalanobis_distances(features, reference) / reference.threshold
 
 
-def novelty_warning(novelty_values) -> str | None:
-    """A warning when clearly more cells are novel than the 1 % expected, else None.
+def novelty_warning(novelty_values, cells: str = "classified cells") -> str | None:
+    """A warning when clearly more ``cells`` are novel than the 1 % expected, else None.
 
     Warned when at least :data:`WARNING_SHARE` of the cells are novel and a binomial test
     against 1 % gives p < :data:`WARNING_P_VALUE` (so a handful of cells never warns by
@@ -165,8 +165,18 @@ def novelty_warning(novelty_values) -> str | None:
     if binomtest(novel, len(values), expected, alternative="greater").pvalue >= WARNING_P_VALUE:
         return None
     return (
-        f"{novel} of {len(values)} classified cells ({novel / len(values):.0%}) look unlike "
+        f"{novel} of {len(values)} {cells} ({novel / len(values):.0%}) look unlike "
         f"the model's training images (expected about {expected:.0%}): another microscope, "
         f"stain or magnification? Their classes are not reliable; fine-tune the model on a "
         f"few labelled crops of yours (napari-bloodcell train --init default)."
     )
+
+
+def white_cell_novelty(table):
+    """The ``novelty`` of the white cells of a per-cell table (pandas), what the warning
+    after an analysis counts: the platelet candidates of a smear include clumps and
+    fragments the training crops do not, and are novel for that reason, not for the
+    microscope (docs/benchmarks.md)."""
+    if "novelty" not in table or "cell_type" not in table:  # (tables of earlier versions)
+        return np.array([])
+    return table.loc[table["cell_type"] == "wbc", "novelty"].to_numpy(dtype=float)
