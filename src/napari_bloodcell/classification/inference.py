@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ModelError
-from .architectures import HEAD_LAYER
 from .model_files import (
     ModelMetadata,
     checked_views,
@@ -151,15 +150,12 @@ class CellClassifier(ModelFileClassifier):
 
 
 def with_features(model):
-    """The network answering (pooled features (N, D), probabilities (N, K)): the features
-    are the input of its softmax head (the pooled, at inference undropped, last stage)."""
+    """The network answering (features (N, D), probabilities (N, K)): the features are the
+    input of its last layer, the softmax head (in this project's networks the pooled last
+    stage, undropped at inference)."""
     import keras
 
-    try:
-        head = model.get_layer(HEAD_LAYER)
-    except ValueError:
-        raise ModelError(f"network {model.name} has no {HEAD_LAYER!r} softmax head") from None
-    return keras.Model(model.inputs, [head.input, model.output])
+    return keras.Model(model.inputs, [model.layers[-1].input, model.output])
 
 
 VIEW_TRANSFORMS = {
