@@ -6,7 +6,7 @@
   (another microscope: lower magnification, other stain).
 * Zheng 2018 dataset 1 and 2 (two more microscopes, never trained on): the WBC classes.
 * Novelty (when the model file has a reference): the share of crops with novelty > 1,
-  the accuracy on the others, and whether ``analyze`` would warn for such a set.
+  the accuracy on the others, and whether ``predict`` would warn on these crops.
 * Speed: crops/s of the benchmarked model itself vs the seed ``coursework`` network
   (untrained weights; speed does not depend on them) in the same run.
 
@@ -50,7 +50,7 @@ def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> di
             "novel_share": float(novel.mean()),
             "accuracy_of_familiar": float(right[~novel].mean()) if (~novel).any() else None,
             "accuracy_of_novel": float(right[novel].mean()) if novel.any() else None,
-            "analyze_would_warn": novelty_warning(values) is not None,
+            "predict_would_warn_on_these_crops": novelty_warning(values) is not None,
         }
     return metrics
 

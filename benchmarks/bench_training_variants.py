@@ -92,7 +92,7 @@ def check_reused(model: Path, config: TrainingConfig) -> None:
     """Refuse a model file of an earlier run whose recorded settings differ from the
     variant's (a setting it does not record did not exist then: its default applied)."""
     recorded = CellClassifier(model).metadata.training["config"]
-    wanted = asdict(config)
+    wanted = asdict(config.resolved())
     differing = {k: (v, wanted[k]) for k, v in recorded.items() if k in wanted and wanted[k] != v}
     if differing:
         raise SystemExit(f"{model} was trained with other settings {differing}: delete it")

@@ -434,7 +434,7 @@ def test_tensorflow_colour_normalisation_matches_the_crops_one():
 
     images = np.random.default_rng(1).random((5, 17, 23, 3)).astype(np.float32) ** 2
     images[0, ..., 2] *= 0.6  # a yellow cast
-    images[1, ..., 1] = 0.0  # a black channel
+    images[1, ..., 1] = 5e-7  # a (nearly) black channel: below the smallest divisor
     images[2] = 1.0  # all white
     np.testing.assert_allclose(
         np.asarray(normalise_colour_tf(images)), normalise_colour(images), atol=1e-5

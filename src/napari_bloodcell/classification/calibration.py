@@ -73,8 +73,8 @@ def calibrate_model_file(
     ``data_dirs`` are the folders the model was trained on. The temperature and the novelty
     threshold are fitted on the items whose source image is in the model's
     ``validation_sources``; the novelty's class means and covariance on the training items
-    (neither validation nor test sources) of the folders that hold some of the model's
-    held-out sources (a folder it was not trained on is not training data). ``views`` first
+    (neither validation nor test sources) of the folders named as those it was trained on
+    (another folder is not training data). ``views`` first
     changes the model's test-time views (both depend on them). The novelty reference is
     replaced, or removed when the crops are too few for one.
     """
@@ -91,12 +91,13 @@ def calibrate_model_file(
     validation = set(metadata.training.get("validation_sources", []))
     held_out = validation | set(metadata.training.get("test_sources", []))
     parts: dict[str, list[tuple[Path, str, int]]] = {"validation": [], "train": []}
+    trained_on = {Path(d).name for d in metadata.training.get("data_dirs", [])}
     for domain, data_dir in enumerate(map(Path, data_dirs)):
+        if data_dir.name not in trained_on:
+            continue  # not one of the folders the model was trained on (by name)
         found, _ = find_labelled_files([data_dir], metadata.classes, ignore_unknown=True)
-        sources = [source_id(f, data_dir) for f, _, _ in found]
-        if held_out.isdisjoint(sources):
-            continue  # not one of the folders the model was split from
-        for (f, c, _), source in zip(found, sources, strict=True):
+        for f, c, _ in found:
+            source = source_id(f, data_dir)
             if source in validation:
                 parts["validation"].append((f, c, domain))
             elif source not in held_out:
@@ -105,7 +106,7 @@ def calibrate_model_file(
     if not parts["validation"]:
         raise DatasetError(
             f"none of the model's {len(validation)} validation sources are in {folders}; "
-            f"give the folders it was trained on"
+            f"give the folders it was trained on ({', '.join(sorted(trained_on))})"
         )
     if not parts["train"]:
         raise DatasetError(f"{folders} hold no training images of the model, only held-out ones")

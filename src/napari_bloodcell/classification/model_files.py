@@ -110,6 +110,8 @@ def update_metadata(
     """Replace the metadata inside a model file, and the novelty reference unless ``KEEP``
     (None removes it); the network is copied unchanged, atomically."""
     path = Path(path)
+    if not (novelty is KEEP or novelty is None or isinstance(novelty, NoveltyReference)):
+        raise ModelError(f"novelty must be a NoveltyReference, None or KEEP, not {novelty!r}")
     replaced = {METADATA_MEMBER: json.dumps(asdict(metadata), indent=2).encode()}
     if novelty is not KEEP and novelty is not None:
         replaced[NOVELTY_MEMBER] = novelty.to_bytes()

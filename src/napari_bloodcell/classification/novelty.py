@@ -100,7 +100,8 @@ def fit_novelty_reference(
     """
     train_features = np.asarray(train_features, dtype=np.float64)
     validation_domains = np.asarray(validation_domains)
-    smallest = min(int((validation_domains == d).sum()) for d in np.unique(train_domains))
+    domains = np.unique(train_domains)
+    smallest = min((int((validation_domains == d).sum()) for d in domains), default=0)
     if len(train_features) < MIN_TRAINING_CROPS or smallest < MIN_VALIDATION_CROPS:
         return None
     components = np.unique(
@@ -118,10 +119,10 @@ def fit_novelty_reference(
     )
     reference = NoveltyReference(means, np.linalg.inv(covariance), 1.0)
     distances = mahalanobis_distances(validation_features, reference)
-    reference.threshold = float(
+    reference.threshold = float(  # (a validation folder without training crops: ignored)
         max(
             np.percentile(distances[validation_domains == domain], REFERENCE_PERCENTILE)
-            for domain in np.unique(validation_domains)
+            for domain in domains
         )
     )
     return reference
