@@ -72,11 +72,17 @@ def test_analyze_passes_the_whole_runs_novelty_to_the_warning(
 
     seen = []
     monkeypatch.setattr(novelty, "novelty_warning", lambda v, cells: seen.append(v) or cells)
-    assert run_cli("analyze", smear_png, "--out", tmp_path, "--model", tiny_model) == 0
+    out = tmp_path / "out"
+    assert run_cli("analyze", smear_png, "--out", out, "--model", tiny_model) == 0
     assert "warning: these images: white cells" in capsys.readouterr().err
-    table = pd.read_csv(tmp_path / "cells.csv")
+    table = pd.read_csv(out / "cells.csv")
     white = table.loc[table["cell_type"] == "wbc", "novelty"]  # (NaN here: no reference)
     assert len(white) and len(seen[0]) == len(white)  # the white cells of the run, no others
+    other = tmp_path / "other.png"
+    iio.imwrite(other, make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=3, seed=7).image)
+    assert run_cli("analyze", smear_png, other, "--out", out, "--model", tiny_model) == 0
+    table = pd.read_csv(out / "cells.csv")  # smear.png skipped as finished: not counted again
+    assert len(seen[1]) == ((table["source"] == "other.png") & (table["cell_type"] == "wbc")).sum()
 
 
 def test_rerun_skips_finished_inputs_and_overwrite_replaces_them(tmp_path, smear_png, capsys):
