@@ -135,18 +135,32 @@ class CellClassifier(ModelFileClassifier):
             )
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
-        network = self._networks()[1]
-
-        def predict(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            features, probabilities = network.predict_on_batch(batch)
-            return np.asarray(probabilities), np.asarray(features)
-
-        parts = [
-            mean_over_views(predict, crops[i : i + PREDICT_BATCH], self.metadata.test_time_views)
-            for i in range(0, len(crops), PREDICT_BATCH)
-        ]
-        probabilities, features = (np.concatenate(column) for column in zip(*parts, strict=True))
+        probabilities, features = predict_over_views(
+            self._networks()[1],
+            (crops[i : i + PREDICT_BATCH] for i in range(0, len(crops), PREDICT_BATCH)),
+            self.metadata.test_time_views,
+        )
         return apply_temperature(probabilities, self.metadata.temperature), features
+
+
+def predict_over_views(
+    network, batches, views: int, batch_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated probabilities (N, K) and features (N, D) of a :func:`with_features`
+    network for an iterable of float crop batches (at least one), each averaged over
+    ``views`` dihedral views; ``batch_size``: Keras ``predict`` in sub-batches of that
+    size, else one call per batch."""
+
+    def predict(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if batch_size is None:
+            features, probabilities = network.predict_on_batch(crops)
+        else:
+            features, probabilities = network.predict(crops, batch_size=batch_size, verbose=0)
+        return np.asarray(probabilities), np.asarray(features)
+
+    parts = [mean_over_views(predict, batch, views) for batch in batches]
+    probabilities, features = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return probabilities, features
 
 
 def with_features(model):

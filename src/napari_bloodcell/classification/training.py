@@ -23,7 +23,7 @@ from ..crops import COLOUR_PERCENTILES, CROP_SCALE, MIN_DIVISOR
 from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
-from .inference import mean_over_views, with_features
+from .inference import predict_over_views, with_features
 from .model_files import (
     ModelMetadata,
     load_keras_model,
@@ -320,20 +320,13 @@ def predict_dataset(
     """Uncalibrated softmax probabilities (N, K) and pooled features (N, D) of a prepared
     dataset, averaged over ``views`` dihedral views (``chunk`` crops at a time: memory
     stays bounded)."""
-    network = with_features(model)
-
-    def predict(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        features, probabilities = network.predict(crops, batch_size=batch_size, verbose=0)
-        return np.asarray(probabilities), np.asarray(features)
-
-    parts = [
-        mean_over_views(predict, dataset.images[i : i + chunk].astype(np.float32) / 255, views)
-        for i in range(0, len(dataset.labels), chunk)
-    ]
-    if not parts:
+    if len(dataset.labels) == 0:
         return np.zeros((0, len(dataset.classes)), np.float32), np.zeros((0, 0), np.float32)
-    probabilities, features = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return probabilities, features
+    batches = (
+        dataset.images[i : i + chunk].astype(np.float32) / 255
+        for i in range(0, len(dataset.labels), chunk)
+    )
+    return predict_over_views(with_features(model), batches, views, batch_size)
 
 
 def model_to_fine_tune(init_model: str, classes: list[str], seed: int):
