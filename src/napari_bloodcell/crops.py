@@ -3,9 +3,8 @@
 A crop is a square window centred on a cell whose side is ``scale`` times the
 cell's stained diameter (for a WBC: its merged nucleus), resized to the model's
 input size. Because the window follows the cell's own size, a 100× CellaVision
-image and a 40× smear give comparable crops. Windows that run over the frame
-
-
+image and a 40× smear give comparable crops. Windows that run over the frame's edge
+are filled by reflecting the frame at the edge (numpy's ``reflect`` padding).
 """
 
 from __future__ import annotations
