@@ -501,3 +501,55 @@ def test_trained_model_files_hold_no_optimizer_state(tiny_model):
     with zipfile.ZipFile(tiny_model) as archive:
         weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         assert "optimizer" not in weights
+
+
+def _standardised(maps: np.ndarray) -> np.ndarray:
+    """(N, Y, X, C) maps with each instance's channels at mean 0 and std 1."""
+    return (maps - maps.mean(axis=(1, 2), keepdims=True)) / maps.std(axis=(1, 2), keepdims=True)
+
+
+def test_mixstyle_mixes_feature_statistics_in_training_only():
+    import keras
+
+    from napari_bloodcell.classification.style_mixing import MixStyle
+
+    rng = np.random.default_rng(0)
+    # 8 instances, each channel with its own mean and spread (a "style" per crop)
+    means, stds = rng.uniform(-2, 2, (8, 1, 1, 4)), rng.uniform(0.5, 3, (8, 1, 1, 4))
+    x = (rng.standard_normal((8, 6, 6, 4)) * stds + means).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    assert np.array_equal(np.asarray(MixStyle(1.0, seed=0)(x, training=False)), x)
+    assert np.array_equal(np.asarray(MixStyle(0.0, seed=0)(x, training=True)), x)
+    mixed = np.asarray(MixStyle(1.0, seed=0)(x, training=True))
+    # the content (each instance's standardised map) is kept ...
+    np.testing.assert_allclose(_standardised(mixed), _standardised(x), atol=1e-3)
+    # ... while the per-instance statistics move within the range of the batch's
+    new_means = mixed.mean(axis=(1, 2))
+    old_means = x.mean(axis=(1, 2))
+    assert not np.allclose(new_means, old_means, atol=1e-2)
+    assert np.all(new_means >= old_means.min(axis=0) - 1e-4)
+    assert np.all(new_means <= old_means.max(axis=0) + 1e-4)
+
+
+def test_mixstyle_training_saves_a_network_of_built_in_layers(tmp_path):
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=10, seed=3)
+    config = TrainingConfig(input_size=32, epochs=1, batch_size=8, test_fraction=0.0, mixstyle=1)
+    result = train_classifier([data], tmp_path / "m.keras", config)
+    network = load_keras_model(result.model_path)  # safe mode, built-in layers only
+    assert not [layer.name for layer in network.layers if "mixstyle" in layer.name]
+    assert read_metadata(result.model_path).training["config"]["mixstyle"] == 1
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"mixstyle": 1.5}, {"mixstyle": -0.1}, {"mixstyle": 0.5, "init_model": "default"}],
+)
+def test_mixstyle_settings_outside_its_use_are_refused(settings):
+    from napari_bloodcell.classification.training import TrainingConfig
+    from napari_bloodcell.errors import BloodcellError
+
+    with pytest.raises(BloodcellError, match="mixstyle"):
+        TrainingConfig(**settings).resolved()

@@ -276,6 +276,8 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     trained_config = CellClassifier(model).metadata.training["config"]
     assert trained_config["patience"] == 5 and trained_config["stain_jitter"] == 0.0
     assert run_cli("train", tiny_heldout, *args, "--overwrite", "--lamp-jitter", "-0.3") == 2
+    assert run_cli("train", tiny_heldout, "--init", model, "--mixstyle", "0.5",
+                   "--out", tmp_path / "mix.keras") == 2  # MixStyle: from scratch only  # fmt: skip
     table_path = tmp_path / "pred.csv"
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)

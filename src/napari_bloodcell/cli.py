@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "illumination ramp, then the crop is re-normalised, e.g. 0.3 (default 0)",
     )
     train.add_argument(
+        "--mixstyle",
+        type=float,
+        help="probability of MixStyle (feature-statistics mixing between crops) per batch "
+        "after the first three stages, training from scratch only, e.g. 0.5 (default 0)",
+    )
+    train.add_argument(
         "--views",
         type=int,
         choices=TEST_TIME_VIEWS,
@@ -383,6 +389,7 @@ def _run_train(args) -> int:
             "max_blur_sigma": args.blur_sigma,
             "hue_jitter": args.hue_jitter,
             "lamp_jitter": args.lamp_jitter,
+            "mixstyle": args.mixstyle,
             "test_time_views": args.views,
         }.items()
         if value is not None

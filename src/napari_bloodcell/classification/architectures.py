@@ -32,6 +32,7 @@ def build_model(
     input_size: int | None = None,
     *,
     normalization: str = "batch",
+    mixstyle: float = 0.0,
     seed: int = 0,
 ):
     """Build an uncompiled Keras model.
@@ -42,6 +43,9 @@ def build_model(
     n_classes : size of the softmax output.
     input_size : side of the square RGB input in pixels (default per architecture).
     normalization : ``"batch"`` (BatchNorm) or ``"group"`` (GroupNorm), compact only.
+    mixstyle : probability per batch of MixStyle after each of the first three stages
+        (compact only; 0: none). For training only: the layers are not built-in, so a
+        network to save is built without them (see :mod:`.style_mixing`).
     seed : seed for weight initialisation.
     """
     import keras
@@ -52,9 +56,11 @@ def build_model(
     size = input_size or DEFAULT_INPUT_SIZE[architecture]
     inputs = keras.Input((size, size, 3), name="crop")
     if architecture == "coursework":
+        if mixstyle:
+            raise ValueError("MixStyle is built into the compact architecture only")
         features = _coursework_body(inputs)
     else:
-        features = _compact_body(inputs, normalization)
+        features = _compact_body(inputs, normalization, mixstyle, seed)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_LAYER)(features)
     return keras.Model(inputs, outputs, name=f"bloodcell_{architecture}")
 
@@ -107,8 +113,9 @@ def _bottleneck_block(x, filters: list[int], stride: int):
     return layers.Activation("relu")(y)
 
 
-def _compact_body(inputs, normalization: str):
-    """Stem 3×3/2 conv (16) + 4 stages × 2 basic residual blocks (16/32/64/128) + GAP + dropout."""
+def _compact_body(inputs, normalization: str, mixstyle: float = 0.0, seed: int = 0):
+    """Stem 3×3/2 conv (16) + 4 stages × 2 basic residual blocks (16/32/64/128) + GAP + dropout,
+    with MixStyle after the first three stages when ``mixstyle`` > 0."""
     from keras import layers
 
     x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inputs)
@@ -118,6 +125,10 @@ def _compact_body(inputs, normalization: str):
         for block in range(2):
             stride = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(x, filters, stride, normalization)
+        if mixstyle > 0 and stage < 3:
+            from .style_mixing import MixStyle
+
+            x = MixStyle(mixstyle, seed=seed + stage, name=f"mixstyle_{stage + 1}")(x)
     x = layers.GlobalAveragePooling2D()(x)
     return layers.Dropout(0.3)(x)
 

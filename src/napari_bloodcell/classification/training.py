@@ -67,6 +67,10 @@ class TrainingConfig:
     linear illumination ramp across the crop (± ``lamp_jitter`` / 2 at the middle of the
     edges, ≈ ± 0.7 × ``lamp_jitter`` at the corners); the crop is then re-normalised as
     ``analyze`` normalises it, before the other colour jitters (0: off)."""
+    mixstyle: float = 0.0
+    """Probability per batch of MixStyle (feature-statistics mixing between crops, see
+    :mod:`.style_mixing`) after each of the compact body's first three stages, in training
+    only; the saved network has no MixStyle layers (0: off). Not with ``init_model``."""
     test_time_views: int | None = None
     """Dihedral views averaged when the model classifies (stored in the model file; the
     temperature is fitted on the averaged validation probabilities). None: the
@@ -93,6 +97,12 @@ class TrainingConfig:
         for name in ("stain_jitter", "max_blur_sigma", "hue_jitter", "lamp_jitter"):
             if not getattr(self, name) >= 0:
                 raise BloodcellError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.mixstyle <= 1:
+            raise BloodcellError(f"mixstyle is a probability in [0, 1], got {self.mixstyle}")
+        if self.mixstyle and (self.architecture != "compact" or self.init_model is not None):
+            raise BloodcellError(
+                "mixstyle needs the compact architecture trained from scratch (not --init)"
+            )
         if self.init_model is None:
             return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
         init = read_metadata(resolve_model_path(self.init_model))
@@ -250,6 +260,7 @@ def fit(
             len(dataset.classes),
             config.size,
             normalization=config.normalization,
+            mixstyle=config.mixstyle,
             seed=config.seed,
         )
     else:
@@ -311,7 +322,23 @@ def fit(
             model.load_weights(checkpoint)
     finally:
         checkpoint.unlink(missing_ok=True)
+    if config.mixstyle:
+        model = _without_mixstyle(model, config)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def _without_mixstyle(model, config: TrainingConfig):
+    """The trained network rebuilt without its MixStyle layers (identity at inference, no
+    weights): same layers otherwise, in the same order, so the weights carry over."""
+    plain = build_model(
+        config.architecture,
+        model.output_shape[-1],
+        config.size,
+        normalization=config.normalization,
+        seed=config.seed,
+    )
+    plain.set_weights(model.get_weights())
+    return plain
 
 
 def predict_dataset(
