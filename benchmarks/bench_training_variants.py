@@ -20,14 +20,18 @@ Variants named ``pbc_*`` are trained on PBC alone, so that BCCD is a microscope 
 never saw: they are also scored on all BCCD windows (``bccd_all_windows``), which
 chooses between domain-generalisation recipes without looking at Zheng 2018::
 
-    python benchmarks/bench_training_variants.py --variants pbc_base pbc_lamp \
+    python benchmarks/bench_training_variants.py --variants pbc_base pbc_lamp pbc_mixstyle \
         --result unseen_microscope
+
+``--seed N`` trains with another seed (another split and initialisation): the models are
+``runs/variants/NAME_seedN.keras``, the results keyed ``NAME_seedN``. Two seeds of one
+variant show how far one run of a recipe is from the next.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from _common import DEFAULT_DATA, require, write_result
@@ -52,9 +56,14 @@ VARIANTS = {
             stain_jitter=0.1,
             max_blur_sigma=1.0,
             lamp_jitter=lamp_jitter,
+            mixstyle=mixstyle,
             test_time_views=1,
         )
-        for name, lamp_jitter in (("base", 0.0), ("lamp", 0.3))
+        for name, lamp_jitter, mixstyle in (
+            ("base", 0.0, 0.0),
+            ("lamp", 0.3, 0.0),
+            ("mixstyle", 0.0, 0.5),
+        )
     },
 }
 PBC_ONLY_PREFIX = "pbc_"
@@ -105,24 +114,28 @@ def main() -> None:
     parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
     parser.add_argument("--workdir", type=Path, default=Path("runs/variants"))
     parser.add_argument("--result", default="training_variants", help="results file name")
+    parser.add_argument("--seed", type=int, help="train with this seed instead of 0")
     args = parser.parse_args()
     require(args.data / "pbc")
     require(args.bccd_crops)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for name in args.variants:
+    for variant in args.variants:
+        config, name = VARIANTS[variant], variant
+        if args.seed is not None and config is not None:
+            config, name = replace(config, seed=args.seed), f"{variant}_seed{args.seed}"
         model = args.workdir / f"{name}.keras"
-        if VARIANTS[name] is None:
+        if config is None:
             model = resolve_model_path(name)
             seconds = None
         elif not model.exists():
             folders = [args.data / "pbc"]
             if not name.startswith(PBC_ONLY_PREFIX):
                 folders.append(args.bccd_crops)
-            trained = train_classifier(folders, model, VARIANTS[name])
+            trained = train_classifier(folders, model, config)
             seconds = trained.seconds
         else:
-            check_reused(model, VARIANTS[name])
+            check_reused(model, config)
             seconds = None
         training = CellClassifier(model).metadata.training
         results[name] = {
