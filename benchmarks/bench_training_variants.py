@@ -55,14 +55,14 @@ VARIANTS = {
             lr_patience=3,
             stain_jitter=0.1,
             max_blur_sigma=1.0,
-            lamp_jitter=lamp_jitter,
-            mixstyle=mixstyle,
             test_time_views=1,
+            **change,
         )
-        for name, lamp_jitter, mixstyle in (
-            ("base", 0.0, 0.0),
-            ("lamp", 0.3, 0.0),
-            ("mixstyle", 0.0, 0.5),
+        for name, change in (
+            ("base", {}),
+            ("lamp", {"lamp_jitter": 0.3}),
+            ("mixstyle", {"mixstyle": 0.5}),
+            ("grey", {"grey_input": True}),
         )
     },
 }

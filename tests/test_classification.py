@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from dataclasses import replace as replace_config
 
 import numpy as np
 import pytest
@@ -553,3 +554,28 @@ def test_mixstyle_settings_outside_its_use_are_refused(settings):
 
     with pytest.raises(BloodcellError, match="mixstyle"):
         TrainingConfig(**settings).resolved()
+
+
+def test_grey_input_network_is_colour_blind_also_after_fine_tuning(tmp_path):
+    from napari_bloodcell.classification.architectures import LUMINANCE_LAYER
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=10, seed=4)
+    config = TrainingConfig(input_size=32, epochs=1, batch_size=8, test_fraction=0.0)
+    grey = train_classifier([data], tmp_path / "g.keras", replace_config(config, grey_input=True))
+    tuned = train_classifier(
+        [data], tmp_path / "t.keras", replace_config(config, init_model=str(grey.model_path))
+    )
+    assert read_metadata(tuned.model_path).training["config"]["grey_input"] is True
+    rng = np.random.default_rng(0)
+    crops = rng.random((4, 32, 32, 3)).astype(np.float32)
+    # colour removed, luminance kept: a colour-blind network cannot tell the difference
+    luma = crops @ np.array([0.299, 0.587, 0.114], np.float32)
+    recoloured = np.repeat(luma[..., None], 3, axis=-1)
+    for path in (grey.model_path, tuned.model_path):
+        network = load_keras_model(path)
+        assert not network.get_layer(LUMINANCE_LAYER).trainable
+        np.testing.assert_allclose(
+            network.predict_on_batch(crops), network.predict_on_batch(recoloured), atol=1e-5
+        )

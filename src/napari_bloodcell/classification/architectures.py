@@ -21,6 +21,10 @@ ARCHITECTURES = ("compact", "coursework")
 DEFAULT_INPUT_SIZE = {"compact": 80, "coursework": 224}
 """Input side (px) when none is given; the compact one is the default model's."""
 HEAD_LAYER = "class_probabilities"
+LUMINANCE_LAYER = "luminance"
+"""A colour-blind network's first layer: frozen, also when fine-tuned."""
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of R, G, B."""
 COMPACT_BN_MOMENTUM = 0.9
 """Keras' default 0.99 leaves the moving statistics far from the batch ones after the
 few hundred steps of a CPU training run, so validation swings wildly; 0.9 settles."""
@@ -33,6 +37,7 @@ def build_model(
     *,
     normalization: str = "batch",
     mixstyle: float = 0.0,
+    grey_input: bool = False,
     seed: int = 0,
 ):
     """Build an uncompiled Keras model.
@@ -46,6 +51,8 @@ def build_model(
     mixstyle : probability per batch of MixStyle after each of the first three stages
         (compact only; 0: none). For training only: the layers are not built-in, so a
         network to save is built without them (see :mod:`.style_mixing`).
+    grey_input : a colour-blind network: a frozen 1×1 convolution first replaces every
+        channel by the luminance (a diagnostic: is colour what differs between microscopes?).
     seed : seed for weight initialisation.
     """
     import keras
@@ -55,14 +62,26 @@ def build_model(
     keras.utils.set_random_seed(seed)
     size = input_size or DEFAULT_INPUT_SIZE[architecture]
     inputs = keras.Input((size, size, 3), name="crop")
+    pixels = _luminance(inputs) if grey_input else inputs
     if architecture == "coursework":
         if mixstyle:
             raise ValueError("MixStyle is built into the compact architecture only")
-        features = _coursework_body(inputs)
+        features = _coursework_body(pixels)
     else:
-        features = _compact_body(inputs, normalization, mixstyle, seed)
+        features = _compact_body(pixels, normalization, mixstyle, seed)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_LAYER)(features)
     return keras.Model(inputs, outputs, name=f"bloodcell_{architecture}")
+
+
+def _luminance(inputs):
+    """(N, Y, X, 3) RGB → the luminance in all three channels, by a frozen 1×1 convolution."""
+    import keras
+    import numpy as np
+
+    layer = keras.layers.Conv2D(3, 1, use_bias=False, trainable=False, name=LUMINANCE_LAYER)
+    grey = layer(inputs)
+    layer.set_weights([np.tile(np.array(LUMINANCE_WEIGHTS, "float32")[:, None], 3)[None, None]])
+    return grey
 
 
 def _norm(x, normalization: str):

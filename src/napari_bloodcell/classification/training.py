@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..crops import COLOUR_PERCENTILES, CROP_SCALE, MIN_DIVISOR
-from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, build_model
+from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, LUMINANCE_LAYER, build_model
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
 from .inference import predict_over_views, with_features
@@ -67,6 +67,8 @@ class TrainingConfig:
     linear illumination ramp across the crop (± ``lamp_jitter`` / 2 at the middle of the
     edges, ≈ ± 0.7 × ``lamp_jitter`` at the corners); the crop is then re-normalised as
     ``analyze`` normalises it, before the other colour jitters (0: off)."""
+    grey_input: bool = False
+    """A colour-blind network (see :func:`.architectures.build_model`); a diagnostic."""
     mixstyle: float = 0.0
     """Probability per batch of MixStyle (feature-statistics mixing between crops, see
     :mod:`.style_mixing`) after each of the compact body's first three stages, in training
@@ -88,8 +90,8 @@ class TrainingConfig:
         return self.input_size or DEFAULT_INPUT_SIZE[self.architecture]
 
     def resolved(self) -> TrainingConfig:
-        """This config with architecture, input size and crop scale taken from
-        ``init_model``, and its test-time views unless set."""
+        """This config with architecture, input size, crop scale and colour-blindness taken
+        from ``init_model``, and its test-time views unless set."""
         from dataclasses import replace
 
         from ..errors import BloodcellError
@@ -111,6 +113,7 @@ class TrainingConfig:
             architecture=init.architecture,
             input_size=init.input_size,
             crop_scale=init.crop_scale,
+            grey_input=bool(init.training.get("config", {}).get("grey_input", False)),
             test_time_views=self.test_time_views or init.test_time_views,
         )
 
@@ -261,12 +264,15 @@ def fit(
             config.size,
             normalization=config.normalization,
             mixstyle=config.mixstyle,
+            grey_input=config.grey_input,
             seed=config.seed,
         )
     else:
         model = model_to_fine_tune(config.init_model, dataset.classes, config.seed)
         for layer in model.layers:  # (a head-only fine-tuned model is saved frozen)
-            layer.trainable = config.train_body or layer.name == HEAD_LAYER
+            layer.trainable = (
+                config.train_body and layer.name != LUMINANCE_LAYER
+            ) or layer.name == HEAD_LAYER
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -335,6 +341,7 @@ def _without_mixstyle(model, config: TrainingConfig):
         model.output_shape[-1],
         config.size,
         normalization=config.normalization,
+        grey_input=config.grey_input,
         seed=config.seed,
     )
     plain.set_weights(model.get_weights())
