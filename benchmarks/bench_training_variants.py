@@ -48,6 +48,15 @@ VARIANTS = {
     "gn_aug": TrainingConfig(normalization="group", stain_jitter=0.15, max_blur_sigma=1.5),
     "bn_hue": TrainingConfig(stain_jitter=0.15, hue_jitter=0.15),
     "coursework_short": TrainingConfig(architecture="coursework", epochs=4, learning_rate=1e-4),
+    # the default model's recipe (its recorded training config), colour-blind
+    "grey": TrainingConfig(
+        epochs=60,
+        patience=10,
+        lr_patience=4,
+        stain_jitter=0.1,
+        max_blur_sigma=1.0,
+        grey_input=True,
+    ),
     **{
         f"pbc_{name}": TrainingConfig(
             input_size=80,
@@ -63,6 +72,7 @@ VARIANTS = {
             ("lamp", {"lamp_jitter": 0.3}),
             ("mixstyle", {"mixstyle": 0.5}),
             ("grey", {"grey_input": True}),
+            ("randgrey", {"grey_probability": 0.5}),
         )
     },
 }

@@ -579,3 +579,17 @@ def test_grey_input_network_is_colour_blind_also_after_fine_tuning(tmp_path):
         np.testing.assert_allclose(
             network.predict_on_batch(crops), network.predict_on_batch(recoloured), atol=1e-5
         )
+
+
+def test_grey_probability_turns_that_share_of_crops_grey():
+    from napari_bloodcell.classification.training import make_augmenter
+
+    purple = np.zeros((200, 8, 8, 3), np.float32)
+    purple[..., 0], purple[..., 2] = 0.5, 0.8  # uniform: geometry cannot change it
+    never = np.asarray(make_augmenter(0, hue_jitter=0.0)(purple))
+    always = np.asarray(make_augmenter(0, hue_jitter=0.0, grey_probability=1.0)(purple))
+    half = np.asarray(make_augmenter(0, hue_jitter=0.0, grey_probability=0.5)(purple))
+    grey = np.ptp(half, axis=-1).max(axis=(1, 2)) < 1e-3
+    assert np.ptp(never, axis=-1).min() > 0.1
+    assert np.ptp(always, axis=-1).max() < 1e-3
+    assert 0.35 < grey.mean() < 0.65

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from ..crops import COLOUR_PERCENTILES, CROP_SCALE, MIN_DIVISOR
-from .architectures import DEFAULT_INPUT_SIZE, HEAD_LAYER, LUMINANCE_LAYER, build_model
+from .architectures import (
+    DEFAULT_INPUT_SIZE,
+    HEAD_LAYER,
+    LUMINANCE_LAYER,
+    LUMINANCE_WEIGHTS,
+    build_model,
+)
 from .calibration import calibration_record
 from .datasets import CropDataset, load_crop_dataset, split_by_source
 from .inference import predict_over_views, with_features
@@ -67,6 +73,9 @@ class TrainingConfig:
     linear illumination ramp across the crop (± ``lamp_jitter`` / 2 at the middle of the
     edges, ≈ ± 0.7 × ``lamp_jitter`` at the corners); the crop is then re-normalised as
     ``analyze`` normalises it, before the other colour jitters (0: off)."""
+    grey_probability: float = 0.0
+    """Probability per training crop of turning it grey (its luminance in all channels), so
+    the network also learns to classify without colour (0: off)."""
     grey_input: bool = False
     """A colour-blind network (see :func:`.architectures.build_model`); a diagnostic."""
     mixstyle: float = 0.0
@@ -99,8 +108,11 @@ class TrainingConfig:
         for name in ("stain_jitter", "max_blur_sigma", "hue_jitter", "lamp_jitter"):
             if not getattr(self, name) >= 0:
                 raise BloodcellError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not 0 <= self.mixstyle <= 1:
-            raise BloodcellError(f"mixstyle is a probability in [0, 1], got {self.mixstyle}")
+        for name in ("mixstyle", "grey_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise BloodcellError(
+                    f"{name} is a probability in [0, 1], got {getattr(self, name)}"
+                )
         if self.mixstyle and (self.architecture != "compact" or self.init_model is not None):
             raise BloodcellError(
                 "mixstyle needs the compact architecture trained from scratch (not --init)"
@@ -287,6 +299,7 @@ def fit(
         max_blur_sigma=config.max_blur_sigma,
         hue_jitter=config.hue_jitter,
         lamp_jitter=config.lamp_jitter,
+        grey_probability=config.grey_probability,
     )
     val = make_tf_dataset(
         dataset.subset(val_idx), config.batch_size, augment=False, seed=config.seed
@@ -399,6 +412,7 @@ def make_tf_dataset(
     max_blur_sigma: float = 0.0,
     hue_jitter: float = 0.05,
     lamp_jitter: float = 0.0,
+    grey_probability: float = 0.0,
 ):
     """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked."""
     import tensorflow as tf
@@ -411,7 +425,9 @@ def make_tf_dataset(
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
     )
     if augment:
-        augmenter = make_augmenter(seed, stain_jitter, max_blur_sigma, hue_jitter, lamp_jitter)
+        augmenter = make_augmenter(
+            seed, stain_jitter, max_blur_sigma, hue_jitter, lamp_jitter, grey_probability
+        )
         ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -422,13 +438,15 @@ def make_augmenter(
     max_blur_sigma: float = 0.0,
     hue_jitter: float = 0.05,
     lamp_jitter: float = 0.0,
+    grey_probability: float = 0.0,
 ) -> Callable:
     """Batch augmentation: the seed's (brightness 0.5–1.5, zoom 0.2, shifts 0.15, horizontal
     flip) plus vertical flip, 90° rotations, and per image a hue shift in ± ``hue_jitter``
     (fraction of the hue circle) and a saturation factor in 0.7–1.3; optionally a stain
     cast (per image and channel gain in 1 ± ``stain_jitter``), another lamp (see
-    ``TrainingConfig.lamp_jitter``) and a Gaussian blur of random sigma in
-    [0, ``max_blur_sigma``] px (other microscopes' stain and focus). Output in [0, 1]."""
+    ``TrainingConfig.lamp_jitter``), a Gaussian blur of random sigma in
+    [0, ``max_blur_sigma``] px (other microscopes' stain and focus), and with probability
+    ``grey_probability`` per image its luminance in place of its colours. Output in [0, 1]."""
     import keras
     import tensorflow as tf
 
@@ -480,6 +498,10 @@ def make_augmenter(
         images = tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], axis=-1))
         if max_blur_sigma > 0:
             images = blur(images)
+        if grey_probability > 0:
+            luminance = tf.tensordot(images, tf.constant(LUMINANCE_WEIGHTS), axes=[[3], [0]])
+            turned = generator.uniform((batch, 1, 1, 1)) < grey_probability
+            images = tf.where(turned, tf.repeat(luminance[..., None], 3, axis=-1), images)
         return tf.clip_by_value(images, 0.0, 1.0)
 
     return augment
