@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--result", default="training_variants", help="results file name")
     parser.add_argument("--seed", type=int, help="train with this seed instead of 0")
     args = parser.parse_args()
+    if args.seed is not None and None in (VARIANTS[v] for v in args.variants):
+        parser.error("--seed retrains: the packaged default cannot take it")
     require(args.data / "pbc")
     require(args.bccd_crops)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,7 @@ def main() -> None:
             "config": training["config"],
             "epochs_run": training["epochs_run"],
             "best_validation_loss": training["best_val_loss"],
-            "training_seconds": seconds,
+            "training_seconds": seconds or training.get("seconds"),  # recorded since session 6
             "model_bytes": model.stat().st_size,
             **evaluate(
                 model, args.data, args.bccd_crops, bccd_unseen=name.startswith(PBC_ONLY_PREFIX)

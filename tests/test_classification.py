@@ -211,8 +211,9 @@ def test_temperature_scaling_fixes_overconfidence_and_lowers_ece():
     np.testing.assert_array_equal(calibrated.argmax(axis=1), overconfident.argmax(axis=1))
 
 
-def test_trained_model_records_its_calibration(tiny_model):
+def test_trained_model_records_its_calibration_and_training_time(tiny_model):
     metadata = read_metadata(tiny_model)
+    assert metadata.training["seconds"] > 0
     assert metadata.test_time_views == 8  # the temperature is fitted on the 8-view mean
     calibration = metadata.training["calibration"]
     assert metadata.temperature == calibration["temperature"] > 0
@@ -510,15 +511,12 @@ def _standardised(maps: np.ndarray) -> np.ndarray:
 
 
 def test_mixstyle_mixes_feature_statistics_in_training_only():
-    import keras
-
     from napari_bloodcell.classification.style_mixing import MixStyle
 
     rng = np.random.default_rng(0)
     # 8 instances, each channel with its own mean and spread (a "style" per crop)
     means, stds = rng.uniform(-2, 2, (8, 1, 1, 4)), rng.uniform(0.5, 3, (8, 1, 1, 4))
     x = (rng.standard_normal((8, 6, 6, 4)) * stds + means).astype(np.float32)
-    keras.utils.set_random_seed(0)
     assert np.array_equal(np.asarray(MixStyle(1.0, seed=0)(x, training=False)), x)
     assert np.array_equal(np.asarray(MixStyle(0.0, seed=0)(x, training=True)), x)
     mixed = np.asarray(MixStyle(1.0, seed=0)(x, training=True))
@@ -545,15 +543,38 @@ def test_mixstyle_training_saves_a_network_of_built_in_layers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "settings",
-    [{"mixstyle": 1.5}, {"mixstyle": -0.1}, {"mixstyle": 0.5, "init_model": "default"}],
+    ("settings", "message"),
+    [
+        ({"mixstyle": 1.5}, "mixstyle is a probability"),
+        ({"mixstyle": -0.1}, "mixstyle is a probability"),
+        ({"mixstyle": 0.5, "architecture": "coursework"}, "compact architecture only"),
+        ({"mixstyle": 0.5, "init_model": "default"}, "mixstyle cannot be used when fine-tuning"),
+        ({"grey_probability": 2.0}, "grey_probability is a probability"),
+    ],
 )
-def test_mixstyle_settings_outside_its_use_are_refused(settings):
+def test_training_settings_outside_their_use_are_refused(settings, message):
     from napari_bloodcell.classification.training import TrainingConfig
     from napari_bloodcell.errors import BloodcellError
 
-    with pytest.raises(BloodcellError, match="mixstyle"):
+    with pytest.raises(BloodcellError, match=message):
         TrainingConfig(**settings).resolved()
+
+
+def test_network_without_mixstyle_keeps_the_trained_weights():
+    from napari_bloodcell.classification.architectures import build_model
+    from napari_bloodcell.classification.training import TrainingConfig, _without_mixstyle
+
+    trained = build_model("compact", 3, 32, mixstyle=0.5, seed=1)
+    # Beta sampling has no XLA kernel: Keras' automatic XLA (on a GPU) must see that
+    assert not all(layer.supports_jit for layer in trained.layers)
+    rng = np.random.default_rng(1)
+    for weight in trained.weights:  # not the initial weights: weights another build has too
+        weight.assign(rng.normal(size=weight.shape).astype(np.float32) * 0.1)
+    plain = _without_mixstyle(trained, TrainingConfig(input_size=32, mixstyle=0.5, seed=7))
+    crops = rng.random((4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        plain(crops, training=False), trained(crops, training=False), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_grey_input_network_is_colour_blind_also_after_fine_tuning(tmp_path):

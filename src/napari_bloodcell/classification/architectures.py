@@ -21,6 +21,8 @@ ARCHITECTURES = ("compact", "coursework")
 DEFAULT_INPUT_SIZE = {"compact": 80, "coursework": 224}
 """Input side (px) when none is given; the compact one is the default model's."""
 HEAD_LAYER = "class_probabilities"
+MIXSTYLE_PREFIX = "mixstyle_"
+"""Names of the MixStyle layers of a network being trained (``mixstyle_1`` …)."""
 LUMINANCE_LAYER = "luminance"
 """A colour-blind network's first layer: frozen, also when fine-tuned."""
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
@@ -147,7 +149,7 @@ def _compact_body(inputs, normalization: str, mixstyle: float = 0.0, seed: int =
         if mixstyle > 0 and stage < 3:
             from .style_mixing import MixStyle
 
-            x = MixStyle(mixstyle, seed=seed + stage, name=f"mixstyle_{stage + 1}")(x)
+            x = MixStyle(mixstyle, seed=seed + stage, name=f"{MIXSTYLE_PREFIX}{stage + 1}")(x)
     x = layers.GlobalAveragePooling2D()(x)
     return layers.Dropout(0.3)(x)
 

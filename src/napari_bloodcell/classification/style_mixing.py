@@ -26,13 +26,22 @@ _EPSILON = 1e-6
 class MixStyle(keras.layers.Layer):
     """Mix per-instance channel statistics of (N, Y, X, C) feature maps during training."""
 
-    def __init__(self, probability: float = 0.5, alpha: float = MIXSTYLE_ALPHA, seed=None, **kw):
-        super().__init__(**kw)
+    def __init__(
+        self,
+        probability: float = 0.5,
+        alpha: float = MIXSTYLE_ALPHA,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
         self.probability = probability
         self.alpha = alpha
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Beta sampling has no XLA kernel: keep Keras' "auto" jit_compile (XLA on a GPU) off
+        self.supports_jit = False
 
-    def call(self, x, training=None):
+    def call(self, x, training: bool | None = None):
         if not training or self.probability <= 0:
             return x
         batch = ops.shape(x)[0]
@@ -52,4 +61,8 @@ class MixStyle(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return super().get_config() | {"probability": self.probability, "alpha": self.alpha}
+        return super().get_config() | {
+            "probability": self.probability,
+            "alpha": self.alpha,
+            "seed": self.seed,
+        }

@@ -25,6 +25,7 @@ from .architectures import (
     HEAD_LAYER,
     LUMINANCE_LAYER,
     LUMINANCE_WEIGHTS,
+    MIXSTYLE_PREFIX,
     build_model,
 )
 from .calibration import calibration_record
@@ -113,9 +114,12 @@ class TrainingConfig:
                 raise BloodcellError(
                     f"{name} is a probability in [0, 1], got {getattr(self, name)}"
                 )
-        if self.mixstyle and (self.architecture != "compact" or self.init_model is not None):
+        if self.mixstyle and self.architecture != "compact":
+            raise BloodcellError("mixstyle works with the compact architecture only")
+        if self.mixstyle and self.init_model is not None:
             raise BloodcellError(
-                "mixstyle needs the compact architecture trained from scratch (not --init)"
+                "mixstyle cannot be used when fine-tuning (init_model, --init): it is built "
+                "into a network trained from scratch"
             )
         if self.init_model is None:
             return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
@@ -224,6 +228,7 @@ def train_classifier(
             "best_val_loss": float(min(history.get("val_loss", [np.nan]))),
             "calibration": calibration,
             "novelty_reference": novelty is not None,
+            "seconds": round(time.perf_counter() - started, 1),
         },
     )
     save_model(model, out, metadata, novelty)
@@ -348,7 +353,7 @@ def fit(
 
 def _without_mixstyle(model, config: TrainingConfig):
     """The trained network rebuilt without its MixStyle layers (identity at inference, no
-    weights): same layers otherwise, in the same order, so the weights carry over."""
+    weights): every other layer, in the same order, gets its trained weights."""
     plain = build_model(
         config.architecture,
         model.output_shape[-1],
@@ -357,7 +362,11 @@ def _without_mixstyle(model, config: TrainingConfig):
         grey_input=config.grey_input,
         seed=config.seed,
     )
-    plain.set_weights(model.get_weights())
+    trained = [layer for layer in model.layers if not layer.name.startswith(MIXSTYLE_PREFIX)]
+    if [type(layer) for layer in trained] != [type(layer) for layer in plain.layers]:
+        raise RuntimeError("the network without MixStyle differs from the trained one")
+    for source, target in zip(trained, plain.layers, strict=True):
+        target.set_weights(source.get_weights())
     return plain
 
 
