@@ -48,17 +48,10 @@ VARIANTS = {
     "gn_aug": TrainingConfig(normalization="group", stain_jitter=0.15, max_blur_sigma=1.5),
     "bn_hue": TrainingConfig(stain_jitter=0.15, hue_jitter=0.15),
     "coursework_short": TrainingConfig(architecture="coursework", epochs=4, learning_rate=1e-4),
-    # the default model's recipe (its recorded training config): colour-blind, or each
-    # training crop grey with probability 0.5
-    **{
-        name: TrainingConfig(
-            epochs=60, patience=10, lr_patience=4, stain_jitter=0.1, max_blur_sigma=1.0, **change
-        )
-        for name, change in (
-            ("grey", {"grey_input": True}),
-            ("randgrey", {"grey_probability": 0.5}),
-        )
-    },
+    # the default model's recipe (its recorded training config), colour-blind
+    "grey": TrainingConfig(
+        epochs=60, patience=10, lr_patience=4, stain_jitter=0.1, max_blur_sigma=1.0, grey_input=True
+    ),
     **{
         f"pbc_{name}": TrainingConfig(
             input_size=80,
