@@ -21,7 +21,7 @@ never saw: they are also scored on all BCCD windows (``bccd_all_windows``), whic
 chooses between domain-generalisation recipes without looking at Zheng 2018::
 
     python benchmarks/bench_training_variants.py --variants pbc_base pbc_lamp pbc_mixstyle \
-        --result unseen_microscope
+        pbc_grey --result unseen_microscope
 
 ``--seed N`` trains with another seed (another split and initialisation): the models are
 ``runs/variants/NAME_seedN.keras``, the results keyed ``NAME_seedN``. Two seeds of one
