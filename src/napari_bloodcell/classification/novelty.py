@@ -19,7 +19,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 from ..errors import ModelError
 
@@ -157,6 +156,8 @@ def novelty_warning(novelty_values, cells: str = "classified cells") -> str | No
     against 1 % gives p < :data:`WARNING_P_VALUE` (so a handful of cells never warns by
     chance). NaN values (cells not classified by the CNN) are ignored.
     """
+    from scipy.stats import binomtest  # not at import: the widgets import this module
+
     values = np.asarray(novelty_values, dtype=float)
     values = values[np.isfinite(values)]
     novel = int((values > 1).sum())
