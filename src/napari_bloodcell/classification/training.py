@@ -529,8 +529,9 @@ def normalise_colour_tf(images):
     balanced = _divided_where(images, white, white > MIN_DIVISOR)
     balanced = tf.clip_by_value(balanced, 0.0, 1.0)
     everything = tf.reshape(balanced, (tf.shape(images)[0], -1))
-    span = 1.0 - _percentile_tf(everything, low_pct)[:, None, None, None]
-    stretched = _divided_where(balanced - (1.0 - span), span, span > MIN_DIVISOR)
+    low = _percentile_tf(everything, low_pct)[:, None, None, None]
+    span = 1.0 - low
+    stretched = _divided_where(balanced - low, span, span > MIN_DIVISOR)
     return tf.clip_by_value(stretched, 0.0, 1.0)
 
 
