@@ -25,6 +25,7 @@ from _common import DEFAULT_DATA, require, write_result
 from bench_training_variants import evaluate
 
 from napari_bloodcell.classification.datasets import load_crop_dataset
+from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.model_files import (
     load_keras_model,
     read_metadata,
@@ -91,7 +92,9 @@ def main() -> None:
             for augmented in (False, True)
         ]
         for path in (model, *recalibrated):
-            results[path.stem] = evaluate(path, args.data, args.bccd_crops, bccd_unseen=True)
+            results[path.stem] = evaluate(
+                CellClassifier(path), args.data, args.bccd_crops, bccd_unseen=True
+            )
             print(path.stem, {k: v.get("accuracy") for k, v in results[path.stem].items()
                               if isinstance(v, dict)})  # fmt: skip
             write_result(args.result, {"models": results})

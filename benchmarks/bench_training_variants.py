@@ -22,6 +22,8 @@ chooses between domain-generalisation recipes without looking at Zheng 2018::
 
     python benchmarks/bench_training_variants.py --variants pbc_base pbc_lamp pbc_mixstyle \
         pbc_grey --result unseen_microscope
+    python benchmarks/bench_training_variants.py --variants pbc_randgrey_long \
+        --result unseen_microscope_randgrey_long
 
 ``--seed N`` trains with another seed (another split and initialisation): the models are
 ``runs/variants/NAME_seedN.keras``, the results keyed ``NAME_seedN``. Two seeds of one
@@ -71,11 +73,17 @@ VARIANTS = {
         )
     },
 }
+# half-grey training with the default model's slower schedule (a lead of session 6)
+VARIANTS["pbc_randgrey_long"] = replace(
+    VARIANTS["pbc_randgrey"], epochs=60, patience=10, lr_patience=4
+)
 PBC_ONLY_PREFIX = "pbc_"
 
 
-def evaluate(model: Path, data: Path, bccd_crops: Path, *, bccd_unseen: bool) -> dict:
-    classifier = CellClassifier(model)
+def evaluate(classifier, data: Path, bccd_crops: Path, *, bccd_unseen: bool) -> dict:
+    """Scores of ``classifier`` (a :class:`CellClassifier` or anything with its ``metadata``,
+    ``classes``, ``input_size``, ``crop_scale`` and ``predict``) on its PBC test split, BCCD
+    (its test frames, or all windows when ``bccd_unseen``) and Zheng 2018."""
     test_sources = set(classifier.metadata.training["test_sources"])
     files, truth = test_split_files(data / "pbc", test_sources, classifier.classes)
     six = [(f, c) for f, c in zip(files, truth, strict=True) if c in TARGET_CLASSES]
@@ -152,7 +160,10 @@ def main() -> None:
             "training_seconds": seconds or training.get("seconds"),  # recorded since session 6
             "model_bytes": model.stat().st_size,
             **evaluate(
-                model, args.data, args.bccd_crops, bccd_unseen=name.startswith(PBC_ONLY_PREFIX)
+                CellClassifier(model),
+                args.data,
+                args.bccd_crops,
+                bccd_unseen=name.startswith(PBC_ONLY_PREFIX),
             ),
         }
         print(name, {k: v for k, v in results[name].items() if k != "config"})
