@@ -176,6 +176,32 @@ def test_missing_channel_is_refused():
         check_channels(AnalysisSettings(channels={"platelet": 2}), layout)
 
 
+@pytest.mark.parametrize(
+    ("leukocyte", "platelet", "n_channels", "expected"),
+    [
+        (None, None, 3, None),  # all default: the pipeline's own defaults
+        (-1, None, 3, {"platelet": 0}),  # 'none' drops one role, the other keeps its default
+        (None, -1, 3, {"leukocyte": 1}),
+        (None, 2, 3, {"leukocyte": 1, "platelet": 2}),
+        (0, None, 1, {"leukocyte": 0}),  # one channel has no default platelet channel
+    ],
+)
+def test_channel_choices_keep_the_defaults_of_roles_left_at_default(
+    leukocyte, platelet, n_channels, expected
+):
+    from napari_bloodcell._napari._compute import channel_mapping
+
+    choices = {"leukocyte": leukocyte, "platelet": platelet}
+    assert channel_mapping(choices, n_channels) == expected
+
+
+def test_leaving_every_cell_type_out_is_refused():
+    from napari_bloodcell._napari._compute import channel_mapping
+
+    with pytest.raises(InputImageError, match="no cell type is left"):
+        channel_mapping({"leukocyte": -1, "platelet": -1}, 3)
+
+
 def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
     from napari_bloodcell._napari._writer import export_table, write_cells_table

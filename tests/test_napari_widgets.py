@@ -152,6 +152,29 @@ def test_analyze_widget_uses_the_current_frame_of_a_stack(make_napari_viewer, qt
     assert set(cells.features["cell_class"]) <= {"leukocyte", "platelet"}
 
 
+def test_one_cell_type_left_out_keeps_the_other_and_pixel_sizes_keep_their_digits(
+    make_napari_viewer, qtbot
+):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._compute import NO_CHANNEL
+
+    movie = make_timelapse(n_frames=1, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image[0], rgb=True, name="frame")
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    widget.modality.value = "fluorescence"
+    widget.leukocyte_channel.value = NO_CHANNEL  # platelets stay on their default channel
+    widget.pixel_size.value = 0.0325  # 20× finer than the defaults expect: no cell found
+    assert widget.pixel_size.value == 0.0325
+    _run(widget, qtbot)  # no model and no cell: the layers are still made
+    assert len(viewer.layers["frame cells"].data) == 0
+    widget.pixel_size.value = 0.0
+    _run(widget, qtbot)
+    classes = viewer.layers["frame cells"].features["cell_class"]
+    assert len(classes) > 0 and set(classes) == {"platelet"}
+
+
 @pytest.fixture
 def dask_movie():
     import dask.array as da

@@ -110,6 +110,38 @@ def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
     return image_from_array(raw, axes=layout.axes.replace("T", "")).data[0]
 
 
+NO_CHANNEL = -1
+"""A channel choice meaning: leave this cell type out."""
+
+
+def channel_mapping(choices: dict[str, int | None], n_channels: int) -> dict[str, int] | None:
+    """Cell role → channel from the widgets' choices for an image of ``n_channels`` channels.
+
+    A choice is None ("default": the role's default channel, see
+    :func:`~napari_bloodcell.segmentation.fluorescence.default_channels`),
+    :data:`NO_CHANNEL` ("none": the role is left out) or a channel index. None when every
+    choice is "default" (the pipeline's own defaults); refused when every role is left out.
+    """
+    from ..segmentation.fluorescence import default_channels
+
+    if all(choice is None for choice in choices.values()):
+        return None
+    channels = default_channels(n_channels)
+    for role, choice in choices.items():
+        if choice is None:
+            continue
+        if choice == NO_CHANNEL:
+            channels.pop(role, None)
+        else:
+            channels[role] = choice
+    if not channels:
+        raise InputImageError(
+            "no cell type is left to segment: choose a channel (or 'default') for the "
+            "leukocytes or the platelets"
+        )
+    return channels
+
+
 def check_channels(settings: AnalysisSettings, layout: ImageLayout) -> None:
     """Refuse a channel mapping that names a channel the image does not have."""
     for role, index in (settings.channels or {}).items():

@@ -141,8 +141,12 @@ def result_layers(
                 "cells",
                 "stack cells" if stack else "cells",
                 features=features,
-                face_color="cell_class",
-                face_color_cycle=colours,
+                # no class at all (no model, no cell): napari cannot colour by an empty category
+                **(
+                    {"face_color": "cell_class", "face_color_cycle": colours}
+                    if names
+                    else {"face_color": "white"}
+                ),
                 border_color="white",
                 border_width=0.1,
                 size=point_size(table),

@@ -30,11 +30,22 @@ from ..classification.model_files import (
 from ..classification.remote import RemoteClassifier
 from ..errors import BloodcellError, InputImageError
 from ..pipeline import AnalysisSettings
-from ._compute import AnalysisJob, Failure, ImageLayout, check_channels, guarded, image_layout
+from ._compute import (
+    NO_CHANNEL,
+    AnalysisJob,
+    Failure,
+    ImageLayout,
+    channel_mapping,
+    check_channels,
+    guarded,
+    image_layout,
+)
 from ._layers import layer_key, legend_html
 from ._writer import export_table
 
 NO_MODEL = "none (segmentation only)"
+PIXEL_SIZE_DECIMALS = 4
+"""Digits of the pixel size field (µm per pixel; 100× objectives give ~0.03–0.07)."""
 
 
 class SharedClassifiers:
@@ -205,7 +216,7 @@ class PlotCanvas:
 
 
 def channel_choices(_widget=None) -> list[tuple[str, int | None]]:
-    return [("default", None), ("none", -1)] + [(str(i), i) for i in range(8)]
+    return [("default", None), ("none", NO_CHANNEL)] + [(str(i), i) for i in range(8)]
 
 
 class AnalysisWidget(Container):
@@ -233,6 +244,7 @@ class AnalysisWidget(Container):
             label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
             tooltip="µm per pixel; 0 = unknown (defaults tuned on BCCD frames)",
         )  # fmt: skip
+        self.pixel_size.native.setDecimals(PIXEL_SIZE_DECIMALS)  # 0.065 µm must not become 0.07
         self.uncertain_threshold = FloatSpinBox(
             label="uncertain below", value=0.5, min=0.0, max=1.0, step=0.05,
             tooltip="confidence below which a cell's class is 'uncertain'",
@@ -294,19 +306,15 @@ class AnalysisWidget(Container):
         except BloodcellError as exc:
             self._show_error(str(exc))
 
-    def settings(self) -> AnalysisSettings:
-        channels = {}
-        for role, widget in (
-            ("leukocyte", self.leukocyte_channel),
-            ("platelet", self.platelet_channel),
-        ):
-            if widget.value is not None and widget.value >= 0:
-                channels[role] = widget.value
-        if self.leukocyte_channel.value is None and self.platelet_channel.value is None:
-            channels = None
+    def settings(self, n_channels: int) -> AnalysisSettings:
+        """The analysis settings for an image of ``n_channels`` channels."""
+        choices = {
+            "leukocyte": self.leukocyte_channel.value,
+            "platelet": self.platelet_channel.value,
+        }
         return AnalysisSettings(
             modality=self.modality.value,
-            channels=channels,
+            channels=channel_mapping(choices, n_channels),
             pixel_size_um=self.pixel_size.value or None,
             uncertain_threshold=self.uncertain_threshold.value,
         )
@@ -319,7 +327,7 @@ class AnalysisWidget(Container):
         layer = self.image.value
         check_image_layer(layer)
         layout: ImageLayout = image_layout(layer.data.shape, layer.rgb, self._axes())
-        settings = self.settings()
+        settings = self.settings(layout.n_channels)
         check_channels(settings, layout)
         classifier = None
         if self.model.value is not None:
