@@ -244,6 +244,12 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny
     assert {"ece", "uncertain_rate", "coverage_curve"} <= set(metrics)
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert (out / "reliability.png").stat().st_size > 1000
+    (out / "metrics.json").write_text("{}")  # a result of the user's: never replaced unasked
+    assert run_cli("evaluate", tiny_heldout, "--model", tiny_model, "--out", out) == 2
+    assert (out / "metrics.json").read_text() == "{}"
+    args = ["--model", tiny_model, "--out", out, "--overwrite"]
+    assert run_cli("evaluate", tiny_heldout, *args) == 0
+    assert "accuracy" in json.loads((out / "metrics.json").read_text())
 
 
 def test_evaluate_refuses_unknown_class_folders(tmp_path, tiny_model, tiny_heldout, capsys):
@@ -378,6 +384,34 @@ def test_analyze_with_tracking_then_track_command(tmp_path):
     assert run_cli("track", out / "cells.csv", "--out", again, "--pixel-size", "0.75") == 0
     assert len(pd.read_csv(again / "tracks.csv")) == len(tracks)
     assert run_cli("track", out / "cells.csv", "--out", again) == 2
+    # without --pixel-size the table's own µm (it was analysed at 0.75 µm/px) are used
+    same = tmp_path / "same"
+    assert run_cli("track", out / "cells.csv", "--out", same) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(same / "track_summary.csv"), pd.read_csv(again / "track_summary.csv")
+    )
+    # a rerun of analyze --track leaves its tracking tables alone unless --overwrite
+    (out / "tracking" / "tracks.csv").write_text("mine")
+    assert run_cli("analyze", path, *args, "--frame-interval", "10") == 0
+    assert (out / "tracking" / "tracks.csv").read_text() == "mine"
+    assert run_cli("analyze", path, *args, "--frame-interval", "10", "--overwrite") == 0
+    assert len(pd.read_csv(out / "tracking" / "tracks.csv")) == len(tracks)
+    assert run_cli("analyze", path, *args, "--frame-interval", "0") == 2  # refused at once
+
+
+def test_track_never_replaces_the_tables_of_any_source(tmp_path):
+    movie = make_timelapse(n_frames=5, shape=(96, 128), seed=3)
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, movie.image)
+    out = tmp_path / "out"
+    inputs = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    assert run_cli("analyze", *inputs, "--out", out, "--axes", "TYXC") == 0
+    tracks = tmp_path / "tracks"
+    assert run_cli("track", out / "cells.csv", "--out", tracks) == 0
+    assert {p.name for p in tracks.iterdir()} == {"a", "b"}
+    (tracks / "b" / "tracks.csv").write_text("mine")
+    assert run_cli("track", out / "cells.csv", "--out", tracks) == 2  # before tracking any
+    assert (tracks / "b" / "tracks.csv").read_text() == "mine"
 
 
 def test_track_refuses_a_table_without_frames(tmp_path, capsys):

@@ -228,6 +228,12 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert (tmp_path / "cells_tracking" / "tracks.csv").is_file()
     widget.export()  # a second click must not overwrite
     assert any(kind == "warning" and "already exist" in text for kind, text in notifications[-2:])
+    widget.export_file.value = ""  # no file chosen: a warning, nothing written
+    assert not widget.export() and "choose a table file" in notifications[-1][1]
+    _run(widget, qtbot)  # a new batch: the tracks of the last one are not its tracks
+    assert widget.tracking is None
+    widget.export_file.value = tmp_path / "again.csv"
+    assert widget.export() and not (tmp_path / "again_tracking").exists()
 
     viewer.layers.selection = {cells}  # File → Save Selected Layers with our writer
     saved = viewer.layers.save(

@@ -128,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     track = commands.add_parser("track", help="link the cells of an analyze table into tracks")
     track.add_argument("cells", type=Path, help="cells table from 'analyze' (.csv or .parquet)")
     track.add_argument("--out", type=Path, required=True, help="output folder")
-    track.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel")
+    track.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="µm per pixel (default: the one the table was measured with, if any)",
+    )
     track.add_argument("--frame-interval", type=float, metavar="S", help="seconds between frames")
     track.add_argument("--overwrite", action="store_true", help="replace existing results")
     track.set_defaults(run=_run_track)
@@ -213,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--ignore-unknown", action="store_true", help="skip class folders the model does not know"
     )
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an evaluation in OUT")
     evaluate.set_defaults(run=_run_evaluate)
 
     calibrate = commands.add_parser(
@@ -267,6 +273,8 @@ def _run_analyze(args) -> int:
 
     if args.pixel_size is not None and args.pixel_size <= 0:
         raise BloodcellError(f"--pixel-size must be positive, got {args.pixel_size}")
+    if args.frame_interval is not None and args.frame_interval <= 0:  # before hours of analysis
+        raise BloodcellError(f"--frame-interval must be positive, got {args.frame_interval}")
     settings = AnalysisSettings(
         modality=args.modality,
         channels=parse_channels(args.channel),
@@ -328,7 +336,12 @@ def _analyze_and_report(args, settings, client) -> int:
         print(f"nothing to do: every input is finished in {summary.out}/")
     if args.track and len(summary.table):
         _track_each_source(
-            summary.table, summary.out / "tracking", settings.pixel_size_um, args.frame_interval
+            summary.table,
+            summary.out / "tracking",
+            settings.pixel_size_um,
+            args.frame_interval,
+            overwrite=args.overwrite,
+            skip_existing=True,
         )
     return EXIT_USER_ERROR if summary.failures else 0
 
@@ -414,36 +427,57 @@ def _run_models(args) -> int:
 
 def _run_track(args) -> int:
     from .table import read_table
-    from .tracking import OUTPUT_FILES
 
     if not args.cells.is_file():
         raise BloodcellError(f"{args.cells}: no such file")
-    existing = [name for name in OUTPUT_FILES.values() if (args.out / name).exists()]
-    if existing and not args.overwrite:
-        raise OutputExistsError(
-            f"{args.out} holds {', '.join(existing)}; pass --overwrite to replace them"
-        )
-    _track_each_source(read_table(args.cells), args.out, args.pixel_size, args.frame_interval)
+    _track_each_source(
+        read_table(args.cells),
+        args.out,
+        args.pixel_size,
+        args.frame_interval,
+        overwrite=args.overwrite,
+        skip_existing=False,
+    )
     return 0
 
 
-def _track_each_source(table, out: Path, pixel_size_um, frame_interval_s) -> None:
-    """Track every time-lapse (``source``) of a cells table; several go to sub-folders."""
-    from .tracking import track_table
+def _track_each_source(
+    table, out: Path, pixel_size_um, frame_interval_s, *, overwrite: bool, skip_existing: bool
+) -> None:
+    """Track every time-lapse (``source``) of a cells table; several go to sub-folders.
+
+    Without ``pixel_size_um`` each source is tracked in the µm its table was measured in,
+    if any. Existing tracking tables are replaced only with ``overwrite``; otherwise their
+    sources are skipped with a note (``skip_existing``) or, before anything is tracked,
+    refused (:class:`OutputExistsError`)."""
+    from .tracking import existing_tracking_files, pixel_size_of_table, track_table
 
     sources = table["source"].unique() if "source" in table else [None]
-    for source in sources:
+    targets = {
+        source: out if len(sources) == 1 else out / Path(str(source)).stem for source in sources
+    }
+    taken = [] if overwrite else [t for t in targets.values() if existing_tracking_files(t)]
+    if taken and not skip_existing:
+        raise OutputExistsError(
+            f"tracking tables exist in {', '.join(map(str, taken))}; "
+            "pass --overwrite to replace them"
+        )
+    for source, target in targets.items():
+        if target in taken:
+            print(f"{target}: tracking tables exist, not replaced (pass --overwrite to redo them)")
+            continue
         cells = table if source is None else table[table["source"] == source]
-        target = out if len(sources) == 1 else out / Path(str(source)).stem
         if source is not None:
             print(f"{source}:")
-        _report_tracking(track_table(cells, pixel_size_um, frame_interval_s), target)
+        pixel_size = pixel_size_um if pixel_size_um is not None else pixel_size_of_table(cells)
+        result = track_table(cells, pixel_size, frame_interval_s)
+        _report_tracking(result, target, overwrite=overwrite)
 
 
-def _report_tracking(result, out: Path) -> None:
+def _report_tracking(result, out: Path, *, overwrite: bool) -> None:
     from .tracking import write_tracking
 
-    write_tracking(result, out)
+    write_tracking(result, out, overwrite=overwrite)
     if len(result.summary):
         counts = result.summary.groupby(["cell_type", "track_class"]).size().rename("tracks")
         print(counts.reset_index().to_string(index=False))
@@ -454,10 +488,15 @@ def _report_tracking(result, out: Path) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .classification.evaluation import evaluate_classifier, write_evaluation
+    from .classification.evaluation import (
+        check_evaluation_folder,
+        evaluate_classifier,
+        write_evaluation,
+    )
 
+    check_evaluation_folder(args.out, overwrite=args.overwrite)  # before the evaluation runs
     metrics, _ = evaluate_classifier(args.data_dirs, args.model, ignore_unknown=args.ignore_unknown)
-    written = write_evaluation(metrics, args.out)
+    written = write_evaluation(metrics, args.out, overwrite=args.overwrite)
     print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1")}, indent=2))
     print(f"wrote {', '.join(map(str, written))}")
     return 0

@@ -53,6 +53,7 @@ class BatchWidget(AnalysisWidget):
         return self.axes.value
 
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
+        self.tracking = None  # the tracks of an earlier result are not this run's
         return stack_steps(job), job.layout.n_frames
 
     def _apply(self, item: StackProgress) -> None:
@@ -118,21 +119,24 @@ class BatchWidget(AnalysisWidget):
             f"{len(self.tracking.interactions)} contact events"
         )
 
-    def export(self) -> None:
-        """The cells table, and the tracking tables (``<table stem>_tracking/``) if tracked."""
+    def export(self) -> bool:
+        """The cells table, and the tracking tables (``<table stem>_tracking/``) if tracked;
+        the tracking tables only once the cells table is written, never over a folder."""
         from pathlib import Path
 
         from napari.utils.notifications import show_info, show_warning
 
         from ..tracking import write_tracking
 
-        super().export()
         if self.tracking is None:
-            return
-        folder = Path(self.export_file.value)
-        folder = folder.with_name(f"{folder.stem}_tracking")
-        if folder.exists():
-            show_warning(f"{folder} exists; tracking tables not written (choose another name)")
-            return
+            return super().export()
+        table = Path(self.export_file.value)
+        folder = table.with_name(f"{table.stem}_tracking") if table.name else None
+        if folder is not None and folder.exists():
+            show_warning(f"{folder} already exists; nothing written (choose another table name)")
+            return False
+        if not super().export():
+            return False
         write_tracking(self.tracking, folder)
         show_info(f"wrote the tracking tables to {folder}")
+        return True

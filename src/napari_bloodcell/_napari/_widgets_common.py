@@ -435,25 +435,27 @@ class AnalysisWidget(Container):
 
     # ------------------------------------------------------------------ export
 
-    def export(self) -> None:
-        """Write the cells table of the last result (never over an existing file)."""
+    def export(self) -> bool:
+        """Write the cells table of the last result (never over an existing file); whether
+        it was written."""
         from napari.utils.notifications import show_info, show_warning
 
         layer = self._cells_layer
         if layer is None or layer not in self._viewer.layers:
             show_warning("no results to export yet: run the analysis first")
-            return
+            return False
         path = Path(self.export_file.value)
         if path.suffix.lower() not in (".csv", ".parquet") or path.name in ("", "."):
             show_warning("choose a table file name ending in .csv")
-            return
+            return False
         parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
         try:
             written = export_table(path, layer.features, parameters)
         except BloodcellError as exc:
             show_warning(str(exc))
-            return
+            return False
         show_info(f"wrote {', '.join(p.name for p in written)} to {written[0].parent}")
+        return True
 
 
 def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:

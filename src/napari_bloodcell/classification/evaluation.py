@@ -172,8 +172,24 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> list:
     return curve
 
 
-def write_evaluation(metrics: dict, out: Path) -> list[Path]:
-    """Write ``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` into ``out``."""
+EVALUATION_FILES = ("metrics.json", "confusion_matrix.png", "reliability.png")
+
+
+def check_evaluation_folder(out: Path, *, overwrite: bool = False) -> None:
+    """Refuse (:class:`OutputExistsError`) a folder holding an evaluation, unless ``overwrite``."""
+    from ..errors import OutputExistsError
+
+    existing = [name for name in EVALUATION_FILES if (Path(out) / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out} holds {', '.join(existing)}; pass --overwrite (overwrite=True) to replace them"
+        )
+
+
+def write_evaluation(metrics: dict, out: Path, *, overwrite: bool = False) -> list[Path]:
+    """Write ``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` into ``out``
+    (existing ones only with ``overwrite``)."""
+    check_evaluation_folder(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import TrackingError
+from ..errors import OutputExistsError, TrackingError
 from ..table import write_table
 from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, checked_cells
 from .ctc import ctc_scores, ctc_segments, write_ctc
@@ -31,6 +31,8 @@ __all__ = [
     "Units",
     "ctc_scores",
     "ctc_segments",
+    "existing_tracking_files",
+    "pixel_size_of_table",
     "track_table",
     "tracks_layer_data",
     "vote_track_classes",
@@ -135,10 +137,37 @@ def track_table(
     )
 
 
-def write_tracking(result: TrackingResult, out_dir: str | Path) -> list[Path]:
-    """Write the tables of ``result`` as CSV files in ``out_dir`` (see ``OUTPUT_FILES``)."""
+def existing_tracking_files(out_dir: str | Path) -> list[Path]:
+    """The tracking tables (``OUTPUT_FILES``) already in ``out_dir``."""
     out_dir = Path(out_dir)
+    return [out_dir / name for name in OUTPUT_FILES.values() if (out_dir / name).exists()]
+
+
+def write_tracking(
+    result: TrackingResult, out_dir: str | Path, *, overwrite: bool = False
+) -> list[Path]:
+    """Write the tables of ``result`` as CSV files in ``out_dir`` (see ``OUTPUT_FILES``);
+    existing ones are replaced only with ``overwrite``
+    (:class:`~napari_bloodcell.errors.OutputExistsError` otherwise, before any is written)."""
+    out_dir = Path(out_dir)
+    existing = existing_tracking_files(out_dir)
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out_dir} holds {', '.join(p.name for p in existing)}; "
+            "pass --overwrite (overwrite=True) to replace them"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         write_table(getattr(result, name), out_dir / file) for name, file in OUTPUT_FILES.items()
     ]
+
+
+def pixel_size_of_table(cells_table: pd.DataFrame) -> float | None:
+    """The µm per pixel a cells table was measured with (from its ``diameter_um`` and
+    ``diameter_px`` columns), or None when it has no µm lengths."""
+    if not {"diameter_um", "diameter_px"} <= set(cells_table.columns):
+        return None
+    px = cells_table["diameter_px"].to_numpy(dtype=float)
+    um = cells_table["diameter_um"].to_numpy(dtype=float)
+    measured = np.isfinite(um) & np.isfinite(px) & (px > 0)
+    return float(np.median(um[measured] / px[measured])) if measured.any() else None
