@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_bloodcell._napari._label_frames import CompressedLabelFrames
+from napari_bloodcell._napari._label_frames import CompressedLabelFrames, WithChannelAxis
 
 
 @pytest.fixture
@@ -28,7 +28,9 @@ def test_views_index_like_the_array(stack):
     view = _store(stack).view(4)
     assert view.shape == (4, 40, 60) and view.dtype == np.uint32 and view.ndim == 3
     np.testing.assert_array_equal(np.asarray(view), stack[:4])
-    for key in [2, -1, (1, slice(5, 20), 7), np.s_[1:3], np.s_[::2, 3], np.s_[..., 5], [0, 3]]:
+    pixels = (np.array([0, 3, 3]), np.array([1, 5, 6]), np.array([2, 7, 8]))  # napari's reads
+    keys = [2, -1, (1, slice(5, 20), 7), np.s_[1:3], np.s_[::2, 3], np.s_[..., 5], [0, 3]]
+    for key in [*keys, np.array([0, 3]), pixels]:
         np.testing.assert_array_equal(view[key], stack[:4][key])
     with pytest.raises(IndexError, match="frame 4 out of range"):
         view[4]
@@ -67,3 +69,23 @@ def test_frames_read_are_copies(stack):
 def test_wrong_frame_shape_is_refused(stack):
     with pytest.raises(ValueError, match="expected"):
         _store(stack).append(np.zeros((3, 3), np.uint32))
+
+
+@pytest.mark.parametrize("axis", [1, 3])  # T C Y X and T Y X C layers
+def test_a_channel_axis_reads_and_paints_the_frames_underneath(stack, axis):
+    frames = _store(stack)
+    view = WithChannelAxis(frames.view(), axis)
+    expected = np.expand_dims(stack, axis)
+    assert view.shape == expected.shape and view.ndim == 4 and view.dtype == np.uint32
+    np.testing.assert_array_equal(np.asarray(view), expected)
+    own = [np.s_[..., 5], (3, 0)] if axis == 1 else [np.s_[..., 0], np.s_[..., 5, :], (3, 4, 5, 0)]
+    for key in [2, np.s_[1:3], *own]:
+        np.testing.assert_array_equal(view[key], expected[key])
+    # napari's paint: one integer array per axis, the channel's all 0
+    t, y, x = np.array([0, 4]), np.array([1, 2]), np.array([5, 6])
+    pixel = (t, np.zeros(2, int), y, x) if axis == 1 else (t, y, x, np.zeros(2, int))
+    view[pixel] = 77
+    np.testing.assert_array_equal(view[pixel], [77, 77])
+    assert frames.frame(0)[1, 5] == frames.frame(4)[2, 6] == 77
+    view[(2, slice(None), slice(0, 2), slice(0, 2)) if axis == 1 else np.s_[2, 0:2, 0:2, :]] = 5
+    assert (frames.frame(2)[0:2, 0:2] == 5).all()

@@ -145,9 +145,16 @@ def test_stack_of_another_axis_order_gives_the_same_cells(movie):
     tyxc = run_to_end(stack_steps(_job(movie.image))).table
     tcyx_job = _job(movie.image.transpose(0, 3, 1, 2), rgb=False, scale=(2.0, 1.0, 0.5, 0.5))
     tcyx = run_to_end(stack_steps(tcyx_job))
-    assert tcyx.layers[0][1]["scale"] == (2.0, 0.5, 0.5)  # the channel axis has no output
-    tcyx = tcyx.table
-    pd.testing.assert_frame_equal(tyxc, tcyx)
+    pd.testing.assert_frame_equal(tyxc, tcyx.table)
+    # napari lines layers up by their last axes: the outputs get a size-1 channel axis,
+    # one plane as wide as the 3 channels and centred on them (shown at every channel)
+    (instances, meta, _), _, (points, _, _) = tcyx.layers
+    assert instances.shape == (4, 1, 64, 96) and meta["scale"] == (2.0, 3.0, 0.5, 0.5)
+    assert meta["translate"] == (0.0, 1.0, 10.0, 20.0)
+    np.testing.assert_array_equal(
+        instances[:, 0], run_to_end(stack_steps(_job(movie.image))).layers[0][0][:]
+    )
+    assert points.shape[1] == 4 and not points[:, 1].any()
 
 
 def test_empty_frames_give_no_cells_and_are_reported(movie):

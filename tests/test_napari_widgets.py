@@ -242,6 +242,28 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert saved and len(read_table(tmp_path / "saved.csv")) == len(cells.features)
 
 
+def test_results_line_up_with_a_layer_whose_channels_are_a_slider(make_napari_viewer, qtbot):
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    movie = make_timelapse(n_frames=4, shape=(64, 96), n_leukocytes=2, n_platelets=4, seed=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image.transpose(0, 3, 1, 2), name="tcyx")  # T C Y X, not RGB
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.axes.value = "TCYX"
+    _run(widget, qtbot)
+    instances, cells = viewer.layers["tcyx stack instances"], viewer.layers["tcyx stack cells"]
+    assert instances.data.shape == (4, 1, 64, 96) and cells.ndim == 4
+    for t, c in [(3, 2), (1, 0), (2, 1)]:  # every channel shows the frame on the T slider
+        viewer.dims.current_step = (t, c, 0, 0)
+        t_data, c_data = np.round(instances.world_to_data(viewer.dims.point)[:2])
+        assert (t_data, c_data) == (t, 0)
+        np.testing.assert_array_equal(instances._slice.image.raw, instances.data[t, 0])
+        assert instances.data[t, 0].any()
+    widget.track()
+    assert viewer.layers["tcyx tracks"].data.shape[1] == 5  # id, t, c, y, x
+
+
 def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
     make_napari_viewer, qtbot, dask_movie
 ):

@@ -44,6 +44,7 @@ class BatchWidget(AnalysisWidget):
         self.extend([self.frame_interval, self.track_button])
         self.track_button.clicked.connect(self.track)
         self.tracking = None
+        self._channel_axis: int | None = None  # of the last result's layers (see Placement)
         self._latest: StackProgress | None = None
         self._shown_at = -np.inf
         self.plot = PlotCanvas("frame", "cells")
@@ -68,6 +69,7 @@ class BatchWidget(AnalysisWidget):
 
     def _show(self, item: StackProgress) -> None:
         self._latest, self._shown_at = None, time.monotonic()
+        self._channel_axis = item.placement.channel_axis
         classes = list(item.layers[-1][1]["face_color_cycle"])
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"
         if item.empty_frames:
@@ -105,7 +107,7 @@ class BatchWidget(AnalysisWidget):
                 parameters.get("pixel_size_um"),
                 self.frame_interval.value or None,
             )
-            placement = Placement(tuple(layer.scale), tuple(layer.translate))
+            placement = Placement(tuple(layer.scale), tuple(layer.translate), self._channel_axis)
             upsert_layers(
                 self._viewer, tracks_layers(self.tracking.tracks, source, placement, parameters)
             )

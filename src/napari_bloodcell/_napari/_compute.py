@@ -58,11 +58,19 @@ class ImageLayout:
         return self.axes[:-1] if self.rgb else self.axes
 
     def placement(self, scale, translate, letters: str) -> Placement:
-        """Scale / translate of the layer for the output axes ``letters`` (e.g. ``"TYX"``)."""
+        """Scale / translate of the layer for the output axes ``letters`` (e.g. ``"TYX"``);
+        with the layer's channel axis too when napari shows its channels on a slider (see
+        :class:`Placement`)."""
+        if "C" in self.layer_axes:
+            letters = "".join(a for a in self.layer_axes if a in letters or a == "C")
         indices = [self.layer_axes.index(a) for a in letters]
-        return Placement(
-            tuple(float(scale[i]) for i in indices), tuple(float(translate[i]) for i in indices)
-        )
+        scale = [float(scale[i]) for i in indices]
+        translate = [float(translate[i]) for i in indices]
+        channel_axis = letters.index("C") if "C" in letters else None
+        if channel_axis is not None:  # one plane centred on, and as wide as, all channels
+            translate[channel_axis] += (self.n_channels - 1) / 2 * scale[channel_axis]
+            scale[channel_axis] *= self.n_channels
+        return Placement(tuple(scale), tuple(translate), channel_axis)
 
 
 def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayout:

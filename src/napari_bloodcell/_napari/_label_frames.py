@@ -108,6 +108,14 @@ class LabelFramesView:
         first, rest = _split_key(key)
         if isinstance(first, (int, np.integer)):
             return self._frames._decoded(self._frame_index(first))[rest].copy()
+        if _is_index_array(first) and rest and all(map(_is_index_array, rest)):
+            # napari's (t, y, x) integer arrays: one value per pixel
+            out = np.empty(first.shape, self.dtype)
+            for t in np.unique(first):
+                here = first == t
+                pixels = tuple(np.asarray(index)[here] for index in rest)
+                out[here] = self._frames._decoded(self._frame_index(int(t)))[pixels]
+            return out
         times = np.arange(self.shape[0])[first]
         return self._stack(times.tolist())[(slice(None), *rest)]
 
@@ -124,7 +132,7 @@ class LabelFramesView:
             values = np.broadcast_to(np.asarray(value), (len(times), *per_frame))
             for t, frame_values in zip(times, values, strict=True):
                 self._write(t, rest, frame_values)
-        elif isinstance(first, np.ndarray) and np.issubdtype(first.dtype, np.integer):
+        elif _is_index_array(first):
             values = np.broadcast_to(np.asarray(value), first.shape)
             for t in np.unique(first):
                 here = first == t
@@ -153,6 +161,63 @@ class LabelFramesView:
         for i, t in enumerate(times):
             out[i] = self._frames._decoded(t)
         return out
+
+
+class WithChannelAxis:
+    """A label array-like (e.g. a :class:`LabelFramesView`) with a size-1 axis inserted at
+    ``axis``, for an image whose channels napari shows on a slider (see ``Placement``).
+
+    Indexing drops the key's entry for that axis (any index of a size-1 axis selects its
+    one plane) and passes the rest on, so reads and paints reach the frames underneath.
+    """
+
+    def __init__(self, data, axis: int):
+        if not 0 <= axis <= data.ndim:
+            raise ValueError(f"axis {axis} out of range for {data.ndim} dimensions")
+        self._data, self.axis = data, axis
+        self.shape = (*data.shape[:axis], 1, *data.shape[axis:])
+        self.dtype = data.dtype
+        self.ndim = data.ndim + 1
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.expand_dims(np.asarray(self._data, dtype=dtype), self.axis)
+
+    def __getitem__(self, key):
+        inner, kept_at = self._inner_key(key)
+        out = self._data[inner]
+        return out if kept_at is None else np.expand_dims(out, kept_at)
+
+    def __setitem__(self, key, value) -> None:
+        inner, kept_at = self._inner_key(key)
+        value = np.asarray(value)
+        if kept_at is not None and value.ndim > kept_at and value.shape[kept_at] == 1:
+            value = np.squeeze(value, kept_at)
+        self._data[inner] = value
+
+    def _inner_key(self, key) -> tuple[tuple, int | None]:
+        """The key without this axis's entry, and where a sliced channel axis stays in the
+        result (None when the entry was an integer or an index array)."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = (*key[:at], *[slice(None)] * (self.ndim - len(key) + 1), *key[at + 1 :])
+        key = (*key, *[slice(None)] * (self.ndim - len(key)))
+        channel = key[self.axis]
+        inner = key[: self.axis] + key[self.axis + 1 :]
+        if not isinstance(channel, slice):
+            return inner, None
+        return inner, sum(isinstance(k, slice) for k in key[: self.axis])
+
+
+def _is_index_array(index) -> bool:
+    return isinstance(index, np.ndarray) and np.issubdtype(index.dtype, np.integer)
 
 
 def _split_key(key) -> tuple[object, tuple]:

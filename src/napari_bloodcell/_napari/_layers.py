@@ -21,14 +21,33 @@ TRANSPARENT = "transparent"
 
 @dataclass(frozen=True)
 class Placement:
-    """Where outputs go in world coordinates: per-axis scale and translate of (T,) Y, X."""
+    """Where outputs go in world coordinates: per-axis scale and translate of (T,) Y, X.
+
+    ``channel_axis``: the position of a size-1 channel axis the outputs get when the image's
+    channels are a viewer dimension (a non-RGB layer with a C axis): napari lines layers up
+    by their last axes, so the outputs need the image's number of axes, and that axis's
+    scale and translate stretch the one plane over every channel.
+    """
 
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    channel_axis: int | None = None
 
-    def spatial(self, ndim: int) -> Placement:
-        """The last ``ndim`` axes (e.g. Y, X of a T, Y, X placement)."""
-        return Placement(self.scale[-ndim:], self.translate[-ndim:])
+    def labels(self, data):
+        """(T,) Y, X label data with the channel axis inserted (a view, still paintable)."""
+        if self.channel_axis is None:
+            return data
+        if isinstance(data, np.ndarray):
+            return np.expand_dims(data, self.channel_axis)
+        from ._label_frames import WithChannelAxis
+
+        return WithChannelAxis(data, self.channel_axis)
+
+    def coordinates(self, points: np.ndarray) -> np.ndarray:
+        """(N, D) (T,) Y, X coordinates with the channel coordinate (0) inserted."""
+        if self.channel_axis is None:
+            return points
+        return np.insert(points, self.channel_axis, 0.0, axis=1)
 
 
 def class_ids(classes: list[str]) -> dict[str, int]:
@@ -101,6 +120,7 @@ def result_layers(
     columns as ``category``).
     """
     stack = instances.ndim == 3
+    instances, classes_image = placement.labels(instances), placement.labels(classes_image)
     names = all_classes(table, model_classes)
     ids = class_ids(names)
     colours = class_colours(names)
@@ -108,6 +128,7 @@ def result_layers(
     features["cell_class"] = features["cell_class"].cat.set_categories(names)
     coordinates = ["frame", "centroid_y", "centroid_x"] if stack else ["centroid_y", "centroid_x"]
     points = table[coordinates].to_numpy(dtype=float).reshape(-1, len(coordinates))
+    points = placement.coordinates(points)
     place = {"scale": placement.scale, "translate": placement.translate}
 
     def meta(role: str, name: str, **kwargs) -> dict:
@@ -179,6 +200,7 @@ def tracks_layers(
     from ..tracking import tracks_layer_data
 
     data, features, properties = tracks_layer_data(tracks)
+    data = np.concatenate([data[:, :1], placement.coordinates(data[:, 1:])], axis=1)  # id first
     features = features.assign(track_class_code=properties["track_class"])
     names = [str(c) for c in features["track_class"].cat.categories]
     colours = class_colours(names)
