@@ -140,7 +140,7 @@ def image_from_array(
     """Bring an in-memory array to canonical (T, Y, X, C) float32 in [0, 1]."""
     array = np.asarray(array)
     tyxc, original_axes = _canonical_layout(array, axes)
-    tyxc = _drop_constant_alpha(tyxc, tyxc)
+    tyxc = _drop_constant_alpha(tyxc, tyxc, axes_given=bool(axes))
     return LoadedImage(
         data=normalise_intensity(tyxc),
         source=source,
@@ -264,7 +264,7 @@ def lazy_image_from_array(
     tyxc = tyxc.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
     sampled_frames = _sample_frame_indices(tyxc.shape)
     sample = tyxc[list(sampled_frames)].compute(scheduler="sync")
-    tyxc = _drop_constant_alpha(tyxc, sample)
+    tyxc = _drop_constant_alpha(tyxc, sample, axes_given=bool(axes))
     mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
     data = tyxc.map_blocks(
         _normalise_frames, mapping, source, dtype=np.float32, meta=np.empty((0,) * 4, np.float32)
@@ -462,16 +462,19 @@ def _constant_image_error(array: np.ndarray) -> InputImageError:
     )
 
 
-def _drop_constant_alpha(tyxc, sample: np.ndarray):
-    """RGBA → RGB when alpha is uniform in ``sample`` (frames of ``tyxc``); a varying
-    alpha is an error (what would it mean?)."""
+def _drop_constant_alpha(tyxc, sample: np.ndarray, axes_given: bool):
+    """RGBA → RGB when alpha is uniform in ``sample`` (frames of ``tyxc``). A varying 4th
+    channel is a 4th channel when the axes were given, else an error (an RGBA image with
+    a varying alpha: what would it mean?)."""
     if tyxc.shape[-1] != 4:
         return tyxc
     alpha = sample[..., 3]
     if alpha.min() != alpha.max():
+        if axes_given:
+            return tyxc
         raise InputImageError(
             "the image has 4 channels with a varying 4th channel; if these are 4 fluorescence "
-            "channels give axes explicitly and a channel mapping"
+            "channels give the axes explicitly (e.g. YXC) and a channel mapping"
         )
     return tyxc[..., :3]
 

@@ -205,6 +205,13 @@ CASES: tuple[Case, ...] = (
     Case("2 channels, --axes YXC", "two_channels_yxc.tif", _write_tiff(_channels(2)), None, "YXC"),
     Case("4 channels, varying 4th", "rgba_varying.png", _write_image(_varying_alpha), "4 channels"),
     Case(
+        "4 channels, --axes YXC",
+        "four_channels_yxc.tif",
+        _write_tiff(_channels(4)),
+        None,
+        "YXC",
+    ),
+    Case(
         "7 channels, axes inferred",
         "seven_channels.tif",
         _write_tiff(_channels(7)),
