@@ -264,6 +264,21 @@ def test_results_line_up_with_a_layer_whose_channels_are_a_slider(make_napari_vi
     assert viewer.layers["tcyx tracks"].data.shape[1] == 5  # id, t, c, y, x
 
 
+def test_analyze_takes_the_axes_of_a_channels_first_frame(make_napari_viewer, qtbot):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    movie = make_timelapse(n_frames=1, shape=(64, 96), n_leukocytes=2, n_platelets=4, seed=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image[0].transpose(2, 0, 1), name="cyx")  # 3 channels, not RGB
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    widget.axes.value = "CYX"  # inferred, (3, Y, X) would be 3 grey frames
+    _run(widget, qtbot)
+    cells = viewer.layers["cyx cells"]
+    assert set(cells.features["cell_class"]) == {"leukocyte", "platelet"}
+    assert viewer.layers["cyx instances"].data.shape == (1, 64, 96)
+
+
 def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
     make_napari_viewer, qtbot, dask_movie
 ):

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from magicgui.widgets import FloatSpinBox, LineEdit, PushButton
+from magicgui.widgets import FloatSpinBox, PushButton
 
 from ..errors import BloodcellError
 from ..table import frame_counts
@@ -31,11 +31,7 @@ class BatchWidget(AnalysisWidget):
     building the layers and the plot costs more the longer the table grows."""
 
     def __init__(self, napari_viewer):
-        self.axes = LineEdit(
-            label="axes", value="", tooltip="axis order of the layer data, e.g. TYXC or TCYX; "
-            "empty = inferred (RGB layers: TYXC)",
-        )  # fmt: skip
-        super().__init__(napari_viewer, extra_inputs=(self.axes,))
+        super().__init__(napari_viewer)
         self.frame_interval = FloatSpinBox(
             label="frame interval (s)", value=0.0, min=0.0, max=3600.0, step=1.0,
             tooltip="seconds between frames, for speeds in µm/min; 0 = unknown (per frame)",
@@ -49,9 +45,6 @@ class BatchWidget(AnalysisWidget):
         self._shown_at = -np.inf
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
-
-    def _axes(self) -> str:
-        return self.axes.value
 
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
         self.tracking = None  # the tracks of an earlier result are not this run's

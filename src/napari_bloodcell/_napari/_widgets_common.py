@@ -16,6 +16,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
 )
 from psygnal import Signal
@@ -229,13 +230,17 @@ class AnalysisWidget(Container):
     role_prefix = ""
     keep_results_after_cancel = False
 
-    def __init__(self, napari_viewer, extra_inputs: tuple = ()):
+    def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._owner = f"{type(self).__name__}-{id(self)}"
         self._state: dict = {"worker": None, "cancelled": False, "failed": False, "summary": ""}
         self._cells_layer = None
         self.image = ComboBox(label="image", choices=self._image_layers)
+        self.axes = LineEdit(
+            label="axes", value="", tooltip="axis order of the layer data, e.g. YXC, TYXC or "
+            "TCYX; empty = inferred (RGB layers: (T)YXC)",
+        )  # fmt: skip
         self.modality = ComboBox(label="modality", choices=["auto", "smear", "fluorescence"])
         self.leukocyte_channel = ComboBox(label="leukocyte channel", choices=channel_choices)
         self.platelet_channel = ComboBox(label="platelet channel", choices=channel_choices)
@@ -258,7 +263,7 @@ class AnalysisWidget(Container):
         self.extend(
             [
                 self.image,
-                *extra_inputs,
+                self.axes,
                 self.modality,
                 self.leukocyte_channel,
                 self.platelet_channel,
@@ -319,14 +324,11 @@ class AnalysisWidget(Container):
             uncertain_threshold=self.uncertain_threshold.value,
         )
 
-    def _axes(self) -> str:
-        return ""
-
     def job(self) -> AnalysisJob:
         """The analysis request from the current inputs (raises BloodcellError if unusable)."""
         layer = self.image.value
         check_image_layer(layer)
-        layout: ImageLayout = image_layout(layer.data.shape, layer.rgb, self._axes())
+        layout: ImageLayout = image_layout(layer.data.shape, layer.rgb, self.axes.value)
         settings = self.settings(layout.n_channels)
         check_channels(settings, layout)
         classifier = None
