@@ -209,6 +209,16 @@ def test_leaving_every_cell_type_out_is_refused():
         channel_mapping({"leukocyte": -1, "platelet": -1}, 3)
 
 
+def test_frame_counts_count_frames_without_cells_as_zero():
+    from napari_bloodcell.table import frame_counts
+
+    table = pd.DataFrame({"frame": [0, 0, 2], "cell_class": ["a", "b", "a"], "label": [1, 2, 1]})
+    counts = frame_counts(table, n_frames=4)
+    assert counts.index.tolist() == [0, 1, 2, 3]
+    assert counts["a"].tolist() == [1, 0, 1, 0] and counts["b"].tolist() == [1, 0, 0, 0]
+    assert frame_counts(table.iloc[:0], n_frames=3).index.tolist() == [0, 1, 2]
+
+
 def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
     from napari_bloodcell._napari._writer import export_table, write_cells_table
@@ -229,6 +239,12 @@ def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
         export_table(tmp_path / "cells.csv", meta["features"].iloc[:1], parameters)
     assert written[0].read_bytes() == before
     assert write_cells_table(str(tmp_path / "other.csv"), None, meta)[0].endswith("other.csv")
+    # napari asks before replacing other.csv; its sidecar goes with it, a stranger's JSON not
+    assert write_cells_table(str(tmp_path / "other.csv"), None, meta)[0].endswith("other.csv")
+    (tmp_path / "notes.json").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not the sidecar"):
+        write_cells_table(str(tmp_path / "notes.csv"), None, meta)
+    assert (tmp_path / "notes.json").read_text() == "mine"
     with pytest.raises(BloodcellError, match="no napari-bloodcell cell table"):
         write_cells_table(str(tmp_path / "x.csv"), None, {"name": "pts", "features": None})
 

@@ -130,11 +130,12 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return counts.rename("cells").reset_index()
 
 
-def frame_counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Cells per frame and class (rows: frames, columns: classes)."""
+def frame_counts(table: pd.DataFrame, n_frames: int | None = None) -> pd.DataFrame:
+    """Cells per frame and class (rows: frames, columns: classes); with ``n_frames`` one
+    row per frame 0 … n_frames − 1, frames without cells counting 0."""
     if table.empty:
-        return pd.DataFrame()
-    return table.pivot_table(
+        return pd.DataFrame(index=pd.RangeIndex(n_frames or 0, name="frame"))
+    counts = table.pivot_table(
         index="frame",
         columns="cell_class",
         values="label",
@@ -142,3 +143,6 @@ def frame_counts(table: pd.DataFrame) -> pd.DataFrame:
         fill_value=0,
         observed=True,
     ).astype(np.int64)
+    if n_frames is not None:
+        counts = counts.reindex(pd.RangeIndex(n_frames, name="frame"), fill_value=0)
+    return counts

@@ -68,11 +68,11 @@ class BatchWidget(AnalysisWidget):
         if item.empty_frames:
             summary += f" (empty frames: {', '.join(map(str, item.empty_frames))})"
         self._show_layers(item.layers, item.table, classes, summary)
-        self.plot_counts(item.table, classes)
+        self.plot_counts(item.table, classes, item.frames_done)
 
-    def plot_counts(self, table, classes: list[str]) -> None:
-        """Cells per class and frame."""
-        counts = frame_counts(table)
+    def plot_counts(self, table, classes: list[str], n_frames: int) -> None:
+        """Cells per class and frame of the first ``n_frames`` (a frame without cells: 0)."""
+        counts = frame_counts(table, n_frames)
         colours = class_colours(classes)
         self.plot.plot(
             {

@@ -73,5 +73,10 @@ def write_cells_table(path: str, data, attributes: dict) -> list[str]:
             f"save it with napari's built-in points writer"
         )
     parameters = (attributes.get("metadata") or {}).get(METADATA_KEY, {}).get("parameters", {})
-    csv = Path(path)
-    return [str(p) for p in _write([csv], csv.with_suffix(".json"), features, parameters)]
+    csv, sidecar = Path(path), Path(path).with_suffix(".json")
+    if sidecar.exists() and not csv.exists():  # napari asked about replacing the CSV only
+        raise OutputExistsError(
+            f"{sidecar.name} already exists in {sidecar.parent} and is not the sidecar of "
+            f"{csv.name}; choose another file name"
+        )
+    return [str(p) for p in _write([csv], sidecar, features, parameters)]
