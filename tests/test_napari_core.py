@@ -157,6 +157,21 @@ def test_stack_of_another_axis_order_gives_the_same_cells(movie):
     assert points.shape[1] == 4 and not points[:, 1].any()
 
 
+def test_a_frame_of_a_stack_is_analysed_as_the_batch_analyses_it(movie):
+    from napari_bloodcell._napari._compute import frame_steps, run_to_end, stack_steps
+
+    # a 16-bit stack growing brighter: each frame alone would be stretched its own way
+    gains = np.arange(1, 5, dtype=np.float64)[:, None, None, None]
+    stack = (movie.image.astype(np.float64) * 40 * gains).astype(np.uint16)
+    batch = run_to_end(stack_steps(_job(stack))).table
+    alone = run_to_end(frame_steps(_job(stack), 3))[-1][1]["features"]  # the points' table
+    assert len(alone)
+    pd.testing.assert_frame_equal(
+        _plain(alone).reset_index(drop=True),
+        _plain(batch[batch["frame"] == 3]).reset_index(drop=True),
+    )
+
+
 def test_empty_frames_give_no_cells_and_are_reported(movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
 

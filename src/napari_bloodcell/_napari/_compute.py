@@ -109,13 +109,18 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
 def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
     """Frame ``t`` as float32 (Y, X, C) in [0, 1], or None for a constant (empty) frame.
 
-    Only that frame is read, so dask-backed data stay lazy.
+    A frame of a stack gets the stack's intensity mapping, as in a batch (from the same
+    bounded sample of frames, see :func:`~napari_bloodcell.reading.lazy_image_from_array`),
+    so that it is segmented as the batch segments it; dask-backed data stay lazy.
     """
     index = tuple(t if a == "T" else slice(None) for a in layout.axes)
     raw = np.asarray(data[index])
     if raw.size and raw.min() == raw.max():
         return None
-    return image_from_array(raw, axes=layout.axes.replace("T", "")).data[0]
+    if "T" not in layout.axes:
+        return image_from_array(raw, axes=layout.axes).data[0]
+    stack = lazy_image_from_array(data, layout.axes).data
+    return np.asarray(stack[t].compute(scheduler="sync"))
 
 
 NO_CHANNEL = -1
