@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_bloodcell.errors import TrackingError
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 
 from .conftest import SHARED_DATA, requires_bccd
@@ -50,6 +51,12 @@ def tiny_user_model(tmp_path_factory):
 def _run(widget, qtbot):
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def _track(widget, qtbot):
+    widget.track()
+    assert widget.track_worker is not None and not widget.track_button.enabled
+    qtbot.waitUntil(lambda: widget.track_worker is None, timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -211,14 +218,14 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert instances.data[2, 10, 10] != 999
 
     widget.frame_interval.value = 10.0
-    widget.track()  # link the cells into a Tracks layer coloured by track class
+    _track(widget, qtbot)  # link the cells into a Tracks layer coloured by track class
     tracks = viewer.layers["movie tracks"]
     assert tracks.data.shape[1] == 4 and len(tracks.data) == len(widget.tracking.tracks)
     assert {"track_class", "cell_type", "cell_class", "frame"} <= set(tracks.features.columns)
     assert set(tracks.features["track_class"].astype(str)) <= {"leukocyte", "platelet"}
     assert tracks.color_by == "track_class_code"
     np.testing.assert_allclose(tracks.scale, (5.0, 0.5, 0.5))
-    widget.track()  # again: the same layer is updated, not a second one added
+    _track(widget, qtbot)  # again: the same layer is updated, not a second one added
     assert sum(layer.name.endswith("tracks") for layer in viewer.layers) == 1
     assert tracks.color_by == "track_class_code"
 
@@ -242,7 +249,9 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert saved and len(read_table(tmp_path / "saved.csv")) == len(cells.features)
 
 
-def test_results_line_up_with_a_layer_whose_channels_are_a_slider(make_napari_viewer, qtbot):
+def test_results_line_up_with_a_layer_whose_channels_are_a_slider(
+    make_napari_viewer, qtbot, notifications, monkeypatch
+):
     from napari_bloodcell._napari._batch import BatchWidget
 
     movie = make_timelapse(n_frames=4, shape=(64, 96), n_leukocytes=2, n_platelets=4, seed=4)
@@ -260,8 +269,16 @@ def test_results_line_up_with_a_layer_whose_channels_are_a_slider(make_napari_vi
         assert (t_data, c_data) == (t, 0)
         np.testing.assert_array_equal(instances._slice.image.raw, instances.data[t, 0])
         assert instances.data[t, 0].any()
-    widget.track()
+    _track(widget, qtbot)
     assert viewer.layers["tcyx tracks"].data.shape[1] == 5  # id, t, c, y, x
+
+    def failing(*_args):
+        raise TrackingError("no cell to link")
+
+    monkeypatch.setattr("napari_bloodcell.tracking.track_table", failing)
+    _track(widget, qtbot)  # a failure is a notification, and the button works again
+    assert notifications[-1] == ("error", "tracking failed: no cell to link")
+    assert widget.track_button.enabled
 
 
 def test_analyze_takes_the_axes_of_a_channels_first_frame(make_napari_viewer, qtbot):

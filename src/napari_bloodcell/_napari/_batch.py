@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 from magicgui.widgets import FloatSpinBox, PushButton
@@ -40,6 +42,7 @@ class BatchWidget(AnalysisWidget):
         self.extend([self.frame_interval, self.track_button])
         self.track_button.clicked.connect(self.track)
         self.tracking = None
+        self.track_worker = None  # while cells are being tracked
         self._channel_axis: int | None = None  # of the last result's layers (see Placement)
         self._latest: StackProgress | None = None
         self._shown_at = -np.inf
@@ -83,36 +86,64 @@ class BatchWidget(AnalysisWidget):
         )
 
     def track(self) -> None:
-        """Link the cells of the last batch result into tracks and show them as a layer."""
-        from napari.utils.notifications import show_error, show_warning
+        """Link the cells of the last batch result into tracks in a worker thread (napari
+        stays responsive) and show them as a Tracks layer when done."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_warning
 
         from ..tracking import track_table
 
         layer = self._cells_layer
+        if self.track_worker is not None:
+            return
         if layer is None or layer not in self._viewer.layers or not len(layer.features):
             show_warning("no cells to track yet: run the batch first")
             return
-        parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
-        source = parameters.get("source", layer.name)
-        try:
-            self.tracking = track_table(
-                layer.features,
-                parameters.get("pixel_size_um"),
-                self.frame_interval.value or None,
-            )
-            placement = Placement(tuple(layer.scale), tuple(layer.translate), self._channel_axis)
-            upsert_layers(
-                self._viewer, tracks_layers(self.tracking.tracks, source, placement, parameters)
-            )
-        except BloodcellError as exc:
-            show_error(str(exc))
+        if self.worker is not None:
+            show_warning("the batch is still running: track its cells when it has finished")
             return
-        counts = self.tracking.summary["track_class"].value_counts()
+        parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
+        placement = Placement(tuple(layer.scale), tuple(layer.translate), self._channel_axis)
+        worker = create_worker(
+            track_table,
+            layer.features.copy(),
+            parameters.get("pixel_size_um"),
+            self.frame_interval.value or None,
+            _progress={"desc": "napari-bloodcell: tracking"},
+            _start_thread=False,
+            _connect={  # an "errored" handler of ours: superqt re-raises errors otherwise
+                "returned": partial(self._show_tracks, placement, parameters, layer.name),
+                "errored": self._tracking_failed,
+                "finished": self._tracking_finished,
+            },
+        )
+        self.track_worker = worker
+        self.track_button.enabled = False
+        self.status.value = "tracking…"
+        worker.start()
+
+    def _show_tracks(self, placement, parameters: dict, layer_name: str, result) -> None:
+        source = parameters.get("source", layer_name)
+        try:
+            upsert_layers(self._viewer, tracks_layers(result.tracks, source, placement, parameters))
+        except BloodcellError as exc:
+            self._show_error(str(exc))
+            return
+        self.tracking = result
+        counts = result.summary["track_class"].value_counts()
         by_class = ", ".join(f"{n} {name}" for name, n in counts.items())
         self.status.value = (
-            f"{len(self.tracking.summary)} tracks ({by_class}), "
-            f"{len(self.tracking.interactions)} contact events"
+            f"{len(result.summary)} tracks ({by_class}), {len(result.interactions)} contact events"
         )
+
+    def _tracking_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, BloodcellError):
+            logging.getLogger(__name__).error("tracking failed", exc_info=exc)
+        self._show_error(f"tracking failed: {exc}")
+
+    def _tracking_finished(self) -> None:
+        self.track_worker = None
+        self.track_button.enabled = True
 
     def export(self) -> bool:
         """The cells table, and the tracking tables (``<table stem>_tracking/``) if tracked;
