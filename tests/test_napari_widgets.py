@@ -438,6 +438,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     default_size = read_metadata(resolve_model_path("default")).input_size
     assert read_metadata(model).input_size == default_size != 32  # not the widget's 32
     assert "lobes" in analyze.model.choices
+    assert "lobes" in widget.start_from.choices  # it can be fine-tuned further at once
     assert len(widget.history["loss"]) == 2 and widget.plot.axes.get_lines()
     assert not [p for p in multiprocessing.active_children() if "training" in p.name]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class TrainWidget(Container):
         self.name = LineEdit(label="model name", value="my-model")
         self.start_from = ComboBox(
             label="start from",
-            choices=[FROM_SCRATCH, *list_models()],
+            choices=_starting_points,
             value=DEFAULT_MODEL_NAME,
             tooltip="fine-tune a model (its body is kept, the head rebuilt for your classes) "
             "or train a new network from scratch",
@@ -82,7 +83,10 @@ class TrainWidget(Container):
         self.history: dict[str, list[float]] = {}
         self.train_button.clicked.connect(self.train)
         self.cancel_button.clicked.connect(self.cancel)
-        self.native.destroyed.connect(lambda *_, state=self._state: _close_job(state))
+        MODEL_EVENTS.changed.connect(self.start_from.reset_choices)  # a model saved elsewhere
+        self.native.destroyed.connect(
+            partial(_close_job, self._state, self.start_from.reset_choices)
+        )
 
     def config(self) -> TrainingConfig:
         """Fine-tuning (the measured recipe; the initial model's input size) or from scratch."""
@@ -166,7 +170,13 @@ class TrainWidget(Container):
         self.cancel_button.enabled = False
 
 
-def _close_job(state: dict) -> None:
-    """When the widget is destroyed: stop a running training (its poller then cleans up)."""
+def _starting_points(_widget=None) -> list[str]:
+    return [FROM_SCRATCH, *list_models()]
+
+
+def _close_job(state: dict, on_models_changed, *_args) -> None:
+    """When the widget is destroyed: stop listening to model events and stop a running
+    training (its poller then cleans up)."""
+    MODEL_EVENTS.changed.disconnect(on_models_changed)
     if state["job"] is not None:
         state["job"].cancel()

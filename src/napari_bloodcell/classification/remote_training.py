@@ -116,6 +116,7 @@ class TrainingJob:
         self.config = config or TrainingConfig()
         self.models_dir = Path(models_dir) if models_dir is not None else user_models_dir()
         self.target = check_model_name(name, self.models_dir, overwrite)
+        self.overwrite = overwrite
         _, classes = find_labelled_files(self.data_dirs)
         if len(classes) < 2:
             raise DatasetError(
@@ -185,15 +186,39 @@ class TrainingJob:
             self.close()
 
     def _install(self, done: TrainingDone) -> TrainingDone | TrainingFailed:
-        """Move the trained model (and its history CSV) from the work folder to its place."""
+        """Move the trained model (and its history CSV) from the work folder to its place.
+
+        Without ``overwrite``, a model saved under the same name while this one trained (by
+        another widget or the command line) is kept: this one gets the first free name
+        ``<name>-2``, ``<name>-3`` … (no check-then-replace race: a hard link never replaces).
+        """
         history_csv = done.model_path.with_name(f"{done.model_path.stem}_history.csv")
         try:
-            os.replace(done.model_path, self.target)
+            target = self._claim_target(done.model_path)
             if history_csv.is_file():
-                os.replace(history_csv, self.target.with_name(history_csv.name))
+                os.replace(history_csv, target.with_name(f"{target.stem}_history.csv"))
         except OSError as exc:
             return TrainingFailed(f"cannot save the model to {self.target}: {exc}")
-        return TrainingDone(self.target, done.history, done.classes)
+        return TrainingDone(target, done.history, done.classes)
+
+    def _claim_target(self, model_path: Path) -> Path:
+        if self.overwrite:
+            os.replace(model_path, self.target)
+            return self.target
+        for n in range(1, 1000):
+            target = self.target if n == 1 else self.target.with_stem(f"{self.target.stem}-{n}")
+            try:
+                os.link(model_path, target)
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links: check, then move
+                if target.exists():
+                    continue
+                os.replace(model_path, target)
+                return target
+            os.unlink(model_path)
+            return target
+        raise OSError(f"no free name like {self.target.name} in {self.models_dir}")
 
     def close(self) -> None:
         """Stop the process if it still runs and delete the work folder."""
