@@ -371,7 +371,9 @@ def test_featureless_frames_give_empty_segmentation(frame, modality):
         (np.zeros((10, 10)), {}, "dimension"),
         (np.zeros((2, 10, 10, 3)), {}, "dimension"),
         (np.full((10, 10, 3), np.nan), {}, "NaN"),
-        (np.full((10, 10, 3), 1e300), {}, "do not fit in float32"),
+        (np.full((10, 10, 3), 1e300), {}, r"expected intensities in \[0, 1\]"),
+        (np.full((10, 10, 3), 200.0), {}, r"expected intensities in \[0, 1\]"),  # 0-255 floats
+        (np.full((10, 10, 3), 200, np.uint8), {}, "expected float intensities"),  # a JPEG as read
         (np.full((10, 10, 3), 0.5 + 0j), {}, "complex"),
         (np.zeros((10, 10, 1)), {"modality": "smear"}, "RGB"),
         (np.zeros((10, 10, 3)), {"modality": "brightfield"}, "modality"),

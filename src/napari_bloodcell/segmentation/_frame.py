@@ -79,6 +79,10 @@ def segment_frame(
     return segment_fluorescence(frame, roles, fluorescence_params.in_pixels(pixel_size_um))
 
 
+RANGE_TOLERANCE = 1e-3
+"""Float frames may stray this far outside [0, 1] (rounding); beyond it they are refused."""
+
+
 def _checked_frame(frame: np.ndarray) -> np.ndarray:
     """``frame`` as float32 (Y, X, C), or InputImageError."""
     array = np.asarray(frame)
@@ -91,14 +95,19 @@ def _checked_frame(frame: np.ndarray) -> np.ndarray:
         raise InputImageError(f"expected a numeric image array, got dtype {array.dtype}")
     if array.dtype.kind == "c":
         raise InputImageError("expected a real-valued image array, got complex values")
+    if array.dtype.kind in "iu":
+        raise InputImageError(
+            f"expected float intensities in [0, 1], got {array.dtype} values; read files with "
+            f"napari_bloodcell.reading.read_image, or scale arrays with image_from_array"
+        )
     if array.dtype.kind == "f" and array.size:
         if not np.isfinite(array).all():
             raise InputImageError("the image contains NaN or infinite values")
-        largest = max(-float(array.min()), float(array.max()))
-        if largest > float(np.finfo(np.float32).max):
+        low, high = float(array.min()), float(array.max())
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
             raise InputImageError(
-                f"image values up to {largest:.3g} do not fit in float32; "
-                f"expected intensities scaled to [0, 1]"
+                f"image values from {low:.3g} to {high:.3g}; expected intensities in [0, 1] "
+                f"(scale them with napari_bloodcell.reading.image_from_array)"
             )
     return array.astype(np.float32, copy=False)
 
