@@ -128,6 +128,22 @@ def test_tracks_layer_data():
     assert "track_class" in properties
 
 
+def test_a_table_saved_without_a_source_name_tracks_like_the_table_in_memory(tmp_path):
+    from napari_bloodcell.table import read_table, write_table
+
+    rows = [(t, 1, 5.0, 5.0 + t, "wbc") for t in range(4)] + [
+        (t, 2, 30.0, 30.0 - t, "platelet") for t in range(4)
+    ]
+    table = cells(rows).assign(source="")  # analyze_frame's default source
+    again = read_table(write_table(table, tmp_path / "cells.csv"))
+    assert (again["source"] == "").all()
+    in_memory, read_back = track_table(table), track_table(again)
+    assert len(read_back.summary) == len(in_memory.summary) == 2
+    pd.testing.assert_frame_equal(read_back.summary, in_memory.summary)
+    with_nan = table.assign(source=np.nan)  # a table made elsewhere
+    assert len(track_table(with_nan).summary) == 2
+
+
 def test_write_tracking(tmp_path):
     rows = [(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]
     written = write_tracking(track_table(cells(rows)), tmp_path)

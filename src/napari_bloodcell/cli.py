@@ -450,6 +450,8 @@ def _track_each_source(
     if any. Existing tracking tables are replaced only with ``overwrite``; otherwise their
     sources are skipped with a note (``skip_existing``) or, before anything is tracked,
     refused (:class:`OutputExistsError`)."""
+    import pandas as pd
+
     from .tracking import existing_tracking_files, pixel_size_of_table, track_table
 
     sources = table["source"].unique() if "source" in table else [None]
@@ -466,7 +468,10 @@ def _track_each_source(
         if target in taken:
             print(f"{target}: tracking tables exist, not replaced (pass --overwrite to redo them)")
             continue
-        cells = table if source is None else table[table["source"] == source]
+        if len(sources) == 1:
+            cells = table
+        else:  # a source may be missing (NaN) in a table made elsewhere
+            cells = table[table["source"].isna() if pd.isna(source) else table["source"] == source]
         if source is not None:
             print(f"{source}:")
         pixel_size = pixel_size_um if pixel_size_um is not None else pixel_size_of_table(cells)

@@ -115,11 +115,21 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a table written by :func:`write_table`."""
+    """Read a table written by :func:`write_table`.
+
+    In a CSV an empty cell is a missing number, but an empty text (e.g. the ``source`` of
+    an array analysed without a name) stays the empty text, and texts such as ``NA`` stay
+    texts: as written.
+    """
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, keep_default_na=True)
+    text = {column: str for column in CATEGORY_COLUMNS}
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
+    for column in CATEGORY_COLUMNS:
+        if column in table:
+            table[column] = table[column].fillna("")
+    return table
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:

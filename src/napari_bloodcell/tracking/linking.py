@@ -70,7 +70,7 @@ def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.
     sources = tracked["source"] if "source" in tracked else pd.Series("", index=tracked.index)
     type_order = tracked["cell_type"].map(TRACKED_CELL_TYPES.index)
     next_id = 1
-    for _, group in tracked.groupby([sources, type_order], sort=True):
+    for _, group in tracked.groupby([sources, type_order], sort=True, dropna=False):
         cell_type = group["cell_type"].iloc[0]
         step = max_step(cells, cell_type, units, params)
         group = group.sort_values("frame", kind="stable")
