@@ -285,6 +285,8 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert run_cli("train", tiny_heldout, "--init", model, "--mixstyle", "0.5",
                    "--out", tmp_path / "mix.keras") == 2  # MixStyle: from scratch only  # fmt: skip
     table_path = tmp_path / "pred.csv"
+    for bad in (tmp_path / "pred.txt", tmp_path / "missing" / "pred.csv"):  # refused at once
+        assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", bad) == 2
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)
     assert len(table) == 20 and {"file", "cell_class", "confidence"} <= set(table.columns)
@@ -424,3 +426,26 @@ def test_track_refuses_a_table_without_frames(tmp_path, capsys):
 def test_models_lists_the_default_model(capsys):
     assert run_cli("models") == 0
     assert capsys.readouterr().out.startswith("default")
+
+
+def test_an_unreadable_user_model_does_not_hide_the_others(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from napari_bloodcell.classification.model_files import resolve_model_path, user_models_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    models = user_models_dir()
+    models.mkdir(parents=True)
+    (models / "aaa.keras").write_bytes(b"not a model")
+    shutil.copy(resolve_model_path("default"), models / "zzz.keras")
+    assert run_cli("models") == 2
+    out = capsys.readouterr().out
+    assert "aaa" in out and "unreadable" in out and "zzz" in out.split("aaa")[1]
+
+
+def test_an_uncertain_threshold_outside_0_1_is_refused(tmp_path, capsys):
+    frame = tmp_path / "frame.tif"
+    tifffile.imwrite(frame, make_smear(seed=0).image)
+    args = ["--out", tmp_path / "out", "--uncertain-threshold", "50"]
+    assert run_cli("analyze", frame, *args) == 2
+    assert "probability in [0, 1]" in capsys.readouterr().err

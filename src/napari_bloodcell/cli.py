@@ -275,6 +275,10 @@ def _run_analyze(args) -> int:
         raise BloodcellError(f"--pixel-size must be positive, got {args.pixel_size}")
     if args.frame_interval is not None and args.frame_interval <= 0:  # before hours of analysis
         raise BloodcellError(f"--frame-interval must be positive, got {args.frame_interval}")
+    if args.uncertain_threshold is not None and not 0 <= args.uncertain_threshold <= 1:
+        raise BloodcellError(
+            f"--uncertain-threshold is a probability in [0, 1], got {args.uncertain_threshold}"
+        )
     settings = AnalysisSettings(
         modality=args.modality,
         channels=parse_channels(args.channel),
@@ -419,10 +423,16 @@ def _run_train(args) -> int:
 def _run_models(args) -> int:
     from .classification.model_files import list_models, read_metadata
 
+    unreadable = 0
     for name, path in list_models().items():
-        metadata = read_metadata(path)
+        try:
+            metadata = read_metadata(path)
+        except BloodcellError as exc:  # one broken file must not hide the others
+            print(f"{name:20s} unreadable: {exc}")
+            unreadable += 1
+            continue
         print(f"{name:20s} v{metadata.version:4s} {', '.join(metadata.classes)}  ({path})")
-    return 0
+    return EXIT_USER_ERROR if unreadable else 0
 
 
 def _run_track(args) -> int:
@@ -517,12 +527,12 @@ def _run_calibrate(args) -> int:
 
 def _run_predict(args) -> int:
     from .classification.prediction import predict_files
+    from .table import check_table_path, write_table
 
     if args.out.exists() and not args.overwrite:
         raise BloodcellError(f"{args.out} exists; pass --overwrite to replace it")
+    check_table_path(args.out)  # before the crops are classified
     table = predict_files(args.inputs, args.model)
-    from .table import write_table
-
     write_table(table, args.out)
     print(table["cell_class"].value_counts().to_string())
     print(f"wrote {args.out}")

@@ -91,12 +91,21 @@ def as_categories(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def check_table_path(path: str | Path) -> Path:
+    """The path of a table to write, or :class:`BloodcellError` when its suffix is not a
+    table's or its folder does not exist (checked before hours of work, not after)."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise BloodcellError(f"{path}: table files must end in {' or '.join(TABLE_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise BloodcellError(f"{path}: the folder {path.parent} does not exist")
+    return path
+
+
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the table as CSV or Parquet (by suffix), atomically (temporary file + rename)."""
-    path = Path(path)
+    path = check_table_path(path)
     suffix = path.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise BloodcellError(f"{path}: table files must end in {' or '.join(TABLE_SUFFIXES)}")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if suffix == ".csv":
