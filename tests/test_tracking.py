@@ -49,6 +49,20 @@ def test_one_missed_frame_is_bridged_by_gap_closing():
     assert unbridged["track_id"].nunique() == 3
 
 
+def test_an_aggregate_within_contact_distance_counts_though_a_single_is_nearer():
+    # a leukocyte at x = 0 with a single platelet 2 px away and a 3-platelet aggregate 4 px
+    # away on the other side; contact distance 10 px
+    rows = [(t, 1, 50.0, 50.0, "wbc") for t in range(3)]
+    rows += [(t, 2, 50.0, 52.0, "platelet") for t in range(3)]
+    rows += [(t, 3 + i, 50.0 + 1.5 * i, 46.0, "platelet") for t in range(3) for i in range(3)]
+    params = TrackingParams(contact_distance=10.0, min_contact_frames=2, aggregate_distance=2.0)
+    result = track_table(cells(rows), params=params)
+    assert result.nearest_platelet["aggregate_in_contact"].all()
+    assert result.interactions["with_aggregate"].tolist() == [True]
+    far = TrackingParams(contact_distance=3.0, min_contact_frames=2, aggregate_distance=2.0)
+    assert track_table(cells(rows), params=far).interactions["with_aggregate"].tolist() == [False]
+
+
 def test_ctc_segments_split_tracks_at_gaps():
     tracks = pd.DataFrame({"track_id": [7, 7, 7, 9], "frame": [0, 1, 3, 2]})
     labels, lbep = ctc_segments(tracks)

@@ -57,7 +57,8 @@ def nearest_platelets(
 
     Columns: ``track_id, frame, t_s, platelet_distance_<u>, platelet_track_id`` (-1 when the
     frame has no platelet), ``aggregate_distance_<u>, aggregate_size`` (0 when none),
-    ``in_contact`` (platelet distance ≤ ``contact_distance``).
+    ``in_contact`` (platelet distance ≤ ``contact_distance``), ``aggregate_in_contact``
+    (aggregate distance ≤ ``contact_distance``).
     """
     length = units.length_unit
     wbc = tracks[tracks["cell_type"] == "wbc"]
@@ -99,6 +100,8 @@ def nearest_platelets(
     table = table.astype({"track_id": np.int64, "frame": np.int64, "platelet_track_id": np.int64})
     table.insert(2, "t_s", units.seconds(table["frame"].to_numpy(dtype=float)))
     table["in_contact"] = (table[f"platelet_distance_{length}"] <= contact_distance).astype(bool)
+    touching = table[f"aggregate_distance_{length}"] <= contact_distance
+    table["aggregate_in_contact"] = touching.astype(bool)
     return table.sort_values(["track_id", "frame"]).reset_index(drop=True)
 
 
@@ -108,7 +111,8 @@ def contact_events(nearest: pd.DataFrame, units: Units, min_contact_frames: int)
     A frame where the leukocyte is not detected ends the event. Columns: ``event_id,
     track_id, start_frame, end_frame, n_frames, start_s, end_s, duration_s`` (n_frames ×
     frame interval; NaN without one), ``min_distance_<u>``, ``platelet_track_id`` (the most
-    frequent nearest platelet) and ``with_aggregate`` (an aggregate was in contact).
+    frequent nearest platelet) and ``with_aggregate`` (a member of a platelet aggregate was
+    within the contact distance in one of its frames, not necessarily the nearest platelet).
     """
     length = units.length_unit
     distance = f"platelet_distance_{length}"
@@ -133,10 +137,7 @@ def contact_events(nearest: pd.DataFrame, units: Units, min_contact_frames: int)
         | (nearest["frame"].diff() != 1)
         | (nearest["in_contact"] != nearest["in_contact"].shift())
     )
-    runs = nearest.assign(
-        run=new_run.cumsum(),
-        aggregate_contact=nearest[f"aggregate_distance_{length}"] <= nearest[distance],
-    )[contact]
+    runs = nearest.assign(run=new_run.cumsum())[contact]
     events = runs.groupby("run").agg(
         track_id=("track_id", "first"),
         start_frame=("frame", "min"),
@@ -144,7 +145,7 @@ def contact_events(nearest: pd.DataFrame, units: Units, min_contact_frames: int)
         n_frames=("frame", "size"),
         min_distance=(distance, "min"),
         platelet_track_id=("platelet_track_id", lambda ids: ids.mode().iloc[0]),
-        with_aggregate=("aggregate_contact", "any"),
+        with_aggregate=("aggregate_in_contact", "any"),
     )
     events = events[events["n_frames"] >= min_contact_frames].reset_index(drop=True)
     events = events.rename(columns={"min_distance": f"min_distance_{length}"})
