@@ -443,6 +443,21 @@ def test_an_unreadable_user_model_does_not_hide_the_others(tmp_path, monkeypatch
     assert "aaa" in out and "unreadable" in out and "zzz" in out.split("aaa")[1]
 
 
+def test_an_input_named_like_a_pattern_keeps_the_other_inputs_overlays(tmp_path):
+    image = make_smear(seed=0).image
+    for name in ("cell1.tif", "cell2.tif", "cell[12].tif"):
+        tifffile.imwrite(tmp_path / name, image)
+    out = tmp_path / "out"
+    args = ["--out", out, "--no-classify"]
+    assert run_cli("analyze", tmp_path / "cell1.tif", tmp_path / "cell2.tif", *args) == 0
+    assert run_cli("analyze", tmp_path / "cell[12].tif", *args) == 0  # 'cell[12]' globs cell1
+    assert {p.name for p in (out / "overlays").iterdir()} == {
+        "cell1.png",
+        "cell2.png",
+        "cell[12].png",
+    }
+
+
 def test_an_uncertain_threshold_outside_0_1_is_refused(tmp_path, capsys):
     frame = tmp_path / "frame.tif"
     tifffile.imwrite(frame, make_smear(seed=0).image)

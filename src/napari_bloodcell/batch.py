@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -511,8 +512,10 @@ def _pages_of(paths: list[Path]) -> Iterator[np.ndarray]:
 def _move_overlays(job: InputJob, out: Path) -> list[Path]:
     """Replace the input's old overlays by the ones its units wrote."""
     folder = out / "overlays"
-    for old in [folder / f"{job.stem}.png", *folder.glob(f"{job.stem}_t[0-9][0-9][0-9][0-9].png")]:
-        old.unlink(missing_ok=True)
+    own = re.compile(re.escape(job.stem) + r"(_t\d{4})?\.png")  # a stem may hold [ ] * ?
+    for old in folder.iterdir() if folder.is_dir() else ():
+        if own.fullmatch(old.name):
+            old.unlink(missing_ok=True)
     moved = []
     for overlay in sorted(job.parts.glob("overlay_*.png")):
         t = int(overlay.stem.removeprefix("overlay_"))
