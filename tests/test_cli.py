@@ -444,17 +444,16 @@ def test_an_unreadable_user_model_does_not_hide_the_others(tmp_path, monkeypatch
 
 
 def test_an_input_named_like_a_pattern_keeps_the_other_inputs_overlays(tmp_path):
-    image = make_smear(seed=0).image
+    movie = make_timelapse(n_frames=2, shape=(64, 96), seed=3).image
     for name in ("cell1.tif", "cell2.tif", "cell[12].tif"):
-        tifffile.imwrite(tmp_path / name, image)
+        tifffile.imwrite(tmp_path / name, movie)
     out = tmp_path / "out"
-    args = ["--out", out, "--no-classify"]
+    args = ["--out", out, "--no-classify", "--axes", "TYXC"]
     assert run_cli("analyze", tmp_path / "cell1.tif", tmp_path / "cell2.tif", *args) == 0
-    assert run_cli("analyze", tmp_path / "cell[12].tif", *args) == 0  # 'cell[12]' globs cell1
-    assert {p.name for p in (out / "overlays").iterdir()} == {
-        "cell1.png",
-        "cell2.png",
-        "cell[12].png",
+    assert run_cli("analyze", tmp_path / "cell[12].tif", *args) == 0  # 'cell[12]_t…' globs cell1
+    overlays = {p.name for p in (out / "overlays").iterdir()}
+    assert overlays == {
+        f"{stem}_t000{t}.png" for stem in ("cell1", "cell2", "cell[12]") for t in (0, 1)
     }
 
 
