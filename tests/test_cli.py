@@ -439,8 +439,8 @@ def test_an_unreadable_user_model_does_not_hide_the_others(tmp_path, monkeypatch
     (models / "aaa.keras").write_bytes(b"not a model")
     shutil.copy(resolve_model_path("default"), models / "zzz.keras")
     assert run_cli("models") == 2
-    out = capsys.readouterr().out
-    assert "aaa" in out and "unreadable" in out and "zzz" in out.split("aaa")[1]
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "unreadable" in lines["aaa"] and "neutrophil" in lines["zzz"]  # still listed
 
 
 def test_an_input_named_like_a_pattern_keeps_the_other_inputs_overlays(tmp_path):
@@ -455,6 +455,23 @@ def test_an_input_named_like_a_pattern_keeps_the_other_inputs_overlays(tmp_path)
     assert overlays == {
         f"{stem}_t000{t}.png" for stem in ("cell1", "cell2", "cell[12]") for t in (0, 1)
     }
+
+
+def test_another_file_of_the_same_name_never_takes_or_replaces_the_results(tmp_path, capsys):
+    movie = make_timelapse(n_frames=2, shape=(64, 96), seed=3).image
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        tifffile.imwrite(tmp_path / day / "movie.tif", movie)
+    out = tmp_path / "out"
+    args = ["--out", out, "--no-classify", "--axes", "TYXC"]
+    assert run_cli("analyze", tmp_path / "day1" / "movie.tif", *args) == 0
+    before = (out / "tables" / "movie.csv").read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):
+        assert run_cli("analyze", tmp_path / "day2" / "movie.tif", *args, *extra) == 2
+        assert "another file named 'movie'" in capsys.readouterr().err
+    assert (out / "tables" / "movie.csv").read_bytes() == before
+    assert run_cli("analyze", tmp_path / "day1" / "movie.tif", *args) == 0  # the same: skipped
 
 
 def test_an_uncertain_threshold_outside_0_1_is_refused(tmp_path, capsys):

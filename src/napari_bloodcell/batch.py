@@ -155,6 +155,22 @@ def check_inputs(inputs: list[Path], out: Path) -> None:
         raise OutputExistsError(f"{out}: exists and is not a folder")
 
 
+def check_same_input(path: Path, out: Path) -> None:
+    """Refuse (:class:`OutputExistsError`) when ``out`` holds the results of another file
+    with ``path``'s name (e.g. ``day1/movie.tif`` then ``day2/movie.tif``): they would be
+    taken for ``path``'s, or replaced by them. Results of older versions carry no record."""
+    record = _input_record_path(out, path.stem)
+    try:
+        recorded = json.loads(record.read_text())["input"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no (readable) record
+    if recorded != str(path.resolve()):
+        raise OutputExistsError(
+            f"{out} holds the results of {recorded}, another file named {path.stem!r}; "
+            f"analyse {path} into another --out folder (or delete those results)"
+        )
+
+
 def finished_reason(path: Path, out: Path) -> str | None:
     """Why ``path`` needs no analysis into ``out`` (its results exist), or None.
 
@@ -205,6 +221,7 @@ def analyze_files(
     jobs, chunks, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
         try:
+            check_same_input(path, out)
             reason = None if overwrite else finished_reason(path, out)
             if reason is not None:
                 summary.skipped[str(path)] = reason
@@ -480,10 +497,13 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
             frame_shape=job.frame_shape,
         )
         staged_table = write_table(table, job.parts / STAGED_TABLE)
+        staged_record = job.parts / "input.json"
+        staged_record.write_text(json.dumps({"input": str(Path(job.source).resolve())}))
         for folder in (labels.parent, table_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         table_path.unlink(missing_ok=True)
         written = [staged_labels.replace(labels), *_move_overlays(job, out)]
+        written.append(staged_record.replace(_input_record_path(out, job.stem)))
         written.append(staged_table.replace(table_path))
     except OSError as exc:
         raise _write_error(job.source, exc) from exc
@@ -532,6 +552,11 @@ def _labels_path(out: Path, stem: str) -> Path:
 
 def _table_path(out: Path, stem: str) -> Path:
     return out / "tables" / f"{stem}.csv"
+
+
+def _input_record_path(out: Path, stem: str) -> Path:
+    """Which file the results of ``stem`` came from (``{"input": resolved path}``)."""
+    return out / "tables" / f"{stem}.input.json"
 
 
 def _tables_of(stems: list[str], out: Path) -> pd.DataFrame:
