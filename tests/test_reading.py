@@ -94,6 +94,26 @@ def test_ome_tiff_axes_and_pixel_size(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"ome": True, "metadata": {"PhysicalSizeX": 325, "PhysicalSizeXUnit": "nm"}}, 0.325),
+        ({"ome": True, "metadata": {"PhysicalSizeX": 2, "PhysicalSizeXUnit": "pc"}}, None),
+        ({"imagej": True, "resolution": (1 / 0.325, 1 / 0.325), "metadata": {"unit": "um"}}, 0.325),
+        ({"imagej": True, "resolution": (1 / 0.5, 1 / 0.5), "metadata": {"unit": "micron"}}, 0.5),
+        ({"imagej": True, "resolution": (2.0, 2.0), "metadata": {"unit": "pixel"}}, None),
+        ({}, None),  # no calibration
+    ],
+)  # fmt: skip
+def test_pixel_size_from_ome_units_and_imagej_calibration(tmp_path, kwargs, expected):
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(
+        path, np.random.default_rng(2).integers(0, 255, (3, 24, 32), np.uint8), **kwargs
+    )
+    found = read_image(path, axes="TYX").pixel_size_um
+    assert found == (None if expected is None else pytest.approx(expected, rel=1e-4))
+
+
+@pytest.mark.parametrize(
     ("content", "name", "message"),
     [
         (b"", "empty.png", "empty"),

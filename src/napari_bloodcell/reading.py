@@ -669,13 +669,29 @@ def _tiff_axes(tiff_axes: str, shape: tuple[int, ...]) -> str | None:
     return tiff_axes
 
 
+LENGTH_UNITS_UM = {
+    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
+}  # fmt: skip
+"""Length units of OME and ImageJ metadata, in µm (ImageJ may write µ as an escape)."""
+
+
 def _tiff_pixel_size_um(tif) -> float | None:
-    """PhysicalSizeX from OME metadata (µm), if present."""
+    """The pixel size in µm from OME metadata (``PhysicalSizeX`` and its unit, µm when
+    none is given) or from an ImageJ calibration (``XResolution`` pixels per ``unit``), if
+    present in a known length unit."""
     ome = tif.ome_metadata
-    if not ome:
+    if ome:
+        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
+        factor = LENGTH_UNITS_UM.get(unit.group(1).lower() if unit else "µm")
+        if match and factor is not None and float(match.group(1)) > 0:
+            return float(match.group(1)) * factor
         return None
-    match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
-    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
-    if not match or (unit and unit.group(1) not in ("µm", "um", "micron")):
+    calibration = tif.imagej_metadata or {}
+    factor = LENGTH_UNITS_UM.get(str(calibration.get("unit", "")).lower())
+    resolution = tif.pages[0].tags.get("XResolution")
+    if factor is None or resolution is None:
         return None
-    return float(match.group(1))
+    pixels, per_units = resolution.value  # a fraction: pixels per unit
+    return per_units / pixels * factor if pixels > 0 and per_units > 0 else None
