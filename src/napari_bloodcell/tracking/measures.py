@@ -106,26 +106,31 @@ def msd_table(tracks: pd.DataFrame, units: Units, max_lag_frames: int) -> pd.Dat
     columns = ["track_id", "lag_frames", "lag_s", f"msd_{length}2", "n_pairs"]
     if tracks.empty:
         return pd.DataFrame(columns=columns)
-    positions = tracks.pivot(index="frame", columns="track_id", values=["centroid_y", "centroid_x"])
-    frames = np.arange(tracks["frame"].min(), tracks["frame"].max() + 1)
-    positions = positions.reindex(frames)
-    y = units.lengths(positions["centroid_y"].to_numpy(dtype=float))
-    x = units.lengths(positions["centroid_x"].to_numpy(dtype=float))
-    track_ids = positions["centroid_y"].columns.to_numpy()
+    # pairs found by a merge per lag: memory follows the detections, not frames × tracks
+    points = pd.DataFrame(
+        {
+            "track_id": tracks["track_id"].to_numpy(),
+            "frame": tracks["frame"].to_numpy(),
+            "y": units.lengths(tracks["centroid_y"].to_numpy(dtype=float)),
+            "x": units.lengths(tracks["centroid_x"].to_numpy(dtype=float)),
+        }
+    )
     parts = []
-    for lag in range(1, min(max_lag_frames, len(frames) - 1) + 1):
-        squared = (y[lag:] - y[:-lag]) ** 2 + (x[lag:] - x[:-lag]) ** 2
-        n_pairs = np.isfinite(squared).sum(axis=0)
-        has_pairs = n_pairs > 0
-        sums = np.nansum(squared, axis=0)
+    for lag in range(1, max_lag_frames + 1):
+        later = points.assign(frame=points["frame"] - lag)
+        pairs = points.merge(later, on=["track_id", "frame"], suffixes=("", "_later"))
+        if pairs.empty:
+            continue
+        squared = (pairs["y_later"] - pairs["y"]) ** 2 + (pairs["x_later"] - pairs["x"]) ** 2
+        per_track = squared.groupby(pairs["track_id"]).agg(["sum", "count"])
         parts.append(
             pd.DataFrame(
                 {
-                    "track_id": track_ids[has_pairs],
+                    "track_id": per_track.index.to_numpy(),
                     "lag_frames": lag,
                     "lag_s": units.seconds(float(lag)),
-                    f"msd_{length}2": sums[has_pairs] / n_pairs[has_pairs],
-                    "n_pairs": n_pairs[has_pairs],
+                    f"msd_{length}2": (per_track["sum"] / per_track["count"]).to_numpy(),
+                    "n_pairs": per_track["count"].to_numpy(),
                 }
             )
         )
