@@ -568,8 +568,10 @@ def _single_series(path: Path, tif):
 class _TiffPages:
     """Array-like view of one TIFF series that reads one page per ``[...]`` (for Dask).
 
-    Pages are read with tifffile when the series lists them all; a contiguous series
-    whose pages are not all listed (ImageJ files over 4 GB) is read at its byte offsets.
+    Pages are read with tifffile when the series lists them all — by their index in the
+    file when they are all in it (building the series again for every page costs ~0.1 s
+    in a 10,000-page OME-TIFF), else through the series; a contiguous series whose pages
+    are not all listed (ImageJ files over 4 GB) is read at its byte offsets.
     """
 
     path: str
@@ -579,6 +581,7 @@ class _TiffPages:
     stored_dtype: np.dtype  # with the file's byte order
     listed_pages: bool
     data_offset: int | None
+    page_indices: tuple[int, ...] | None = None  # of the listed pages in the file's pages
 
     @classmethod
     def of(cls, path: Path, series, byteorder: str) -> _TiffPages:
@@ -597,6 +600,7 @@ class _TiffPages:
                 f"not contiguous; cannot read its frames"
             )
         dtype = np.dtype(series.dtype)
+        in_this_file = listed and all(page.parent is series.parent for page in series.pages)
         return cls(
             path=str(path),
             shape=shape,
@@ -605,6 +609,7 @@ class _TiffPages:
             stored_dtype=dtype.newbyteorder(byteorder),
             listed_pages=listed,
             data_offset=series.dataoffset,
+            page_indices=tuple(int(page.index) for page in series.pages) if in_this_file else None,
         )
 
     @property
@@ -624,7 +629,10 @@ class _TiffPages:
         position = [i if isinstance(i, (int, np.integer)) else (i.start or 0) for i in outer]
         page = int(np.ravel_multi_index(position, self.shape[:n_outer])) if n_outer else 0
         try:
-            if self.listed_pages:
+            if self.page_indices is not None:
+                with tifffile.TiffFile(self.path) as tif:
+                    data = tif.pages[self.page_indices[page]].asarray()
+            elif self.listed_pages:
                 with tifffile.TiffFile(self.path) as tif:
                     data = tif.series[0].pages[page].asarray()
             else:
