@@ -23,7 +23,9 @@ def test_axes_are_inferred_from_the_shape(shape, axes):
     assert infer_axes(shape) == axes
 
 
-@pytest.mark.parametrize("shape", [(3, 20, 4), (4, 3, 20, 30, 2), (4, 20, 30, 8)])
+@pytest.mark.parametrize(
+    "shape", [(3, 20, 4), (4, 3, 20, 30, 2), (4, 20, 30, 8), (2, 20, 30), (3, 20, 30)]
+)  # (2 | 3, Y, X): 2 or 3 frames, or channels first?
 def test_ambiguous_shapes_ask_for_axes(shape):
     with pytest.raises(InputImageError, match="axes"):
         infer_axes(shape)
@@ -101,7 +103,7 @@ def test_ome_tiff_axes_and_pixel_size(tmp_path):
         ({"imagej": True, "resolution": (1 / 0.325, 1 / 0.325), "metadata": {"unit": "um"}}, 0.325),
         ({"imagej": True, "resolution": (1 / 0.5, 1 / 0.5), "metadata": {"unit": "micron"}}, 0.5),
         ({"imagej": True, "resolution": (2.0, 2.0), "metadata": {"unit": "pixel"}}, None),
-        ({}, None),  # no calibration
+        ({"photometric": "minisblack"}, None),  # no calibration
     ],
 )  # fmt: skip
 def test_pixel_size_from_ome_units_and_imagej_calibration(tmp_path, kwargs, expected):

@@ -316,8 +316,9 @@ def normalise_axes(axes: str, ndim: int) -> str:
 def infer_axes(shape: tuple[int, ...]) -> str:
     """Guess the axes of an array from its shape, or raise asking for explicit axes.
 
-    Rules: 2-D → YX; 3-D with a last axis of 3 or 4 → YXC (RGB/RGBA), else TYX;
-    4-D with a last axis of 1–4 → TYXC, with a second axis of 1–4 → TCYX.
+    Rules: 2-D → YX; 3-D with a last axis of 3 or 4 → YXC (RGB/RGBA), with a first axis
+    of 2 or 3 → refused (2 or 3 frames, or channels first?), else TYX; 4-D with a last
+    axis of 1–4 → TYXC, with a second axis of 1–4 → TCYX.
     """
     ndim = len(shape)
     if ndim == 2:
@@ -329,6 +330,11 @@ def infer_axes(shape: tuple[int, ...]) -> str:
             raise InputImageError(
                 f"cannot tell the axes of shape {shape}; give them explicitly "
                 f"(e.g. axes 'TYX' or 'YXC')"
+            )
+        if shape[0] in (2, 3):
+            raise InputImageError(
+                f"cannot tell whether the {shape[0]} planes of shape {shape} are frames or "
+                f"channels; give the axes explicitly ('TYX' or 'CYX')"
             )
         return "TYX"
     if ndim == 4:
