@@ -403,6 +403,11 @@ def _write_error(source: str, error: OSError) -> BloodcellError:
     return BloodcellError(f"{source}: cannot write its results ({error})")
 
 
+BIGTIFF_FROM_BYTES = 2**32 - 2**25
+"""Label stacks this large (uncompressed) are written as BigTIFF: classic TIFF offsets end
+at 4 GiB, and compressed labels might still pass it."""
+
+
 def write_label_stack(
     path: Path, frames: Iterator[np.ndarray], *, n_frames: int, frame_shape: tuple[int, int]
 ) -> Path:
@@ -413,6 +418,7 @@ def write_label_stack(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.tif")
     shape = tuple(frame_shape) if n_frames == 1 else (n_frames, *frame_shape)
+    raw_bytes = int(np.prod(shape)) * np.dtype(np.uint32).itemsize
     try:
         tifffile.imwrite(
             tmp,
@@ -420,6 +426,8 @@ def write_label_stack(
             shape=shape,
             dtype=np.uint32,
             compression="zlib",
+            # tifffile picks BigTIFF by itself only for uncompressed data
+            bigtiff=raw_bytes >= BIGTIFF_FROM_BYTES,
             photometric="minisblack",  # never read a 3- or 4-frame stack as RGB(A)
             metadata={"axes": "YX" if n_frames == 1 else "TYX"},
         )
