@@ -332,7 +332,7 @@ def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
         (lambda: np.random.default_rng(0).random((64, 96)), "", None, "no time axis"),
         (lambda: np.random.default_rng(0).random((6, 8, 48, 64)), "", None, "Axes field"),
         (lambda: np.random.default_rng(0).random((3, 48, 64, 3)), "TCYX", None, "colour axis"),
-        (lambda: np.random.default_rng(0).random((3, 48, 64)), "", 2, "has 1 channel"),
+        (lambda: np.random.default_rng(0).random((5, 48, 64)), "", 2, "has 1 channel"),
     ],
 )
 def test_batch_bad_input_is_a_notification_and_adds_nothing(

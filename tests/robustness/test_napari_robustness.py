@@ -84,6 +84,7 @@ def test_batch_widget_notifies_a_failing_frame_and_stays_usable(
     viewer = make_napari_viewer()
     widget = BatchWidget(viewer)
     widget.model.value = None
+    widget.axes.value = "TYX"  # 3 planes: frames, not channels
     widget.image.value = viewer.add_image(bad, name="inf in frame 1")
     _run(widget, qtbot)
     assert "NaN or infinite" in notifications[-1][1]  # found in the intensity sample
