@@ -89,3 +89,5 @@ def test_a_channel_axis_reads_and_paints_the_frames_underneath(stack, axis):
     assert frames.frame(0)[1, 5] == frames.frame(4)[2, 6] == 77
     view[(2, slice(None), slice(0, 2), slice(0, 2)) if axis == 1 else np.s_[2, 0:2, 0:2, :]] = 5
     assert (frames.frame(2)[0:2, 0:2] == 5).all()
+    with pytest.raises(TypeError, match="one integer array per axis"):
+        view[[0, 3]]  # a list among slices: numpy would move axes; not napari's way

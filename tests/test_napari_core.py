@@ -139,6 +139,25 @@ def test_stack_is_read_frame_by_frame_from_dask(movie):
     assert isinstance(features["cell_class"].dtype, pd.CategoricalDtype)
 
 
+@pytest.mark.parametrize(("axes", "columns"), [("TCYX", 5), ("CTYX", 4)])
+def test_tracks_take_the_channel_axis_only_after_time(movie, axes, columns):
+    from napari_bloodcell._napari._compute import image_layout
+    from napari_bloodcell._napari._layers import tracks_layers
+    from napari_bloodcell.tracking import track_table
+
+    shape = dict(zip("TCYX", (4, 3, 64, 96), strict=True))
+    layout = image_layout(tuple(shape[a] for a in axes), False, axes)
+    placement = layout.placement((1.0, 1.0, 0.5, 0.5), (0.0,) * 4, "TYX")
+    tracks = track_table(movie.tracks[movie.tracks["visible"]].drop(columns="visible")).tracks
+    ((data, meta, _),) = tracks_layers(tracks, "m", placement, {})
+    # napari's Tracks: id, then time, then space; with C first, (t, y, x) already line up
+    assert data.shape[1] == columns and len(meta["scale"]) == columns - 1
+    ordered = tracks.sort_values(["track_id", "frame"])
+    np.testing.assert_array_equal(data[:, 1], ordered["frame"])  # time stays time
+    if columns == 5:
+        assert not data[:, 2].any() and meta["scale"][1] == 3.0  # the stretched channel
+
+
 def test_stack_of_another_axis_order_gives_the_same_cells(movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
 
@@ -190,6 +209,15 @@ def test_batch_refuses_a_single_frame(movie):
         run_to_end(stack_steps(_job(movie.image[0], scale=(0.5, 0.5))))
 
 
+def test_a_varying_4th_channel_is_a_channel_only_when_the_axes_are_typed():
+    from napari_bloodcell._napari._compute import image_layout, read_frame
+
+    rgba = np.random.default_rng(0).random((48, 64, 4)).astype(np.float32)
+    with pytest.raises(InputImageError, match="varying 4th channel"):
+        read_frame(rgba, image_layout(rgba.shape, True))  # an RGBA layer, axes inferred
+    assert read_frame(rgba, image_layout(rgba.shape, False, "YXC")).shape == (48, 64, 4)
+
+
 def test_missing_channel_is_refused():
     from napari_bloodcell._napari._compute import check_channels, image_layout
 
@@ -206,6 +234,9 @@ def test_missing_channel_is_refused():
         (None, -1, 3, {"leukocyte": 1}),
         (None, 2, 3, {"leukocyte": 1, "platelet": 2}),
         (0, None, 1, {"leukocyte": 0}),  # one channel has no default platelet channel
+        (0, None, 2, {"leukocyte": 0, "platelet": 1}),  # red leukocytes: the defaults swap
+        (None, 1, 3, {"leukocyte": 0, "platelet": 1}),
+        (2, None, 3, {"leukocyte": 2, "platelet": 0}),  # no clash: the default stays
     ],
 )
 def test_channel_choices_keep_the_defaults_of_roles_left_at_default(
@@ -222,6 +253,9 @@ def test_leaving_every_cell_type_out_is_refused():
 
     with pytest.raises(InputImageError, match="no cell type is left"):
         channel_mapping({"leukocyte": -1, "platelet": -1}, 3)
+    # one channel, given to the platelets: the leukocytes' default has nowhere to go
+    with pytest.raises(InputImageError, match="choose the leukocyte channel too"):
+        channel_mapping({"leukocyte": None, "platelet": 0}, 1)
 
 
 def test_frame_counts_count_frames_without_cells_as_zero():

@@ -281,6 +281,20 @@ def test_results_line_up_with_a_layer_whose_channels_are_a_slider(
     assert widget.track_button.enabled
 
 
+def test_a_batch_without_model_and_without_cells_finishes(make_napari_viewer, qtbot):
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image, rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.pixel_size.value = 0.0325  # 20× finer than the defaults expect: no cell found
+    _run(widget, qtbot)
+    assert widget.status.value.startswith("finished: 3/3 frames, 0 cells")
+    assert len(viewer.layers["movie stack cells"].data) == 0 and widget.run_button.enabled
+
+
 def test_analyze_takes_the_axes_of_a_channels_first_frame(make_napari_viewer, qtbot):
     from napari_bloodcell._napari._analyze import AnalyzeWidget
 
@@ -289,7 +303,7 @@ def test_analyze_takes_the_axes_of_a_channels_first_frame(make_napari_viewer, qt
     viewer.add_image(movie.image[0].transpose(2, 0, 1), name="cyx")  # 3 channels, not RGB
     widget = AnalyzeWidget(viewer)
     widget.model.value = None
-    widget.axes.value = "CYX"  # inferred, (3, Y, X) would be 3 grey frames
+    widget.axes.value = "CYX"  # without axes, (3, Y, X) is refused: frames or channels?
     _run(widget, qtbot)
     cells = viewer.layers["cyx cells"]
     assert set(cells.features["cell_class"]) == {"leukocyte", "platelet"}

@@ -15,6 +15,7 @@ from napari_bloodcell.reading import image_from_array, infer_axes, normalise_int
         ((20, 30), "YX"),
         ((20, 30, 3), "YXC"),
         ((5, 20, 30), "TYX"),
+        ((1, 20, 30), "TYX"),
         ((5, 20, 30, 3), "TYXC"),
         ((5, 2, 20, 30), "TCYX"),
     ],
@@ -24,8 +25,8 @@ def test_axes_are_inferred_from_the_shape(shape, axes):
 
 
 @pytest.mark.parametrize(
-    "shape", [(3, 20, 4), (4, 3, 20, 30, 2), (4, 20, 30, 8), (2, 20, 30), (3, 20, 30)]
-)  # (2 | 3, Y, X): 2 or 3 frames, or channels first?
+    "shape", [(3, 20, 4), (4, 3, 20, 30, 2), (4, 20, 30, 8), (2, 20, 30), (3, 20, 30), (4, 9, 9)]
+)  # (2–4, Y, X): frames, or channels first?
 def test_ambiguous_shapes_ask_for_axes(shape):
     with pytest.raises(InputImageError, match="axes"):
         infer_axes(shape)

@@ -540,9 +540,10 @@ def _pages_of(paths: list[Path]) -> Iterator[np.ndarray]:
 def _move_overlays(job: InputJob, out: Path) -> list[Path]:
     """Replace the input's old overlays by the ones its units wrote."""
     folder = out / "overlays"
-    own = re.compile(re.escape(job.stem) + r"(_t\d{4})?\.png")  # a stem may hold [ ] * ?
+    own = re.compile(re.escape(job.stem) + r"(_t[0-9]{4})?\.png")  # a stem may hold [ ] * ?
     for old in folder.iterdir() if folder.is_dir() else ():
-        if own.fullmatch(old.name):
+        another_input = old.stem != job.stem and _table_path(out, old.stem).exists()
+        if own.fullmatch(old.name) and not another_input:  # e.g. movie_t0001.tif's overlay
             old.unlink(missing_ok=True)
     moved = []
     for overlay in sorted(job.parts.glob("overlay_*.png")):

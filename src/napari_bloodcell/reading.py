@@ -136,11 +136,17 @@ def image_from_array(
     *,
     source: str = "<array>",
     pixel_size_um: float | None = None,
+    channels_named: bool | None = None,
 ) -> LoadedImage:
-    """Bring an in-memory array to canonical (T, Y, X, C) float32 in [0, 1]."""
+    """Bring an in-memory array to canonical (T, Y, X, C) float32 in [0, 1].
+
+    ``channels_named``: the user named the axes, so a varying 4th channel is a channel,
+    not an RGBA alpha (default: whether ``axes`` is given).
+    """
     array = np.asarray(array)
     tyxc, original_axes = _canonical_layout(array, axes)
-    tyxc = _drop_constant_alpha(tyxc, tyxc, axes_given=bool(axes))
+    named = bool(axes) if channels_named is None else channels_named
+    tyxc = _drop_constant_alpha(tyxc, tyxc, named)
     return LoadedImage(
         data=normalise_intensity(tyxc),
         source=source,
@@ -233,7 +239,11 @@ def _image_from_file(path, axes: str | None, suffixes, read_tiff, from_array):
     array, metadata_axes, pixel_size = _decode(path, read_tiff)
     try:
         return from_array(
-            array, axes=axes or metadata_axes, source=str(path), pixel_size_um=pixel_size
+            array,
+            axes=axes or metadata_axes,
+            source=str(path),
+            pixel_size_um=pixel_size,
+            channels_named=bool(axes),  # metadata axes (an RGBA TIFF's YXS) name no channel
         )
     except InputImageError as exc:
         raise _naming_file(path, exc) from None
@@ -245,8 +255,11 @@ def lazy_image_from_array(
     *,
     source: str = "<array>",
     pixel_size_um: float | None = None,
+    channels_named: bool | None = None,
 ) -> LazyImage:
     """Bring a numpy or dask array to a lazy canonical (T, Y, X, C) float32 stack in [0, 1].
+
+    ``channels_named`` as in :func:`image_from_array`.
 
     Memory rule: nothing but a bounded sample is computed here. The intensity mapping
     (:func:`intensity_mapping`) is chosen from up to :data:`INTENSITY_SAMPLE_FRAMES`
@@ -264,7 +277,8 @@ def lazy_image_from_array(
     tyxc = tyxc.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
     sampled_frames = _sample_frame_indices(tyxc.shape)
     sample = tyxc[list(sampled_frames)].compute(scheduler="sync")
-    tyxc = _drop_constant_alpha(tyxc, sample, axes_given=bool(axes))
+    named = bool(axes) if channels_named is None else channels_named
+    tyxc = _drop_constant_alpha(tyxc, sample, named)
     mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
     data = tyxc.map_blocks(
         _normalise_frames, mapping, source, dtype=np.float32, meta=np.empty((0,) * 4, np.float32)
@@ -313,12 +327,16 @@ def normalise_axes(axes: str, ndim: int) -> str:
     return axes
 
 
+MAX_GUESSED_CHANNELS = 4
+"""An axis this short may be channels (RGB(A), or a few fluorescence channels)."""
+
+
 def infer_axes(shape: tuple[int, ...]) -> str:
     """Guess the axes of an array from its shape, or raise asking for explicit axes.
 
     Rules: 2-D → YX; 3-D with a last axis of 3 or 4 → YXC (RGB/RGBA), with a first axis
-    of 2 or 3 → refused (2 or 3 frames, or channels first?), else TYX; 4-D with a last
-    axis of 1–4 → TYXC, with a second axis of 1–4 → TCYX.
+    of 2–4 → refused (frames, or channels first?), else TYX; 4-D with a last axis of 1–4
+    → TYXC, with a second axis of 1–4 → TCYX.
     """
     ndim = len(shape)
     if ndim == 2:
@@ -331,7 +349,7 @@ def infer_axes(shape: tuple[int, ...]) -> str:
                 f"cannot tell the axes of shape {shape}; give them explicitly "
                 f"(e.g. axes 'TYX' or 'YXC')"
             )
-        if shape[0] in (2, 3):
+        if 2 <= shape[0] <= MAX_GUESSED_CHANNELS:  # (1, Y, X): one plane either way
             raise InputImageError(
                 f"cannot tell whether the {shape[0]} planes of shape {shape} are frames or "
                 f"channels; give the axes explicitly ('TYX' or 'CYX')"
@@ -468,15 +486,15 @@ def _constant_image_error(array: np.ndarray) -> InputImageError:
     )
 
 
-def _drop_constant_alpha(tyxc, sample: np.ndarray, axes_given: bool):
+def _drop_constant_alpha(tyxc, sample: np.ndarray, channels_named: bool):
     """RGBA → RGB when alpha is uniform in ``sample`` (frames of ``tyxc``). A varying 4th
-    channel is a 4th channel when the axes were given, else an error (an RGBA image with
-    a varying alpha: what would it mean?)."""
+    channel is a 4th channel when the user named the axes, else an error (an RGBA image
+    with a varying alpha: what would it mean?)."""
     if tyxc.shape[-1] != 4:
         return tyxc
     alpha = sample[..., 3]
     if alpha.min() != alpha.max():
-        if axes_given:
+        if channels_named:
             return tyxc
         raise InputImageError(
             "the image has 4 channels with a varying 4th channel; if these are 4 fluorescence "
@@ -606,7 +624,9 @@ class _TiffPages:
                 f"not contiguous; cannot read its frames"
             )
         dtype = np.dtype(series.dtype)
-        in_this_file = listed and all(page.parent is series.parent for page in series.pages)
+        in_this_file = listed and all(
+            page is not None and page.parent is series.parent for page in series.pages
+        )
         return cls(
             path=str(path),
             shape=shape,

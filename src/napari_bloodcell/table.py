@@ -126,15 +126,14 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a table written by :func:`write_table`.
 
-    In a CSV an empty cell is a missing number, but an empty text (e.g. the ``source`` of
-    an array analysed without a name) stays the empty text, and texts such as ``NA`` stay
-    texts: as written.
+    The text columns (``source``, ``cell_type``, ``cell_class``) are read as text, an
+    empty one (e.g. the ``source`` of an array analysed without a name) as the empty text
+    written, not as a missing value; the other columns as pandas reads them.
     """
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         return pd.read_parquet(path)
-    text = {column: str for column in CATEGORY_COLUMNS}
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
+    table = pd.read_csv(path, dtype={column: str for column in CATEGORY_COLUMNS})
     for column in CATEGORY_COLUMNS:
         if column in table:
             table[column] = table[column].fillna("")

@@ -205,6 +205,12 @@ CASES: tuple[Case, ...] = (
     Case("2 channels, --axes YXC", "two_channels_yxc.tif", _write_tiff(_channels(2)), None, "YXC"),
     Case("4 channels, varying 4th", "rgba_varying.png", _write_image(_varying_alpha), "4 channels"),
     Case(
+        "RGBA TIFF, varying alpha (axes YXS in its metadata, not the user's)",
+        "rgba_varying.tif",
+        _write_tiff(_varying_alpha, photometric="rgb", extrasamples=["unassalpha"]),
+        "4 channels",
+    ),
+    Case(
         "4 channels, --axes YXC",
         "four_channels_yxc.tif",
         _write_tiff(_channels(4)),

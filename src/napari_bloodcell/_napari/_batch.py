@@ -13,7 +13,7 @@ from magicgui.widgets import FloatSpinBox, PushButton
 from ..errors import BloodcellError
 from ..table import frame_counts
 from ._compute import AnalysisJob, StackProgress, stack_steps
-from ._layers import Placement, class_colours, tracks_layers
+from ._layers import Placement, all_classes, class_colours, tracks_layers
 from ._widgets_common import AnalysisWidget, PlotCanvas, upsert_layers
 
 
@@ -49,6 +49,16 @@ class BatchWidget(AnalysisWidget):
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
 
+    def run(self) -> None:
+        """Start a batch, unless cells are being tracked (their tracks would be taken for
+        the new result's)."""
+        from napari.utils.notifications import show_warning
+
+        if self.track_worker is not None:
+            show_warning("cells are being tracked: run the batch again when tracking has ended")
+            return
+        super().run()
+
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
         self.tracking = None  # the tracks of an earlier result are not this run's
         return stack_steps(job), job.layout.n_frames
@@ -66,7 +76,7 @@ class BatchWidget(AnalysisWidget):
     def _show(self, item: StackProgress) -> None:
         self._latest, self._shown_at = None, time.monotonic()
         self._channel_axis = item.placement.channel_axis
-        classes = list(item.layers[-1][1]["face_color_cycle"])
+        classes = all_classes(item.table, item.model_classes)
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"
         if item.empty_frames:
             summary += f" (empty frames: {', '.join(map(str, item.empty_frames))})"
@@ -163,6 +173,10 @@ class BatchWidget(AnalysisWidget):
             return False
         if not super().export():
             return False
-        write_tracking(self.tracking, folder)
+        try:
+            write_tracking(self.tracking, folder)
+        except (BloodcellError, OSError) as exc:
+            show_warning(f"the cells table is written, the tracking tables are not: {exc}")
+            return False
         show_info(f"wrote the tracking tables to {folder}")
         return True

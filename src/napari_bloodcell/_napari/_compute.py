@@ -39,6 +39,8 @@ class ImageLayout:
     axes: str
     shape: tuple[int, ...]
     rgb: bool = False
+    typed: bool = False
+    """Whether the user typed the axes (then a varying 4th channel is a channel)."""
 
     @property
     def n_frames(self) -> int:
@@ -80,7 +82,7 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
     hint to give the axes when the shape is ambiguous.
     """
     shape = tuple(int(s) for s in shape)
-    axes = axes.strip()
+    axes = typed_axes = axes.strip()
     if axes:
         axes = normalise_axes(axes, len(shape))
         if rgb and axes[-1] != "C":
@@ -101,7 +103,7 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
             raise InputImageError(f"{exc} in the Axes field") from None
     if any(a not in "TYXC" for a in axes):
         raise InputImageError(f"axes {axes!r}: only T, Y, X and C are supported here")
-    layout = ImageLayout(axes, shape, rgb)
+    layout = ImageLayout(axes, shape, rgb, typed=bool(typed_axes))
     check_frame_pixels(*layout.frame_shape)  # before any frame is read
     return layout
 
@@ -118,8 +120,8 @@ def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
     if raw.size and raw.min() == raw.max():
         return None
     if "T" not in layout.axes:
-        return image_from_array(raw, axes=layout.axes).data[0]
-    stack = lazy_image_from_array(data, layout.axes).data
+        return image_from_array(raw, axes=layout.axes, channels_named=layout.typed).data[0]
+    stack = lazy_image_from_array(data, layout.axes, channels_named=layout.typed).data
     return np.asarray(stack[t].compute(scheduler="sync"))
 
 
@@ -132,21 +134,32 @@ def channel_mapping(choices: dict[str, int | None], n_channels: int) -> dict[str
 
     A choice is None ("default": the role's default channel, see
     :func:`~napari_bloodcell.segmentation.fluorescence.default_channels`),
-    :data:`NO_CHANNEL` ("none": the role is left out) or a channel index. None when every
-    choice is "default" (the pipeline's own defaults); refused when every role is left out.
+    :data:`NO_CHANNEL` ("none": the role is left out) or a channel index. A role left at
+    "default" whose default channel was chosen for the other role takes the channel the
+    other role's default leaves free (the defaults swap), so that two roles never share a
+    channel unasked. None when every choice is "default" (the pipeline's own defaults);
+    refused when every role is left out.
     """
     from ..segmentation.fluorescence import default_channels
 
     if all(choice is None for choice in choices.values()):
         return None
-    channels = default_channels(n_channels)
+    defaults = default_channels(n_channels)
+    chosen = {role: c for role, c in choices.items() if c is not None and c != NO_CHANNEL}
+    channels = dict(chosen)
     for role, choice in choices.items():
-        if choice is None:
+        if choice is not None or role not in defaults:
             continue
-        if choice == NO_CHANNEL:
-            channels.pop(role, None)
-        else:
-            channels[role] = choice
+        channel = defaults[role]
+        if channel in chosen.values():
+            freed = [defaults[r] for r in chosen if defaults.get(r) not in (None, *chosen.values())]
+            if not freed:
+                raise InputImageError(
+                    f"the {role} channel is left at 'default' ({channel}), the channel chosen "
+                    f"for another cell type; choose the {role} channel too"
+                )
+            channel = freed[0]
+        channels[role] = channel
     if not channels:
         raise InputImageError(
             "no cell type is left to segment: choose a channel (or 'default') for the "
@@ -324,7 +337,9 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     placement = job.layout.placement(job.scale, job.translate, "TYX")
     seen_classes: list[str] = list(job.model_classes)
     # one intensity mapping for the whole stack, from a bounded frame sample (as the CLI)
-    stack = lazy_image_from_array(job.data, job.layout.axes, source=job.source).data
+    stack = lazy_image_from_array(
+        job.data, job.layout.axes, source=job.source, channels_named=job.layout.typed
+    ).data
     for t in range(n):
         frame = np.asarray(stack[t].compute(scheduler="sync"))
         if frame.min() == frame.max():

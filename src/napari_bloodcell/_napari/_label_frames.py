@@ -167,8 +167,9 @@ class WithChannelAxis:
     """A label array-like (e.g. a :class:`LabelFramesView`) with a size-1 axis inserted at
     ``axis``, for an image whose channels napari shows on a slider (see ``Placement``).
 
-    Indexing drops the key's entry for that axis (any index of a size-1 axis selects its
-    one plane) and passes the rest on, so reads and paints reach the frames underneath.
+    Indexing (integers and slices, or one integer array per axis) drops the key's entry
+    for that axis (any index of a size-1 axis selects its one plane) and passes the rest
+    on, so reads and paints reach the frames underneath.
     """
 
     def __init__(self, data, axis: int):
@@ -209,6 +210,12 @@ class WithChannelAxis:
             at = next(i for i, k in enumerate(key) if k is Ellipsis)
             key = (*key[:at], *[slice(None)] * (self.ndim - len(key) + 1), *key[at + 1 :])
         key = (*key, *[slice(None)] * (self.ndim - len(key)))
+        arrays = [not isinstance(k, (slice, int, np.integer)) for k in key]
+        if any(arrays) and not all(arrays):
+            raise TypeError(
+                "index by integers and slices, or by one integer array per axis (napari's "
+                f"pixels); got {key!r}"
+            )
         channel = key[self.axis]
         inner = key[: self.axis] + key[self.axis + 1 :]
         if not isinstance(channel, slice):

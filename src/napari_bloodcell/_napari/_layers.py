@@ -200,6 +200,9 @@ def tracks_layers(
     from ..tracking import tracks_layer_data
 
     data, features, properties = tracks_layer_data(tracks)
+    if placement.channel_axis == 0:  # C before T: time must be the tracks' first axis, and
+        # (t, y, x) already line up with the image's last axes
+        placement = Placement(placement.scale[1:], placement.translate[1:])
     data = np.concatenate([data[:, :1], placement.coordinates(data[:, 1:])], axis=1)  # id first
     features = features.assign(track_class_code=properties["track_class"])
     names = [str(c) for c in features["track_class"].cat.categories]
