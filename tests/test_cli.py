@@ -414,6 +414,11 @@ def test_track_never_replaces_the_tables_of_any_source(tmp_path):
     (tracks / "b" / "tracks.csv").write_text("mine")
     assert run_cli("track", out / "cells.csv", "--out", tracks) == 2  # before tracking any
     assert (tracks / "b" / "tracks.csv").read_text() == "mine"
+    table = pd.read_csv(out / "cells.csv")  # two sources of one name, from elsewhere
+    table["source"] = table["source"].map({"a.tif": "x/movie.tif", "b.tif": "y/movie.tif"})
+    table.to_csv(tmp_path / "same_names.csv", index=False)
+    assert run_cli("track", tmp_path / "same_names.csv", "--out", tmp_path / "t2") == 2
+    assert not (tmp_path / "t2").exists()
 
 
 def test_track_refuses_a_table_without_frames(tmp_path, capsys):
@@ -472,6 +477,9 @@ def test_another_file_of_the_same_name_never_takes_or_replaces_the_results(tmp_p
         assert "another file named 'movie'" in capsys.readouterr().err
     assert (out / "tables" / "movie.csv").read_bytes() == before
     assert run_cli("analyze", tmp_path / "day1" / "movie.tif", *args) == 0  # the same: skipped
+    (tmp_path / "day1").rename(tmp_path / "moved")  # the same file in a renamed folder
+    assert run_cli("analyze", tmp_path / "moved" / "movie.tif", *args) == 0
+    assert "skipped" in capsys.readouterr().err
 
 
 def test_an_uncertain_threshold_outside_0_1_is_refused(tmp_path, capsys):

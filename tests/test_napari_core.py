@@ -191,6 +191,17 @@ def test_a_frame_of_a_stack_is_analysed_as_the_batch_analyses_it(movie):
     )
 
 
+def test_a_good_frame_of_a_stack_with_a_bad_frame_is_still_analysed(movie):
+    from napari_bloodcell._napari._compute import read_frame
+
+    stack = movie.image.astype(np.float32) / 255
+    stack[1, 3, 3] = np.nan  # the stack's intensity sample refuses it
+    layout = _job(stack).layout
+    assert np.isfinite(read_frame(stack, layout, 2)).all()
+    with pytest.raises(InputImageError, match="NaN"):
+        read_frame(stack, layout, 1)
+
+
 def test_empty_frames_give_no_cells_and_are_reported(movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
 

@@ -158,17 +158,32 @@ def check_inputs(inputs: list[Path], out: Path) -> None:
 def check_same_input(path: Path, out: Path) -> None:
     """Refuse (:class:`OutputExistsError`) when ``out`` holds the results of another file
     with ``path``'s name (e.g. ``day1/movie.tif`` then ``day2/movie.tif``): they would be
-    taken for ``path``'s, or replaced by them. Results of older versions carry no record."""
-    record = _input_record_path(out, path.stem)
+    taken for ``path``'s, or replaced by them. The file recorded is the same when it is
+    ``path``, or, once moved (a renamed folder, another mount), when it had ``path``'s size
+    and modification time. Results of older versions carry no record."""
     try:
-        recorded = json.loads(record.read_text())["input"]
+        record = json.loads(_input_record_path(out, path.stem).read_text())
+        recorded = Path(record["input"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # no (readable) record
-    if recorded != str(path.resolve()):
+    if recorded.exists():
+        same = os.path.samefile(recorded, path)
+    else:
+        stat = path.stat()
+        same = [record.get("bytes"), record.get("mtime_ns")] == [stat.st_size, stat.st_mtime_ns]
+    if not same:
         raise OutputExistsError(
             f"{out} holds the results of {recorded}, another file named {path.stem!r}; "
             f"analyse {path} into another --out folder (or delete those results)"
         )
+
+
+def _input_record(path: Path) -> str:
+    """What :func:`check_same_input` recognises a file by (JSON)."""
+    stat = path.stat()
+    return json.dumps(
+        {"input": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    )
 
 
 def finished_reason(path: Path, out: Path) -> str | None:
@@ -506,7 +521,7 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
         )
         staged_table = write_table(table, job.parts / STAGED_TABLE)
         staged_record = job.parts / "input.json"
-        staged_record.write_text(json.dumps({"input": str(Path(job.source).resolve())}))
+        staged_record.write_text(_input_record(Path(job.source)))
         for folder in (labels.parent, table_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         table_path.unlink(missing_ok=True)

@@ -466,8 +466,14 @@ def _track_each_source(
 
     sources = table["source"].unique() if "source" in table else [None]
     targets = {
-        source: out if len(sources) == 1 else out / Path(str(source)).stem for source in sources
+        source: out if len(sources) == 1 else out / (Path(str(source)).stem or "unnamed")
+        for source in sources
     }
+    if len(set(targets.values())) < len(targets):
+        raise BloodcellError(
+            f"sources {', '.join(map(str, sources))} would share tracking folders in {out}; "
+            "track them one at a time (a table per source) into different --out folders"
+        )
     taken = [] if overwrite else [t for t in targets.values() if existing_tracking_files(t)]
     if taken and not skip_existing:
         raise OutputExistsError(

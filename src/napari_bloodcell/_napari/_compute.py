@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import pandas as pd
@@ -119,9 +119,14 @@ def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
     raw = np.asarray(data[index])
     if raw.size and raw.min() == raw.max():
         return None
+    frame_axes = layout.axes.replace("T", "")
+    alone = partial(image_from_array, raw, axes=frame_axes, channels_named=layout.typed)
     if "T" not in layout.axes:
-        return image_from_array(raw, axes=layout.axes, channels_named=layout.typed).data[0]
-    stack = lazy_image_from_array(data, layout.axes, channels_named=layout.typed).data
+        return alone().data[0]
+    try:
+        stack = lazy_image_from_array(data, layout.axes, channels_named=layout.typed).data
+    except InputImageError:  # the stack's frame sample is unusable (NaN in another frame …)
+        return alone().data[0]  # this frame on its own terms (a batch would refuse the stack)
     return np.asarray(stack[t].compute(scheduler="sync"))
 
 
