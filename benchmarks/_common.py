@@ -25,6 +25,22 @@ def model_benchmark_arguments(description: str):
     return parser.parse_args()
 
 
+def model_files_arguments(description: str, models_help: str, result: str):
+    """Parsed ``models`` (files), ``--data``, ``--bccd-crops`` and ``--result`` of the
+    benchmarks that score given model files (the shared PBC and BCCD folders required)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("models", nargs="+", type=Path, help=models_help)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
+    parser.add_argument("--result", default=result, help="results file name")
+    args = parser.parse_args()
+    require(args.data / "pbc")
+    require(args.bccd_crops)
+    return parser, args
+
+
 def require(path: Path) -> Path:
     """Exit cleanly (status 0, with a message) when a shared dataset is absent."""
     if not path.exists():

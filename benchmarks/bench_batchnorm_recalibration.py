@@ -16,12 +16,11 @@ saw)::
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_DATA, require, write_result
+from _common import model_files_arguments, write_result
 from bench_training_variants import evaluate
 
 from napari_bloodcell.classification.datasets import load_crop_dataset
@@ -77,14 +76,9 @@ def recalibrate_batchnorm(model: Path, pbc: Path, *, augmented: bool) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", type=Path, help="PBC-only models (.keras)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
-    parser.add_argument("--result", default="batchnorm_recalibration")
-    args = parser.parse_args()
-    require(args.data / "pbc")
-    require(args.bccd_crops)
+    _, args = model_files_arguments(
+        __doc__.splitlines()[0], "PBC-only models (.keras)", "batchnorm_recalibration"
+    )
     results = {}
     for model in args.models:
         recalibrated = [

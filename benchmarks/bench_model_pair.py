@@ -15,11 +15,10 @@ seed (hence the same split), scored like ``bench_training_variants.py`` scores t
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_DATA, require, write_result
+from _common import model_files_arguments, write_result
 from bench_training_variants import PBC_ONLY_PREFIX, evaluate
 
 from napari_bloodcell.classification.calibration import calibration_record
@@ -96,16 +95,11 @@ def validation_scores(pair: AveragedClassifier, folders: list[Path]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", type=Path, help="pairs of models (.keras)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--bccd-crops", type=Path, default=Path("runs/bccd_crops"))
-    parser.add_argument("--result", default="model_pairs")
-    args = parser.parse_args()
+    parser, args = model_files_arguments(
+        __doc__.splitlines()[0], "pairs of models (.keras)", "model_pairs"
+    )
     if len(args.models) % 2:
         parser.error("give the models in pairs")
-    require(args.data / "pbc")
-    require(args.bccd_crops)
     results = {}
     for first, second in zip(args.models[::2], args.models[1::2], strict=True):
         name = f"{first.stem}+{second.stem}"

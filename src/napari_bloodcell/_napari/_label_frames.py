@@ -72,7 +72,21 @@ class CompressedLabelFrames:
         return self._cached[1]
 
 
-class LabelFramesView:
+class _ShapedArrayLike:
+    """What napari reads of an array-like besides indexing: ``size`` and ``len`` from
+    ``shape``."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class LabelFramesView(_ShapedArrayLike):
     """The first ``n_frames`` of a :class:`CompressedLabelFrames` as a (T, Y, X) array-like.
 
     Indexing decompresses only the frames selected on the first axis and returns a new
@@ -92,13 +106,6 @@ class LabelFramesView:
     def nbytes_compressed(self) -> int:
         """Memory held by the whole frame store (all frames, compressed)."""
         return self._frames.nbytes_compressed
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         stacked = self._stack(range(self.shape[0]))
@@ -163,7 +170,7 @@ class LabelFramesView:
         return out
 
 
-class WithChannelAxis:
+class WithChannelAxis(_ShapedArrayLike):
     """A label array-like (e.g. a :class:`LabelFramesView`) with a size-1 axis inserted at
     ``axis``, for an image whose channels napari shows on a slider (see ``Placement``).
 
@@ -179,13 +186,6 @@ class WithChannelAxis:
         self.shape = (*data.shape[:axis], 1, *data.shape[axis:])
         self.dtype = data.dtype
         self.ndim = data.ndim + 1
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return np.expand_dims(np.asarray(self._data, dtype=dtype), self.axis)
