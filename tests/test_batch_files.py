@@ -1,4 +1,4 @@
-"""Files of a batch run: label stacks too large for classic TIFF offsets."""
+"""Files of a batch run and of a training run: never over files they do not own."""
 
 import numpy as np
 import tifffile
@@ -18,3 +18,13 @@ def test_large_label_stacks_are_written_as_bigtiff(tmp_path, monkeypatch):
     with tifffile.TiffFile(large) as tif:
         assert tif.is_bigtiff
         np.testing.assert_array_equal(tif.asarray(), frames)
+
+
+def test_learning_curves_of_a_dotted_model_name_keep_the_whole_name(tmp_path):
+    from napari_bloodcell.classification.training import write_learning_curves
+
+    (tmp_path / "run.csv").write_text("a user's table")
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.7]}
+    written = write_learning_curves(history, tmp_path / "run.1_history")
+    assert [p.name for p in written] == ["run.1_history.csv", "run.1_history.png"]
+    assert (tmp_path / "run.csv").read_text() == "a user's table"

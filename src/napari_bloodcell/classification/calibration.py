@@ -127,5 +127,5 @@ def calibrate_model_file(
         train_features, train_labels, train_domains, validation_features, validation_domains
     )
     record["novelty_reference"] = metadata.training["novelty_reference"] = novelty is not None
-    update_metadata(model_path, metadata, novelty)
+    update_metadata(classifier.path, metadata, novelty)  # a model name resolved to its file
     return record

@@ -566,7 +566,8 @@ def write_learning_curves(history: dict[str, list[float]], stem: Path) -> list[P
 
     frame = pd.DataFrame(history)
     frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
-    csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
+    # not with_suffix: a model named "run.1" would write run.csv over another file
+    csv_path, png_path = stem.with_name(f"{stem.name}.csv"), stem.with_name(f"{stem.name}.png")
     frame.to_csv(csv_path)
     plt = agg_pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
