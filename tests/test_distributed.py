@@ -159,3 +159,15 @@ def test_units_are_submitted_a_few_per_worker_thread_at_a_time(client):
         results[index] = result
     assert results == {i: i * i for i in range(12) if i != 5}  # 5 was skipped, not run
     assert max(in_flight) <= TASKS_PER_THREAD * threads < 12
+
+
+@pytest.mark.parametrize("address", ["nonsense", "tcp://10.0.0.5:port", "ftp://host:8786"])
+def test_a_malformed_scheduler_address_is_a_clear_error(address):
+    from napari_bloodcell.distributed import open_client
+    from napari_bloodcell.errors import BloodcellError
+
+    with (
+        pytest.raises(BloodcellError, match="is not a Dask scheduler address"),
+        open_client(scheduler=address),
+    ):
+        pass

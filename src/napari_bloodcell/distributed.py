@@ -65,6 +65,19 @@ class TensorFlowThreads(WorkerPlugin):
         os.environ["TF_NUM_INTEROP_THREADS"] = str(TENSORFLOW_INTER_OP_THREADS)
 
 
+def check_scheduler_address(address: str) -> None:
+    """Refuse (:class:`BloodcellError`) what distributed cannot parse as an address."""
+    from distributed.comm import get_address_host_port, normalize_address
+
+    try:
+        get_address_host_port(normalize_address(address))
+    except ValueError as exc:
+        raise BloodcellError(
+            f"{address!r} is not a Dask scheduler address ({exc}); expected e.g. "
+            f"tcp://10.0.0.5:8786"
+        ) from None
+
+
 @contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
     """A Dask client: a new ``LocalCluster`` of ``workers`` processes (one thread each),
@@ -76,6 +89,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     if workers is not None and workers < 1:
         raise BloodcellError(f"--workers must be at least 1, got {workers}")
     if scheduler:
+        check_scheduler_address(scheduler)
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
