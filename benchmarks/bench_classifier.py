@@ -36,7 +36,7 @@ TARGET_CLASSES = ["neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophi
 
 def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> dict:
     crops = prepare_crop_files(files, size=classifier.input_size, scale=classifier.crop_scale)
-    probabilities, features = classifier.predict(crops.astype(np.float32) / 255)
+    probabilities, features = classifier.predict(crops)
     lookup = {c: i for i, c in enumerate(classifier.classes)}
     y_true = np.array([lookup[c] for c in truth])
     metrics = classification_metrics(y_true, probabilities.argmax(axis=1), classifier.classes)

@@ -3,13 +3,16 @@
 import json
 import zipfile
 from dataclasses import replace as replace_config
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from napari_bloodcell.classification.datasets import (
+    CropDataset,
     find_labelled_files,
     load_crop_dataset,
+    source_id,
     split_by_source,
 )
 from napari_bloodcell.classification.evaluation import classification_metrics, evaluate_classifier
@@ -113,6 +116,110 @@ def test_split_is_by_source_and_seeded(tmp_path):
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     again = split_by_source(dataset, (0.2, 0.2), seed=3)
     assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+
+
+def test_crops_of_one_frame_in_two_folders_stay_in_one_part():
+    """Crops of frame ``f1`` filed in folders A and B were two sources, split apart."""
+    sources = np.array(["A/f1", "B/f1", "A/f2", "B/f3", "A/f4", "B/f4"] * 5)
+    dataset = CropDataset(
+        images=np.zeros((30, 1)),
+        labels=np.zeros(30, int),
+        classes=["a"],
+        sources=sources,
+        domains=np.zeros(30, int),
+        files=np.zeros(30),
+    )
+    for seed in range(10):
+        parts = [
+            set(s.split("/")[1] for s in sources[i])
+            for i in split_by_source(dataset, (0.3, 0.3), seed)
+        ]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set().union(*parts) == {"f1", "f2", "f3", "f4"}
+
+
+def test_the_current_folder_is_recorded_by_its_name(tmp_path, monkeypatch):
+    """``train .`` recorded sources as "/name": no folder name to match them by."""
+    monkeypatch.chdir(tmp_path)
+    assert source_id(tmp_path / "round" / "x__1.png", Path(".")) == f"{tmp_path.name}/x"
+
+
+def test_class_folders_are_searched_to_the_bottom_and_must_hold_images(tmp_path):
+    write_crop_folder(tmp_path, n_per_class=2, seed=0)
+    nested = tmp_path / "round" / "day2"
+    nested.mkdir()
+    (tmp_path / "round" / "round0.png").rename(nested / "round0.png")
+    (tmp_path / "lobed" / ".thumbnails").mkdir()
+    (tmp_path / "lobed" / "lobed0.png").rename(tmp_path / "lobed" / ".thumbnails" / "x.png")
+    found, _ = find_labelled_files([tmp_path])
+    assert sorted(f.name for f, _, _ in found) == ["lobed1.png", "round0.png", "round1.png"]
+    (tmp_path / "basophil").mkdir()
+    with pytest.raises(DatasetError, match="basophil: no image files"):
+        find_labelled_files([tmp_path])
+
+
+def test_small_data_folders_are_repeated_to_a_quarter_of_the_largest():
+    from napari_bloodcell.classification.training import oversample_small_domains
+
+    domains = np.repeat([0, 1], [100, 11])  # 11 × round(2.27) = 22 < 25 % of 100
+    dataset = CropDataset(
+        np.zeros((111, 1)), np.zeros(111, int), ["a"], np.arange(111).astype(str), domains,
+        np.zeros(111),
+    )  # fmt: skip
+    repeated = oversample_small_domains(dataset, np.arange(111), np.random.default_rng(0))
+    assert np.bincount(domains[repeated]).tolist() == [100, 33]
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number ≥ 1"),
+        ({"seed": -1}, "seed must be a whole number ≥ 0"),
+        ({"epochs": 2.5}, "epochs must be a whole number"),
+        ({"input_size": 8}, "input_size must be a whole number of pixels ≥ 16"),
+        ({"learning_rate": 0.0}, "learning_rate must be above 0"),
+        ({"validation_fraction": 0.0}, "validation_fraction"),
+        ({"validation_fraction": 0.5, "test_fraction": 0.5}, "both together below 1"),
+    ],
+)
+def test_impossible_training_settings_are_refused_before_training(setting, message):
+    from napari_bloodcell.classification.training import TrainingConfig
+    from napari_bloodcell.errors import BloodcellError
+
+    with pytest.raises(BloodcellError, match=message):
+        TrainingConfig(**setting).resolved()
+
+
+def test_fine_tuning_refuses_another_input_size(tiny_model):
+    from napari_bloodcell.classification.training import TrainingConfig
+    from napari_bloodcell.errors import BloodcellError
+
+    with pytest.raises(BloodcellError, match="keeps its input size"):
+        TrainingConfig(init_model=str(tiny_model), input_size=64).resolved()
+    assert TrainingConfig(init_model=str(tiny_model), input_size=32).resolved().size == 32
+
+
+def test_crops_as_bytes_are_classified_as_their_floats(tiny_model, tiny_heldout):
+    from napari_bloodcell.classification.datasets import prepare_crop_files
+
+    classifier = CellClassifier(tiny_model)
+    files, _ = find_labelled_files([tiny_heldout])
+    crops = prepare_crop_files([f for f, _, _ in files][:10], size=32, scale=classifier.crop_scale)
+    assert crops.dtype == np.uint8
+    np.testing.assert_allclose(
+        classifier.predict_proba(crops), classifier.predict_proba(crops / 255), atol=1e-5
+    )
+
+
+def test_evaluation_scores_only_images_the_model_never_learnt_from(tiny_model, tiny_heldout):
+    data = tiny_model.parent / "data"  # trained on it with no test part
+    with pytest.raises(DatasetError, match="none of their images are in its test split"):
+        evaluate_classifier([data], tiny_model)
+    metrics, _ = evaluate_classifier([data, tiny_heldout], tiny_model)
+    assert metrics["n"] == 40 and metrics["split_parts"] == {"other": 40}
+    metrics, _ = evaluate_classifier([data, tiny_heldout], tiny_model, all_images=True)
+    assert metrics["n"] == 96 + 40
+    assert metrics["split_parts"]["other"] == 40 and metrics["split_parts"]["validation"] > 0
 
 
 def test_metrics_on_known_predictions():

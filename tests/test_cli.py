@@ -252,6 +252,23 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny
     assert "accuracy" in json.loads((out / "metrics.json").read_text())
 
 
+def test_evaluate_warns_when_it_scores_training_images(tmp_path, tiny_model, capsys):
+    data = tiny_model.parent / "data"
+    assert run_cli("evaluate", data, "--model", tiny_model, "--out", tmp_path / "e") == 2
+    assert "test split" in capsys.readouterr().err
+    args = ["--model", tiny_model, "--out", tmp_path / "e", "--all-images"]
+    assert run_cli("evaluate", data, *args) == 0
+    assert "96 images scored were used to train or calibrate" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_file_as_its_folder(tmp_path, tiny_model, tiny_heldout, capsys):
+    (tmp_path / "e.json").write_text("mine")
+    args = ["--model", tiny_model, "--out", tmp_path / "e.json"]
+    assert run_cli("evaluate", tiny_heldout, *args) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "e.json").read_text() == "mine"
+
+
 def test_evaluate_refuses_unknown_class_folders(tmp_path, tiny_model, tiny_heldout, capsys):
     (tiny_heldout / "basophil").mkdir(exist_ok=True)
     try:
@@ -284,6 +301,11 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert run_cli("train", tiny_heldout, *args, "--overwrite", "--lamp-jitter", "-0.3") == 2
     assert run_cli("train", tiny_heldout, "--init", model, "--mixstyle", "0.5",
                    "--out", tmp_path / "mix.keras") == 2  # MixStyle: from scratch only  # fmt: skip
+    for network_option in (["--arch", "coursework"], ["--normalization", "group"]):
+        assert run_cli("train", tiny_heldout, "--init", model, *network_option,
+                       "--out", tmp_path / "net.keras") == 2  # the --init model's  # fmt: skip
+    for bad in (["--batch-size", "0"], ["--seed", "-1"]):
+        assert run_cli("train", tiny_heldout, *args, "--overwrite", *bad) == 2
     table_path = tmp_path / "pred.csv"
     for bad in (tmp_path / "pred.txt", tmp_path / "missing" / "pred.csv"):  # refused at once
         assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", bad) == 2
@@ -320,6 +342,24 @@ def test_demo_runs_on_generated_data_and_scores_it(tmp_path, capsys):
     assert run_cli("demo", "--out", out) == 2
 
 
+def test_demo_after_an_interrupted_run_scores_its_own_inputs(tmp_path):
+    """An interrupted demo leaves results but no report; the next run skipped those inputs
+    as finished and scored their stale results against its new ground truth."""
+    from napari_bloodcell.demo import run_demo
+
+    run_demo(tmp_path / "first", seed=0, model=None)
+    (tmp_path / "first" / "demo_report.json").unlink()  # interrupted before the report
+    run_demo(tmp_path / "first", seed=1, model=None)
+    run_demo(tmp_path / "fresh", seed=1, model=None)
+    reports = [
+        json.loads((tmp_path / d / "demo_report.json").read_text()) for d in ("first", "fresh")
+    ]
+    for report in reports:
+        report.pop("seconds", None)
+    assert reports[0]["smear"] == reports[1]["smear"]
+    assert reports[0]["timelapse"] == reports[1]["timelapse"]
+
+
 @requires_bccd
 def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
     frames = [SHARED_DATA / "bccd" / "JPEGImages" / f"BloodImage_0000{i}.jpg" for i in (0, 3)]
@@ -331,6 +371,19 @@ def test_analyze_real_bccd_frames_with_the_default_model(tmp_path):
     assert wbc["cell_class"].notna().all() and (wbc["confidence"] > 0).all()
     assert len(table[table.cell_type == "rbc"]) > 10
     assert tifffile.imread(out / "labels" / "BloodImage_00000.tif").shape == (480, 640)
+
+
+def test_calibrate_needs_every_folder_the_model_was_trained_on(tmp_path, tiny_model, capsys):
+    """Given part of the folders, the temperature was fitted on a handful of images."""
+    from napari_bloodcell.classification.inference import CellClassifier
+    from napari_bloodcell.classification.model_files import save_model
+
+    trained = CellClassifier(tiny_model)
+    metadata = trained.metadata
+    metadata.training["data_dir_names"] = ["data", "bccd_crops"]
+    copy = save_model(trained.keras_model(), tmp_path / "two.keras", metadata)
+    assert run_cli("calibrate", copy, tiny_model.parent / "data") == 2
+    assert "trained on folders named bccd_crops too" in capsys.readouterr().err
 
 
 def test_calibrate_refits_the_temperature_on_validation_sources(
@@ -350,6 +403,8 @@ def test_calibrate_refits_the_temperature_on_validation_sources(
     assert run_cli("calibrate", copy, data) == 0
     record = json.loads(capsys.readouterr().out)
     assert "temperature" in record and record["novelty_reference"] is False  # 96 crops: too few
+    n_validation = len(read_metadata(copy).training["validation_sources"])
+    assert record["validation_sources"] == {"recorded": n_validation, "found": n_validation}
     assert read_metadata(copy).temperature > 0 and read_novelty_reference(copy) is None
     with monkeypatch.context() as patch:  # minimums lowered: a reference of 2 classes × 1 folder
         patch.setattr(novelty, "MIN_TRAINING_CROPS", 10)

@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --init: train the head only, the body frozen (measured worse than "
         "fine-tuning it all with ~50 crops per class; see docs/benchmarks.md)",
     )
-    train.add_argument("--arch", choices=["compact", "coursework"], default="compact")
+    train.add_argument(
+        "--arch", choices=["compact", "coursework"], help="network (default compact)"
+    )
     train.add_argument(
         "--input-size", type=int, help="crop side in pixels (default per architecture)"
     )
@@ -217,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--ignore-unknown", action="store_true", help="skip class folders the model does not know"
+    )
+    evaluate.add_argument(
+        "--all-images",
+        action="store_true",
+        help="also score the images of the model's training and validation split (by default "
+        "a folder the model was trained on contributes its test split only)",
     )
     evaluate.add_argument("--overwrite", action="store_true", help="replace an evaluation in OUT")
     evaluate.set_defaults(run=_run_evaluate)
@@ -391,6 +399,12 @@ def _run_train(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.head_only and not args.init:
         raise BloodcellError("--head-only needs --init MODEL (the body to keep)")
+    network_options = {"--arch": args.arch, "--normalization": args.normalization}
+    if args.init and any(value is not None for value in network_options.values()):
+        raise BloodcellError(
+            f"{', '.join(k for k, v in network_options.items() if v is not None)}: a "
+            f"fine-tuned network keeps the --init model's; leave them out with --init"
+        )
     given = {
         field: value
         for field, value in {
@@ -414,7 +428,7 @@ def _run_train(args) -> int:
     if args.init:
         config = fine_tuning_config(args.init, train_body=not args.head_only, **given)
     else:
-        config = TrainingConfig(architecture=args.arch, **given)
+        config = TrainingConfig(architecture=args.arch or "compact", **given)
     result = train_classifier(args.data_dirs, out, config)
     print(describe(result))
     return 0
@@ -516,9 +530,23 @@ def _run_evaluate(args) -> int:
     )
 
     check_evaluation_folder(args.out, overwrite=args.overwrite)  # before the evaluation runs
-    metrics, _ = evaluate_classifier(args.data_dirs, args.model, ignore_unknown=args.ignore_unknown)
+    metrics, _ = evaluate_classifier(
+        args.data_dirs,
+        args.model,
+        ignore_unknown=args.ignore_unknown,
+        all_images=args.all_images,
+    )
     written = write_evaluation(metrics, args.out, overwrite=args.overwrite)
-    print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1")}, indent=2))
+    print(
+        json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1", "split_parts")}, indent=2)
+    )
+    learnt = sum(metrics["split_parts"].get(part, 0) for part in ("train", "validation"))
+    if learnt:
+        print(
+            f"warning: {learnt} of the {metrics['n']} images scored were used to train or "
+            f"calibrate the model; these figures overstate its accuracy",
+            file=sys.stderr,
+        )
     print(f"wrote {', '.join(map(str, written))}")
     return 0
 

@@ -51,7 +51,7 @@ def run_demo(
         out,
         AnalysisSettings(modality="auto"),
         model=model,
-        overwrite=overwrite,
+        overwrite=True,  # results of the inputs just written, even of an interrupted demo
     )
     table = summary.table
     predicted_smear = tifffile.imread(out / "labels" / f"{smear_path.stem}.tif")

@@ -70,16 +70,23 @@ def calibrate_model_file(
     """Fit the temperature and the novelty reference of a model file on its recorded split
     and store them.
 
-    ``data_dirs`` are the folders the model was trained on. The temperature and the novelty
+    ``data_dirs`` must include every folder the model was trained on (matched by name;
+    another folder is not training data and is ignored). The temperature and the novelty
     threshold are fitted on the items whose source image is in the model's
-    ``validation_sources``; the novelty's class means and covariance on the training items
-    (neither validation nor test sources) of the folders named as those it was trained on
-    (another folder is not training data). ``views`` first
-    changes the model's test-time views (both depend on them). The novelty reference is
-    replaced, or removed when the crops are too few for one.
+    ``validation_sources``; the novelty's class means and covariance on its training items.
+    ``views`` first changes the model's test-time views (both depend on them). The novelty
+    reference is replaced, or removed when the crops are too few for one. The record
+    returned counts the validation sources found against those recorded.
     """
     from ..errors import DatasetError
-    from .datasets import find_labelled_files, prepare_crop_files, source_id
+    from .datasets import (
+        find_labelled_files,
+        folder_name,
+        parts_in_model_split,
+        prepare_crop_files,
+        source_id,
+        trained_folder_names,
+    )
     from .inference import CellClassifier
     from .model_files import checked_views, update_metadata
     from .novelty import fit_novelty_reference
@@ -88,39 +95,44 @@ def calibrate_model_file(
     metadata = classifier.metadata
     if views is not None:
         metadata.test_time_views = checked_views(views)
-    validation = set(metadata.training.get("validation_sources", []))
-    held_out = validation | set(metadata.training.get("test_sources", []))
-    parts: dict[str, list[tuple[Path, str, int]]] = {"validation": [], "train": []}
-    trained_on = {Path(d).name for d in metadata.training.get("data_dirs", [])}
-    for domain, data_dir in enumerate(map(Path, data_dirs)):
-        if data_dir.name not in trained_on:
-            continue  # not one of the folders the model was trained on (by name)
-        found, _ = find_labelled_files([data_dir], metadata.classes, ignore_unknown=True)
-        for f, c, _ in found:
-            source = source_id(f, data_dir)
-            if source in validation:
-                parts["validation"].append((f, c, domain))
-            elif source not in held_out:
-                parts["train"].append((f, c, domain))
-    folders = ", ".join(map(str, data_dirs))
+    data_dirs = [Path(d) for d in data_dirs]
+    missing = trained_folder_names(metadata.training) - {folder_name(d) for d in data_dirs}
+    if missing:
+        raise DatasetError(
+            f"{classifier.name} was trained on folders named {', '.join(sorted(missing))} too; "
+            f"give every folder it was trained on (a temperature fitted on part of its "
+            f"validation images would fit that part only)"
+        )
+    found, _ = find_labelled_files(data_dirs, metadata.classes, ignore_unknown=True)
+    part_of_item = parts_in_model_split(found, data_dirs, metadata.training)
+    parts = {
+        name: [item for item, part in zip(found, part_of_item, strict=True) if part == name]
+        for name in ("validation", "train")
+    }
+    recorded = len(metadata.training.get("validation_sources", []))
+    found_sources = {source_id(f, data_dirs[d]) for f, _, d in parts["validation"]}
     if not parts["validation"]:
         raise DatasetError(
-            f"none of the model's {len(validation)} validation sources are in {folders}; "
-            f"give the folders it was trained on ({', '.join(sorted(trained_on))})"
+            f"none of the model's {recorded} validation sources are in "
+            f"{', '.join(map(str, data_dirs))}; give the folders it was trained on"
         )
     if not parts["train"]:
-        raise DatasetError(f"{folders} hold no training images of the model, only held-out ones")
+        raise DatasetError(
+            f"{', '.join(map(str, data_dirs))} hold no training images of the model, "
+            f"only held-out ones"
+        )
     metadata.temperature = 1.0  # uncalibrated probabilities, averaged over the views
     predicted = {}
     for name, items in parts.items():
         files, classes, domains = zip(*items, strict=True)
         crops = prepare_crop_files(files, size=metadata.input_size, scale=metadata.crop_scale)
         labels = np.array([metadata.classes.index(c) for c in classes])
-        predicted[name] = (*classifier.predict(crops.astype(np.float32) / 255), labels, domains)
+        predicted[name] = (*classifier.predict(crops), labels, domains)
     probabilities, validation_features, labels, validation_domains = predicted["validation"]
     _, train_features, train_labels, train_domains = predicted["train"]
     record = calibration_record(probabilities, labels)
     record["test_time_views"] = metadata.test_time_views
+    record["validation_sources"] = {"recorded": recorded, "found": len(found_sources)}
     metadata.temperature = record["temperature"]
     metadata.training["calibration"] = record
     novelty = fit_novelty_reference(

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetError, OutputExistsError
 from .calibration import expected_calibration_error
-from .datasets import load_crop_dataset
+from .datasets import find_labelled_files, parts_in_model_split, prepare_crop_files
 from .inference import CellClassifier
 
 
@@ -58,8 +59,14 @@ def evaluate_classifier(
     *,
     ignore_unknown: bool = False,
     uncertain_threshold: float | None = None,
+    all_images: bool = False,
 ) -> tuple[dict, CellClassifier]:
-    """Classify every crop of labelled folders and score the result.
+    """Classify the crops of labelled folders and score the result.
+
+    Only images the model never learnt from are scored: of a folder the model was trained
+    on (by name, see :func:`.datasets.parts_in_model_split`) its test split, of any other
+    folder every image. ``all_images`` scores every image, training ones included
+    (``metrics["split_parts"]`` counts the scored images by part).
 
     ``accuracy``, ``macro_f1``, ``per_class`` and the confusion matrix count every crop
     with its most probable class (comparable with other work); ``uncertain_rate`` and
@@ -67,23 +74,33 @@ def evaluate_classifier(
     ``ece`` and ``coverage_curve`` describe calibration and the coverage/accuracy trade-off.
     """
     classifier = CellClassifier(model)
-    dataset = load_crop_dataset(
-        data_dirs,
-        size=classifier.input_size,
-        scale=classifier.crop_scale,
-        classes=classifier.classes,
-        ignore_unknown=ignore_unknown,
+    data_dirs = [Path(d) for d in data_dirs]
+    found, _ = find_labelled_files(data_dirs, classifier.classes, ignore_unknown=ignore_unknown)
+    parts = parts_in_model_split(found, data_dirs, classifier.metadata.training)
+    scored = np.ones(len(found), bool) if all_images else np.isin(parts, ["test", "other"])
+    if not scored.any():
+        raise DatasetError(
+            f"{classifier.name} was trained on {', '.join(map(str, data_dirs))} and none of "
+            f"their images are in its test split; evaluate it on other folders, or pass "
+            f"--all-images (all_images=True) to score the images it learnt from"
+        )
+    items = [item for item, keep in zip(found, scored, strict=True) if keep]
+    crops = prepare_crop_files(
+        [f for f, _, _ in items], size=classifier.input_size, scale=classifier.crop_scale
     )
-    probabilities = classifier.predict_proba(dataset.images.astype(np.float32) / 255)
+    labels = np.array([classifier.classes.index(c) for _, c, _ in items])
+    probabilities = classifier.predict_proba(crops)
     threshold = (
         classifier.metadata.uncertain_threshold
         if uncertain_threshold is None
         else uncertain_threshold
     )
-    metrics = score_probabilities(probabilities, dataset.labels, classifier.classes, threshold)
+    metrics = score_probabilities(probabilities, labels, classifier.classes, threshold)
     metrics["model"] = str(classifier.path)
     metrics["test_time_views"] = classifier.metadata.test_time_views
     metrics["data_dirs"] = [str(d) for d in data_dirs]
+    names, counts = np.unique(parts[scored], return_counts=True)
+    metrics["split_parts"] = {str(k): int(n) for k, n in zip(names, counts, strict=True)}
     return metrics, classifier
 
 
@@ -107,6 +124,10 @@ def score_probabilities(
     return metrics
 
 
+BOOTSTRAP_CHUNK = 100
+"""Bootstrap resamples drawn at a time (memory: chunk × items indices)."""
+
+
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a proportion (nan, nan when there are no trials)."""
     if trials == 0:
@@ -122,17 +143,24 @@ def add_confidence_intervals(
 ) -> None:
     """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1."""
     rng = np.random.default_rng(seed)
-    n = len(labels)
-    resamples = rng.integers(0, n, (n_boot, n)) if n else np.zeros((0, 0), dtype=int)
-    for k, name in enumerate(metrics["classes"]):
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    n, classes = len(labels), metrics["classes"]
+    true = labels[:, None] == np.arange(len(classes))  # (N, K)
+    pred = predicted[:, None] == np.arange(len(classes))
+    f1_resampled = np.full((n_boot, len(classes)), np.nan)
+    for start in range(0, n_boot if n else 0, BOOTSTRAP_CHUNK):  # not 1000 × N indices at once
+        resamples = rng.integers(0, n, (min(BOOTSTRAP_CHUNK, n_boot - start), n))
+        tp = (true & pred)[resamples].sum(axis=1)  # (chunk, K)
+        denominator = true[resamples].sum(axis=1) + pred[resamples].sum(axis=1)
+        f1_resampled[start : start + len(resamples)] = np.divide(
+            2 * tp, denominator, out=np.full(tp.shape, np.nan), where=denominator > 0
+        )
+    for k, name in enumerate(classes):
         entry = metrics["per_class"][name]
-        true_k, pred_k = labels == k, predicted == k
-        hits = int(np.sum(true_k & pred_k))
-        entry["precision_ci95"] = wilson_interval(hits, int(pred_k.sum()))
-        entry["recall_ci95"] = wilson_interval(hits, int(true_k.sum()))
-        tp = (true_k & pred_k)[resamples].sum(axis=1)
-        denominator = true_k[resamples].sum(axis=1) + pred_k[resamples].sum(axis=1)
-        f1 = np.divide(2 * tp, denominator, out=np.full(len(tp), np.nan), where=denominator > 0)
+        hits = int(np.sum(true[:, k] & pred[:, k]))
+        entry["precision_ci95"] = wilson_interval(hits, int(pred[:, k].sum()))
+        entry["recall_ci95"] = wilson_interval(hits, int(true[:, k].sum()))
+        f1 = f1_resampled[:, k]
         entry["f1_ci95"] = (
             tuple(float(v) for v in np.nanpercentile(f1, [2.5, 97.5]))
             if np.isfinite(f1).any()
@@ -176,9 +204,10 @@ EVALUATION_FILES = ("metrics.json", "confusion_matrix.png", "reliability.png")
 
 
 def check_evaluation_folder(out: Path, *, overwrite: bool = False) -> None:
-    """Refuse (:class:`OutputExistsError`) a folder holding an evaluation, unless ``overwrite``."""
-    from ..errors import OutputExistsError
-
+    """Refuse (:class:`OutputExistsError`) a folder holding an evaluation, unless ``overwrite``,
+    and a path that is not a folder."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise OutputExistsError(f"{out} is a file; evaluation results need a folder (--out)")
     existing = [name for name in EVALUATION_FILES if (Path(out) / name).exists()]
     if existing and not overwrite:
         raise OutputExistsError(

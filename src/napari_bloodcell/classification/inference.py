@@ -55,7 +55,7 @@ class ModelFileClassifier:
         raise NotImplementedError
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities (N, K) of crops (N, S, S, 3) in [0, 1]."""
+        """Calibrated class probabilities (N, K) of crops (N, S, S, 3) (see :meth:`predict`)."""
         return self.predict(crops)[0]
 
     def classify(
@@ -125,9 +125,9 @@ class CellClassifier(ModelFileClassifier):
 
     def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated class probabilities (N, K) and pooled features (N, D) for crops
-        (N, S, S, 3) in [0, 1]: the mean over the model's ``test_time_views`` views, then
-        (probabilities) its temperature."""
-        crops = np.asarray(crops, dtype=np.float32)
+        (N, S, S, 3), floats in [0, 1] or uint8 (converted a batch at a time): the mean over
+        the model's ``test_time_views`` views, then (probabilities) its temperature."""
+        crops = crop_array(crops)
         if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
             raise ModelError(
                 f"crops of shape {crops.shape[1:]} do not fit model {self.name} "
@@ -137,10 +137,24 @@ class CellClassifier(ModelFileClassifier):
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         probabilities, features = predict_over_views(
             self._networks()[1],
-            (crops[i : i + PREDICT_BATCH] for i in range(0, len(crops), PREDICT_BATCH)),
+            (
+                as_unit_floats(crops[i : i + PREDICT_BATCH])
+                for i in range(0, len(crops), PREDICT_BATCH)
+            ),
             self.metadata.test_time_views,
         )
         return apply_temperature(probabilities, self.metadata.temperature), features
+
+
+def crop_array(crops) -> np.ndarray:
+    """Crops as a contiguous array: uint8 ones kept (4× smaller), any other as float32."""
+    crops = np.ascontiguousarray(crops)
+    return crops if crops.dtype == np.uint8 else crops.astype(np.float32, copy=False)
+
+
+def as_unit_floats(crops: np.ndarray) -> np.ndarray:
+    """Crops as float32 in [0, 1] (uint8 ones divided by 255)."""
+    return crops.astype(np.float32) / 255 if crops.dtype == np.uint8 else crops
 
 
 def predict_over_views(

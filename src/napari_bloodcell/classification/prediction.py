@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import InputImageError
-from ..reading import IMAGE_SUFFIXES
-from .datasets import prepare_crop_files
+from .datasets import image_files_under, prepare_crop_files
 from .inference import CellClassifier
 
 
 def collect_image_files(inputs: list[Path]) -> list[Path]:
-    """Image files given directly or found (recursively) in given folders, sorted."""
+    """Image files given directly or found (recursively, hidden folders skipped) in given
+    folders, sorted."""
     files: list[Path] = []
     for path in map(Path, inputs):
         if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            files += image_files_under(path)
         elif path.is_file():
             files.append(path)
         else:
@@ -37,6 +34,6 @@ def predict_files(
     classifier = CellClassifier(model)
     files = collect_image_files(inputs)
     crops = prepare_crop_files(files, size=classifier.input_size, scale=classifier.crop_scale)
-    table = classifier.classify(crops.astype(np.float32) / 255, uncertain_threshold)
+    table = classifier.classify(crops, uncertain_threshold)
     table.insert(0, "file", [str(f) for f in files])
     return table

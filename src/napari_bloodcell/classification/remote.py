@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .inference import ModelFileClassifier
+from .inference import ModelFileClassifier, crop_array
 
 _worker_classifier = None
 
@@ -61,8 +61,8 @@ class RemoteClassifier(ModelFileClassifier):
 
     def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities (N, K) and pooled features (N, D), computed in the
-        worker process."""
-        crops = np.ascontiguousarray(crops, dtype=np.float32)
+        worker process (crops as :meth:`.CellClassifier.predict` takes them)."""
+        crops = crop_array(crops)
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         try:

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from .architectures import (
     build_model,
 )
 from .calibration import calibration_record
-from .datasets import CropDataset, load_crop_dataset, split_by_source
+from .datasets import CropDataset, folder_name, load_crop_dataset, split_by_source
 from .inference import predict_over_views, with_features
 from .model_files import (
     ModelMetadata,
@@ -41,6 +42,8 @@ from .model_files import (
 from .novelty import fit_novelty_reference
 
 MIN_DOMAIN_SHARE = 0.25
+MIN_INPUT_SIZE = 16
+"""Smallest crop side (pixels) the networks' downsampling stages accept."""
 DEFAULT_TEST_TIME_VIEWS = 8
 """Views of a newly trained model (chosen for the default model on validation data)."""
 LR_CUT_FACTOR = 0.3
@@ -106,6 +109,29 @@ class TrainingConfig:
 
         from ..errors import BloodcellError
 
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("patience", 0),
+                              ("lr_patience", 0), ("seed", 0)):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or value < minimum:
+                raise BloodcellError(f"{name} must be a whole number ≥ {minimum}, got {value}")
+        if self.input_size is not None and not (
+            isinstance(self.input_size, Integral) and self.input_size >= MIN_INPUT_SIZE
+        ):
+            raise BloodcellError(
+                f"input_size must be a whole number of pixels ≥ {MIN_INPUT_SIZE}, "
+                f"got {self.input_size}"
+            )
+        if not self.learning_rate > 0:
+            raise BloodcellError(f"learning_rate must be above 0, got {self.learning_rate}")
+        if not (
+            0 < self.validation_fraction < 1
+            and 0 <= self.test_fraction < 1
+            and self.validation_fraction + self.test_fraction < 1
+        ):
+            raise BloodcellError(
+                f"validation_fraction ({self.validation_fraction}) must be in (0, 1), "
+                f"test_fraction ({self.test_fraction}) in [0, 1), and both together below 1"
+            )
         for name in ("stain_jitter", "max_blur_sigma", "hue_jitter", "lamp_jitter"):
             if not getattr(self, name) >= 0:
                 raise BloodcellError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -124,6 +150,11 @@ class TrainingConfig:
         if self.init_model is None:
             return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
         init = read_metadata(resolve_model_path(self.init_model))
+        if self.input_size not in (None, init.input_size):
+            raise BloodcellError(
+                f"input_size {self.input_size} differs from the {init.input_size} px of "
+                f"{self.init_model}: a fine-tuned network keeps its input size"
+            )
         return replace(
             self,
             architecture=init.architecture,
@@ -216,6 +247,7 @@ def train_classifier(
         test_time_views=config.test_time_views,
         training={
             "data_dirs": [str(Path(d)) for d in data_dirs],
+            "data_dir_names": [folder_name(d) for d in data_dirs],
             "config": {k: v for k, v in vars(config).items()},
             "n_items": int(len(dataset.labels)),
             "n_train_items_after_oversampling": int(len(train_idx)),
@@ -248,7 +280,7 @@ def oversample_small_domains(
         members = train_idx[domains == domain]
         if count == 0:
             continue
-        repeats = max(1, int(round(MIN_DOMAIN_SHARE * largest / count)))
+        repeats = max(1, int(np.ceil(MIN_DOMAIN_SHARE * largest / count)))
         parts.append(np.tile(members, repeats))
     return rng.permutation(np.concatenate(parts))
 
