@@ -511,10 +511,25 @@ def test_an_input_named_like_a_pattern_keeps_the_other_inputs_overlays(tmp_path)
     args = ["--out", out, "--no-classify", "--axes", "TYXC"]
     assert run_cli("analyze", tmp_path / "cell1.tif", tmp_path / "cell2.tif", *args) == 0
     assert run_cli("analyze", tmp_path / "cell[12].tif", *args) == 0  # 'cell[12]_t…' globs cell1
-    overlays = {p.name for p in (out / "overlays").iterdir()}
+    overlays = {str(p.relative_to(out / "overlays")) for p in (out / "overlays").rglob("*.png")}
     assert overlays == {
-        f"{stem}_t000{t}.png" for stem in ("cell1", "cell2", "cell[12]") for t in (0, 1)
+        f"{stem}/t000{t}.png" for stem in ("cell1", "cell2", "cell[12]") for t in (0, 1)
     }
+
+
+def test_a_frame_saved_from_a_stack_keeps_its_own_overlay(tmp_path):
+    """``movie_t0001.png`` and frame 1 of ``movie.tif`` had one overlay name: one replaced
+    the other."""
+    movie = make_timelapse(n_frames=2, shape=(64, 96), seed=3).image
+    tifffile.imwrite(tmp_path / "movie.tif", movie)
+    iio.imwrite(tmp_path / "movie_t0001.png", movie[1])
+    out = tmp_path / "out"
+    for inputs in (["movie.tif", "movie_t0001.png"], ["movie.tif"]):  # together, then a rerun
+        args = [tmp_path / name for name in inputs]
+        assert run_cli("analyze", *args, "--out", out, "--no-classify", "--overwrite") == 0
+        overlays = {str(p.relative_to(out / "overlays")) for p in (out / "overlays").rglob("*.png")}
+        assert overlays == {"movie/t0000.png", "movie/t0001.png", "movie_t0001.png"}
+        iio.imwrite(out / "overlays" / "movie_t0000.png", movie[0])  # an earlier version's
 
 
 def test_another_file_of_the_same_name_never_takes_or_replaces_the_results(tmp_path, capsys):

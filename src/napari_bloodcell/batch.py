@@ -6,7 +6,8 @@ Layout of ``out``::
                             (and cells.parquet with pyarrow)
     tables/<stem>.csv       one input's rows; written last, it marks that input as finished
     labels/<stem>.tif       uint32 instance labels, (Y, X) or (T, Y, X) like the input
-    overlays/<stem>[_tNNNN].png   outlines coloured by class (first frames of a stack)
+    overlays/<stem>.png     outlines coloured by class, of a single frame
+    overlays/<stem>/tNNNN.png       … of a stack's first frames (a folder: no name can clash)
     run.json                the last run: parameters, model, inputs analysed, skipped, failed
     .parts/<stem>/          one input's work in progress, removed when it is finished
 
@@ -555,19 +556,36 @@ def _pages_of(paths: list[Path]) -> Iterator[np.ndarray]:
 def _move_overlays(job: InputJob, out: Path) -> list[Path]:
     """Replace the input's old overlays by the ones its units wrote."""
     folder = out / "overlays"
-    own = re.compile(re.escape(job.stem) + r"(_t[0-9]{4})?\.png")  # a stem may hold [ ] * ?
-    for old in folder.iterdir() if folder.is_dir() else ():
-        another_input = old.stem != job.stem and _table_path(out, old.stem).exists()
-        if own.fullmatch(old.name) and not another_input:  # e.g. movie_t0001.tif's overlay
-            old.unlink(missing_ok=True)
+    for old in _old_overlays(job.stem, out):
+        old.unlink(missing_ok=True)
     moved = []
     for overlay in sorted(job.parts.glob("overlay_*.png")):
         t = int(overlay.stem.removeprefix("overlay_"))
-        suffix = f"_t{t:04d}" if job.n_frames > 1 else ""
-        target = folder / f"{job.stem}{suffix}.png"
-        folder.mkdir(parents=True, exist_ok=True)
+        target = (
+            folder / job.stem / f"t{t:04d}.png" if job.n_frames > 1 else folder / f"{job.stem}.png"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
         moved.append(overlay.replace(target))
     return moved
+
+
+def _old_overlays(stem: str, out: Path) -> list[Path]:
+    """The overlays of ``stem`` in ``out``: its PNG, the frames in its folder, and the
+    ``<stem>_tNNNN.png`` frames of earlier versions (not another input so named)."""
+    folder = out / "overlays"
+    if not folder.is_dir():
+        return []
+    frame_name = re.compile(r"t[0-9]{4}\.png")
+    own = [folder / f"{stem}.png"]
+    if (folder / stem).is_dir():
+        own += [p for p in (folder / stem).iterdir() if frame_name.fullmatch(p.name)]
+    legacy = re.compile(re.escape(stem) + r"_t[0-9]{4}\.png")  # a stem may hold [ ] * ?
+    own += [
+        p
+        for p in folder.iterdir()
+        if legacy.fullmatch(p.name) and not _table_path(out, p.stem).exists()
+    ]
+    return own
 
 
 def _labels_path(out: Path, stem: str) -> Path:
