@@ -211,12 +211,91 @@ def test_crops_as_bytes_are_classified_as_their_floats(tiny_model, tiny_heldout)
     )
 
 
+def _items(folder, names):
+    return [(folder / "round" / f"{name}.png", "round", 0) for name in names]
+
+
+def test_model_split_parts_follow_the_recorded_sources_and_base_models(tmp_path):
+    from napari_bloodcell.classification.datasets import parts_in_model_split
+
+    lab, atlas = tmp_path / "lab", tmp_path / "atlas"
+    training = {
+        "data_dir_names": ["lab"],
+        "train_sources": ["lab/a", "lab/b"],
+        "validation_sources": ["lab/c"],
+        "test_sources": ["lab/d"],
+        "base_models": [  # fine-tuned from a model of version ≤ 5 trained on "atlas"
+            {"data_dirs": ["/elsewhere/atlas"], "validation_sources": ["atlas/v"],
+             "test_sources": ["atlas/t"]},
+        ],
+    }  # fmt: skip
+    found = _items(lab, ["a", "c", "d", "new__1"])
+    assert parts_in_model_split(found, [lab], training).tolist() == [
+        "train", "validation", "test", "other",  # added after training: never learnt
+    ]  # fmt: skip
+    # a version ≤ 5 record lists no training sources: the rest of its folder is training
+    found = _items(atlas, ["t", "v", "x"])
+    assert parts_in_model_split(found, [atlas], training).tolist() == [
+        "test",
+        "validation",
+        "train",
+    ]
+    assert (
+        parts_in_model_split(found, [atlas], training, with_base_models=False).tolist()
+        == ["other"] * 3
+    )
+    # another folder of a training folder's name, holding none of its sources
+    assert (
+        parts_in_model_split(
+            _items(tmp_path / "x" / "lab", ["e", "f"]), [tmp_path / "x" / "lab"], training
+        ).tolist()
+        == ["other"] * 2
+    )
+
+
+def test_models_of_version_5_trained_on_the_current_folder_are_still_recognised(
+    tmp_path, monkeypatch
+):
+    from napari_bloodcell.classification.datasets import (
+        missing_training_folders,
+        parts_in_model_split,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    training = {"data_dirs": ["."], "validation_sources": ["/v"], "test_sources": ["/t"]}
+    found = _items(Path("."), ["v", "t", "x"])
+    assert parts_in_model_split(found, [Path(".")], training).tolist() == [
+        "validation", "test", "train"
+    ]  # fmt: skip
+    assert not missing_training_folders(training, [Path(".")])
+
+
+def test_images_in_linked_sub_folders_count(tmp_path):
+    data = write_crop_folder(tmp_path / "data", n_per_class=2, seed=0)
+    extra = write_crop_folder(tmp_path / "extra", n_per_class=1, seed=1) / "round"
+    (data / "round" / "more").symlink_to(extra, target_is_directory=True)
+    (data / "round" / "loop").symlink_to(data / "round", target_is_directory=True)
+    found, _ = find_labelled_files([data])
+    assert sum(c == "round" for _, c, _ in found) == 3
+
+
+def test_numpy_numbers_in_a_training_config_are_recorded_as_json(tiny_model):
+    from napari_bloodcell.classification.training import TrainingConfig
+
+    config = TrainingConfig(epochs=np.int64(2), seed=np.int64(1), learning_rate=np.float32(1e-3),
+                            test_time_views=np.int64(4)).resolved()  # fmt: skip
+    assert json.loads(json.dumps(vars(config)))["epochs"] == 2
+    tuned = TrainingConfig(init_model=str(tiny_model), normalization="group").resolved()
+    assert tuned.normalization == "batch"  # what the fine-tuned network really has
+
+
 def test_evaluation_scores_only_images_the_model_never_learnt_from(tiny_model, tiny_heldout):
     data = tiny_model.parent / "data"  # trained on it with no test part
-    with pytest.raises(DatasetError, match="none of their images are in its test split"):
+    with pytest.raises(DatasetError, match="learnt from every image in"):
         evaluate_classifier([data], tiny_model)
     metrics, _ = evaluate_classifier([data, tiny_heldout], tiny_model)
     assert metrics["n"] == 40 and metrics["split_parts"] == {"other": 40}
+    assert sum(metrics["left_out"][str(data)].values()) == 96
     metrics, _ = evaluate_classifier([data, tiny_heldout], tiny_model, all_images=True)
     assert metrics["n"] == 96 + 40
     assert metrics["split_parts"]["other"] == 40 and metrics["split_parts"]["validation"] > 0
@@ -454,6 +533,10 @@ def test_fine_tuning_keeps_the_body_and_rebuilds_the_head(tiny_model, tmp_path):
     before, after = load_keras_model(tiny_model), load_keras_model(result.model_path)
     assert after.output_shape == (None, 2)
     assert len(before.layers) == len(after.layers)
+    base = read_metadata(tiny_model).training  # what the body learnt from, for evaluate
+    (base_split,) = result.metadata.training["base_models"]
+    assert base_split["train_sources"] == base["train_sources"]
+    assert base_split["validation_sources"] == base["validation_sources"]
 
 
 def test_fine_tuning_head_starts_from_the_known_classes_weights(tiny_model):

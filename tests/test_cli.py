@@ -252,13 +252,16 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny
     assert "accuracy" in json.loads((out / "metrics.json").read_text())
 
 
-def test_evaluate_warns_when_it_scores_training_images(tmp_path, tiny_model, capsys):
+def test_evaluate_warns_when_it_scores_training_images(tmp_path, tiny_model, tiny_heldout, capsys):
     data = tiny_model.parent / "data"
     assert run_cli("evaluate", data, "--model", tiny_model, "--out", tmp_path / "e") == 2
-    assert "test split" in capsys.readouterr().err
+    assert "learnt from every image" in capsys.readouterr().err
     args = ["--model", tiny_model, "--out", tmp_path / "e", "--all-images"]
     assert run_cli("evaluate", data, *args) == 0
     assert "96 images scored were used to train or calibrate" in capsys.readouterr().err
+    args = ["--model", tiny_model, "--out", tmp_path / "e2"]
+    assert run_cli("evaluate", data, tiny_heldout, *args) == 0
+    assert f"{data}: left out 96 images the model learnt from" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_file_as_its_folder(tmp_path, tiny_model, tiny_heldout, capsys):
@@ -384,6 +387,10 @@ def test_calibrate_needs_every_folder_the_model_was_trained_on(tmp_path, tiny_mo
     copy = save_model(trained.keras_model(), tmp_path / "two.keras", metadata)
     assert run_cli("calibrate", copy, tiny_model.parent / "data") == 2
     assert "trained on folders named bccd_crops too" in capsys.readouterr().err
+    metadata.training["validation_sources"] = []
+    copy = save_model(trained.keras_model(), tmp_path / "unsplit.keras", metadata)
+    assert run_cli("calibrate", copy, tiny_model.parent / "data") == 2
+    assert "records no validation images" in capsys.readouterr().err
 
 
 def test_calibrate_refits_the_temperature_on_validation_sources(

@@ -171,3 +171,10 @@ def test_a_malformed_scheduler_address_is_a_clear_error(address):
         open_client(scheduler=address),
     ):
         pass
+
+
+def test_addresses_of_every_dask_transport_pass_the_check():
+    from napari_bloodcell.distributed import check_scheduler_address
+
+    for address in ("tcp://10.0.0.5:8786", "localhost:8786", "tls://h:1", "inproc://10.0.0.1/1/1"):
+        check_scheduler_address(address)

@@ -540,6 +540,13 @@ def _run_evaluate(args) -> int:
     print(
         json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1", "split_parts")}, indent=2)
     )
+    for folder, parts in metrics["left_out"].items():
+        print(
+            f"{folder}: left out {sum(parts.values())} images the model learnt from "
+            f"({', '.join(f'{n} {part}' for part, n in parts.items())}); --all-images "
+            f"scores them too",
+            file=sys.stderr,
+        )
     learnt = sum(metrics["split_parts"].get(part, 0) for part in ("train", "validation"))
     if learnt:
         print(

@@ -66,16 +66,26 @@ class TensorFlowThreads(WorkerPlugin):
 
 
 def check_scheduler_address(address: str) -> None:
-    """Refuse (:class:`BloodcellError`) what distributed cannot parse as an address."""
-    from distributed.comm import get_address_host_port, normalize_address
+    """Refuse (:class:`BloodcellError`) an address of no Dask transport, or a network one
+    (tcp, tls, ws, wss) without a host and port, before a client starts."""
+    from distributed.comm import get_address_host_port, normalize_address, parse_address
+    from distributed.comm.registry import backends
 
     try:
-        get_address_host_port(normalize_address(address))
+        scheme, _ = parse_address(normalize_address(address))
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(backends))}")
+        if scheme in NETWORK_SCHEMES:
+            get_address_host_port(normalize_address(address))
     except ValueError as exc:
         raise BloodcellError(
             f"{address!r} is not a Dask scheduler address ({exc}); expected e.g. "
             f"tcp://10.0.0.5:8786"
         ) from None
+
+
+NETWORK_SCHEMES = ("tcp", "tls", "ws", "wss")
+"""Dask transports whose addresses are host:port."""
 
 
 @contextmanager

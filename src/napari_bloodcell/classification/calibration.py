@@ -81,11 +81,10 @@ def calibrate_model_file(
     from ..errors import DatasetError
     from .datasets import (
         find_labelled_files,
-        folder_name,
+        missing_training_folders,
         parts_in_model_split,
         prepare_crop_files,
-        source_id,
-        trained_folder_names,
+        source_name,
     )
     from .inference import CellClassifier
     from .model_files import checked_views, update_metadata
@@ -96,7 +95,13 @@ def calibrate_model_file(
     if views is not None:
         metadata.test_time_views = checked_views(views)
     data_dirs = [Path(d) for d in data_dirs]
-    missing = trained_folder_names(metadata.training) - {folder_name(d) for d in data_dirs}
+    recorded = len(metadata.training.get("validation_sources", []))
+    if not recorded:
+        raise DatasetError(
+            f"{classifier.name} records no validation images (a model made by another "
+            f"program?): there is nothing to fit its temperature on"
+        )
+    missing = missing_training_folders(metadata.training, data_dirs)
     if missing:
         raise DatasetError(
             f"{classifier.name} was trained on folders named {', '.join(sorted(missing))} too; "
@@ -104,13 +109,12 @@ def calibrate_model_file(
             f"validation images would fit that part only)"
         )
     found, _ = find_labelled_files(data_dirs, metadata.classes, ignore_unknown=True)
-    part_of_item = parts_in_model_split(found, data_dirs, metadata.training)
+    part_of_item = parts_in_model_split(found, data_dirs, metadata.training, with_base_models=False)
     parts = {
         name: [item for item, part in zip(found, part_of_item, strict=True) if part == name]
         for name in ("validation", "train")
     }
-    recorded = len(metadata.training.get("validation_sources", []))
-    found_sources = {source_id(f, data_dirs[d]) for f, _, d in parts["validation"]}
+    found_sources = {(d, source_name(f)) for f, _, d in parts["validation"]}
     if not parts["validation"]:
         raise DatasetError(
             f"none of the model's {recorded} validation sources are in "

@@ -16,6 +16,7 @@ Splits never put one source in two parts, nor sources of one name in two data fo
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +104,24 @@ def find_labelled_files(
 
 
 def image_files_under(folder: Path) -> list[Path]:
-    """Image files in ``folder`` and its sub-folders (hidden ones skipped), sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """Image files in ``folder`` and its sub-folders, linked ones included (hidden files and
+    folders skipped; a folder reached twice is read once), sorted."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [
+            Path(root, name)
+            for name in names
+            if not name.startswith(".")
+            and Path(name).suffix.lower() in IMAGE_SUFFIXES
+            and Path(root, name).is_file()
+        ]
+    return sorted(files)
 
 
 def load_crop_dataset(
@@ -151,8 +162,12 @@ def prepare_crop_files(
 
 def source_id(path: Path, data_dir: Path) -> str:
     """The source image a crop file came from (see module docstring)."""
-    stem = path.stem.split(SOURCE_SEPARATOR)[0]
-    return f"{folder_name(data_dir)}/{stem}"
+    return f"{folder_name(data_dir)}/{source_name(path)}"
+
+
+def source_name(path: Path) -> str:
+    """The name of the source image a crop file came from, without its folder."""
+    return path.stem.split(SOURCE_SEPARATOR)[0]
 
 
 def folder_name(data_dir: Path) -> str:
@@ -202,33 +217,89 @@ def split_by_source(
     return tuple(np.flatnonzero(part == k) for k in range(3))
 
 
-def trained_folder_names(training: dict) -> set[str]:
-    """Names of the data folders a model's ``training`` record says it was trained on."""
-    names = training.get("data_dir_names")
-    if names is None:  # models of version ≤ 5 record the folders' paths only
-        names = [Path(d).name for d in training.get("data_dirs", [])]
-    return set(names)
+SPLIT_RECORD_KEYS = (
+    "data_dirs",
+    "data_dir_names",
+    "train_sources",
+    "validation_sources",
+    "test_sources",
+)
+"""The keys of a model's training record that say which images it learnt from."""
+SPLIT_PARTS = ("other", "test", "validation", "train")
+"""Parts of a model's split, from never learnt from to learnt from."""
+
+
+def split_records(training: dict) -> list[dict]:
+    """The split records of a model's ``training`` record: its own, then those of the
+    models it was fine-tuned from (``base_models``). Each has ``data_dir_names``,
+    ``validation_sources``, ``test_sources`` and, for models of version ≥ 6,
+    ``train_sources``; ``legacy`` marks records of older versions, whose source ids use
+    the folder's name as given (``.`` → "")."""
+    records = []
+    for record in [training, *training.get("base_models", [])]:
+        legacy = "data_dir_names" not in record
+        names = [Path(d).name for d in record.get("data_dirs", [])] if legacy else None
+        records.append(
+            {
+                "data_dir_names": record.get("data_dir_names", names),
+                "validation_sources": record.get("validation_sources", []),
+                "test_sources": record.get("test_sources", []),
+                "train_sources": record.get("train_sources"),
+                "legacy": legacy,
+            }
+        )
+    return records
+
+
+def missing_training_folders(training: dict, data_dirs: list[Path]) -> set[str]:
+    """Names of the folders a model's own ``training`` record names that ``data_dirs`` lack."""
+    record = split_records(training)[0]
+    given = {recorded_folder_name(d, record) for d in data_dirs}
+    return set(record["data_dir_names"]) - given
+
+
+def recorded_folder_name(data_dir: Path, record: dict) -> str:
+    """The name a split record knows ``data_dir`` by (see :func:`split_records`)."""
+    return Path(data_dir).name if record["legacy"] else folder_name(data_dir)
 
 
 def parts_in_model_split(
-    found: list[tuple[Path, str, int]], data_dirs: list[Path], training: dict
+    found: list[tuple[Path, str, int]],
+    data_dirs: list[Path],
+    training: dict,
+    *,
+    with_base_models: bool = True,
 ) -> np.ndarray:
     """For each ``(file, class, domain)`` of :func:`find_labelled_files`, the part of the
-    model's split it was in: ``"train"``, ``"validation"`` or ``"test"`` when its data
-    folder (by name) is one the model was trained on, else ``"other"``."""
-    trained_on = trained_folder_names(training)
-    validation = set(training.get("validation_sources", []))
-    test = set(training.get("test_sources", []))
-    parts = []
-    for path, _, domain in found:
-        data_dir = Path(data_dirs[domain])
-        source = source_id(path, data_dir)
-        if folder_name(data_dir) not in trained_on:
-            parts.append("other")
-        elif source in validation:
-            parts.append("validation")
-        elif source in test:
-            parts.append("test")
-        else:
-            parts.append("train")
-    return np.array(parts, dtype=object)
+    model's split it was in — ``"train"``, ``"validation"``, ``"test"`` — or ``"other"``.
+
+    A data folder is one the model (or a model it was fine-tuned from) was trained on when
+    it has that folder's name and holds at least one of its recorded sources (so an
+    unrelated folder of the same name is "other"); its images are then matched by source
+    id. An image of such a folder that is in none of the recorded parts was added after
+    training ("other"), except for models of version ≤ 5, which record no training
+    sources ("train"). Across a model and its base models (unless not
+    ``with_base_models``) the most learnt part counts.
+    """
+    rank = np.zeros(len(found), dtype=np.int64)  # index into SPLIT_PARTS
+    domains = np.array([d for _, _, d in found], dtype=np.int64)
+    records = split_records(training)
+    for record in records if with_base_models else records[:1]:
+        parts = {
+            name: set(record[f"{name}_sources"] or ()) for name in ("train", "validation", "test")
+        }
+        recorded = set().union(*parts.values())
+        for domain, data_dir in enumerate(map(Path, data_dirs)):
+            name = recorded_folder_name(data_dir, record)
+            members = np.flatnonzero(domains == domain)
+            if name not in record["data_dir_names"] or not len(members):
+                continue
+            sources = [f"{name}/{source_name(found[i][0])}" for i in members]
+            if recorded.isdisjoint(sources):
+                continue  # another folder of that name
+            for item, source in zip(members, sources, strict=True):
+                part = next((k for k, v in parts.items() if source in v), None)
+                if part is None:
+                    part = "train" if record["train_sources"] is None else "other"
+                rank[item] = max(rank[item], SPLIT_PARTS.index(part))
+    return np.array(SPLIT_PARTS, dtype=object)[rank]

@@ -64,9 +64,10 @@ def evaluate_classifier(
     """Classify the crops of labelled folders and score the result.
 
     Only images the model never learnt from are scored: of a folder the model was trained
-    on (by name, see :func:`.datasets.parts_in_model_split`) its test split, of any other
-    folder every image. ``all_images`` scores every image, training ones included
-    (``metrics["split_parts"]`` counts the scored images by part).
+    on (see :func:`.datasets.parts_in_model_split`) its test split, of any other folder
+    every image. ``all_images`` scores every image, training ones included.
+    ``metrics["split_parts"]`` counts the scored images by part, ``metrics["left_out"]``
+    the others per folder.
 
     ``accuracy``, ``macro_f1``, ``per_class`` and the confusion matrix count every crop
     with its most probable class (comparable with other work); ``uncertain_rate`` and
@@ -80,9 +81,9 @@ def evaluate_classifier(
     scored = np.ones(len(found), bool) if all_images else np.isin(parts, ["test", "other"])
     if not scored.any():
         raise DatasetError(
-            f"{classifier.name} was trained on {', '.join(map(str, data_dirs))} and none of "
-            f"their images are in its test split; evaluate it on other folders, or pass "
-            f"--all-images (all_images=True) to score the images it learnt from"
+            f"{classifier.name} learnt from every image in {', '.join(map(str, data_dirs))} "
+            f"(training or validation images; none is in its test split); evaluate it on "
+            f"other images, or pass --all-images (all_images=True) to score these anyway"
         )
     items = [item for item, keep in zip(found, scored, strict=True) if keep]
     crops = prepare_crop_files(
@@ -99,9 +100,19 @@ def evaluate_classifier(
     metrics["model"] = str(classifier.path)
     metrics["test_time_views"] = classifier.metadata.test_time_views
     metrics["data_dirs"] = [str(d) for d in data_dirs]
-    names, counts = np.unique(parts[scored], return_counts=True)
-    metrics["split_parts"] = {str(k): int(n) for k, n in zip(names, counts, strict=True)}
+    metrics["split_parts"] = _counts(parts[scored])
+    domains = np.array([d for _, _, d in found])
+    metrics["left_out"] = {
+        str(data_dir): _counts(parts[~scored & (domains == d)])
+        for d, data_dir in enumerate(data_dirs)
+        if (~scored & (domains == d)).any()
+    }
     return metrics, classifier
+
+
+def _counts(parts: np.ndarray) -> dict[str, int]:
+    names, counts = np.unique(parts, return_counts=True)
+    return {str(k): int(n) for k, n in zip(names, counts, strict=True)}
 
 
 def score_probabilities(

@@ -30,7 +30,13 @@ from .architectures import (
     build_model,
 )
 from .calibration import calibration_record
-from .datasets import CropDataset, folder_name, load_crop_dataset, split_by_source
+from .datasets import (
+    SPLIT_RECORD_KEYS,
+    CropDataset,
+    folder_name,
+    load_crop_dataset,
+    split_by_source,
+)
 from .inference import predict_over_views, with_features
 from .model_files import (
     ModelMetadata,
@@ -103,12 +109,20 @@ class TrainingConfig:
         return self.input_size or DEFAULT_INPUT_SIZE[self.architecture]
 
     def resolved(self) -> TrainingConfig:
-        """This config with architecture, input size, crop scale and colour-blindness taken
-        from ``init_model``, and its test-time views unless set."""
-        from dataclasses import replace
+        """This config checked, numpy numbers made Python ones, with architecture, input
+        size, crop scale, normalisation and colour-blindness taken from ``init_model``, and
+        its test-time views unless set (:class:`BloodcellError` for impossible settings)."""
+        from dataclasses import fields, replace
 
         from ..errors import BloodcellError
 
+        numpy_scalars = {
+            f.name: getattr(self, f.name).item()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.generic)
+        }
+        if numpy_scalars:  # recorded as JSON in the model file
+            return replace(self, **numpy_scalars).resolved()
         for name, minimum in (("epochs", 1), ("batch_size", 1), ("patience", 0),
                               ("lr_patience", 0), ("seed", 0)):  # fmt: skip
             value = getattr(self, name)
@@ -161,6 +175,7 @@ class TrainingConfig:
             input_size=init.input_size,
             crop_scale=init.crop_scale,
             grey_input=bool(init.training.get("config", {}).get("grey_input", False)),
+            normalization=init.training.get("config", {}).get("normalization", "batch"),
             test_time_views=self.test_time_views or init.test_time_views,
         )
 
@@ -254,8 +269,10 @@ def train_classifier(
             "class_counts": {
                 c: int((dataset.labels == i).sum()) for i, c in enumerate(dataset.classes)
             },
+            "train_sources": sorted(set(dataset.sources[train_idx].tolist())),
             "validation_sources": sorted(set(dataset.sources[val_idx].tolist())),
             "test_sources": sorted(set(dataset.sources[test_idx].tolist())),
+            "base_models": base_model_splits(config.init_model),
             "epochs_run": len(history.get("loss", [])),
             "best_val_loss": float(min(history.get("val_loss", [np.nan]))),
             "calibration": calibration,
@@ -266,6 +283,16 @@ def train_classifier(
     save_model(model, out, metadata, novelty)
     write_learning_curves(history, out.with_name(f"{out.stem}_history"))
     return TrainingResult(Path(out), history, metadata, time.perf_counter() - started)
+
+
+def base_model_splits(init_model: str | None) -> list[dict]:
+    """The split records of the model fine-tuned from and of its own base models (see
+    :func:`.datasets.split_records`): what the body learnt from, for ``evaluate``."""
+    if init_model is None:
+        return []
+    training = read_metadata(resolve_model_path(init_model)).training
+    own = {key: training[key] for key in SPLIT_RECORD_KEYS if key in training}
+    return [own, *training.get("base_models", [])]
 
 
 def oversample_small_domains(
