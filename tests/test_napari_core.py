@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -284,7 +285,7 @@ def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
     from napari_bloodcell._napari._writer import export_table, write_cells_table
 
     result = run_to_end(stack_steps(_job(movie.image)))
-    _, meta, _ = result.layers[-1]
+    points, meta, _ = result.layers[-1]
     parameters = meta["metadata"]["napari_bloodcell"]["parameters"]
     written = export_table(tmp_path / "cells.csv", meta["features"], parameters)
     assert {p.suffix for p in written} >= {".csv", ".json"}
@@ -298,15 +299,54 @@ def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
     with pytest.raises(OutputExistsError, match="already exist"):
         export_table(tmp_path / "cells.csv", meta["features"].iloc[:1], parameters)
     assert written[0].read_bytes() == before
-    assert write_cells_table(str(tmp_path / "other.csv"), None, meta)[0].endswith("other.csv")
+    assert write_cells_table(str(tmp_path / "other.csv"), points, meta)[0].endswith("other.csv")
     # napari asks before replacing other.csv; its sidecar goes with it, a stranger's JSON not
-    assert write_cells_table(str(tmp_path / "other.csv"), None, meta)[0].endswith("other.csv")
+    assert write_cells_table(str(tmp_path / "other.csv"), points, meta)[0].endswith("other.csv")
     (tmp_path / "notes.json").write_text("mine")
-    with pytest.raises(OutputExistsError, match="not the sidecar"):
-        write_cells_table(str(tmp_path / "notes.csv"), None, meta)
+    with pytest.raises(OutputExistsError, match="does not belong to notes.csv"):
+        write_cells_table(str(tmp_path / "notes.csv"), points, meta)
     assert (tmp_path / "notes.json").read_text() == "mine"
     with pytest.raises(BloodcellError, match="no napari-bloodcell cell table"):
         write_cells_table(str(tmp_path / "x.csv"), None, {"name": "pts", "features": None})
+
+
+def test_saving_a_cells_layer_keeps_the_parquet_copy_of_an_export_in_step(tmp_path, movie):
+    """File → Save Layers over an exported cells.csv left the old cells.parquet beside it."""
+    pytest.importorskip("pyarrow")
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+    from napari_bloodcell._napari._writer import export_table, write_cells_table
+
+    points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
+    export_table(tmp_path / "cells.csv", meta["features"], {})
+    fewer = {**meta, "features": meta["features"].iloc[:3]}
+    written = write_cells_table(str(tmp_path / "cells.csv"), points[:3], fewer)
+    assert sorted(Path(p).name for p in written) == ["cells.csv", "cells.json", "cells.parquet"]
+    assert len(read_table(tmp_path / "cells.parquet")) == 3
+
+
+def test_exports_keep_every_dot_of_the_file_name(tmp_path):
+    from napari_bloodcell._napari._writer import export_paths
+
+    names = [p.name for p in export_paths(tmp_path / "run.2.csv")]
+    assert names[0] == "run.2.csv" and names[-1] == "run.2.json"
+
+
+def test_the_cells_table_follows_moved_points_and_refuses_added_ones(movie):
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+    from napari_bloodcell._napari._layers import cells_table
+
+    points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
+    features, metadata = meta["features"], meta["metadata"]
+    pd.testing.assert_frame_equal(cells_table(points, features, metadata), features)
+    moved = points.copy()
+    moved[0, -2:] += (5.0, -3.0)  # (frame, y, x): dragged within its frame
+    table = cells_table(moved, features, metadata)
+    assert table.loc[0, ["centroid_y", "centroid_x"]].tolist() == pytest.approx(
+        [features.loc[0, "centroid_y"] + 5, features.loc[0, "centroid_x"] - 3]
+    )
+    added = np.vstack([points, points[2]])  # napari copies a row's features for a new point
+    with pytest.raises(BloodcellError, match=f"point\\(s\\) {len(points)} were added by hand"):
+        cells_table(added, pd.concat([features, features.iloc[[2]]]), metadata)
 
 
 def _plain(table: pd.DataFrame) -> pd.DataFrame:

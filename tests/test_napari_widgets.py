@@ -233,10 +233,19 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     widget.export()
     assert (tmp_path / "cells.csv").is_file() and (tmp_path / "cells.json").is_file()
     assert (tmp_path / "cells_tracking" / "tracks.csv").is_file()
+    widget.export_file.value = tmp_path / "run.2.csv"  # every dot of the name is kept
+    assert widget.export()
+    assert (tmp_path / "run.2.json").is_file() and (tmp_path / "run.2_tracking").is_dir()
     widget.export()  # a second click must not overwrite
     assert any(kind == "warning" and "already exist" in text for kind, text in notifications[-2:])
     widget.export_file.value = ""  # no file chosen: a warning, nothing written
     assert not widget.export() and "choose a table file" in notifications[-1][1]
+    cells.add([[2, 20, 20]])  # a point added by hand: no segmented cell behind it
+    widget.track()
+    assert widget.track_worker is None and "added by hand" in notifications[-1][1]
+    cells.selected_data = {len(cells.data) - 1}
+    cells.remove_selected()
+    _track(widget, qtbot)
     _run(widget, qtbot)  # a new batch: the tracks of the last one are not its tracks
     assert widget.tracking is None
     widget.export_file.value = tmp_path / "again.csv"
@@ -400,6 +409,62 @@ def test_classifier_processes_are_released_when_the_viewer_closes(
     assert owner in CLASSIFIERS.users()
     viewer.close()
     qtbot.waitUntil(lambda: owner not in CLASSIFIERS.users(), timeout=10_000)
+
+
+def test_a_result_layer_edited_by_hand_is_never_replaced(
+    make_napari_viewer, qtbot, smear, tmp_path, notifications
+):
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell.table import read_table
+
+    viewer = make_napari_viewer()
+    viewer.add_image(smear.image, rgb=True, name="smear")
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    instances, classes, cells = viewer.layers[1:]
+    instances.paint((10, 10), 999)
+    assert "edited by hand" in notifications[-1][1]
+    cells.selected_data = {0}
+    cells.remove_selected()
+    kept = cells.features.copy()
+    widget.export_file.value = tmp_path / "curated.csv"
+    assert widget.export()  # the table as the user left it
+    assert len(read_table(tmp_path / "curated.csv")) == len(kept)
+    widget.pixel_size.value = 0.25
+    _run(widget, qtbot)
+    assert instances.data[10, 10] == 999 and cells.features.equals(kept)  # theirs, untouched
+    assert len(viewer.layers) == 6  # new instances and cells layers; classes updated in place
+    assert viewer.layers[-1] is not cells and viewer.layers[2] is classes
+
+
+@pytest.mark.parametrize("widget_name", ["AnalyzeWidget", "BatchWidget"])
+def test_closing_the_viewer_while_a_run_is_on_drops_its_results(
+    make_napari_viewer, qtbot, widget_name
+):
+    """Results arriving after the viewer closed were added to it, and then a deleted button
+    was set: a traceback, or an abort outside napari's exception hook."""
+    import dask.array as da
+
+    from napari_bloodcell._napari import _analyze, _batch
+
+    def slow(block):
+        time.sleep(0.5)
+        return block
+
+    movie = make_timelapse(n_frames=3, shape=(64, 96), seed=4).image
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(da.from_array(movie, chunks=(1, 64, 96, 3)).map_blocks(slow), rgb=True)
+    widget = getattr(_analyze if widget_name == "AnalyzeWidget" else _batch, widget_name)(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.value = None
+    widget.run()
+    worker = widget.worker
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)  # a raised error fails the test
+    qtbot.wait(200)
 
 
 # --------------------------------------------------------------------------- training

@@ -13,8 +13,15 @@ from magicgui.widgets import FloatSpinBox, PushButton
 from ..errors import BloodcellError
 from ..table import frame_counts
 from ._compute import AnalysisJob, StackProgress, stack_steps
-from ._layers import Placement, all_classes, class_colours, tracks_layers
-from ._widgets_common import AnalysisWidget, PlotCanvas, upsert_layers
+from ._layers import (
+    METADATA_KEY,
+    Placement,
+    all_classes,
+    cells_table,
+    class_colours,
+    tracks_layers,
+)
+from ._widgets_common import AnalysisWidget, PlotCanvas, upsert_layers, while_open
 
 
 class BatchWidget(AnalysisWidget):
@@ -43,7 +50,6 @@ class BatchWidget(AnalysisWidget):
         self.track_button.clicked.connect(self.track)
         self.tracking = None
         self.track_worker = None  # while cells are being tracked
-        self._channel_axis: int | None = None  # of the last result's layers (see Placement)
         self._latest: StackProgress | None = None
         self._shown_at = -np.inf
         self.plot = PlotCanvas("frame", "cells")
@@ -68,6 +74,7 @@ class BatchWidget(AnalysisWidget):
         if time.monotonic() - self._shown_at >= self.display_interval_s:
             self._show(item)
 
+    @while_open
     def _on_finished(self) -> None:
         if self._latest is not None:  # the frames finished since the last display
             self._show(self._latest)
@@ -75,7 +82,6 @@ class BatchWidget(AnalysisWidget):
 
     def _show(self, item: StackProgress) -> None:
         self._latest, self._shown_at = None, time.monotonic()
-        self._channel_axis = item.placement.channel_axis
         classes = all_classes(item.table, item.model_classes)
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"
         if item.empty_frames:
@@ -112,11 +118,17 @@ class BatchWidget(AnalysisWidget):
         if self.worker is not None:
             show_warning("the batch is still running: track its cells when it has finished")
             return
-        parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
-        placement = Placement(tuple(layer.scale), tuple(layer.translate), self._channel_axis)
+        try:
+            table = cells_table(layer.data, layer.features, layer.metadata)
+        except BloodcellError as exc:
+            self._show_error(f"cannot track {layer.name!r}: {exc}")
+            return
+        own = layer.metadata.get(METADATA_KEY, {})
+        parameters = own.get("parameters", {})
+        placement = Placement(tuple(layer.scale), tuple(layer.translate), own.get("channel_axis"))
         worker = create_worker(
             track_table,
-            layer.features.copy(),
+            table,
             parameters.get("pixel_size_um"),
             self.frame_interval.value or None,
             _progress={"desc": "napari-bloodcell: tracking"},
@@ -132,6 +144,7 @@ class BatchWidget(AnalysisWidget):
         self.status.value = "tracking…"
         worker.start()
 
+    @while_open
     def _show_tracks(self, placement, parameters: dict, layer_name: str, result) -> None:
         source = parameters.get("source", layer_name)
         try:
@@ -146,11 +159,13 @@ class BatchWidget(AnalysisWidget):
             f"{len(result.summary)} tracks ({by_class}), {len(result.interactions)} contact events"
         )
 
+    @while_open
     def _tracking_failed(self, exc: Exception) -> None:
         if not isinstance(exc, BloodcellError):
             logging.getLogger(__name__).error("tracking failed", exc_info=exc)
         self._show_error(f"tracking failed: {exc}")
 
+    @while_open
     def _tracking_finished(self) -> None:
         self.track_worker = None
         self.track_button.enabled = True

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..classes import CLASS_COLOURS, OTHER_COLOUR, class_colours
+from ..errors import BloodcellError
 from ..table import as_categories
 
 METADATA_KEY = "napari_bloodcell"
@@ -68,9 +69,53 @@ def all_classes(table: pd.DataFrame, model_classes: list[str]) -> list[str]:
     return list(dict.fromkeys([*model_classes, *sorted(present)]))
 
 
-def layer_metadata(role: str, source: str, parameters: dict) -> dict:
-    """Metadata marking a layer as this plugin's output ``role`` for image ``source``."""
-    return {METADATA_KEY: {"key": f"{role}:{source}", "parameters": parameters}}
+def layer_metadata(
+    role: str, source: str, parameters: dict, channel_axis: int | None = None
+) -> dict:
+    """Metadata marking a layer as this plugin's output ``role`` for image ``source``, with
+    the run's ``parameters`` and the position of its channel axis (see :class:`Placement`)."""
+    return {
+        METADATA_KEY: {
+            "key": f"{role}:{source}",
+            "parameters": parameters,
+            "channel_axis": channel_axis,
+        }
+    }
+
+
+def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.DataFrame:
+    """The per-cell table a cells Points layer shows now: its ``features``, each at the
+    position of its point in ``data`` (a point moved by hand moves its cell).
+
+    Points added by hand copy another point's row (napari's default features); they have
+    no segmented cell behind them, and are refused (:class:`BloodcellError`) by index.
+    """
+    table = features.reset_index(drop=True).copy()
+    channel_axis = (metadata or {}).get(METADATA_KEY, {}).get("channel_axis")
+    points = np.asarray(data, dtype=float)
+    if channel_axis is not None:  # the inverse of Placement.coordinates
+        points = np.delete(points, channel_axis, axis=1)
+    if len(table) != len(points):
+        raise BloodcellError(
+            f"the layer holds {len(points)} points but {len(table)} table rows; run the "
+            f"analysis again"
+        )
+    columns = ["frame", "centroid_y", "centroid_x"][-points.shape[1] :] if len(points) else []
+    for i, column in enumerate(columns):
+        if column in table:
+            table[column] = (
+                np.round(points[:, i]).astype(int) if column == "frame" else points[:, i]
+            )
+    key = [c for c in ("source", "frame", "label") if c in table]
+    added = np.flatnonzero(table.duplicated(key, keep="first").to_numpy()) if key else []
+    if len(added):
+        raise BloodcellError(
+            f"point(s) {', '.join(map(str, added[:10]))}{' …' if len(added) > 10 else ''} "
+            f"were added by hand and have no segmented cell (no label, size or class of "
+            f"their own): delete them, or paint the cell into the instances layer and run "
+            f"the analysis again"
+        )
+    return table
 
 
 def layer_key(metadata: dict) -> str | None:
@@ -134,7 +179,9 @@ def result_layers(
     def meta(role: str, name: str, **kwargs) -> dict:
         return {
             "name": f"{source} {name}",
-            "metadata": layer_metadata(f"{role_prefix}{role}", source, parameters),
+            "metadata": layer_metadata(
+                f"{role_prefix}{role}", source, parameters, placement.channel_axis
+            ),
             **place,
             **kwargs,
         }
@@ -216,7 +263,7 @@ def tracks_layers(
     )
     meta = {
         "name": f"{source} tracks",
-        "metadata": layer_metadata("tracks", source, parameters),
+        "metadata": layer_metadata("tracks", source, parameters, placement.channel_axis),
         "scale": placement.scale,
         "translate": placement.translate,
         "features": features,

@@ -27,7 +27,7 @@ from ..classification.remote_training import (
 )
 from ..classification.training import TrainingConfig, fine_tuning_config
 from ..errors import BloodcellError
-from ._widgets_common import MODEL_EVENTS, PlotCanvas
+from ._widgets_common import MODEL_EVENTS, PlotCanvas, while_open
 
 FROM_SCRATCH = "(new network)"
 
@@ -135,6 +135,7 @@ class TrainWidget(Container):
             self._state["job"].cancel()
             self.status.value = "cancelling after this epoch…"
 
+    @while_open
     def _on_event(self, event) -> None:
         from napari.utils.notifications import show_error, show_info
 
@@ -164,6 +165,7 @@ class TrainWidget(Container):
             }
         )
 
+    @while_open
     def _on_finished(self) -> None:
         self._state["job"] = None
         self.train_button.enabled = True
@@ -176,7 +178,8 @@ def _starting_points(_widget=None) -> list[str]:
 
 def _close_job(state: dict, on_models_changed, *_args) -> None:
     """When the widget is destroyed: stop listening to model events and stop a running
-    training (its poller then cleans up)."""
+    training (its poller then cleans up; its events are dropped)."""
+    state["closed"] = True
     MODEL_EVENTS.changed.disconnect(on_models_changed)
     if state["job"] is not None:
         state["job"].cancel()

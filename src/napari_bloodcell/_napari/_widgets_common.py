@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import atexit
 import warnings
+import weakref
 from collections.abc import Iterator
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from ._compute import (
     guarded,
     image_layout,
 )
-from ._layers import layer_key, legend_html
+from ._layers import METADATA_KEY, cells_table, layer_key, legend_html
 from ._writer import export_table
 
 NO_MODEL = "none (segmentation only)"
@@ -136,6 +137,7 @@ def upsert_layers(viewer, layer_data: list[tuple]) -> list:
                 existing = viewer.add_layer(Layer.create(data, settings, layer_type))
                 for attribute in _SET_AFTER_CREATION.intersection(meta):
                     setattr(existing, attribute, meta[attribute])
+                watch_user_edits(existing)
                 added.append(existing)
             else:
                 _update_layer(existing, data, meta)
@@ -167,13 +169,55 @@ _UPDATED_ATTRIBUTES = (
 
 def _update_layer(layer, data, meta: dict) -> None:
     """New data and display settings for an existing layer (its name stays the user's)."""
-    with warnings.catch_warnings():
-        # Tracks drop their features with new data until ``features`` is set below
-        warnings.filterwarnings("ignore", message="Previous color_by key")
-        layer.data = data
-    for attribute in _UPDATED_ATTRIBUTES:
-        if attribute in meta:
-            setattr(layer, attribute, meta[attribute])
+    _UPDATING.add(layer)
+    try:
+        with warnings.catch_warnings():
+            # Tracks drop their features with new data until ``features`` is set below
+            warnings.filterwarnings("ignore", message="Previous color_by key")
+            layer.data = data
+        for attribute in _UPDATED_ATTRIBUTES:
+            if attribute in meta:
+                setattr(layer, attribute, meta[attribute])
+    finally:
+        _UPDATING.discard(layer)
+
+
+_UPDATING: weakref.WeakSet = weakref.WeakSet()
+"""Result layers whose data the plugin is replacing now (their data events are not edits)."""
+
+
+def watch_user_edits(layer) -> None:
+    """Hand a result layer to the user once they edit it — paint or erase its labels, add,
+    delete or move its points: the next run then adds new layers instead of replacing
+    their work (:func:`adopt_layer`)."""
+    from napari.layers import Labels, Points
+
+    if isinstance(layer, Labels):
+        layer.events.paint.connect(_on_edit)
+    elif isinstance(layer, Points):
+        layer.events.data.connect(_on_edit)
+
+
+def _on_edit(event) -> None:
+    layer = event.source
+    action = str(getattr(event, "action", "painted"))
+    if layer not in _UPDATING and action in ("painted", "added", "removed", "changed"):
+        adopt_layer(layer)
+
+
+def adopt_layer(layer) -> None:
+    """Drop the plugin key of a result layer (keeping its parameters for export): no run
+    updates it any more."""
+    from napari.utils.notifications import show_info
+
+    own = layer.metadata.get(METADATA_KEY, {})
+    if "key" not in own:
+        return
+    layer.metadata = {**layer.metadata, METADATA_KEY: {k: v for k, v in own.items() if k != "key"}}
+    show_info(
+        f"{layer.name!r} was edited by hand and is yours now: a new run adds new result "
+        f"layers and leaves it as it is"
+    )
 
 
 def check_image_layer(layer) -> None:
@@ -218,6 +262,20 @@ class PlotCanvas:
 
 def channel_choices(_widget=None) -> list[tuple[str, int | None]]:
     return [("default", None), ("none", NO_CHANNEL)] + [(str(i), i) for i in range(8)]
+
+
+def while_open(handler):
+    """A worker-signal handler (method) that does nothing once its widget is closed
+    (``self._state["closed"]``): results arriving after napari closed must not touch the
+    deleted viewer and buttons (PyQt aborts on an error in a slot outside napari)."""
+
+    @wraps(handler)
+    def handler_while_open(self, *args):
+        if self._state.get("closed"):
+            return None
+        return handler(self, *args)
+
+    return handler_while_open
 
 
 class AnalysisWidget(Container):
@@ -390,6 +448,7 @@ class AnalysisWidget(Container):
             self.status.value = "cancelling…"
             self.worker.quit()
 
+    @while_open
     def _on_yielded(self, item) -> None:
         if isinstance(item, Failure):
             self._state["failed"] = True
@@ -397,6 +456,7 @@ class AnalysisWidget(Container):
         elif self.keep_results_after_cancel or not self._state["cancelled"]:
             self._apply(item)
 
+    @while_open
     def _on_finished(self) -> None:
         self._state["worker"] = None
         self.run_button.enabled = True
@@ -450,9 +510,10 @@ class AnalysisWidget(Container):
         if path.suffix.lower() not in (".csv", ".parquet") or path.name in ("", "."):
             show_warning("choose a table file name ending in .csv")
             return False
-        parameters = layer.metadata.get("napari_bloodcell", {}).get("parameters", {})
+        parameters = layer.metadata.get(METADATA_KEY, {}).get("parameters", {})
         try:
-            written = export_table(path, layer.features, parameters)
+            table = cells_table(layer.data, layer.features, layer.metadata)
+            written = export_table(path, table, parameters)
         except BloodcellError as exc:
             show_warning(str(exc))
             return False
@@ -461,8 +522,9 @@ class AnalysisWidget(Container):
 
 
 def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
-    """When a widget is destroyed: stop its worker, disconnect it from the viewer and model
-    events, and release its classifier processes."""
+    """When a widget is destroyed: stop its worker (its results are dropped), disconnect it
+    from the viewer and model events, and release its classifier processes."""
+    state["closed"] = True
     if state["worker"] is not None:
         state["worker"].quit()
     for signal in signals:

@@ -4,7 +4,8 @@
 ``<name>.json`` next to them holds the parameters of the run (model name and version,
 thresholds, pixel size …). :func:`export_table` never replaces an existing file unless
 asked; the npe2 writer (File → Save Layers) writes the CSV napari asked for (after its own
-overwrite prompt) and its JSON sidecar.
+overwrite prompt), its JSON sidecar and a Parquet copy already there. The table is the
+layer's now: points moved by hand move their cells; points added by hand are refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 
 from ..errors import BloodcellError, OutputExistsError
 from ..table import write_table
-from ._layers import METADATA_KEY
+from ._layers import METADATA_KEY, cells_table
 
 
 def _parquet_available() -> bool:
@@ -29,12 +30,19 @@ def _parquet_available() -> bool:
 
 
 def export_paths(path: str | Path) -> list[Path]:
-    """Files an export to ``path`` writes: the CSV, the Parquet copy if possible, the JSON."""
-    stem = Path(path).with_suffix("")
-    paths = [stem.with_suffix(".csv")]
+    """Files an export to ``path`` writes: the CSV, the Parquet copy if possible, the JSON
+    (``run.2.csv`` → ``run.2.csv``, ``run.2.parquet``, ``run.2.json``)."""
+    paths = [companion(path, ".csv")]
     if _parquet_available():
-        paths.append(stem.with_suffix(".parquet"))
-    return [*paths, stem.with_suffix(".json")]
+        paths.append(companion(path, ".parquet"))
+    return [*paths, companion(path, ".json")]
+
+
+def companion(path: str | Path, suffix: str) -> Path:
+    """``path`` with its last suffix replaced (``Path.with_suffix`` of a suffix-less stem
+    would eat a dot of the name: ``run.2`` → ``run.csv``)."""
+    stem = Path(path).with_suffix("")
+    return stem.with_name(stem.name + suffix)
 
 
 def export_table(
@@ -65,18 +73,31 @@ def _write(tables: list[Path], sidecar: Path, table: pd.DataFrame, parameters: d
 
 
 def write_cells_table(path: str, data, attributes: dict) -> list[str]:
-    """npe2 writer: the per-cell table of a napari-bloodcell cells layer as ``path`` (.csv)."""
+    """npe2 writer: the per-cell table of a napari-bloodcell cells layer as ``path`` (.csv),
+    its JSON sidecar, and the Parquet copy an earlier export left beside it (kept in step)."""
     features = attributes.get("features")
     if features is None or "cell_class" not in features:
         raise BloodcellError(
             f"layer {attributes.get('name')!r} holds no napari-bloodcell cell table; "
             f"save it with napari's built-in points writer"
         )
-    parameters = (attributes.get("metadata") or {}).get(METADATA_KEY, {}).get("parameters", {})
-    csv, sidecar = Path(path), Path(path).with_suffix(".json")
-    if sidecar.exists() and not csv.exists():  # napari asked about replacing the CSV only
-        raise OutputExistsError(
-            f"{sidecar.name} already exists in {sidecar.parent} and is not the sidecar of "
-            f"{csv.name}; choose another file name"
-        )
-    return [str(p) for p in _write([csv], sidecar, features, parameters)]
+    metadata = attributes.get("metadata") or {}
+    table = cells_table(data, features, metadata)
+    parameters = metadata.get(METADATA_KEY, {}).get("parameters", {})
+    csv = Path(path)
+    sidecar, parquet = companion(csv, ".json"), companion(csv, ".parquet")
+    for other in (sidecar, parquet):
+        if other.exists() and not csv.exists():  # napari asked about replacing the CSV only
+            raise OutputExistsError(
+                f"{other.name} already exists in {other.parent} and does not belong to "
+                f"{csv.name}; choose another file name"
+            )
+    tables = [csv]
+    if parquet.exists():  # an earlier export's copy: it must not keep the old table
+        if not _parquet_available():
+            raise OutputExistsError(
+                f"{parquet.name} beside {csv.name} holds an earlier table and cannot be "
+                f"updated without pyarrow; remove it or choose another file name"
+            )
+        tables.append(parquet)
+    return [str(p) for p in _write(tables, sidecar, table, parameters)]
