@@ -159,6 +159,33 @@ def test_tracks_take_the_channel_axis_only_after_time(movie, axes, columns):
         assert not data[:, 2].any() and meta["scale"][1] == 3.0  # the stretched channel
 
 
+def test_a_singleton_z_axis_is_analysed_and_kept_in_the_outputs(movie):
+    """A T Z Y X C layer with Z of size 1 (e.g. from bioio readers) was refused, after an
+    error message that advised naming that axis Z."""
+    from napari_bloodcell._napari._compute import image_layout, run_to_end, stack_steps
+    from napari_bloodcell._napari._layers import cells_table, tracks_layers
+    from napari_bloodcell.tracking import track_table
+
+    tzyxc = movie.image[:, None]
+    result = run_to_end(stack_steps(_job(tzyxc, "TZYXC", scale=(2.0, 1.0, 0.5, 0.5))))
+    pd.testing.assert_frame_equal(result.table, run_to_end(stack_steps(_job(movie.image))).table)
+    (instances, _, _), _, (points, meta, _) = result.layers
+    assert instances.shape == (4, 1, 64, 96) and points.shape[1] == 4
+    pd.testing.assert_frame_equal(cells_table(points, meta["features"], meta["metadata"]),
+                                  meta["features"])  # fmt: skip
+    tracks = track_table(result.table).tracks
+    ((data, _, _),) = tracks_layers(tracks, "m", result.placement, {})
+    assert data.shape[1] == 5  # id, t, z, y, x
+    with pytest.raises(InputImageError, match="the Z axis has 2 planes"):
+        image_layout((4, 2, 64, 96, 3), True, "TZYXC")
+    # T Z C Y X: two sliders besides time, more than napari's Tracks can line up with
+    five_d = image_layout((4, 1, 3, 64, 96), False, "TZCYX")
+    placement = five_d.placement((1.0,) * 5, (0.0,) * 5, "TYX")
+    assert placement.extra_axes == (1, 2)
+    with pytest.raises(BloodcellError, match="at most one axis besides T, Y and X"):
+        tracks_layers(tracks, "m", placement, {})
+
+
 def test_stack_of_another_axis_order_gives_the_same_cells(movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
 

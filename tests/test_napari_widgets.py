@@ -149,14 +149,19 @@ def test_analyze_widget_uses_the_current_frame_of_a_stack(make_napari_viewer, qt
 
     movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
     viewer = make_napari_viewer()
-    viewer.add_image(movie.image, rgb=True, name="movie")
+    viewer.add_image(movie.image, rgb=True, name="movie", scale=(10.0, 1.0, 1.0))
     viewer.dims.set_current_step(0, 2)
     widget = AnalyzeWidget(viewer)
     widget.model.value = None
     _run(widget, qtbot)
-    cells = viewer.layers["movie cells"]
-    assert cells.ndim == 2 and set(cells.features["frame"]) == {2}
+    cells, instances = viewer.layers["movie cells"], viewer.layers["movie instances"]
+    assert set(cells.features["frame"]) == {2}
     assert set(cells.features["cell_class"]) <= {"leukocyte", "platelet"}
+    # shown at that frame only (it was shown over every frame): one plane at t = 2
+    assert instances.data.shape == (1, 64, 96) and cells.ndim == 3
+    for layer in (cells, instances):
+        assert layer.translate[0] == 20.0 and layer.scale[0] == 10.0
+    assert {float(cells.data_to_world(point)[0]) for point in cells.data} == {20.0}
 
 
 def test_one_cell_type_left_out_keeps_the_other_and_pixel_sizes_keep_their_digits(

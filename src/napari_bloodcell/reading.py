@@ -365,7 +365,7 @@ def infer_axes(shape: tuple[int, ...]) -> str:
         )
     raise InputImageError(
         f"cannot tell the axes of a {ndim}-D image of shape {shape}; give them explicitly "
-        f"(letters T, Y, X, C; singleton axes may be named with any unused letter such as Z)"
+        f"(letters T, Y, X, C, and Z for an axis of size 1)"
     )
 
 

@@ -15,10 +15,10 @@ from ..table import frame_counts
 from ._compute import AnalysisJob, StackProgress, stack_steps
 from ._layers import (
     METADATA_KEY,
-    Placement,
     all_classes,
     cells_table,
     class_colours,
+    placement_of,
     tracks_layers,
 )
 from ._widgets_common import AnalysisWidget, PlotCanvas, upsert_layers, while_open
@@ -123,9 +123,8 @@ class BatchWidget(AnalysisWidget):
         except BloodcellError as exc:
             self._show_error(f"cannot track {layer.name!r}: {exc}")
             return
-        own = layer.metadata.get(METADATA_KEY, {})
-        parameters = own.get("parameters", {})
-        placement = Placement(tuple(layer.scale), tuple(layer.translate), own.get("channel_axis"))
+        parameters = layer.metadata.get(METADATA_KEY, {}).get("parameters", {})
+        placement = placement_of(layer)
         worker = create_worker(
             track_table,
             table,

@@ -59,20 +59,21 @@ class ImageLayout:
         """Axes that napari gives a scale to (all but the colour axis of an RGB layer)."""
         return self.axes[:-1] if self.rgb else self.axes
 
-    def placement(self, scale, translate, letters: str) -> Placement:
-        """Scale / translate of the layer for the output axes ``letters`` (e.g. ``"TYX"``);
-        with the layer's channel axis too when napari shows its channels on a slider (see
-        :class:`Placement`)."""
-        if "C" in self.layer_axes:
-            letters = "".join(a for a in self.layer_axes if a in letters or a == "C")
-        indices = [self.layer_axes.index(a) for a in letters]
-        scale = [float(scale[i]) for i in indices]
-        translate = [float(translate[i]) for i in indices]
-        channel_axis = letters.index("C") if "C" in letters else None
-        if channel_axis is not None:  # one plane centred on, and as wide as, all channels
-            translate[channel_axis] += (self.n_channels - 1) / 2 * scale[channel_axis]
-            scale[channel_axis] *= self.n_channels
-        return Placement(tuple(scale), tuple(translate), channel_axis)
+    def placement(self, scale, translate, letters: str, frame: int | None = None) -> Placement:
+        """Scale / translate of the layer for outputs with axes ``letters`` (``"TYX"`` or
+        ``"YX"``, of ``frame``): the layer's other axes become size-1 extra axes of the
+        outputs (see :class:`Placement`) — a channel axis stretched over the channels, the
+        time axis placed at ``frame``, a singleton axis as it is."""
+        scale = [float(s) for s in scale]
+        translate = [float(t) for t in translate]
+        extra = tuple(i for i, a in enumerate(self.layer_axes) if a not in letters)
+        for i in extra:
+            if self.layer_axes[i] == "C":  # one plane centred on, and as wide as, all channels
+                translate[i] += (self.n_channels - 1) / 2 * scale[i]
+                scale[i] *= self.n_channels
+            elif self.layer_axes[i] == "T" and frame is not None:
+                translate[i] += frame * scale[i]
+        return Placement(tuple(scale), tuple(translate), extra)
 
 
 def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayout:
@@ -101,8 +102,13 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
             axes = infer_axes(shape)
         except InputImageError as exc:
             raise InputImageError(f"{exc} in the Axes field") from None
-    if any(a not in "TYXC" for a in axes):
-        raise InputImageError(f"axes {axes!r}: only T, Y, X and C are supported here")
+    deep = [a for a, n in zip(axes, shape, strict=True) if a not in "TYXC" and n > 1]
+    if deep:
+        raise InputImageError(
+            f"axes {axes!r}: the {deep[0]} axis has {shape[axes.index(deep[0])]} planes; "
+            f"napari-bloodcell analyses 2-D frames over time (T, Y, X and C; other axes of "
+            f"size 1 only)"
+        )
     layout = ImageLayout(axes, shape, rgb, typed=bool(typed_axes))
     check_frame_pixels(*layout.frame_shape)  # before any frame is read
     return layout
@@ -312,7 +318,7 @@ def frame_steps(job: AnalysisJob, t: int) -> Iterator[list[tuple] | Failure]:
         result.table,
         model_classes=job.model_classes,
         source=job.source,
-        placement=job.layout.placement(job.scale, job.translate, "YX"),
+        placement=job.layout.placement(job.scale, job.translate, "YX", frame=t),
         parameters=job.parameters(),
     )
 

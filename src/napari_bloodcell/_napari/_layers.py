@@ -22,33 +22,50 @@ TRANSPARENT = "transparent"
 
 @dataclass(frozen=True)
 class Placement:
-    """Where outputs go in world coordinates: per-axis scale and translate of (T,) Y, X.
+    """Where outputs go in world coordinates: per-axis scale and translate of the image
+    layer's axes that the outputs have.
 
-    ``channel_axis``: the position of a size-1 channel axis the outputs get when the image's
-    channels are a viewer dimension (a non-RGB layer with a C axis): napari lines layers up
-    by their last axes, so the outputs need the image's number of axes, and that axis's
-    scale and translate stretch the one plane over every channel.
+    ``extra_axes``: positions (ascending) of size-1 axes the outputs get so that they have
+    the image's number of axes — napari lines layers up by their last axes. They are the
+    image's channel axis when its channels are a slider (a non-RGB layer with a C axis; the
+    one plane is stretched over every channel), a singleton axis (Z of size 1), and the
+    time axis of one analysed frame of a stack (the plane sits at that frame).
     """
 
     scale: tuple[float, ...]
     translate: tuple[float, ...]
-    channel_axis: int | None = None
+    extra_axes: tuple[int, ...] = ()
 
     def labels(self, data):
-        """(T,) Y, X label data with the channel axis inserted (a view, still paintable)."""
-        if self.channel_axis is None:
-            return data
+        """(T,) Y, X label data with the extra axes inserted (a view, still paintable)."""
         if isinstance(data, np.ndarray):
-            return np.expand_dims(data, self.channel_axis)
+            return np.expand_dims(data, self.extra_axes) if self.extra_axes else data
         from ._label_frames import WithChannelAxis
 
-        return WithChannelAxis(data, self.channel_axis)
+        for axis in self.extra_axes:
+            data = WithChannelAxis(data, axis)
+        return data
 
     def coordinates(self, points: np.ndarray) -> np.ndarray:
-        """(N, D) (T,) Y, X coordinates with the channel coordinate (0) inserted."""
-        if self.channel_axis is None:
-            return points
-        return np.insert(points, self.channel_axis, 0.0, axis=1)
+        """(N, D) (T,) Y, X coordinates with a 0 inserted for each extra axis."""
+        for axis in self.extra_axes:
+            points = np.insert(points, axis, 0.0, axis=1)
+        return points
+
+    def table_coordinates(self, points: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`coordinates`."""
+        return np.delete(points, list(self.extra_axes), axis=1)
+
+    def without_leading_axes(self) -> Placement:
+        """This placement without the extra axes before the first output axis."""
+        leading = 0
+        while leading in self.extra_axes:
+            leading += 1
+        return Placement(
+            self.scale[leading:],
+            self.translate[leading:],
+            tuple(a - leading for a in self.extra_axes if a >= leading),
+        )
 
 
 def class_ids(classes: list[str]) -> dict[str, int]:
@@ -70,17 +87,23 @@ def all_classes(table: pd.DataFrame, model_classes: list[str]) -> list[str]:
 
 
 def layer_metadata(
-    role: str, source: str, parameters: dict, channel_axis: int | None = None
+    role: str, source: str, parameters: dict, extra_axes: tuple[int, ...] = ()
 ) -> dict:
     """Metadata marking a layer as this plugin's output ``role`` for image ``source``, with
-    the run's ``parameters`` and the position of its channel axis (see :class:`Placement`)."""
+    the run's ``parameters`` and the positions of its extra axes (see :class:`Placement`)."""
     return {
         METADATA_KEY: {
             "key": f"{role}:{source}",
             "parameters": parameters,
-            "channel_axis": channel_axis,
+            "extra_axes": list(extra_axes),
         }
     }
+
+
+def placement_of(layer) -> Placement:
+    """The placement of a result layer of this plugin (from its metadata)."""
+    extra = layer.metadata.get(METADATA_KEY, {}).get("extra_axes", [])
+    return Placement(tuple(layer.scale), tuple(layer.translate), tuple(extra))
 
 
 def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.DataFrame:
@@ -91,10 +114,8 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
     no segmented cell behind them, and are refused (:class:`BloodcellError`) by index.
     """
     table = features.reset_index(drop=True).copy()
-    channel_axis = (metadata or {}).get(METADATA_KEY, {}).get("channel_axis")
-    points = np.asarray(data, dtype=float)
-    if channel_axis is not None:  # the inverse of Placement.coordinates
-        points = np.delete(points, channel_axis, axis=1)
+    extra = (metadata or {}).get(METADATA_KEY, {}).get("extra_axes", [])
+    points = Placement((), (), tuple(extra)).table_coordinates(np.asarray(data, dtype=float))
     if len(table) != len(points):
         raise BloodcellError(
             f"the layer holds {len(points)} points but {len(table)} table rows; run the "
@@ -180,7 +201,7 @@ def result_layers(
         return {
             "name": f"{source} {name}",
             "metadata": layer_metadata(
-                f"{role_prefix}{role}", source, parameters, placement.channel_axis
+                f"{role_prefix}{role}", source, parameters, placement.extra_axes
             ),
             **place,
             **kwargs,
@@ -247,9 +268,15 @@ def tracks_layers(
     from ..tracking import tracks_layer_data
 
     data, features, properties = tracks_layer_data(tracks)
-    if placement.channel_axis == 0:  # C before T: time must be the tracks' first axis, and
-        # (t, y, x) already line up with the image's last axes
-        placement = Placement(placement.scale[1:], placement.translate[1:])
+    # time must be the tracks' first axis: axes before it are dropped ((t, y, x) line up
+    # with the image's last axes); napari's tracks have at most one more axis (Z)
+    placement = placement.without_leading_axes()
+    if len(placement.extra_axes) > 1:
+        raise BloodcellError(
+            "napari's Tracks layer has at most one axis besides T, Y and X, and this image "
+            "has more sliders; split its channels into separate layers (right-click → "
+            "Split Stack) and run the batch on one of them"
+        )
     data = np.concatenate([data[:, :1], placement.coordinates(data[:, 1:])], axis=1)  # id first
     features = features.assign(track_class_code=properties["track_class"])
     names = [str(c) for c in features["track_class"].cat.categories]
@@ -263,7 +290,7 @@ def tracks_layers(
     )
     meta = {
         "name": f"{source} tracks",
-        "metadata": layer_metadata("tracks", source, parameters, placement.channel_axis),
+        "metadata": layer_metadata("tracks", source, parameters, placement.extra_axes),
         "scale": placement.scale,
         "translate": placement.translate,
         "features": features,
