@@ -116,6 +116,17 @@ def test_nan_in_an_unsampled_frame_is_refused_when_that_frame_is_read():
         lazy.data[unsampled].compute()
 
 
+def test_nan_or_a_constant_in_the_sampled_frames_names_the_source_and_frame():
+    stack = RNG.random((40, 16, 16)).astype(np.float32) * 10
+    lazy = lazy_image_from_array(stack)
+    stack[lazy.sampled_frames[2], 5, 5] = np.nan
+    frame = lazy.sampled_frames[2]
+    with pytest.raises(InputImageError, match=f"movie: frame {frame} contains 1 NaN"):
+        lazy_image_from_array(stack, source="movie")
+    with pytest.raises(InputImageError, match="movie: the image is constant"):
+        lazy_image_from_array(np.ones((5, 16, 16), np.float32) * 3, source="movie")
+
+
 def test_a_corrupt_page_names_the_file_and_page(tmp_path):
     path = tmp_path / "corrupt.tif"
     tifffile.imwrite(path, RNG.integers(0, 255, (5, 64, 64), dtype=np.uint8), compression="zlib")

@@ -376,6 +376,18 @@ def test_the_cells_table_follows_moved_points_and_refuses_added_ones(movie):
         cells_table(added, pd.concat([features, features.iloc[[2]]]), metadata)
 
 
+def test_the_legend_lists_the_models_classes_only_when_it_classified_cells():
+    from napari_bloodcell._napari._layers import legend_html
+
+    model = ["lymphocyte", "neutrophil"]
+    fluorescence = pd.DataFrame({"cell_class": ["leukocyte", "platelet", "platelet"]})
+    assert "neutrophil" not in legend_html(fluorescence, model)  # the model was not used
+    assert "platelet: 2" in legend_html(fluorescence, model)
+    smear = pd.DataFrame({"cell_class": ["neutrophil", "rbc"]})
+    assert "lymphocyte: 0" in legend_html(smear, model)  # a 0 of a differential is a finding
+    assert "lymphocyte: 0" in legend_html(pd.DataFrame({"cell_class": ["uncertain"]}), model)
+
+
 def _plain(table: pd.DataFrame) -> pd.DataFrame:
     """Category columns as plain strings (CSV does not keep the category dtype)."""
     return table.astype({c: str for c in ("source", "cell_type", "cell_class")})

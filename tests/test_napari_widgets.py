@@ -253,6 +253,7 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     _track(widget, qtbot)
     _run(widget, qtbot)  # a new batch: the tracks of the last one are not its tracks
     assert widget.tracking is None
+    assert tracks.name == "movie tracks (earlier run)"  # kept, never updated again
     widget.export_file.value = tmp_path / "again.csv"
     assert widget.export() and not (tmp_path / "again_tracking").exists()
 
@@ -325,7 +326,7 @@ def test_analyze_takes_the_axes_of_a_channels_first_frame(make_napari_viewer, qt
 
 
 def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
-    make_napari_viewer, qtbot, dask_movie
+    make_napari_viewer, qtbot, dask_movie, notifications
 ):
     from napari_bloodcell._napari._batch import BatchWidget
 
@@ -338,6 +339,8 @@ def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
     widget = BatchWidget(viewer)
     widget.model.value = None
     widget.run()
+    widget.track()  # before its first frame is shown: the batch is running, not missing
+    assert "still running" in notifications[-1][1]
     widget.worker.yielded.connect(lambda _: widget.cancel())
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
@@ -537,6 +540,8 @@ def test_train_widget_refuses_a_folder_without_classes(
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     widget = TrainWidget(make_napari_viewer())
+    widget.train()  # the field's default: the current folder was trained on
+    assert notifications[-1][0] == "error" and "choose the class folders" in notifications[-1][1]
     widget.data_dir.value = tmp_path
     widget.train()
     assert notifications[-1][0] == "error" and "no class sub-folders" in notifications[-1][1]

@@ -278,8 +278,13 @@ def lazy_image_from_array(
     sampled_frames = _sample_frame_indices(tyxc.shape)
     sample = tyxc[list(sampled_frames)].compute(scheduler="sync")
     named = bool(axes) if channels_named is None else channels_named
+    for t, frame in zip(sampled_frames, sample, strict=True):
+        refuse_non_finite(frame, where=f"{source}: frame {t}")
     tyxc = _drop_constant_alpha(tyxc, sample, named)
-    mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
+    try:
+        mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
+    except InputImageError as exc:  # a constant sample
+        raise InputImageError(f"{source}: {exc}") from None
     data = tyxc.map_blocks(
         _normalise_frames, mapping, source, dtype=np.float32, meta=np.empty((0,) * 4, np.float32)
     )

@@ -18,10 +18,18 @@ from ._layers import (
     all_classes,
     cells_table,
     class_colours,
+    layer_key,
     placement_of,
+    tracks_key,
     tracks_layers,
 )
-from ._widgets_common import AnalysisWidget, PlotCanvas, upsert_layers, while_open
+from ._widgets_common import (
+    AnalysisWidget,
+    PlotCanvas,
+    release_layer,
+    upsert_layers,
+    while_open,
+)
 
 
 class BatchWidget(AnalysisWidget):
@@ -66,8 +74,12 @@ class BatchWidget(AnalysisWidget):
         super().run()
 
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
-        self.tracking = None  # the tracks of an earlier result are not this run's
-        return stack_steps(job), job.layout.n_frames
+        steps = stack_steps(job)
+        self.tracking = None  # the tracks of an earlier result are not this run's …
+        for layer in self._viewer.layers:  # … nor is their layer: kept, named as such
+            if layer_key(layer.metadata) == tracks_key(job.source) and release_layer(layer):
+                layer.name = f"{layer.name} (earlier run)"
+        return steps, job.layout.n_frames
 
     def _apply(self, item: StackProgress) -> None:
         self._latest = item
@@ -112,11 +124,11 @@ class BatchWidget(AnalysisWidget):
         layer = self._cells_layer
         if self.track_worker is not None:
             return
-        if layer is None or layer not in self._viewer.layers or not len(layer.features):
-            show_warning("no cells to track yet: run the batch first")
-            return
         if self.worker is not None:
             show_warning("the batch is still running: track its cells when it has finished")
+            return
+        if layer is None or layer not in self._viewer.layers or not len(layer.features):
+            show_warning("no cells to track yet: run the batch first")
             return
         try:
             table = cells_table(layer.data, layer.features, layer.metadata)

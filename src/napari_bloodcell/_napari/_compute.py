@@ -114,7 +114,7 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
     return layout
 
 
-def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
+def read_frame(data, layout: ImageLayout, t: int = 0, source: str = "<array>") -> np.ndarray | None:
     """Frame ``t`` as float32 (Y, X, C) in [0, 1], or None for a constant (empty) frame.
 
     A frame of a stack gets the stack's intensity mapping, as in a batch (from the same
@@ -126,11 +126,15 @@ def read_frame(data, layout: ImageLayout, t: int = 0) -> np.ndarray | None:
     if raw.size and raw.min() == raw.max():
         return None
     frame_axes = layout.axes.replace("T", "")
-    alone = partial(image_from_array, raw, axes=frame_axes, channels_named=layout.typed)
+    alone = partial(
+        image_from_array, raw, axes=frame_axes, source=source, channels_named=layout.typed
+    )
     if "T" not in layout.axes:
         return alone().data[0]
     try:
-        stack = lazy_image_from_array(data, layout.axes, channels_named=layout.typed).data
+        stack = lazy_image_from_array(
+            data, layout.axes, source=source, channels_named=layout.typed
+        ).data
     except InputImageError:  # the stack's frame sample is unusable (NaN in another frame …)
         return alone().data[0]  # this frame on its own terms (a batch would refuse the stack)
     return np.asarray(stack[t].compute(scheduler="sync"))
@@ -306,7 +310,7 @@ class AnalysisJob:
 
 def frame_steps(job: AnalysisJob, t: int) -> Iterator[list[tuple] | Failure]:
     """Analyse frame ``t``; yield its layer data (Y, X layers), or a :class:`Failure`."""
-    frame = read_frame(job.data, job.layout, t)
+    frame = read_frame(job.data, job.layout, t, source=job.source)
     if frame is None:
         yield Failure(f"{job.source}: frame {t} is empty (constant): nothing to segment")
         return

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..classes import CLASS_COLOURS, OTHER_COLOUR, class_colours
+from ..classification.inference import UNCERTAIN
 from ..errors import BloodcellError
 from ..table import as_categories
 
@@ -139,6 +140,14 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
     return table
 
 
+TRACKS_ROLE = "tracks"
+
+
+def tracks_key(source: str) -> str:
+    """The key of the tracks layer of image ``source`` (see :func:`layer_metadata`)."""
+    return f"{TRACKS_ROLE}:{source}"
+
+
 def layer_key(metadata: dict) -> str | None:
     """The stable key of a layer made by this plugin (None for other layers)."""
     return (metadata or {}).get(METADATA_KEY, {}).get("key")
@@ -246,10 +255,15 @@ def result_layers(
 
 
 def legend_html(table: pd.DataFrame, model_classes: list[str]) -> str:
-    """Rich-text legend: a colour swatch, the class name and its cell count per class."""
+    """Rich-text legend: a colour swatch, the class name and its cell count per class —
+    every class of the model when it classified a cell (a 0 is a finding then), else
+    the classes present (a fluorescence run does not use the model)."""
+    counts = table["cell_class"].astype(str).value_counts() if len(table) else pd.Series()
+    model_answers = [*model_classes, UNCERTAIN]
+    if not any(counts.get(name, 0) for name in model_answers):
+        model_classes = []
     names = all_classes(table, model_classes)
     colours = class_colours(names)
-    counts = table["cell_class"].astype(str).value_counts() if len(table) else pd.Series()
     rows = [
         f'<span style="color:{colours[name]}">&#9632;</span> {name}: {int(counts.get(name, 0))}'
         for name in names
@@ -290,7 +304,7 @@ def tracks_layers(
     )
     meta = {
         "name": f"{source} tracks",
-        "metadata": layer_metadata("tracks", source, parameters, placement.extra_axes),
+        "metadata": layer_metadata(TRACKS_ROLE, source, parameters, placement.extra_axes),
         "scale": placement.scale,
         "translate": placement.translate,
         "features": features,

@@ -103,6 +103,9 @@ class TrainWidget(Container):
 
         if self._state["job"] is not None:
             return
+        if str(self.data_dir.value) in ("", "."):  # the field's default, never chosen
+            show_error("choose the class folders: a folder with one sub-folder of crops per class")
+            return
         try:
             job = TrainingJob(
                 [Path(self.data_dir.value)],

@@ -210,14 +210,11 @@ def adopt_layer(layer) -> None:
     updates it any more."""
     from napari.utils.notifications import show_info
 
-    own = layer.metadata.get(METADATA_KEY, {})
-    if "key" not in own:
-        return
-    layer.metadata = {**layer.metadata, METADATA_KEY: {k: v for k, v in own.items() if k != "key"}}
-    show_info(
-        f"{layer.name!r} was edited by hand and is yours now: a new run adds new result "
-        f"layers and leaves it as it is"
-    )
+    if release_layer(layer):
+        show_info(
+            f"{layer.name!r} was edited by hand and is yours now: a new run adds new result "
+            f"layers and leaves it as it is"
+        )
 
 
 def check_image_layer(layer) -> None:
@@ -519,6 +516,15 @@ class AnalysisWidget(Container):
             return False
         show_info(f"wrote {', '.join(p.name for p in written)} to {written[0].parent}")
         return True
+
+
+def release_layer(layer) -> bool:
+    """Drop the plugin key of a result layer, so that no run updates it; whether it had one."""
+    own = layer.metadata.get(METADATA_KEY, {})
+    if "key" not in own:
+        return False
+    layer.metadata = {**layer.metadata, METADATA_KEY: {k: v for k, v in own.items() if k != "key"}}
+    return True
 
 
 def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
