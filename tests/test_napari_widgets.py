@@ -164,6 +164,26 @@ def test_analyze_widget_uses_the_current_frame_of_a_stack(make_napari_viewer, qt
     assert {float(cells.data_to_world(point)[0]) for point in cells.data} == {20.0}
 
 
+def test_results_take_the_units_and_rotation_of_the_image(make_napari_viewer, qtbot, smear):
+    """Results in pixels beside an image in µm turned napari's units off for every layer
+    ("Inconsistent units across layers"); a rotated image's cells landed elsewhere."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        smear.image, rgb=True, name="smear", scale=(0.5, 0.5), units=("um", "um"), rotate=30
+    )
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    cells = viewer.layers["smear cells"]
+    for layer in viewer.layers[1:]:
+        assert layer.units == image.units
+        np.testing.assert_allclose(layer.rotate, image.rotate)
+    centroid = cells.features.loc[0, ["centroid_y", "centroid_x"]].to_numpy(dtype=float)
+    np.testing.assert_allclose(cells.data_to_world(cells.data[0]), image.data_to_world(centroid))
+
+
 def test_one_cell_type_left_out_keeps_the_other_and_pixel_sizes_keep_their_digits(
     make_napari_viewer, qtbot
 ):

@@ -59,11 +59,19 @@ class ImageLayout:
         """Axes that napari gives a scale to (all but the colour axis of an RGB layer)."""
         return self.axes[:-1] if self.rgb else self.axes
 
-    def placement(self, scale, translate, letters: str, frame: int | None = None) -> Placement:
+    def placement(
+        self,
+        scale,
+        translate,
+        letters: str,
+        frame: int | None = None,
+        transform: dict | None = None,
+    ) -> Placement:
         """Scale / translate of the layer for outputs with axes ``letters`` (``"TYX"`` or
         ``"YX"``, of ``frame``): the layer's other axes become size-1 extra axes of the
         outputs (see :class:`Placement`) — a channel axis stretched over the channels, the
-        time axis placed at ``frame``, a singleton axis as it is."""
+        time axis placed at ``frame``, a singleton axis as it is; the layer's ``transform``
+        (units, rotation …) applies as it is."""
         scale = [float(s) for s in scale]
         translate = [float(t) for t in translate]
         extra = tuple(i for i, a in enumerate(self.layer_axes) if a not in letters)
@@ -73,7 +81,7 @@ class ImageLayout:
                 scale[i] *= self.n_channels
             elif self.layer_axes[i] == "T" and frame is not None:
                 translate[i] += frame * scale[i]
-        return Placement(tuple(scale), tuple(translate), extra)
+        return Placement(tuple(scale), tuple(translate), extra, dict(transform or {}))
 
 
 def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayout:
@@ -289,6 +297,8 @@ class AnalysisJob:
     source: str
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    transform: dict = field(default_factory=dict)
+    """The layer's units, rotation, shear and affine (see :func:`._layers.transform_of`)."""
 
     @property
     def model_classes(self) -> list[str]:
@@ -322,7 +332,9 @@ def frame_steps(job: AnalysisJob, t: int) -> Iterator[list[tuple] | Failure]:
         result.table,
         model_classes=job.model_classes,
         source=job.source,
-        placement=job.layout.placement(job.scale, job.translate, "YX", frame=t),
+        placement=job.layout.placement(
+            job.scale, job.translate, "YX", frame=t, transform=job.transform
+        ),
         parameters=job.parameters(),
     )
 
@@ -349,7 +361,7 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     tables: list[pd.DataFrame] = []
     empty: list[int] = []
     parameters = job.parameters()
-    placement = job.layout.placement(job.scale, job.translate, "TYX")
+    placement = job.layout.placement(job.scale, job.translate, "TYX", transform=job.transform)
     seen_classes: list[str] = list(job.model_classes)
     # one intensity mapping for the whole stack, from a bounded frame sample (as the CLI)
     stack = lazy_image_from_array(

@@ -7,7 +7,7 @@ new ones, and the ``parameters`` of the run (written next to exported tables).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ class Placement:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     extra_axes: tuple[int, ...] = ()
+    transform: dict = field(default_factory=dict, hash=False, compare=False)
+    """The image layer's ``units``, ``rotate``, ``shear`` and ``affine`` (napari layer
+    arguments), for outputs with its number of axes."""
 
     def labels(self, data):
         """(T,) Y, X label data with the extra axes inserted (a view, still paintable)."""
@@ -58,15 +61,30 @@ class Placement:
         return np.delete(points, list(self.extra_axes), axis=1)
 
     def without_leading_axes(self) -> Placement:
-        """This placement without the extra axes before the first output axis."""
+        """This placement without the extra axes before the first output axis (their rows
+        and columns of the transform dropped; a shear then too)."""
         leading = 0
         while leading in self.extra_axes:
             leading += 1
+        transform = dict(self.transform)
+        if leading:
+            transform.pop("shear", None)
+            if "units" in transform:
+                transform["units"] = tuple(transform["units"])[leading:]
+            for name in ("rotate", "affine"):
+                if name in transform:
+                    transform[name] = np.asarray(transform[name])[leading:, leading:]
         return Placement(
             self.scale[leading:],
             self.translate[leading:],
             tuple(a - leading for a in self.extra_axes if a >= leading),
+            transform,
         )
+
+    @property
+    def layer_arguments(self) -> dict:
+        """napari layer arguments placing an output: scale, translate and the transform."""
+        return {"scale": self.scale, "translate": self.translate, **self.transform}
 
 
 def class_ids(classes: list[str]) -> dict[str, int]:
@@ -102,9 +120,19 @@ def layer_metadata(
 
 
 def placement_of(layer) -> Placement:
-    """The placement of a result layer of this plugin (from its metadata)."""
+    """The placement of a layer (for a result layer of this plugin, with its extra axes)."""
     extra = layer.metadata.get(METADATA_KEY, {}).get("extra_axes", [])
-    return Placement(tuple(layer.scale), tuple(layer.translate), tuple(extra))
+    return Placement(tuple(layer.scale), tuple(layer.translate), tuple(extra), transform_of(layer))
+
+
+def transform_of(layer) -> dict:
+    """A layer's units, rotation, shear and affine, as napari layer arguments."""
+    return {
+        "units": tuple(str(unit) for unit in layer.units),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+    }
 
 
 def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.DataFrame:
@@ -204,7 +232,7 @@ def result_layers(
     coordinates = ["frame", "centroid_y", "centroid_x"] if stack else ["centroid_y", "centroid_x"]
     points = table[coordinates].to_numpy(dtype=float).reshape(-1, len(coordinates))
     points = placement.coordinates(points)
-    place = {"scale": placement.scale, "translate": placement.translate}
+    place = placement.layer_arguments
 
     def meta(role: str, name: str, **kwargs) -> dict:
         return {
@@ -305,8 +333,7 @@ def tracks_layers(
     meta = {
         "name": f"{source} tracks",
         "metadata": layer_metadata(TRACKS_ROLE, source, parameters, placement.extra_axes),
-        "scale": placement.scale,
-        "translate": placement.translate,
+        **placement.layer_arguments,
         "features": features,
         "colormaps_dict": {"track_class_code": colormap},
         "color_by": "track_class_code",

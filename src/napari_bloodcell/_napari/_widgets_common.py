@@ -42,7 +42,7 @@ from ._compute import (
     guarded,
     image_layout,
 )
-from ._layers import METADATA_KEY, cells_table, layer_key, legend_html
+from ._layers import METADATA_KEY, cells_table, layer_key, legend_html, transform_of
 from ._writer import export_table
 
 NO_MODEL = "none (segmentation only)"
@@ -154,6 +154,10 @@ _SET_AFTER_CREATION = {"contour"}  # display settings layer constructors do not 
 _UPDATED_ATTRIBUTES = (
     "scale",
     "translate",
+    "units",
+    "rotate",
+    "shear",
+    "affine",
     "metadata",
     "features",
     "colormaps_dict",
@@ -397,6 +401,7 @@ class AnalysisWidget(Container):
             source=layer.name,
             scale=tuple(layer.scale),
             translate=tuple(layer.translate),
+            transform=transform_of(layer),
         )
 
     # ------------------------------------------------------------------ running
