@@ -461,6 +461,7 @@ def test_analyze_with_tracking_then_track_command(tmp_path):
     assert run_cli("analyze", path, *args, "--frame-interval", "10", "--overwrite") == 0
     assert len(pd.read_csv(out / "tracking" / "tracks.csv")) == len(tracks)
     assert run_cli("analyze", path, *args, "--frame-interval", "0") == 2  # refused at once
+    assert run_cli("analyze", path, *args, "--frame-interval", "nan") == 2
 
 
 def test_track_never_replaces_the_tables_of_any_source(tmp_path):
@@ -488,6 +489,42 @@ def test_track_refuses_a_table_without_frames(tmp_path, capsys):
     pd.DataFrame({"centroid_y": [1.0], "centroid_x": [2.0], "cell_type": ["wbc"]}).to_csv(table)
     assert run_cli("track", table, "--out", tmp_path / "t") == 2
     assert "frame" in capsys.readouterr().err
+
+
+def test_the_summary_of_a_rerun_counts_the_cells_it_analysed(tmp_path, smear_png, capsys):
+    other = tmp_path / "other.png"
+    iio.imwrite(other, make_smear(shape=(240, 320), n_rbc=3, n_wbc=1, seed=9).image)
+    out = tmp_path / "out"
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify") == 0
+    capsys.readouterr()
+    assert run_cli("analyze", smear_png, other, "--out", out, "--no-classify") == 0
+    printed = capsys.readouterr().out
+    cells = pd.read_csv(out / "cells.csv")
+    n_other = int((cells["source"] == "other.png").sum())
+    assert f"1 input(s), 1 frame(s), {n_other} cells" in printed
+    assert f"(and {len(cells) - n_other} cells of inputs finished before" in printed
+
+
+def test_track_gives_one_line_for_files_it_cannot_read_or_write(tmp_path, capsys):
+    """Raw tracebacks: a TIFF or an empty file given as the table, --out naming a file."""
+    binary, empty, header = tmp_path / "movie.csv", tmp_path / "empty.csv", tmp_path / "h.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    empty.write_bytes(b"")
+    for table in (binary, empty):
+        assert run_cli("track", table, "--out", tmp_path / "t") == 2
+        assert "not a readable CSV table" in capsys.readouterr().err
+    columns = "source,frame,label,centroid_y,centroid_x,cell_type,cell_class\n"
+    header.write_text(columns)
+    (tmp_path / "file").write_text("mine")
+    assert run_cli("track", header, "--out", tmp_path / "file") == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+    assert run_cli("track", header, "--out", tmp_path / "file" / "sub") == 2  # an OSError
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # a table without cells gives empty tables, as documented (it did nothing, silently)
+    assert run_cli("track", header, "--out", tmp_path / "none") == 0
+    assert pd.read_csv(tmp_path / "none" / "tracks.csv").empty
+    for bad in ("nan", "inf"):
+        assert run_cli("track", header, "--out", tmp_path / "x", "--frame-interval", bad) == 2
 
 
 def test_models_lists_the_default_model(capsys):

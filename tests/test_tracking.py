@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_bloodcell.errors import TrackingError
+from napari_bloodcell.errors import BloodcellError, TrackingError
 from napari_bloodcell.synthetic import make_timelapse
 from napari_bloodcell.tracking import (
     TrackingParams,
@@ -171,6 +171,25 @@ def test_write_tracking(tmp_path):
         "cell_type",
         "cell_class",
     ]
+
+
+def test_tracking_tables_are_written_all_or_none(tmp_path, monkeypatch):
+    """A full disk after the first table left one table, and the rerun refused it."""
+    import napari_bloodcell.tracking as tracking
+
+    result = track_table(cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]))
+    written, original = [], tracking.write_table
+
+    def write_until_full(table, path):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path)
+        return original(table, path)
+
+    monkeypatch.setattr(tracking, "write_table", write_until_full)
+    with pytest.raises(BloodcellError, match="No space left on device\\); none written"):
+        write_tracking(result, tmp_path)
+    assert not list(tmp_path.iterdir())  # no table, no partial file
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except BloodcellError as exc:
         print(f"napari-bloodcell: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # the system's refusal (disk full, read-only, no permission …)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"napari-bloodcell: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -276,13 +281,20 @@ def parse_channels(specs: list[str]) -> dict[str, int] | None:
     return channels
 
 
+def check_lengths_and_times(args) -> None:
+    """Refuse a --pixel-size or --frame-interval that is not a positive finite number."""
+    for option, value in (
+        ("--pixel-size", args.pixel_size),
+        ("--frame-interval", args.frame_interval),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BloodcellError(f"{option} must be a positive number, got {value}")
+
+
 def _run_analyze(args) -> int:
     from .pipeline import AnalysisSettings
 
-    if args.pixel_size is not None and args.pixel_size <= 0:
-        raise BloodcellError(f"--pixel-size must be positive, got {args.pixel_size}")
-    if args.frame_interval is not None and args.frame_interval <= 0:  # before hours of analysis
-        raise BloodcellError(f"--frame-interval must be positive, got {args.frame_interval}")
+    check_lengths_and_times(args)  # before hours of analysis
     if args.uncertain_threshold is not None and not 0 <= args.uncertain_threshold <= 1:
         raise BloodcellError(
             f"--uncertain-threshold is a probability in [0, 1], got {args.uncertain_threshold}"
@@ -333,17 +345,22 @@ def _analyze_and_report(args, settings, client) -> int:
             file=sys.stderr,
         )
     if summary.processed:
-        print(
-            f"\n{len(summary.processed)} input(s), {summary.n_frames} frame(s), "
-            f"{len(summary.table)} cells, {1000 * summary.seconds_per_frame:.0f} ms/frame "
-            f"({', '.join(sorted(set(summary.modalities.values())))})"
-        )
-        print(summarise(summary.table).to_string(index=False))
-        print(f"results in {summary.out}/")
         from .classification.novelty import white_cell_novelty
 
-        analysed = summary.table["source"].isin([Path(p).name for p in summary.processed])
-        _warn_if_novel(white_cell_novelty(summary.table[analysed]), "these images", "white cells")
+        analysed = summary.table[
+            summary.table["source"].isin([Path(p).name for p in summary.processed])
+        ]
+        print(
+            f"\n{len(summary.processed)} input(s), {summary.n_frames} frame(s), "
+            f"{len(analysed)} cells, {1000 * summary.seconds_per_frame:.0f} ms/frame "
+            f"({', '.join(sorted(set(summary.modalities.values())))})"
+        )
+        print(summarise(analysed).to_string(index=False))
+        skipped = len(summary.table) - len(analysed)
+        if skipped:
+            print(f"(and {skipped} cells of inputs finished before, in cells.csv)")
+        print(f"results in {summary.out}/")
+        _warn_if_novel(white_cell_novelty(analysed), "these images", "white cells")
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
     if args.track and len(summary.table):
@@ -452,6 +469,7 @@ def _run_models(args) -> int:
 def _run_track(args) -> int:
     from .table import read_table
 
+    check_lengths_and_times(args)
     if not args.cells.is_file():
         raise BloodcellError(f"{args.cells}: no such file")
     _track_each_source(
@@ -478,7 +496,7 @@ def _track_each_source(
 
     from .tracking import existing_tracking_files, pixel_size_of_table, track_table
 
-    sources = table["source"].unique() if "source" in table else [None]
+    sources = table["source"].unique() if "source" in table and len(table) else [None]
     targets = {
         source: out if len(sources) == 1 else out / (Path(str(source)).stem or "unnamed")
         for source in sources

@@ -24,6 +24,7 @@ Columns (units):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
                 ) from exc
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # must not hide the error that stopped the write
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -131,9 +133,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
     written, not as a missing value; the other columns as pandas reads them.
     """
     path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    table = pd.read_csv(path, dtype={column: str for column in CATEGORY_COLUMNS})
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        table = pd.read_csv(path, dtype={column: str for column in CATEGORY_COLUMNS})
+    except ImportError:
+        raise BloodcellError(
+            f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
+        ) from None
+    except (UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as exc:
+        kind = "Parquet" if path.suffix.lower() == ".parquet" else "CSV"
+        raise BloodcellError(
+            f"{path}: not a readable {kind} table ({type(exc).__name__}: {exc})"
+        ) from None
     for column in CATEGORY_COLUMNS:
         if column in table:
             table[column] = table[column].fillna("")

@@ -9,13 +9,14 @@ given (else frames). See ``docs/tracking.md``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import OutputExistsError, TrackingError
+from ..errors import BloodcellError, OutputExistsError, TrackingError
 from ..table import write_table
 from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, checked_cells
 from .ctc import ctc_scores, ctc_segments, write_ctc
@@ -156,10 +157,23 @@ def write_tracking(
             f"{out_dir} holds {', '.join(p.name for p in existing)}; "
             "pass --overwrite (overwrite=True) to replace them"
         )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} is a file; the tracking tables need a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        write_table(getattr(result, name), out_dir / file) for name, file in OUTPUT_FILES.items()
-    ]
+    staged: list[tuple[Path, Path]] = []  # all tables or none (a full disk stops half-way)
+    try:
+        for name, file in OUTPUT_FILES.items():
+            partial = write_table(getattr(result, name), out_dir / f".{file}.partial.csv")
+            staged.append((partial, out_dir / file))
+        for partial, final in staged:
+            os.replace(partial, final)
+    except OSError as exc:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
+        raise BloodcellError(
+            f"{out_dir}: cannot write the tracking tables ({exc.strerror or exc}); none written"
+        ) from None
+    return [final for _, final in staged]
 
 
 def pixel_size_of_table(cells_table: pd.DataFrame) -> float | None:
