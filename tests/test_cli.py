@@ -491,6 +491,16 @@ def test_track_refuses_a_table_without_frames(tmp_path, capsys):
     assert "frame" in capsys.readouterr().err
 
 
+def test_a_grey_bright_field_smear_is_refused_not_taken_for_fluorescence(tmp_path, capsys):
+    """Its bright background gaps between red cells were counted as 60 leukocytes."""
+    grey = make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, seed=4).image.mean(axis=-1)
+    iio.imwrite(tmp_path / "grey.png", grey.astype(np.uint8))
+    assert run_cli("analyze", tmp_path / "grey.png", "--out", tmp_path / "o") == 2
+    assert "smear without its colours" in capsys.readouterr().err
+    args = ["--out", tmp_path / "f", "--modality", "fluorescence", "--no-classify"]
+    assert run_cli("analyze", tmp_path / "grey.png", *args) == 0  # when the user insists
+
+
 def test_the_summary_of_a_rerun_counts_the_cells_it_analysed(tmp_path, smear_png, capsys):
     other = tmp_path / "other.png"
     iio.imwrite(other, make_smear(shape=(240, 320), n_rbc=3, n_wbc=1, seed=9).image)

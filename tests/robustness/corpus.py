@@ -50,9 +50,11 @@ def smear_rgb() -> np.ndarray:
     return image
 
 
-def _grey(dtype, scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
+def _grey(dtype, scale: float = 1.0, offset: float = 0.0, dark: bool = True) -> np.ndarray:
+    """The smear in grey, in ``dtype`` as ``grey × scale + offset``; ``dark``: inverted, a
+    dark background with bright cells, as fluorescence (a bright grey frame is refused)."""
     grey = smear_rgb().mean(axis=-1) / 255.0
-    return (grey * scale + offset).astype(dtype)
+    return ((1.0 - grey if dark else grey) * scale + offset).astype(dtype)
 
 
 def _jpeg_bytes() -> bytes:
@@ -189,7 +191,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case("16-bit integers", "uint16.tif", _write_tiff(lambda: _grey(np.uint16, 4000, 100)), None),
     Case("32-bit integers", "int32.tif", _write_tiff(lambda: _grey(np.int32, 1e6, -5e5)), None),
-    Case("bool frame", "bool.tif", _write_tiff(lambda: _grey(np.float32) < 0.6), None),
+    Case("bool frame", "bool.tif", _write_tiff(lambda: _grey(np.float32) > 0.4), None),
     Case(
         "5-D array",
         "five_d.tif",

@@ -25,12 +25,17 @@ def detect_modality(frame: np.ndarray) -> str:
 
     ``frame``: float (Y, X, C) in [0, 1]. A frame is a smear when it has 3 channels and its
     median brightness (mean over channels) is at least 0.5.
+    A grey frame (one channel) that bright is a smear too (a bright-field image without its
+    colours, which :func:`segment_frame` refuses: as fluorescence its bright background
+    would be taken for cells).
     """
     frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+    if frame.ndim != 3 or frame.shape[2] not in (1, 3) or frame.size == 0:
         return "fluorescence"
     brightness = float(np.median(frame.mean(axis=2)))
-    return "smear" if brightness >= _SMEAR_MIN_MEDIAN_BRIGHTNESS else "fluorescence"
+    if brightness < _SMEAR_MIN_MEDIAN_BRIGHTNESS:
+        return "fluorescence"
+    return "smear"
 
 
 def segment_frame(
@@ -54,7 +59,8 @@ def segment_frame(
     Empty, constant or 1×1 frames give an empty Segmentation.
     """
     frame = _checked_frame(frame)
-    if modality == "auto":
+    detected = modality == "auto"
+    if detected:
         modality = detect_modality(frame)
     if modality not in MODALITIES:
         raise InputImageError(
@@ -63,12 +69,20 @@ def segment_frame(
     _check_pixel_size(pixel_size_um)
     n_channels = frame.shape[2]
     if modality == "smear":
-        if n_channels != 3:
+        featureless = _is_featureless(frame)
+        if n_channels != 3 and not (detected and featureless):
+            grey = (
+                " (a grey frame with a bright background: a bright-field smear without its "
+                "colours? To analyse it as fluorescence anyway, choose the fluorescence "
+                "modality, --modality fluorescence)"
+                if detected
+                else ""
+            )
             raise InputImageError(
-                f"a smear frame must be RGB (Y, X, 3), got {n_channels} channel(s)"
+                f"a smear frame must be RGB (Y, X, 3), got {n_channels} channel(s){grey}"
             )
         smear_params = _checked_params(params, SmearParams)
-        if _is_featureless(frame):
+        if featureless:
             return empty_segmentation(frame.shape[:2], modality)
         return segment_smear(frame, smear_params.in_pixels(pixel_size_um))
 
