@@ -501,6 +501,17 @@ def test_a_grey_bright_field_smear_is_refused_not_taken_for_fluorescence(tmp_pat
     assert run_cli("analyze", tmp_path / "grey.png", *args) == 0  # when the user insists
 
 
+def test_run_record_names_the_pixel_size_each_input_was_measured_with(tmp_path):
+    movie = make_timelapse(n_frames=2, shape=(64, 96), seed=3).image
+    path = tmp_path / "calibrated.tif"
+    tifffile.imwrite(path, movie, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    out = tmp_path / "out"
+    assert run_cli("analyze", path, "--out", out, "--no-classify", "--axes", "TYXC") == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["pixel_size_um"] is None  # none given: each file's own
+    assert run["pixel_sizes_um"] == {str(path): pytest.approx(0.5)}
+
+
 def test_the_summary_of_a_rerun_counts_the_cells_it_analysed(tmp_path, smear_png, capsys):
     other = tmp_path / "other.png"
     iio.imwrite(other, make_smear(shape=(240, 320), n_rbc=3, n_wbc=1, seed=9).image)

@@ -7,6 +7,7 @@ import tifffile
 
 from napari_bloodcell.errors import InputImageError
 from napari_bloodcell.reading import image_from_array, infer_axes, normalise_intensity, read_image
+from napari_bloodcell.synthetic import make_smear
 
 
 @pytest.mark.parametrize(
@@ -117,6 +118,23 @@ def test_pixel_size_from_ome_units_and_imagej_calibration(tmp_path, kwargs, expe
 
 
 @pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"imagej": True, "resolution": (1 / 0.65, 1 / 0.5), "metadata": {"unit": "um"}},
+        {"ome": True, "metadata": {"PhysicalSizeX": 0.65, "PhysicalSizeY": 0.5}},
+    ],
+)
+def test_pixels_that_are_not_square_are_refused(tmp_path, kwargs):
+    """Only the X size was read: Y lengths and areas in µm came out wrong."""
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(
+        path, np.random.default_rng(2).integers(0, 255, (3, 24, 32), np.uint8), **kwargs
+    )
+    with pytest.raises(InputImageError, match="0.65 µm wide and 0.5 µm high"):
+        read_image(path, axes="TYX")
+
+
+@pytest.mark.parametrize(
     ("content", "name", "message"),
     [
         (b"", "empty.png", "empty"),
@@ -141,6 +159,17 @@ def test_truncated_jpeg_is_refused(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(InputImageError, match="cut.jpg"):
         read_image(tmp_path / "cut.jpg")
+
+
+def test_a_cmyk_jpeg_is_read_in_rgb(tmp_path):
+    """Its ink channels were taken for red, green, blue and alpha: inverted colours."""
+    from PIL import Image
+
+    rgb = make_smear(shape=(240, 320), n_rbc=3, n_wbc=1, seed=4).image
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    image = read_image(tmp_path / "cmyk.jpg")
+    assert image.data.shape == (1, 240, 320, 3)
+    assert np.abs(image.data[0] * 255 - rgb).mean() < 3  # JPEG loss only
 
 
 def test_missing_file():

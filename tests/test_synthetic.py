@@ -112,6 +112,8 @@ def test_smear_rejects_impossible_requests():
         make_smear(n_rbc=-1)
     with pytest.raises(InputImageError, match="shape"):
         make_smear((10, 10))
+    with pytest.raises(InputImageError, match="too small for object 1"):  # was a ValueError
+        make_smear((120, 160), n_rbc=3, n_wbc=1, seed=4)
 
 
 def test_empty_smear():

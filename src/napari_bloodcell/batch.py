@@ -82,6 +82,8 @@ class BatchSummary:
     failures: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     modalities: dict[str, str] = field(default_factory=dict)
+    pixel_sizes_um: dict[str, float | None] = field(default_factory=dict)
+    """µm per pixel each analysed input was measured with (given, or from its file)."""
     n_frames: int = 0
     seconds: float = 0.0
     written: list[Path] = field(default_factory=list)
@@ -288,6 +290,7 @@ def analyze_files(
                 summary.modalities[job.source] = "+".join(
                     sorted(set().union(*(r.modalities for r in unit_results)))
                 )
+                summary.pixel_sizes_um[job.source] = job.settings.pixel_size_um
                 summary.n_frames += job.n_frames
     except KeyboardInterrupt:
         for job in jobs:
@@ -641,6 +644,7 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
         "inputs": summary.processed,
         "skipped": list(summary.skipped),
         "modalities": summary.modalities,
+        "pixel_sizes_um": summary.pixel_sizes_um,
         "failures": summary.failures,
         "n_frames": summary.n_frames,
         "n_cells": 0

@@ -521,15 +521,23 @@ def _read_with_imageio(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as header:
             width, height = header.size
+            mode = header.mode
     except Image.DecompressionBombError as exc:
         raise InputImageError(f"{path}: over the pixel budget ({_one_line(exc)})") from None
     try:
         check_frame_pixels(height, width)
     except InputImageError as exc:
         raise InputImageError(f"{path}: {exc}") from None
+    if mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return np.asarray(iio.imread(path))
+
+
+PILLOW_COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")
+"""Pillow modes whose channels are not red, green, blue: converted to RGB when read."""
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
@@ -716,21 +724,42 @@ LENGTH_UNITS_UM = {
 
 
 def _tiff_pixel_size_um(tif) -> float | None:
-    """The pixel size in µm from OME metadata (``PhysicalSizeX`` and its unit, µm when
-    none is given) or from an ImageJ calibration (``XResolution`` pixels per ``unit``), if
-    present in a known length unit."""
+    """The pixel size in µm from OME metadata (``PhysicalSizeX``/``Y`` and their units, µm
+    when none is given) or from an ImageJ calibration (``X``/``YResolution`` pixels per
+    ``unit``), if present in a known length unit. Pixels that are not square are refused
+    (:class:`InputImageError`): every length and area in µm assumes square pixels."""
     ome = tif.ome_metadata
     if ome:
-        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
-        factor = LENGTH_UNITS_UM.get(unit.group(1).lower() if unit else "µm")
-        if match and factor is not None and float(match.group(1)) > 0:
-            return float(match.group(1)) * factor
+        sizes = [_ome_physical_size(ome, axis) for axis in "XY"]
+    else:
+        calibration = tif.imagej_metadata or {}
+        factor = LENGTH_UNITS_UM.get(str(calibration.get("unit", "")).lower())
+        sizes = [
+            _calibrated_size(tif.pages[0].tags.get(f"{axis}Resolution"), factor) for axis in "XY"
+        ]
+    x, y = sizes
+    if x is not None and y is not None and abs(x - y) > 0.01 * x:
+        raise InputImageError(
+            f"{tif.filehandle.path}: its pixels are {x:g} µm wide and {y:g} µm high; lengths "
+            f"and areas in µm need square pixels: resample the image to square pixels "
+            f"(e.g. Fiji: Image › Scale)"
+        )
+    return x
+
+
+def _ome_physical_size(ome: str, axis: str) -> float | None:
+    """``PhysicalSize<axis>`` of OME-XML in µm (its unit, µm when none is given)."""
+    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', ome)
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', ome)
+    factor = LENGTH_UNITS_UM.get(unit.group(1).lower() if unit else "µm")
+    if match and factor is not None and float(match.group(1)) > 0:
+        return float(match.group(1)) * factor
+    return None
+
+
+def _calibrated_size(resolution_tag, factor: float | None) -> float | None:
+    """µm per pixel from a TIFF resolution tag (pixels per unit) and the unit in µm."""
+    if factor is None or resolution_tag is None:
         return None
-    calibration = tif.imagej_metadata or {}
-    factor = LENGTH_UNITS_UM.get(str(calibration.get("unit", "")).lower())
-    resolution = tif.pages[0].tags.get("XResolution")
-    if factor is None or resolution is None:
-        return None
-    pixels, per_units = resolution.value  # a fraction: pixels per unit
+    pixels, per_units = resolution_tag.value  # a fraction: pixels per unit
     return per_units / pixels * factor if pixels > 0 and per_units > 0 else None

@@ -419,6 +419,11 @@ def _place(
     attempts_per_rule = _PLACEMENT_ATTEMPTS // len(rules)
     low = np.full(2, margin)
     high = np.array(canvas.labels.shape, dtype=float) - margin
+    if (high < low).any():
+        raise InputImageError(
+            f"a {canvas.labels.shape} frame is too small for object {label} and its margin "
+            f"({margin:.0f} px); request a larger shape"
+        )
     centers = rng.uniform(low, high, (attempts_per_rule * len(rules), 2))
     for attempt, center in enumerate(centers):
         min_visible, background_only = rules[attempt // attempts_per_rule]
