@@ -173,6 +173,11 @@ def test_write_tracking(tmp_path):
     ]
 
 
+def test_cell_types_are_matched_whatever_their_case():
+    rows = [(t, 1, 5.0, 5.0 + t, "WBC ") for t in range(3)]  # a table edited by hand
+    assert len(track_table(cells(rows)).summary) == 1
+
+
 def test_tracking_tables_are_written_all_or_none(tmp_path, monkeypatch):
     """A full disk after the first table left one table, and the rerun refused it."""
     import napari_bloodcell.tracking as tracking

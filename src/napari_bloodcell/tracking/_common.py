@@ -176,5 +176,5 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
     cells = cells.copy()
     cells["frame"] = frames.astype(np.int64)
     cells[["centroid_y", "centroid_x"]] = centroids.astype(float)
-    cells["cell_type"] = cells["cell_type"].astype(str)
+    cells["cell_type"] = cells["cell_type"].astype(str).str.strip().str.lower()  # "WBC"
     return cells
