@@ -159,6 +159,44 @@ def test_tracks_take_the_channel_axis_only_after_time(movie, axes, columns):
         assert not data[:, 2].any() and meta["scale"][1] == 3.0  # the stretched channel
 
 
+def test_tracks_after_a_leading_channel_axis_keep_the_shear_of_their_axes(movie):
+    from napari.utils.transforms import Affine
+
+    from napari_bloodcell._napari._compute import image_layout
+    from napari_bloodcell._napari._layers import tracks_layers
+    from napari_bloodcell.tracking import track_table
+
+    layout = image_layout((3, 4, 64, 96), False, "CTYX")
+    shear = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # napari's upper triangle, row by row
+    placement = layout.placement((1.0,) * 4, (0.0,) * 4, "TYX", transform={"shear": shear})
+    tracks = track_table(movie.tracks[movie.tracks["visible"]].drop(columns="visible")).tracks
+    ((_, meta, _),) = tracks_layers(tracks, "m", placement, {})
+    expected = Affine(shear=[0.4, 0.5, 0.6], ndim=3)  # T, Y, X rows and columns
+    np.testing.assert_allclose(Affine(shear=meta["shear"], ndim=3).shear, expected.shear)
+
+
+@pytest.mark.parametrize(("axes", "letters", "frame"), [("TYX", "YX", 2), ("CYX", "YX", None)])
+def test_outputs_land_on_their_plane_of_a_rotated_and_sheared_image(axes, letters, frame):
+    """The frame offset (or channel centring) is turned with the image: a rotation that
+    mixes T or C with Y placed a frame's cells beside it."""
+    from napari.utils.transforms import Affine
+    from scipy.spatial.transform import Rotation
+
+    from napari_bloodcell._napari._compute import image_layout
+
+    layout = image_layout((3, 64, 96), False, axes)
+    rotate = Rotation.from_euler("x", 25, degrees=True).as_matrix()  # mixes axes 1 and 2
+    rotate = Rotation.from_euler("z", 20, degrees=True).as_matrix() @ rotate  # and 0 and 1
+    transform = {"rotate": rotate, "shear": [0.1, 0.2, 0.3]}
+    scale, translate = (4.0, 0.5, 0.25), (1.0, 2.0, 3.0)
+    image = Affine(scale=scale, translate=translate, ndim=3, **transform)
+    placement = layout.placement(scale, translate, letters, frame=frame, transform=transform)
+    output = Affine(ndim=3, **placement.layer_arguments)
+    plane = frame if frame is not None else 1  # the channel plane sits at the middle one
+    for yx in ([0.0, 0.0], [10.0, 7.0]):
+        np.testing.assert_allclose(output([0.0, *yx]), image([plane, *yx]), atol=1e-9)
+
+
 def test_a_singleton_z_axis_is_analysed_and_kept_in_the_outputs(movie):
     """A T Z Y X C layer with Z of size 1 (e.g. from bioio readers) was refused, after an
     error message that advised naming that axis Z."""
@@ -374,6 +412,10 @@ def test_the_cells_table_follows_moved_points_and_refuses_added_ones(movie):
     added = np.vstack([points, points[2]])  # napari copies a row's features for a new point
     with pytest.raises(BloodcellError, match=f"point\\(s\\) {len(points)} were added by hand"):
         cells_table(added, pd.concat([features, features.iloc[[2]]]), metadata)
+    elsewhere = added.copy()
+    elsewhere[-1, 0] = (points[2, 0] + 1) % (points[:, 0].max() + 1)  # added on another frame
+    with pytest.raises(BloodcellError, match="added by hand"):
+        cells_table(elsewhere, pd.concat([features, features.iloc[[2]]]), metadata)
 
 
 def test_the_legend_lists_the_models_classes_only_when_it_classified_cells():

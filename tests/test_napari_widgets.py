@@ -271,6 +271,10 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     cells.selected_data = {len(cells.data) - 1}
     cells.remove_selected()
     _track(widget, qtbot)
+    cells.features.loc[0, "diameter_px"] += 1.0  # edited after tracking: tracks are stale
+    widget.export_file.value = tmp_path / "edited.csv"
+    assert widget.export() and not (tmp_path / "edited_tracking").exists()
+    assert (tmp_path / "edited.csv").is_file() and "changed since" in notifications[-2][1]
     _run(widget, qtbot)  # a new batch: the tracks of the last one are not its tracks
     assert widget.tracking is None
     assert tracks.name == "movie tracks (earlier run)"  # kept, never updated again
@@ -439,17 +443,24 @@ def test_classifier_processes_are_released_when_the_viewer_closes(
     qtbot.waitUntil(lambda: owner not in CLASSIFIERS.users(), timeout=10_000)
 
 
-def test_a_result_layer_edited_by_hand_is_never_replaced(
-    make_napari_viewer, qtbot, smear, tmp_path, notifications
-):
+def _analysed_smear(make_napari_viewer, qtbot, smear):
+    """A viewer with the smear analysed (segmentation only), and its Analyze widget."""
     from napari_bloodcell._napari._analyze import AnalyzeWidget
-    from napari_bloodcell.table import read_table
 
     viewer = make_napari_viewer()
     viewer.add_image(smear.image, rgb=True, name="smear")
     widget = AnalyzeWidget(viewer)
     widget.model.value = None
     _run(widget, qtbot)
+    return viewer, widget
+
+
+def test_a_result_layer_edited_by_hand_is_never_replaced(
+    make_napari_viewer, qtbot, smear, tmp_path, notifications
+):
+    from napari_bloodcell.table import read_table
+
+    viewer, widget = _analysed_smear(make_napari_viewer, qtbot, smear)
     instances, classes, cells = viewer.layers[1:]
     instances.paint((10, 10), 999)
     assert "edited by hand" in notifications[-1][1]
@@ -464,6 +475,35 @@ def test_a_result_layer_edited_by_hand_is_never_replaced(
     assert instances.data[10, 10] == 999 and cells.features.equals(kept)  # theirs, untouched
     assert len(viewer.layers) == 6  # new instances and cells layers; classes updated in place
     assert viewer.layers[-1] is not cells and viewer.layers[2] is classes
+
+
+def test_a_cells_table_edited_in_place_is_never_replaced(make_napari_viewer, qtbot, smear):
+    """napari's features table widget changes ``features`` in place, without an event."""
+    viewer, widget = _analysed_smear(make_napari_viewer, qtbot, smear)
+    cells = viewer.layers[-1]
+    first = cells.features.loc[0, "cell_type"]
+    cells.features.loc[0, "cell_type"] = "platelet" if first != "platelet" else "wbc"
+    kept = cells.features.copy()
+    _run(widget, qtbot)
+    assert viewer.layers[-1] is not cells and cells.features.equals(kept)
+    assert len(viewer.layers) == 5  # the edited cells layer stays, a new one is added
+
+
+def test_a_duplicated_result_layer_is_never_replaced(make_napari_viewer, qtbot, smear):
+    """A duplicate (Layers → Duplicate) copies the plugin's key with the metadata."""
+    from napari.layers._layer_actions import _duplicate_layer
+
+    viewer, widget = _analysed_smear(make_napari_viewer, qtbot, smear)
+    cells = viewer.layers[-1]
+    viewer.layers.selection = {cells}
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers[-1]
+    viewer.layers.remove(cells)
+    kept = copy.data.copy()
+    widget.pixel_size.value = 0.25
+    _run(widget, qtbot)
+    np.testing.assert_array_equal(copy.data, kept)  # the copy is the user's
+    assert viewer.layers[-1] is not copy and viewer.layers[-1].name.endswith("cells")
 
 
 @pytest.mark.parametrize("widget_name", ["AnalyzeWidget", "BatchWidget"])

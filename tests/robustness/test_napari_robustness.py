@@ -78,7 +78,9 @@ def test_batch_widget_notifies_a_failing_frame_and_stays_usable(
 ):
     from napari_bloodcell._napari._batch import BatchWidget
 
-    stack = np.stack([smear_rgb()[..., 1]] * 3).astype(np.float32) / 255
+    # a smear's green channel, inverted: dark background, like fluorescence (a bright grey
+    # frame is refused as a smear without its colours)
+    stack = 1 - np.stack([smear_rgb()[..., 1]] * 3).astype(np.float32) / 255
     bad = stack.copy()
     bad[1, 5, 5] = np.inf
     viewer = make_napari_viewer()

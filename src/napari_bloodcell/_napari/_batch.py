@@ -57,6 +57,7 @@ class BatchWidget(AnalysisWidget):
         self.extend([self.frame_interval, self.track_button])
         self.track_button.clicked.connect(self.track)
         self.tracking = None
+        self._tracked_cells = None  # (layer, cells table) the last tracking linked
         self.track_worker = None  # while cells are being tracked
         self._latest: StackProgress | None = None
         self._shown_at = -np.inf
@@ -145,7 +146,7 @@ class BatchWidget(AnalysisWidget):
             _progress={"desc": "napari-bloodcell: tracking"},
             _start_thread=False,
             _connect={  # an "errored" handler of ours: superqt re-raises errors otherwise
-                "returned": partial(self._show_tracks, placement, parameters, layer.name),
+                "returned": partial(self._show_tracks, placement, parameters, layer, table),
                 "errored": self._tracking_failed,
                 "finished": self._tracking_finished,
             },
@@ -156,14 +157,14 @@ class BatchWidget(AnalysisWidget):
         worker.start()
 
     @while_open
-    def _show_tracks(self, placement, parameters: dict, layer_name: str, result) -> None:
-        source = parameters.get("source", layer_name)
+    def _show_tracks(self, placement, parameters: dict, cells, table, result) -> None:
+        source = parameters.get("source", cells.name)
         try:
             upsert_layers(self._viewer, tracks_layers(result.tracks, source, placement, parameters))
         except BloodcellError as exc:
             self._show_error(str(exc))
             return
-        self.tracking = result
+        self.tracking, self._tracked_cells = result, (cells, table)
         counts = result.summary["track_class"].value_counts()
         by_class = ", ".join(f"{n} {name}" for name, n in counts.items())
         self.status.value = (
@@ -190,7 +191,8 @@ class BatchWidget(AnalysisWidget):
 
         from ..tracking import write_tracking
 
-        if self.tracking is None:
+        tracked = self._tracking_of_shown_cells()
+        if tracked is None:
             return super().export()
         table = Path(self.export_file.value)
         folder = table.with_name(f"{table.stem}_tracking") if table.name else None
@@ -200,9 +202,29 @@ class BatchWidget(AnalysisWidget):
         if not super().export():
             return False
         try:
-            write_tracking(self.tracking, folder)
+            write_tracking(tracked, folder)
         except (BloodcellError, OSError) as exc:
             show_warning(f"the cells table is written, the tracking tables are not: {exc}")
             return False
         show_info(f"wrote the tracking tables to {folder}")
         return True
+
+    def _tracking_of_shown_cells(self):
+        """The last tracking result, if the cells layer still holds the cells it linked
+        (else None, with a warning: cells edited since are tracked again on demand)."""
+        from napari.utils.notifications import show_warning
+
+        if self.tracking is None:
+            return None
+        cells, table = self._tracked_cells
+        try:
+            shown = cells_table(cells.data, cells.features, cells.metadata)
+        except BloodcellError:
+            return None  # the cells table is refused too, with the reason
+        if cells is not self._cells_layer or not shown.equals(table):
+            show_warning(
+                "the cells changed since they were tracked: their tracking tables are not "
+                "exported (press Track cells again to export them too)"
+            )
+            return None
+        return self.tracking

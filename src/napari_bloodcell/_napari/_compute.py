@@ -73,15 +73,28 @@ class ImageLayout:
         time axis placed at ``frame``, a singleton axis as it is; the layer's ``transform``
         (units, rotation …) applies as it is."""
         scale = [float(s) for s in scale]
-        translate = [float(t) for t in translate]
+        transform = dict(transform or {})
         extra = tuple(i for i, a in enumerate(self.layer_axes) if a not in letters)
+        shift = np.zeros(len(scale))  # where the outputs' plane 0 sits, in scaled units
         for i in extra:
             if self.layer_axes[i] == "C":  # one plane centred on, and as wide as, all channels
-                translate[i] += (self.n_channels - 1) / 2 * scale[i]
+                shift[i] = (self.n_channels - 1) / 2 * scale[i]
                 scale[i] *= self.n_channels
             elif self.layer_axes[i] == "T" and frame is not None:
-                translate[i] += frame * scale[i]
-        return Placement(tuple(scale), tuple(translate), extra, dict(transform or {}))
+                shift[i] = frame * scale[i]
+        # napari rotates and shears scaled coordinates before translating them
+        shift = rotation_and_shear(transform, len(scale)) @ shift
+        translate = np.asarray(translate, dtype=float) + shift
+        return Placement(tuple(scale), tuple(translate.tolist()), extra, transform)
+
+
+def rotation_and_shear(transform: dict, ndim: int) -> np.ndarray:
+    """The (D, D) linear part napari applies between a layer's scale and its translate:
+    ``rotate`` · ``shear`` of ``transform`` (layer arguments of a D-axis layer)."""
+    from napari.utils.transforms import Affine
+
+    linear = {name: transform[name] for name in ("rotate", "shear") if name in transform}
+    return Affine(ndim=ndim, **linear).linear_matrix
 
 
 def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayout:

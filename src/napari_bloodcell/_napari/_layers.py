@@ -21,6 +21,15 @@ METADATA_KEY = "napari_bloodcell"
 TRANSPARENT = "transparent"
 
 
+def shear_matrix(shear) -> np.ndarray:
+    """napari's ``shear`` (the upper-triangle coefficients, row by row, or the full
+    upper-triangular matrix) as a square matrix."""
+    from napari.utils.transforms.transform_utils import expand_upper_triangular
+
+    shear = np.asarray(shear, dtype=float)
+    return shear if shear.ndim == 2 else expand_upper_triangular(shear)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where outputs go in world coordinates: per-axis scale and translate of the image
@@ -62,16 +71,17 @@ class Placement:
 
     def without_leading_axes(self) -> Placement:
         """This placement without the extra axes before the first output axis (their rows
-        and columns of the transform dropped; a shear then too)."""
+        and columns of the transform dropped)."""
         leading = 0
         while leading in self.extra_axes:
             leading += 1
         transform = dict(self.transform)
         if leading:
-            transform.pop("shear", None)
             if "units" in transform:
                 transform["units"] = tuple(transform["units"])[leading:]
-            for name in ("rotate", "affine"):
+            if "shear" in transform:
+                transform["shear"] = shear_matrix(transform["shear"])
+            for name in ("rotate", "shear", "affine"):
                 if name in transform:
                     transform[name] = np.asarray(transform[name])[leading:, leading:]
         return Placement(
@@ -150,12 +160,8 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
             f"the layer holds {len(points)} points but {len(table)} table rows; run the "
             f"analysis again"
         )
-    columns = ["frame", "centroid_y", "centroid_x"][-points.shape[1] :] if len(points) else []
-    for i, column in enumerate(columns):
-        if column in table:
-            table[column] = (
-                np.round(points[:, i]).astype(int) if column == "frame" else points[:, i]
-            )
+    # a point added on another frame copies a row and then takes its own frame: judge the
+    # copies by the rows as the analysis wrote them, before the positions are read
     key = [c for c in ("source", "frame", "label") if c in table]
     added = np.flatnonzero(table.duplicated(key, keep="first").to_numpy()) if key else []
     if len(added):
@@ -165,6 +171,12 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
             f"their own): delete them, or paint the cell into the instances layer and run "
             f"the analysis again"
         )
+    columns = ["frame", "centroid_y", "centroid_x"][-points.shape[1] :] if len(points) else []
+    for i, column in enumerate(columns):
+        if column in table:
+            table[column] = (
+                np.round(points[:, i]).astype(int) if column == "frame" else points[:, i]
+            )
     return table
 
 
@@ -316,8 +328,9 @@ def tracks_layers(
     if len(placement.extra_axes) > 1:
         raise BloodcellError(
             "napari's Tracks layer has at most one axis besides T, Y and X, and this image "
-            "has more sliders; split its channels into separate layers (right-click → "
-            "Split Stack) and run the batch on one of them"
+            "has more sliders; add it again with fewer, e.g. for T Z C Y X data without its "
+            "size-1 Z (viewer.add_image(layer.data[:, 0])) or with one layer per channel "
+            "(viewer.add_image(layer.data, channel_axis=2)), and run the batch on that layer"
         )
     data = np.concatenate([data[:, :1], placement.coordinates(data[:, 1:])], axis=1)  # id first
     features = features.assign(track_class_code=properties["track_class"])

@@ -126,21 +126,28 @@ def upsert_layers(viewer, layer_data: list[tuple]) -> list:
                 (
                     layer
                     for layer in viewer.layers
-                    if layer_key(layer.metadata) == key
+                    if layer in _RESULT_LAYERS  # not a duplicate, which copies the key
+                    and layer_key(layer.metadata) == key
                     and layer._type_string == layer_type
                     and layer.ndim == len(meta["scale"])
                 ),
                 None,
             )
+            if existing is not None and _features_edited(existing):
+                adopt_layer(existing)
+                existing = None
             if existing is None:
                 settings = {k: v for k, v in meta.items() if k not in _SET_AFTER_CREATION}
                 existing = viewer.add_layer(Layer.create(data, settings, layer_type))
                 for attribute in _SET_AFTER_CREATION.intersection(meta):
                     setattr(existing, attribute, meta[attribute])
                 watch_user_edits(existing)
+                _RESULT_LAYERS.add(existing)
                 added.append(existing)
             else:
                 _update_layer(existing, data, meta)
+            if hasattr(existing, "features"):
+                _FEATURES_AS_SHOWN[existing] = existing.features.copy()
             layers.append(existing)
     except Exception:
         for layer in added:
@@ -186,8 +193,21 @@ def _update_layer(layer, data, meta: dict) -> None:
         _UPDATING.discard(layer)
 
 
+_RESULT_LAYERS: weakref.WeakSet = weakref.WeakSet()
+"""The result layers this plugin made (and watches for edits)."""
+
 _UPDATING: weakref.WeakSet = weakref.WeakSet()
 """Result layers whose data the plugin is replacing now (their data events are not edits)."""
+
+_FEATURES_AS_SHOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Each result layer's ``features`` as the plugin last set them."""
+
+
+def _features_edited(layer) -> bool:
+    """Whether the user changed the layer's ``features`` in place since the plugin set them
+    (napari's features table widget edits without an event)."""
+    shown = _FEATURES_AS_SHOWN.get(layer)
+    return shown is not None and not layer.features.equals(shown)
 
 
 def watch_user_edits(layer) -> None:
