@@ -211,6 +211,28 @@ def test_crops_as_bytes_are_classified_as_their_floats(tiny_model, tiny_heldout)
     )
 
 
+def test_a_cut_out_crop_is_read_over_a_white_background(tmp_path):
+    """An RGBA crop whose outside is transparent was refused (a 4th channel that varies)."""
+    import imageio.v3 as iio
+
+    from napari_bloodcell.classification.datasets import prepare_crop_files
+    from napari_bloodcell.synthetic import make_smear
+
+    rgb = make_smear(shape=(160, 160), n_rbc=0, n_wbc=1, n_platelets=0, seed=3).image
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:10] = 0  # a transparent band, whatever colour its pixels hold
+    cut_out = np.dstack([rgb, alpha])
+    cut_out[:10, :, :3] = 0
+    iio.imwrite(tmp_path / "cut_out.png", cut_out)
+    white = rgb.copy()
+    white[:10] = 255
+    iio.imwrite(tmp_path / "white.png", white)
+    crops = prepare_crop_files(
+        [tmp_path / "cut_out.png", tmp_path / "white.png"], size=32, scale=3.0
+    )
+    np.testing.assert_array_equal(crops[0], crops[1])
+
+
 def _items(folder, names):
     return [(folder / "round" / f"{name}.png", "round", 0) for name in names]
 

@@ -108,9 +108,10 @@ def _decode(path: Path, read_tiff) -> tuple:
 
 
 def _naming_file(path: Path, error: InputImageError) -> InputImageError:
-    """The error with the file's name in front, unless it names the file already."""
+    """The error (of the same class) with the file's name in front, unless it names the
+    file already."""
     message = str(error)
-    return InputImageError(message if str(path) in message else f"{path}: {message}")
+    return type(error)(message if str(path) in message else f"{path}: {message}")
 
 
 def _checked_image_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
@@ -501,11 +502,16 @@ def _drop_constant_alpha(tyxc, sample: np.ndarray, channels_named: bool):
     if alpha.min() != alpha.max():
         if channels_named:
             return tyxc
-        raise InputImageError(
+        raise VaryingAlphaError(
             "the image has 4 channels with a varying 4th channel; if these are 4 fluorescence "
             "channels give the axes explicitly (e.g. YXC) and a channel mapping"
         )
     return tyxc[..., :3]
+
+
+class VaryingAlphaError(InputImageError):
+    """An image with a 4th channel that varies, read without named axes: RGBA with a
+    transparent part, or 4 channels?"""
 
 
 def _one_line(exc: Exception) -> str:

@@ -177,10 +177,14 @@ def folder_name(data_dir: Path) -> str:
 
 def _prepare_file(job: tuple[str, int, float]) -> np.ndarray:
     from ..crops import crop_single_cell_image
-    from ..reading import read_image
+    from ..reading import VaryingAlphaError, read_image
 
     path, size, scale = job
-    frame = read_image(path).data[0]
+    try:
+        frame = read_image(path).data[0]
+    except VaryingAlphaError:  # a cut-out cell: its transparent part is slide background
+        rgba = read_image(path, axes="YXC").data[0]
+        frame = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # over white
     if frame.shape[-1] == 1:
         frame = np.repeat(frame, 3, axis=-1)
     crop = crop_single_cell_image(frame[..., :3], size=size, scale=scale)
