@@ -266,8 +266,9 @@ def analyze_files(
     def failed_unit(index: int) -> bool:
         return unit_jobs[index].source in summary.failures
 
+    computed = _computed(chunks, unit_jobs, client, skip=failed_unit)
     try:
-        for index, outcome in _computed(chunks, unit_jobs, client, skip=failed_unit):
+        for index, outcome in computed:
             job = unit_jobs[index]
             if job.source in summary.failures:
                 continue
@@ -293,6 +294,7 @@ def analyze_files(
                 summary.pixel_sizes_um[job.source] = job.settings.pixel_size_um
                 summary.n_frames += job.n_frames
     except KeyboardInterrupt:
+        computed.close()  # no more units start (on a cluster: the queued ones are cancelled)
         for job in jobs:
             _remove_parts(job)
         unfinished = [job.source for job in jobs if job.source not in summary.processed]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -63,6 +65,18 @@ class TensorFlowThreads(WorkerPlugin):
     def setup(self, worker) -> None:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, worker.state.nthreads))
         os.environ["TF_NUM_INTEROP_THREADS"] = str(TENSORFLOW_INTER_OP_THREADS)
+
+
+class LeaveInterruptsToTheClient(WorkerPlugin):
+    """Ctrl-C in a terminal reaches every process of its group: the workers of a local
+    cluster too, which then died each with a screenful of tracebacks. They ignore it: the
+    client's process stops the run and closes the cluster, which stops them."""
+
+    name = "napari-bloodcell-leave-interrupts-to-the-client"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_scheduler_address(address: str) -> None:
@@ -120,6 +134,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         Client(cluster) as client,
     ):
         client.register_plugin(TensorFlowThreads())
+        client.register_plugin(LeaveInterruptsToTheClient())
         yield client
 
 
@@ -163,18 +178,21 @@ def compute_on_cluster(
             running.add(future)
 
     submit_more()
-    for future in running:
-        index = index_of.pop(future.key)
-        if future.status == "error":
-            error = future.exception()
-            if isinstance(error, KilledWorker):
-                limit = dask.config.get("distributed.scheduler.allowed-failures")
-                error = BloodcellError(
-                    f"Dask workers died more than {limit} times running one of its units "
-                    f"(out of memory?); see the worker logs"
-                )
-            yield index, error
-        else:
-            yield index, future.result()
-        future.release()
-        submit_more()
+    try:
+        for future in running:
+            index = index_of.pop(future.key)
+            if future.status == "error":
+                error = future.exception()
+                if isinstance(error, KilledWorker):
+                    limit = dask.config.get("distributed.scheduler.allowed-failures")
+                    error = BloodcellError(
+                        f"Dask workers died more than {limit} times running one of its units "
+                        f"(out of memory?); see the worker logs"
+                    )
+                yield index, error
+            else:
+                yield index, future.result()
+            future.release()
+            submit_more()
+    finally:  # closed early (interrupted): the calls still queued or running are not wanted
+        client.cancel(list(running.futures))
