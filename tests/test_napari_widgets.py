@@ -558,10 +558,12 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
         resolve_model_path,
         user_models_dir,
     )
+    from napari_bloodcell.classification.training import fine_tuning_config
 
     viewer = make_napari_viewer()
     analyze = AnalyzeWidget(viewer)
     widget = TrainWidget(viewer)
+    assert widget.config() == fine_tuning_config("default")  # the measured recipe as it is
     widget.data_dir.value = user_data
     widget.name.value = "lobes"
     widget.input_size.value = 32

@@ -25,7 +25,7 @@ from ..classification.remote_training import (
     TrainingFailed,
     TrainingJob,
 )
-from ..classification.training import TrainingConfig, fine_tuning_config
+from ..classification.training import FINE_TUNING_RECIPE, TrainingConfig, fine_tuning_config
 from ..errors import BloodcellError
 from ._widgets_common import MODEL_EVENTS, PlotCanvas, while_open
 
@@ -54,7 +54,13 @@ class TrainWidget(Container):
             tooltip="fine-tune a model (its body is kept, the head rebuilt for your classes) "
             "or train a new network from scratch",
         )
-        self.epochs = SpinBox(label="epochs", value=30, min=1, max=500)
+        self.epochs = SpinBox(
+            label="epochs",
+            value=FINE_TUNING_RECIPE["epochs"],
+            min=1,
+            max=500,
+            tooltip="at most; training stops earlier once the validation loss stops improving",
+        )
         self.input_size = SpinBox(
             label="input size (px)",
             value=DEFAULT_INPUT_SIZE["compact"],

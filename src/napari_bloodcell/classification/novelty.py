@@ -170,7 +170,8 @@ def novelty_warning(novelty_values, cells: str = "classified cells") -> str | No
         f"{novel} of {len(values)} {cells} ({novel / len(values):.0%}) look unlike "
         f"the model's training images (expected about {expected:.0%}): another microscope, "
         f"stain or magnification? Their classes are not reliable; fine-tune the model on a "
-        f"few labelled crops of yours (napari-bloodcell train --init default)."
+        f"few labelled crops of yours (napari-bloodcell train --init default, or the Train "
+        f"classifier widget in napari)."
     )
 
 
