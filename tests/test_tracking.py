@@ -234,3 +234,104 @@ def test_empty_and_sparse_tables_give_valid_outputs():
     assert rbc_only.tracks.empty
     sparse = track_table(cells([(0, 1, 1.0, 1.0, "wbc"), (9, 1, 1.0, 1.0, "wbc")]))
     assert sparse.tracks["track_id"].nunique() == 2  # 8 empty frames: too long a gap
+
+
+def test_still_cells_filmed_fast_stay_one_track_each():
+    """At 2 s per frame a platelet's 5 µm/min reach is 0.17 µm, less than the wander of a
+    still cell's centroid: 20 platelets broke into ~300 tracks."""
+    rng = np.random.default_rng(0)
+    home = rng.uniform(10, 190, size=(20, 2))
+    rows = [
+        (t, i + 1, *(home[i] + rng.normal(0, 0.3, 2)), "platelet")
+        for t in range(30)
+        for i in range(20)
+    ]
+    table = cells(rows).assign(diameter_px=6.0)
+    result = track_table(table, pixel_size_um=0.5, frame_interval_s=2.0)
+    assert result.tracks["track_id"].nunique() == 20
+
+
+def test_a_contact_goes_on_across_a_frame_the_leukocyte_was_missed_in():
+    rows = [(t, 1, 0.0, 5.0, "wbc") for t in range(10) if t != 5]
+    rows += [(t, 2, 0.0, 5.5, "platelet") for t in range(10)]
+    params = TrackingParams(contact_distance=2.0)
+    events = track_table(cells(rows), frame_interval_s=10.0, params=params).interactions
+    assert events[["start_frame", "end_frame", "n_frames"]].values.tolist() == [[0, 9, 9]]
+    assert events["duration_s"].tolist() == [100.0]
+    no_gaps = TrackingParams(contact_distance=2.0, max_gap_frames=0)
+    assert len(track_table(cells(rows), params=no_gaps).interactions) == 2
+
+
+def test_track_ids_do_not_depend_on_the_row_order():
+    rows = [(t, i, 10.0 + 30 * i, 10.0 + t, "wbc") for t in range(4) for i in (1, 2, 3)]
+    ordered = track_table(cells(rows)).tracks.set_index(["frame", "label"])["track_id"]
+    shuffled = cells(rows).sample(frac=1.0, random_state=1)
+    again = track_table(shuffled).tracks.set_index(["frame", "label"])["track_id"]
+    pd.testing.assert_series_equal(again.sort_index(), ordered.sort_index())
+
+
+def test_a_frame_far_away_costs_no_more_than_a_near_one():
+    """laptrack takes one list per frame: a detection at frame 3·10⁷ took minutes and GBs."""
+    rows = [(0, 1, 5.0, 5.0, "wbc"), (1, 1, 5.0, 6.0, "wbc"), (30_000_000, 1, 5.0, 6.0, "wbc")]
+    tracks = track_table(cells(rows)).tracks
+    assert tracks["track_id"].tolist() == [1, 1, 2]  # the far one is a track of its own
+
+
+def test_missing_classes_are_uncertain_votes_not_a_class_none():
+    table = cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(4)])
+    table["cell_class"] = pd.Series(["neutrophil", None, None, None], dtype=object)
+    assert track_table(table).summary["track_class"].tolist() == ["neutrophil"]
+    table["cell_class"] = None
+    assert track_table(table).summary["track_class"].tolist() == ["uncertain"]
+
+
+def test_aggregate_sizes_stay_integers_in_frames_without_platelets():
+    rows = [(0, 1, 5.0, 5.0, "wbc"), (1, 1, 5.0, 6.0, "wbc"), (1, 2, 5.0, 9.0, "platelet")]
+    nearest = track_table(cells(rows)).nearest_platelet
+    assert nearest["aggregate_size"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"msd_max_lag_frames": 20.5}, "msd_max_lag_frames must be an integer"),
+        ({"max_gap_frames": None}, "max_gap_frames must be an integer"),
+        ({"min_contact_frames": float("nan")}, "min_contact_frames must be an integer"),
+    ],
+)
+def test_counts_in_the_parameters_are_whole_numbers(settings, message):
+    with pytest.raises(TrackingError, match=message):
+        TrackingParams(**settings)
+    assert TrackingParams(msd_max_lag_frames=20.0).msd_max_lag_frames == 20  # used as a count
+    track_table(
+        cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]),
+        params=TrackingParams(msd_max_lag_frames=2.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (None, "expected a pandas DataFrame"),
+        (
+            cells([(0, 1, 1.0, 1.0, "wbc"), (0, 2, 5.0, 5.0, "wbc")]).assign(source=["a", None]),
+            "2 sources",
+        ),
+        (
+            cells([(0, 1, 1.0, 1.0, "wbc")]).assign(frame=pd.to_datetime(["2024-01-01"])),
+            "frame column holds times",
+        ),
+    ],
+)
+def test_tables_that_are_not_one_time_lapse_of_frame_indices_are_refused(table, message):
+    with pytest.raises(TrackingError, match=message):
+        track_table(table)
+
+
+def test_ctc_export_needs_the_labels_of_the_tracked_cells(tmp_path):
+    tracks = track_table(cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(2)])).tracks
+    stack = np.zeros((2, 16, 16), np.uint16)
+    with pytest.raises(TrackingError, match="lacks column"):
+        write_ctc(tmp_path, stack, tracks.drop(columns="label"))
+    with pytest.raises(TrackingError, match="needs its label"):
+        write_ctc(tmp_path, stack, tracks.assign(label=[1.0, np.nan]))

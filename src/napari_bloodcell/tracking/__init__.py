@@ -102,14 +102,13 @@ def track_table(
     """
     params = params or TrackingParams()
     units = Units(pixel_size_um, frame_interval_s)
-    if "source" in cells_table and cells_table["source"].nunique() > 1:
-        raise TrackingError(
-            f"the table holds {cells_table['source'].nunique()} sources (inputs); track one "
-            f"time-lapse at a time, e.g. cells_table[cells_table.source == name]"
-        )
     cells = checked_cells(cells_table)
-    if "cell_class" not in cells:
-        cells["cell_class"] = cells["cell_type"]
+    if "source" in cells and cells["source"].nunique(dropna=False) > 1:
+        raise TrackingError(
+            f"the table holds {cells['source'].nunique(dropna=False)} sources (inputs, a "
+            f"missing one counted too); track one time-lapse at a time, e.g. "
+            f"cells_table[cells_table.source == name]"
+        )
     tracks = link_cells(cells, units, params)
     tracks["t_s"] = units.seconds(tracks["frame"].to_numpy(dtype=float))
     votes = vote_track_classes(tracks)
@@ -129,7 +128,9 @@ def track_table(
     return TrackingResult(
         tracks=tracks,
         summary=track_summary(tracks, units),
-        interactions=contact_events(nearest, units, params.min_contact_frames),
+        interactions=contact_events(
+            nearest, units, params.min_contact_frames, params.max_gap_frames
+        ),
         nearest_platelet=nearest,
         msd=msd_table(tracks, units, params.msd_max_lag_frames),
         units=units,
@@ -161,17 +162,21 @@ def write_tracking(
         raise OutputExistsError(f"{out_dir} is a file; the tracking tables need a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []  # all tables or none (a full disk stops half-way)
+    replaced: list[Path] = []
     try:
         for name, file in OUTPUT_FILES.items():
             partial = write_table(getattr(result, name), out_dir / f".{file}.partial.csv")
             staged.append((partial, out_dir / file))
         for partial, final in staged:
             os.replace(partial, final)
+            replaced.append(final)
     except OSError as exc:
         for partial, _ in staged:
             partial.unlink(missing_ok=True)
+        names = ", ".join(p.name for p in replaced)
+        written = f"only {names} written" if replaced else "none written"
         raise BloodcellError(
-            f"{out_dir}: cannot write the tracking tables ({exc.strerror or exc}); none written"
+            f"{out_dir}: cannot write the tracking tables ({exc.strerror or exc}); {written}"
         ) from None
     return [final for _, final in staged]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..classification.inference import UNCERTAIN
 from ..errors import TrackingError
 
 TRACKED_CELL_TYPES = ("wbc", "platelet")
@@ -25,6 +26,11 @@ DEFAULT_MAX_SPEED_UM_PER_MIN = {"wbc": 50.0, "platelet": 5.0}
 DEFAULT_MAX_STEP_DIAMETERS = {"wbc": 1.0, "platelet": 0.5}
 # Diameters (px) assumed when the table has no ``diameter_px`` column.
 FALLBACK_DIAMETER_PX = {"wbc": 15.0, "platelet": 4.0}
+JITTER_DIAMETERS = 0.5
+"""The reach of a link is never below this many median diameters: the centroid of a cell
+that does not move wanders by segmentation noise, and speed × a short frame interval (2 s:
+0.17 µm for a platelet) is less than that noise (static platelets broke into 15× as many
+tracks)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,8 @@ class TrackingParams:
     and a frame interval; µm/frame or px/min with only one of them).
 
     * ``wbc_max_speed`` / ``platelet_max_speed``: largest speed of a link; None: 50 / 5 µm/min
-      with full units, else 1 / 0.5 median cell diameters per frame.
+      with full units, else 1 / 0.5 median cell diameters per frame. The reach of a link
+      is never below :data:`JITTER_DIAMETERS` median diameters (segmentation noise).
     * ``max_gap_frames``: missed frames that gap closing may bridge (0 disables it).
     * ``contact_distance``: centre distance below which a leukocyte touches a platelet;
       None: half the sum of the median leukocyte and platelet diameters (touching outlines).
@@ -70,8 +77,11 @@ class TrackingParams:
             ("msd_max_lag_frames", 1),
         ):
             value = getattr(self, name)
-            if int(value) != value or value < minimum:
+            whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            whole = whole or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+            if not whole or value < minimum:
                 raise TrackingError(f"{name} must be an integer >= {minimum}; got {value!r}")
+            object.__setattr__(self, name, int(value))  # 20.0 → 20: used as a count
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,15 @@ def median_diameter(cells: pd.DataFrame, cell_type: str, units: Units) -> float:
 
 
 def max_step(cells: pd.DataFrame, cell_type: str, units: Units, params: TrackingParams) -> float:
-    """Largest displacement per frame (length unit) of a ``cell_type`` link."""
+    """Largest displacement per frame (length unit) of a ``cell_type`` link, never below
+    :data:`JITTER_DIAMETERS` median diameters."""
+    diameter = median_diameter(cells, cell_type, units)
     speed = getattr(params, f"{cell_type}_max_speed")
-    if speed is not None:
-        return float(speed * units.times(1.0))
-    if units.complete:
-        return DEFAULT_MAX_SPEED_UM_PER_MIN[cell_type] * units.times(1.0)
-    return DEFAULT_MAX_STEP_DIAMETERS[cell_type] * median_diameter(cells, cell_type, units)
+    if speed is None and units.complete:
+        speed = DEFAULT_MAX_SPEED_UM_PER_MIN[cell_type]
+    if speed is None:
+        return DEFAULT_MAX_STEP_DIAMETERS[cell_type] * diameter
+    return max(float(speed * units.times(1.0)), JITTER_DIAMETERS * diameter)
 
 
 def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +163,13 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
             f"{list(REQUIRED_COLUMNS)} (the table written by 'napari-bloodcell analyze')"
         )
     cells = cells.reset_index(drop=True)
+    if pd.api.types.is_datetime64_any_dtype(cells["frame"]) or pd.api.types.is_timedelta64_dtype(
+        cells["frame"]
+    ):
+        raise TrackingError(
+            "the frame column holds times; tracking needs frame indices (0, 1, 2, …) and "
+            "the frame interval given apart (frame_interval_s, --frame-interval)"
+        )
     frames = pd.to_numeric(cells["frame"], errors="coerce").to_numpy(dtype=float)
     bad_frames = ~np.isfinite(frames) | (frames < 0) | (frames != np.round(frames))
     if bad_frames.any():
@@ -177,4 +196,9 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
     cells["frame"] = frames.astype(np.int64)
     cells[["centroid_y", "centroid_x"]] = centroids.astype(float)
     cells["cell_type"] = cells["cell_type"].astype(str).str.strip().str.lower()  # "WBC"
+    if "cell_class" in cells:  # a missing class is "uncertain", not a class "nan" or "None"
+        classes = cells["cell_class"].astype(object)
+        cells["cell_class"] = classes.where(classes.notna(), UNCERTAIN).astype(str)
+    else:
+        cells["cell_class"] = cells["cell_type"]
     return cells

@@ -78,6 +78,12 @@ def write_ctc(
     prefix, track_file = (
         ("man_track", "man_track.txt") if ground_truth else ("mask", "res_track.txt")
     )
+    missing = [c for c in ("frame", "label", "track_id") if c not in tracks]
+    if missing:
+        raise TrackingError(f"the tracks table lacks column(s) {missing} for the CTC format")
+    labels_of_rows = pd.to_numeric(tracks["label"], errors="coerce").to_numpy(dtype=float)
+    if not (np.isfinite(labels_of_rows) & (labels_of_rows >= 1)).all():
+        raise TrackingError("every tracked cell needs its label (an integer >= 1) for CTC masks")
     target.mkdir(parents=True, exist_ok=True)
     new_labels, lbep = ctc_segments(tracks)
     stack = relabel_stack(labels, tracks, new_labels)

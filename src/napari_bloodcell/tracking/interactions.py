@@ -70,7 +70,11 @@ def nearest_platelets(
         sources = units.lengths(leukocytes[["centroid_y", "centroid_x"]].to_numpy(float))
         targets = units.lengths(here[["centroid_y", "centroid_x"]].to_numpy(float))
         distance, index = _nearest(sources, targets)
-        sizes = aggregate_sizes(targets, aggregate_distance) if len(targets) else np.zeros(0)
+        sizes = (
+            aggregate_sizes(targets, aggregate_distance)
+            if len(targets)
+            else np.zeros(0, dtype=np.int64)
+        )
         in_aggregate = sizes >= min_aggregate_size
         to_aggregate, aggregate_index = _nearest(sources, targets[in_aggregate])
         # index -1 (nothing to be near) picks the trailing "none" value
@@ -97,7 +101,14 @@ def nearest_platelets(
         "aggregate_size",
     ]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    table = table.astype({"track_id": np.int64, "frame": np.int64, "platelet_track_id": np.int64})
+    table = table.astype(
+        {
+            "track_id": np.int64,
+            "frame": np.int64,
+            "platelet_track_id": np.int64,
+            "aggregate_size": np.int64,
+        }
+    )
     table.insert(2, "t_s", units.seconds(table["frame"].to_numpy(dtype=float)))
     table["in_contact"] = (table[f"platelet_distance_{length}"] <= contact_distance).astype(bool)
     touching = table[f"aggregate_distance_{length}"] <= contact_distance
@@ -105,14 +116,19 @@ def nearest_platelets(
     return table.sort_values(["track_id", "frame"]).reset_index(drop=True)
 
 
-def contact_events(nearest: pd.DataFrame, units: Units, min_contact_frames: int) -> pd.DataFrame:
-    """Contact events: a leukocyte in contact for ≥ ``min_contact_frames`` consecutive frames.
+def contact_events(
+    nearest: pd.DataFrame, units: Units, min_contact_frames: int, max_gap_frames: int = 0
+) -> pd.DataFrame:
+    """Contact events: a leukocyte seen in contact in ≥ ``min_contact_frames`` frames in a row.
 
-    A frame where the leukocyte is not detected ends the event. Columns: ``event_id,
-    track_id, start_frame, end_frame, n_frames, start_s, end_s, duration_s`` (n_frames ×
-    frame interval; NaN without one), ``min_distance_<u>``, ``platelet_track_id`` (the most
-    frequent nearest platelet) and ``with_aggregate`` (a member of a platelet aggregate was
-    within the contact distance in one of its frames, not necessarily the nearest platelet).
+    Up to ``max_gap_frames`` frames in which the leukocyte was not detected (those its track
+    bridges) do not end an event when it is in contact on both sides; a frame in which it is
+    seen out of contact, or a longer gap, does. Columns: ``event_id, track_id, start_frame,
+    end_frame, n_frames`` (frames seen in contact), ``start_s, end_s, duration_s`` ((end −
+    start + 1) × frame interval; NaN without one), ``min_distance_<u>``,
+    ``platelet_track_id`` (the most frequent nearest platelet) and ``with_aggregate`` (a
+    member of a platelet aggregate was within the contact distance in one of its frames,
+    not necessarily the nearest platelet).
     """
     length = units.length_unit
     distance = f"platelet_distance_{length}"
@@ -134,7 +150,7 @@ def contact_events(nearest: pd.DataFrame, units: Units, min_contact_frames: int)
     contact = nearest["in_contact"].to_numpy(bool)
     new_run = (
         (nearest["track_id"].diff() != 0)
-        | (nearest["frame"].diff() != 1)
+        | (nearest["frame"].diff() > max_gap_frames + 1)
         | (nearest["in_contact"] != nearest["in_contact"].shift())
     )
     runs = nearest.assign(run=new_run.cumsum())[contact]
@@ -152,5 +168,6 @@ def contact_events(nearest: pd.DataFrame, units: Units, min_contact_frames: int)
     events.insert(0, "event_id", np.arange(1, len(events) + 1))
     events["start_s"] = units.seconds(events["start_frame"].astype(float))
     events["end_s"] = units.seconds(events["end_frame"].astype(float))
-    events["duration_s"] = units.seconds(events["n_frames"].astype(float))
+    spanned = events["end_frame"] - events["start_frame"] + 1
+    events["duration_s"] = units.seconds(spanned.astype(float))
     return events[columns]

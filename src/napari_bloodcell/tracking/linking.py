@@ -41,7 +41,7 @@ def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.nda
         segment_end_cost=cutoff,
     )
     # laptrack nodes are (frame, index within that frame); rows are sorted by frame
-    frames = group["frame"].to_numpy() - group["frame"].min()
+    frames = _without_long_gaps(group["frame"].to_numpy(), max_gap_frames)
     points = group[_COORDINATES].to_numpy(dtype=float)
     frame_start = np.searchsorted(frames, np.arange(frames[-1] + 2))
     coords = [points[a:b] for a, b in zip(frame_start[:-1], frame_start[1:], strict=True)]
@@ -57,11 +57,20 @@ def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.nda
     return connected_components(adjacency, directed=False)[1]
 
 
+def _without_long_gaps(frames: np.ndarray, max_gap_frames: int) -> np.ndarray:
+    """Sorted frame numbers from 0, every gap longer than gap closing can bridge shortened
+    to just that long: laptrack takes one list per frame, so a lone detection at frame
+    3·10⁷ took minutes and gigabytes; links are the same."""
+    steps = np.minimum(np.diff(frames, prepend=frames[0]), max_gap_frames + 2)
+    return np.cumsum(steps)
+
+
 def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.DataFrame:
     """Rows of ``cells`` of tracked types with a ``track_id`` (1, 2, …), sorted by track, frame.
 
     ``cells`` is a checked per-cell table (see ``_common.checked_cells``). Track ids are
-    numbered by source, then cell type (leukocytes first), then laptrack's order.
+    numbered by source, then cell type (leukocytes first), then laptrack's order (rows in
+    frame then label order, so that the ids do not depend on the table's row order).
     """
     tracked = cells[cells["cell_type"].isin(TRACKED_CELL_TYPES)].copy()
     tracked["_y"] = units.lengths(tracked["centroid_y"])
@@ -70,10 +79,12 @@ def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.
     sources = tracked["source"] if "source" in tracked else pd.Series("", index=tracked.index)
     type_order = tracked["cell_type"].map(TRACKED_CELL_TYPES.index)
     next_id = 1
-    for _, group in tracked.groupby([sources, type_order], sort=True, dropna=False):
+    groups = tracked.groupby([sources, type_order], sort=True, dropna=False, observed=True)
+    for _, group in groups:
         cell_type = group["cell_type"].iloc[0]
         step = max_step(cells, cell_type, units, params)
-        group = group.sort_values("frame", kind="stable")
+        order = ["frame", "label"] if "label" in group else ["frame"]
+        group = group.sort_values(order, kind="stable")
         track_index = _link_group(group, step, params.max_gap_frames)
         _, dense = np.unique(track_index, return_inverse=True)
         tracked.loc[group.index, "track_id"] = next_id + dense

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..classification.inference import UNCERTAIN
 from ._common import Units
 
-UNCERTAIN = "uncertain"
 _UNCERTAIN_WEIGHT = 1e-9  # an "uncertain" frame only decides a track with no other class
 VOTE_COLUMNS = ("track_class", "track_class_confidence", "track_class_agreement")
 
