@@ -335,3 +335,11 @@ def test_ctc_export_needs_the_labels_of_the_tracked_cells(tmp_path):
         write_ctc(tmp_path, stack, tracks.drop(columns="label"))
     with pytest.raises(TrackingError, match="needs its label"):
         write_ctc(tmp_path, stack, tracks.assign(label=[1.0, np.nan]))
+
+
+def test_assumed_diameters_are_cell_sized_at_any_magnification():
+    """Without a diameter column 15 px was assumed even at 0.1 µm/px: a 1.5 µm leukocyte."""
+    table = cells([(0, 1, 5.0, 5.0, "wbc"), (0, 2, 5.0, 9.0, "platelet")])
+    result = track_table(table, pixel_size_um=0.1)
+    assert result.contact_distance == pytest.approx(0.5 * (10.0 + 3.0))  # µm
+    assert track_table(table).contact_distance == pytest.approx(0.5 * (15.0 + 4.0))  # px

@@ -24,7 +24,9 @@ REQUIRED_COLUMNS = ("frame", "centroid_y", "centroid_x", "cell_type")
 DEFAULT_MAX_SPEED_UM_PER_MIN = {"wbc": 50.0, "platelet": 5.0}
 # Otherwise the largest step per frame is this many median cell diameters of the type.
 DEFAULT_MAX_STEP_DIAMETERS = {"wbc": 1.0, "platelet": 0.5}
-# Diameters (px) assumed when the table has no ``diameter_px`` column.
+# Diameters assumed when the table has no ``diameter_px`` column: in µm with a pixel size
+# (a neutrophil ~10 µm, a platelet ~3 µm), else in px.
+FALLBACK_DIAMETER_UM = {"wbc": 10.0, "platelet": 3.0}
 FALLBACK_DIAMETER_PX = {"wbc": 15.0, "platelet": 4.0}
 JITTER_DIAMETERS = 0.5
 """The reach of a link is never below this many median diameters: the centroid of a cell
@@ -136,8 +138,11 @@ def median_diameter(cells: pd.DataFrame, cell_type: str, units: Units) -> float:
     diameters = pd.Series(dtype=float)
     if "diameter_px" in cells:
         diameters = cells.loc[cells["cell_type"] == cell_type, "diameter_px"].dropna()
-    px = float(diameters.median()) if len(diameters) else FALLBACK_DIAMETER_PX[cell_type]
-    return float(units.lengths(px))
+    if len(diameters):
+        return float(units.lengths(float(diameters.median())))
+    if units.pixel_size_um is not None:
+        return FALLBACK_DIAMETER_UM[cell_type]
+    return FALLBACK_DIAMETER_PX[cell_type]
 
 
 def max_step(cells: pd.DataFrame, cell_type: str, units: Units, params: TrackingParams) -> float:
