@@ -438,10 +438,10 @@ def test_analyze_with_tracking_then_track_command(tmp_path):
     out = tmp_path / "out"
     args = ["--out", out, "--axes", "TYXC", "--track", "--pixel-size", "0.75"]
     assert run_cli("analyze", path, *args, "--frame-interval", "10") == 0
-    tracks = pd.read_csv(out / "tracking" / "tracks.csv")
+    tracks = pd.read_csv(out / "tracking" / "movie" / "tracks.csv")
     assert {"track_id", "frame", "t_s", "centroid_y", "centroid_x", "cell_class"} <= set(tracks)
     assert tracks.groupby("track_id")["frame"].nunique().max() > 1  # cells were linked
-    summary = pd.read_csv(out / "tracking" / "track_summary.csv")
+    summary = pd.read_csv(out / "tracking" / "movie" / "track_summary.csv")
     assert set(summary["track_id"]) == set(tracks["track_id"])
     # the same from the table alone; results are never replaced without --overwrite
     again = tmp_path / "again"
@@ -455,13 +455,17 @@ def test_analyze_with_tracking_then_track_command(tmp_path):
         pd.read_csv(same / "track_summary.csv"), pd.read_csv(again / "track_summary.csv")
     )
     # a rerun of analyze --track leaves its tracking tables alone unless --overwrite
-    (out / "tracking" / "tracks.csv").write_text("mine")
+    (out / "tracking" / "movie" / "tracks.csv").write_text("mine")
     assert run_cli("analyze", path, *args, "--frame-interval", "10") == 0
-    assert (out / "tracking" / "tracks.csv").read_text() == "mine"
+    assert (out / "tracking" / "movie" / "tracks.csv").read_text() == "mine"
     assert run_cli("analyze", path, *args, "--frame-interval", "10", "--overwrite") == 0
-    assert len(pd.read_csv(out / "tracking" / "tracks.csv")) == len(tracks)
+    assert len(pd.read_csv(out / "tracking" / "movie" / "tracks.csv")) == len(tracks)
     assert run_cli("analyze", path, *args, "--frame-interval", "0") == 2  # refused at once
     assert run_cli("analyze", path, *args, "--frame-interval", "nan") == 2
+    # a second input later: each input's tables in its own folder, as the first one's were
+    tifffile.imwrite(tmp_path / "other.tif", movie.image)
+    assert run_cli("analyze", path, tmp_path / "other.tif", *args) == 0
+    assert sorted(p.name for p in (out / "tracking").iterdir()) == ["movie", "other"]
 
 
 def test_track_never_replaces_the_tables_of_any_source(tmp_path):

@@ -371,6 +371,7 @@ def _analyze_and_report(args, settings, client) -> int:
             args.frame_interval,
             overwrite=args.overwrite,
             skip_existing=True,
+            folder_per_source=True,  # one layout whatever the number of inputs finished
         )
     return EXIT_USER_ERROR if summary.failures else 0
 
@@ -484,9 +485,17 @@ def _run_track(args) -> int:
 
 
 def _track_each_source(
-    table, out: Path, pixel_size_um, frame_interval_s, *, overwrite: bool, skip_existing: bool
+    table,
+    out: Path,
+    pixel_size_um,
+    frame_interval_s,
+    *,
+    overwrite: bool,
+    skip_existing: bool,
+    folder_per_source: bool = False,
 ) -> None:
-    """Track every time-lapse (``source``) of a cells table; several go to sub-folders.
+    """Track every time-lapse (``source``) of a cells table; each into ``out/<stem>/``
+    (``folder_per_source``, or when there are several), else into ``out``.
 
     Without ``pixel_size_um`` each source is tracked in the µm its table was measured in,
     if any. Existing tracking tables are replaced only with ``overwrite``; otherwise their
@@ -498,7 +507,9 @@ def _track_each_source(
 
     sources = table["source"].unique() if "source" in table and len(table) else [None]
     targets = {
-        source: out if len(sources) == 1 else out / (Path(str(source)).stem or "unnamed")
+        source: out
+        if len(sources) == 1 and not folder_per_source
+        else out / (Path(str(source)).stem or "unnamed")
         for source in sources
     }
     if len(set(targets.values())) < len(targets):
