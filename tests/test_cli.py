@@ -488,6 +488,22 @@ def test_track_never_replaces_the_tables_of_any_source(tmp_path):
     assert not (tmp_path / "t2").exists()
 
 
+def test_flowing_cells_are_linked_with_a_higher_max_speed(tmp_path, capsys):
+    """Crawling-cell defaults cut a platelet flowing 10 px per frame into one-frame tracks;
+    intravital users had no option to say how fast their cells go."""
+    table = tmp_path / "cells.csv"
+    rows = [(t, 1, 20.0, 10.0 + 10 * t, "platelet", 4.0) for t in range(6)]
+    columns = ["frame", "label", "centroid_y", "centroid_x", "cell_type", "diameter_px"]
+    pd.DataFrame(rows, columns=columns).to_csv(table, index=False)
+    assert run_cli("track", table, "--out", tmp_path / "default") == 0
+    assert pd.read_csv(tmp_path / "default" / "tracks.csv")["track_id"].nunique() == 6
+    assert run_cli("track", table, "--out", tmp_path / "fast", "--platelet-max-speed", "15") == 0
+    assert pd.read_csv(tmp_path / "fast" / "tracks.csv")["track_id"].nunique() == 1
+    capsys.readouterr()
+    assert run_cli("track", table, "--out", tmp_path / "bad", "--wbc-max-speed", "0") == 2
+    assert "--wbc-max-speed must be a positive number" in capsys.readouterr().err
+
+
 def test_track_refuses_a_table_without_frames(tmp_path, capsys):
     table = tmp_path / "cells.csv"
     pd.DataFrame({"centroid_y": [1.0], "centroid_x": [2.0], "cell_type": ["wbc"]}).to_csv(table)

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--frame-interval", type=float, metavar="S", help="seconds between frames (tracking)"
     )
+    add_speed_options(analyze)
     analyze.set_defaults(run=_run_analyze)
 
     track = commands.add_parser("track", help="link the cells of an analyze table into tracks")
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="µm per pixel (default: the one the table was measured with, if any)",
     )
     track.add_argument("--frame-interval", type=float, metavar="S", help="seconds between frames")
+    add_speed_options(track)
     track.add_argument("--overwrite", action="store_true", help="replace existing results")
     track.set_defaults(run=_run_track)
 
@@ -281,11 +283,39 @@ def parse_channels(specs: list[str]) -> dict[str, int] | None:
     return channels
 
 
+def add_speed_options(parser) -> None:
+    """``--wbc-max-speed`` / ``--platelet-max-speed``: the reach of a link in tracking."""
+    for cell, default in (
+        ("wbc", "50 µm/min or 1 diameter/frame"),
+        ("platelet", "5 µm/min or 0.5"),
+    ):
+        parser.add_argument(
+            f"--{cell}-max-speed",
+            type=float,
+            metavar="V",
+            help=f"largest speed of a {cell} link (tracking), in µm/min; px/frame without "
+            f"pixel size and frame interval (default {default}; raise it for flowing cells)",
+        )
+
+
+def tracking_params(args):
+    """The :class:`~napari_bloodcell.tracking.TrackingParams` of the speed options (checked
+    by :func:`check_lengths_and_times` before any work)."""
+    from .tracking import TrackingParams
+
+    return TrackingParams(
+        wbc_max_speed=args.wbc_max_speed, platelet_max_speed=args.platelet_max_speed
+    )
+
+
 def check_lengths_and_times(args) -> None:
-    """Refuse a --pixel-size or --frame-interval that is not a positive finite number."""
+    """Refuse a --pixel-size, --frame-interval or tracking speed that is not a positive
+    finite number."""
     for option, value in (
         ("--pixel-size", args.pixel_size),
         ("--frame-interval", args.frame_interval),
+        ("--wbc-max-speed", args.wbc_max_speed),
+        ("--platelet-max-speed", args.platelet_max_speed),
     ):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise BloodcellError(f"{option} must be a positive number, got {value}")
@@ -372,6 +402,7 @@ def _analyze_and_report(args, settings, client) -> int:
             overwrite=args.overwrite,
             skip_existing=True,
             folder_per_source=True,  # one layout whatever the number of inputs finished
+            params=tracking_params(args),
         )
     return EXIT_USER_ERROR if summary.failures else 0
 
@@ -471,6 +502,7 @@ def _run_track(args) -> int:
     from .table import read_table
 
     check_lengths_and_times(args)
+    params = tracking_params(args)
     if not args.cells.is_file():
         raise BloodcellError(f"{args.cells}: no such file")
     _track_each_source(
@@ -480,6 +512,7 @@ def _run_track(args) -> int:
         args.frame_interval,
         overwrite=args.overwrite,
         skip_existing=False,
+        params=params,
     )
     return 0
 
@@ -493,6 +526,7 @@ def _track_each_source(
     overwrite: bool,
     skip_existing: bool,
     folder_per_source: bool = False,
+    params=None,
 ) -> None:
     """Track every time-lapse (``source``) of a cells table; each into ``out/<stem>/``
     (``folder_per_source``, or when there are several), else into ``out``.
@@ -534,7 +568,7 @@ def _track_each_source(
         if source is not None:
             print(f"{source}:")
         pixel_size = pixel_size_um if pixel_size_um is not None else pixel_size_of_table(cells)
-        result = track_table(cells, pixel_size, frame_interval_s)
+        result = track_table(cells, pixel_size, frame_interval_s, params)
         _report_tracking(result, target, overwrite=overwrite)
 
 
