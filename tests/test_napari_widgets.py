@@ -243,7 +243,10 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert instances.data[2, 10, 10] != 999
 
     widget.frame_interval.value = 10.0
+    widget.max_speeds["platelet"].value = 30.0
     _track(widget, qtbot)  # link the cells into a Tracks layer coloured by track class
+    assert widget.tracking.params.platelet_max_speed == 30.0
+    assert widget.tracking.params.wbc_max_speed is None  # 0: the default
     tracks = viewer.layers["movie tracks"]
     assert tracks.data.shape[1] == 4 and len(tracks.data) == len(widget.tracking.tracks)
     assert {"track_class", "cell_type", "cell_class", "frame"} <= set(tracks.features.columns)

@@ -53,8 +53,23 @@ class BatchWidget(AnalysisWidget):
             label="frame interval (s)", value=0.0, min=0.0, max=3600.0, step=1.0,
             tooltip="seconds between frames, for speeds in µm/min; 0 = unknown (per frame)",
         )  # fmt: skip
+        self.max_speeds = {
+            cell: FloatSpinBox(
+                label=f"{name} max speed",
+                value=0.0,
+                min=0.0,
+                max=1e6,
+                step=1.0,
+                tooltip=f"largest speed of a {name} link: µm/min (px/frame without pixel size "
+                f"and frame interval); 0 = default ({default}); raise it for cells that flow",
+            )  # fmt: skip
+            for cell, name, default in (
+                ("wbc", "leukocyte", "50 µm/min"),
+                ("platelet", "platelet", "5 µm/min"),
+            )
+        }
         self.track_button = PushButton(text="Track cells")
-        self.extend([self.frame_interval, self.track_button])
+        self.extend([self.frame_interval, *self.max_speeds.values(), self.track_button])
         self.track_button.clicked.connect(self.track)
         self.tracking = None
         self._tracked_cells = None  # (layer, cells table) the last tracking linked
@@ -120,7 +135,7 @@ class BatchWidget(AnalysisWidget):
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_warning
 
-        from ..tracking import track_table
+        from ..tracking import TrackingParams, track_table
 
         layer = self._cells_layer
         if self.track_worker is not None:
@@ -143,6 +158,9 @@ class BatchWidget(AnalysisWidget):
             table,
             parameters.get("pixel_size_um"),
             self.frame_interval.value or None,
+            TrackingParams(
+                **{f"{cell}_max_speed": box.value or None for cell, box in self.max_speeds.items()}
+            ),
             _progress={"desc": "napari-bloodcell: tracking"},
             _start_thread=False,
             _connect={  # an "errored" handler of ours: superqt re-raises errors otherwise

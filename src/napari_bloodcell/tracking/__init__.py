@@ -73,6 +73,7 @@ class TrackingResult:
     * ``nearest_platelet``: per leukocyte and frame, nearest platelet and aggregate.
     * ``msd``: mean-squared displacement per track and lag.
     * ``units``, ``contact_distance``, ``aggregate_distance``: what was used (length unit).
+    * ``params``: the parameters it was made with.
     """
 
     tracks: pd.DataFrame
@@ -83,6 +84,7 @@ class TrackingResult:
     units: Units
     contact_distance: float
     aggregate_distance: float
+    params: TrackingParams
 
 
 def track_table(
@@ -136,6 +138,7 @@ def track_table(
         units=units,
         contact_distance=contact,
         aggregate_distance=aggregate,
+        params=params,
     )
 
 
