@@ -519,6 +519,10 @@ def test_a_grey_bright_field_smear_is_refused_not_taken_for_fluorescence(tmp_pat
     assert "smear without its colours" in capsys.readouterr().err
     args = ["--out", tmp_path / "f", "--modality", "fluorescence", "--no-classify"]
     assert run_cli("analyze", tmp_path / "grey.png", *args) == 0  # when the user insists
+    # the same grey saved as RGB gave a smear of 0 cells, silently
+    iio.imwrite(tmp_path / "grey_rgb.png", np.repeat(grey[..., None], 3, axis=2).astype(np.uint8))
+    assert run_cli("analyze", tmp_path / "grey_rgb.png", "--out", tmp_path / "o") == 2
+    assert "red, green and blue are the same" in capsys.readouterr().err
 
 
 def test_run_record_names_the_pixel_size_each_input_was_measured_with(tmp_path):

@@ -70,16 +70,21 @@ def segment_frame(
     n_channels = frame.shape[2]
     if modality == "smear":
         featureless = _is_featureless(frame)
+        grey = (
+            " (a grey frame with a bright background: a bright-field smear without its "
+            "colours? To analyse it as fluorescence anyway, choose the fluorescence "
+            "modality, --modality fluorescence)"
+            if detected
+            else ""
+        )
         if n_channels != 3 and not (detected and featureless):
-            grey = (
-                " (a grey frame with a bright background: a bright-field smear without its "
-                "colours? To analyse it as fluorescence anyway, choose the fluorescence "
-                "modality, --modality fluorescence)"
-                if detected
-                else ""
-            )
             raise InputImageError(
                 f"a smear frame must be RGB (Y, X, 3), got {n_channels} channel(s){grey}"
+            )
+        if not featureless and _is_grey(frame):
+            raise InputImageError(
+                f"a smear frame must hold the stain's colours; its red, green and blue are "
+                f"the same (a grey image saved as RGB){grey}"
             )
         smear_params = _checked_params(params, SmearParams)
         if featureless:
@@ -91,6 +96,19 @@ def segment_frame(
     if _is_featureless(frame):
         return empty_segmentation(frame.shape[:2], modality)
     return segment_fluorescence(frame, roles, fluorescence_params.in_pixels(pixel_size_um))
+
+
+GREY_SPREAD = 0.02
+"""A frame whose channels differ by less than this in 99 % of its pixels is grey (JPEG
+chroma noise stays well below it; stained cells differ by tenths)."""
+
+
+def _is_grey(frame: np.ndarray) -> bool:
+    """Whether an RGB frame (Y, X, 3) is a grey image (every pixel R ≈ G ≈ B), judged on
+    every 4th row and column."""
+    sample = frame[::4, ::4]
+    spread = sample.max(axis=2) - sample.min(axis=2)
+    return float(np.percentile(spread, 99)) < GREY_SPREAD
 
 
 RANGE_TOLERANCE = 1e-3
