@@ -385,11 +385,41 @@ def test_featureless_frames_give_empty_segmentation(frame, modality):
         (np.zeros((10, 10, 3)), {"modality": "fluorescence", "channels": {"nucleus": 0}}, "role"),
         (np.zeros((10, 10, 3)), {"modality": "smear", "params": FluorescenceParams()}, "params"),
         (np.zeros((10, 10, 3)), {"pixel_size_um": 0.0}, "pixel_size_um"),
+        (np.zeros((10, 10, 3)), {"pixel_size_um": "0.5"}, "pixel_size_um"),
     ],
 )
 def test_bad_input_raises_input_image_error(frame, kwargs, message):
     with pytest.raises(InputImageError, match=message):
         segment_frame(frame, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"channels": {"neutrophil": "abc"}}, "channel index"),
+        ({"channels": {"neutrophil": 1.7}}, "channel index"),  # was used as channel 1
+        ({"pixel_size_um": "0.5"}, "pixel_size_um must be a positive number"),
+        ({"uncertain_threshold": float("nan")}, "probability in"),
+        ({"modality": "brightfield"}, "unknown modality"),
+    ],
+)
+def test_analysis_settings_refuse_what_no_frame_can_be_analysed_with(settings, message):
+    """These surfaced as a ValueError / TypeError from deep inside, or were used silently."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    with pytest.raises(InputImageError, match=message):
+        AnalysisSettings(**settings)
+    AnalysisSettings(channels={"neutrophil": np.int64(1)}, pixel_size_um=np.float32(0.5))
+
+
+def test_a_frame_as_nested_lists_and_a_stack_of_no_frames_are_analysed():
+    from napari_bloodcell.pipeline import analyze_frame, analyze_stack
+
+    frame = make_timelapse(n_frames=1, shape=(64, 96), seed=1).image[0] / 255
+    as_array = analyze_frame(frame).table
+    pd.testing.assert_frame_equal(analyze_frame(frame.tolist()).table, as_array)
+    labels, table = analyze_stack(frame[None][:0])
+    assert labels.shape == (0, 64, 96) and table.empty
 
 
 # --- real data -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .crops import crop_cells
 from .errors import InputImageError
-from .segmentation import Segmentation, segment_frame
+from .segmentation import MODALITIES, Segmentation, checked_frame, segment_frame
 from .table import BASE_COLUMNS, add_physical_units, cell_columns
 
 CNN_CELL_TYPES = ("wbc", "platelet")
@@ -43,6 +43,43 @@ class AnalysisSettings:
     pixel_size_um: float | None = None
     uncertain_threshold: float | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse (:class:`InputImageError`) settings no frame can be analysed with."""
+        if self.modality not in ("auto", *MODALITIES):
+            raise InputImageError(
+                f"unknown modality {self.modality!r}; expected 'auto', 'smear' or 'fluorescence'"
+            )
+        for role, index in (self.channels or {}).items():
+            if not isinstance(role, str) or not _is_whole(index) or index < 0:
+                raise InputImageError(
+                    f"channels map a role name to a channel index (an integer >= 0), e.g. "
+                    f"{{'neutrophil': 1, 'platelet': 0}}; got {role!r}: {index!r}"
+                )
+        if self.pixel_size_um is not None and not (
+            _is_real(self.pixel_size_um) and np.isfinite(self.pixel_size_um)
+            and self.pixel_size_um > 0
+        ):  # fmt: skip
+            raise InputImageError(
+                f"pixel_size_um must be a positive number (µm per pixel) or None, "
+                f"got {self.pixel_size_um!r}"
+            )
+        threshold = self.uncertain_threshold
+        if threshold is not None and not (_is_real(threshold) and 0 <= threshold <= 1):
+            raise InputImageError(
+                f"uncertain_threshold is a probability in [0, 1] or None, got {threshold!r}"
+            )
+
+
+def _is_real(value) -> bool:
+    """A real number (not a bool, not a string)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass
@@ -71,6 +108,7 @@ def analyze_frame(
     """
     settings = settings or AnalysisSettings()
     started = time.perf_counter()
+    frame = checked_frame(frame)  # float32: crops are cut from it too
     segmentation = segment_frame(
         frame,
         settings.modality,
@@ -130,6 +168,8 @@ def _computed_frame(stack, t: int) -> np.ndarray:
 def analyze_stack(stack, classifier=None, settings=None, *, source: str = ""):
     """Analyse a (T, Y, X, C) stack: returns (T, Y, X) uint32 labels and the table of all frames."""
     results = list(iter_analyze_stack(stack, classifier, settings, source=source))
+    if not results:  # a stack of 0 frames
+        return np.zeros((0, *stack.shape[1:3]), dtype=np.uint32), concat_tables([])
     labels = np.stack([r.labels for r in results])
     return labels, concat_tables([r.table for r in results])
 

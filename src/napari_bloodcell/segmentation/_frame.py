@@ -58,7 +58,7 @@ def segment_frame(
     Raises :class:`~napari_bloodcell.errors.InputImageError` for an unusable frame or request.
     Empty, constant or 1×1 frames give an empty Segmentation.
     """
-    frame = _checked_frame(frame)
+    frame = checked_frame(frame)
     detected = modality == "auto"
     if detected:
         modality = detect_modality(frame)
@@ -115,8 +115,8 @@ RANGE_TOLERANCE = 1e-3
 """Float frames may stray this far outside [0, 1] (rounding); beyond it they are refused."""
 
 
-def _checked_frame(frame: np.ndarray) -> np.ndarray:
-    """``frame`` as float32 (Y, X, C), or InputImageError."""
+def checked_frame(frame) -> np.ndarray:
+    """``frame`` (array-like) as float32 (Y, X, C) in [0, 1], or InputImageError."""
     array = np.asarray(frame)
     if array.ndim != 3:
         raise InputImageError(
@@ -147,7 +147,10 @@ def _checked_frame(frame: np.ndarray) -> np.ndarray:
 def _check_pixel_size(pixel_size_um: float | None) -> None:
     if pixel_size_um is None:
         return
-    if not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
+    is_number = isinstance(pixel_size_um, (int, float, np.number)) and not isinstance(
+        pixel_size_um, (bool, np.bool_)
+    )
+    if not is_number or not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
         raise InputImageError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
 
 
@@ -180,5 +183,6 @@ def _checked_channels(channels: Mapping[str, int] | None, n_channels: int) -> di
 
 
 def _is_featureless(frame: np.ndarray) -> bool:
-    """True for frames with nothing to segment: no pixels, a single pixel or constant values."""
-    return frame.shape[0] * frame.shape[1] <= 1 or np.ptp(frame) == 0
+    """True for frames with nothing to segment: no pixels, a single pixel, or each channel
+    constant (one colour everywhere)."""
+    return frame.shape[0] * frame.shape[1] <= 1 or not np.ptp(frame, axis=(0, 1)).any()
