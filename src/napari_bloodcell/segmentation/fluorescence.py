@@ -345,12 +345,22 @@ def _platelet_counts(
 
 def _axis_ratios(labels: np.ndarray, weights: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Major / minor axis ratio of each object ``index`` of ``labels`` (Y, X), from its
-    ``weights``-weighted second moments (1 for a disk; √5 ≈ 2.2 for two touching disks)."""
-    y, x = np.indices(labels.shape, dtype=np.float64)
-    mass = np.asarray(ndi.sum(weights, labels, index)) + 1e-12
+    ``weights``-weighted second moments (1 for a disk; √5 ≈ 2.2 for two touching disks).
+    Only the labelled pixels are visited (coordinate grids of the whole frame cost 40 B/px)."""
+    pixels = np.flatnonzero(labels)
+    owner = labels.ravel()[pixels]
+    y, x = (coordinate.astype(np.float64) for coordinate in np.divmod(pixels, labels.shape[1]))
+    w = weights.ravel()[pixels].astype(np.float64)
+    n_labels = int(labels.max(initial=0)) + 1
+    index = np.asarray(index)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=n_labels)[index]
+
+    mass = total(w) + 1e-12
 
     def moment(values: np.ndarray) -> np.ndarray:
-        return np.asarray(ndi.sum(weights * values, labels, index)) / mass
+        return total(w * values) / mass
 
     mean_y, mean_x = moment(y), moment(x)
     var_y = moment(y * y) - mean_y**2
