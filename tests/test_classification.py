@@ -86,11 +86,21 @@ def test_learning_curves_are_written_next_to_the_model(tiny_model):
     assert tiny_model.with_name(f"{tiny_model.stem}_history.png").stat().st_size > 1000
 
 
-def test_classifier_outputs_probabilities_and_uncertain(tiny_model, tiny_heldout):
-    classifier = CellClassifier(tiny_model)
+def test_classifier_outputs_probabilities_and_uncertain(tiny_model, tiny_heldout, tmp_path):
+    import shutil
+
+    from napari_bloodcell.classification.model_files import update_metadata
+
+    soft = shutil.copy(tiny_model, tmp_path / "soft.keras")  # the tiny model says 1.0
+    metadata = read_metadata(soft)
+    metadata.temperature = 50.0
+    update_metadata(soft, metadata)
+    classifier = CellClassifier(soft)
     data = load_crop_dataset([tiny_heldout], size=32, scale=2.2, classes=classifier.classes)
-    table = classifier.classify(data.images / 255.0, uncertain_threshold=1.01)
-    assert (table["cell_class"] == UNCERTAIN).all()
+    table = classifier.classify(data.images / 255.0, uncertain_threshold=0.99)
+    assert (table["confidence"] < 0.99).all() and (table["cell_class"] == UNCERTAIN).all()
+    decided = classifier.classify(data.images / 255.0, uncertain_threshold=0.0)
+    assert not (decided["cell_class"] == UNCERTAIN).any()
     np.testing.assert_allclose(table[["p_lobed", "p_round"]].sum(axis=1), 1.0, rtol=1e-5)
 
 
@@ -444,6 +454,63 @@ def test_metadata_can_be_updated_without_touching_the_network(tiny_model, tmp_pa
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("uncertain_threshold", 1.5, "uncertain_threshold must be a probability"),
+        ("uncertain_threshold", "0.5", "uncertain_threshold must be a probability"),
+        ("temperature", 0.0, "temperature must be a positive number"),
+        ("classes", ["a", "a"], "classes must be distinct"),
+        ("input_size", 0, "input_size must be a positive integer"),
+    ],
+)
+def test_metadata_no_classifier_can_use_is_refused(tiny_model, tmp_path, field, value, message):
+    """A threshold of 1.5 broke the widget's threshold field; a temperature of 0 made every
+    cell uncertain (NaN probabilities)."""
+    import json
+    import shutil
+    import zipfile
+
+    from napari_bloodcell.classification.model_files import METADATA_MEMBER, update_metadata
+
+    metadata = read_metadata(tiny_model)
+    setattr(metadata, field, value)
+    with pytest.raises(ModelError, match=message):  # never written …
+        update_metadata(shutil.copy(tiny_model, tmp_path / "written.keras"), metadata)
+    forged = tmp_path / "forged.keras"  # … nor read from a file made elsewhere
+    with zipfile.ZipFile(tiny_model) as source, zipfile.ZipFile(forged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == METADATA_MEMBER:
+                data = json.dumps({**json.loads(data), field: value}).encode()
+            target.writestr(item, data)
+    with pytest.raises(ModelError, match=message):
+        read_metadata(forged)
+
+
+def test_crops_of_other_integer_types_and_bad_thresholds_are_refused(tiny_model):
+    classifier = CellClassifier(tiny_model)
+    crops = np.zeros((2, 32, 32, 3), np.uint16)
+    with pytest.raises(ModelError, match="uint8 .* or floats"):
+        classifier.predict(crops)
+    for threshold in (float("nan"), 1.5, -0.2):
+        with pytest.raises(ModelError, match="probability in"):
+            classifier.classify(crops.astype(np.float32), threshold)
+
+
+def test_a_model_file_replaced_after_it_was_chosen_is_not_loaded(tiny_model, tmp_path):
+    """The network came from the new file, the classes and temperature from the old one."""
+    import os
+    import shutil
+
+    copy = shutil.copy(tiny_model, tmp_path / "copy.keras")
+    classifier = CellClassifier(copy)
+    later = os.stat(copy).st_mtime_ns + 10**9
+    os.utime(copy, ns=(later, later))
+    with pytest.raises(ModelError, match="changed on disk"):
+        classifier.load()
+
+
 def test_dihedral_views_are_the_distinct_rotations_and_flips():
     from napari_bloodcell.classification.inference import dihedral_views
 
@@ -607,6 +674,8 @@ def test_user_models_are_listed_by_name(tmp_path, monkeypatch, tiny_model):
     assert model_files.resolve_model_path("mylab") == tmp_path / "models" / "mylab.keras"
     with pytest.raises(ModelError, match="invalid model name"):
         model_files.check_model_name("../escape")
+    with pytest.raises(ModelError, match="without .keras"):  # a path in the current folder
+        model_files.check_model_name("mylab.keras")
     with pytest.raises(OutputExistsError, match="already exists"):
         model_files.check_model_name("mylab")
 

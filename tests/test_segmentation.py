@@ -180,6 +180,17 @@ def test_detect_modality():
     assert segment_frame(smear_scene(scale=0.5), pixel_size_um=0.144).modality == "smear"
 
 
+@pytest.mark.parametrize("exposure", [0.7, 0.6])
+def test_an_underexposed_smear_is_still_a_smear(exposure):
+    """At 0.7 of its exposure (median brightness 0.48) a smear was taken for fluorescence:
+    73 'leukocytes' and 72 'platelets' instead of 2 white cells among red ones."""
+    from napari_bloodcell.synthetic import make_smear
+
+    smear = make_smear(seed=1).image.astype(np.float32) / 255 * exposure
+    assert detect_modality(smear) == "smear"
+    assert detect_modality(fluorescence_scene() * exposure) == "fluorescence"
+
+
 def test_central_stained_object_measures_merged_nucleus(smear_segmentation):
     crop = smear_scene()[20:181, 20:181]
     found = central_stained_object(crop)

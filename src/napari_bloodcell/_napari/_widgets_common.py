@@ -107,7 +107,11 @@ def model_choices(_widget=None) -> list[tuple[str, str | None]]:
         names.append(DEFAULT_MODEL_NAME)
     folder = user_models_dir()
     if folder.is_dir():
-        names += sorted(p.stem for p in folder.glob("*.keras") if not p.name.startswith("."))
+        names += sorted(
+            p.stem
+            for p in folder.glob("*.keras")
+            if not p.name.startswith(".") and p.stem != DEFAULT_MODEL_NAME  # never saved so
+        )
     return [(name, name) for name in names] + [(NO_MODEL, None)]
 
 

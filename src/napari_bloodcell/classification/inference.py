@@ -31,8 +31,17 @@ class ModelFileClassifier:
 
     def __init__(self, model: str | Path = "default"):
         self.path = resolve_model_path(model)
+        self._stamp = _file_stamp(self.path)
         self.metadata: ModelMetadata = read_metadata(self.path)
         self.novelty_reference = read_novelty_reference(self.path)
+
+    def check_unchanged(self) -> None:
+        """Refuse (:class:`ModelError`) to load the network of a file replaced since its
+        metadata was read: its classes, temperature or threshold may no longer be these."""
+        if _file_stamp(self.path) != self._stamp:
+            raise ModelError(
+                f"{self.path} changed on disk after it was chosen; choose the model again"
+            )
 
     @property
     def classes(self) -> list[str]:
@@ -53,6 +62,17 @@ class ModelFileClassifier:
     def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities (N, K) and pooled CNN features (N, D) of crops."""
         raise NotImplementedError
+
+    def checked_crops(self, crops) -> np.ndarray:
+        """Crops (N, S, S, 3) of this model's input size as :func:`crop_array` keeps them,
+        or :class:`ModelError`."""
+        crops = crop_array(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ModelError(
+                f"crops of shape {crops.shape[1:]} do not fit model {self.name} "
+                f"(expects {self.input_size}×{self.input_size}×3)"
+            )
+        return crops
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities (N, K) of crops (N, S, S, 3) (see :meth:`predict`)."""
@@ -77,6 +97,10 @@ class ModelFileClassifier:
             if uncertain_threshold is None
             else uncertain_threshold
         )
+        if not (isinstance(threshold, (int, float, np.number)) and 0 <= threshold <= 1):
+            raise ModelError(
+                f"the uncertain threshold is a probability in [0, 1], got {threshold!r}"
+            )
         allowed = None if cell_types is None else plausible_class_mask(cell_types, self.classes)
         probabilities, features = self.predict(crops)
         table = decide(probabilities, self.classes, threshold, allowed)
@@ -112,6 +136,7 @@ class CellClassifier(ModelFileClassifier):
     def _networks(self):
         """(the network, the same network answering (pooled features, probabilities))."""
         if self._model is None:
+            self.check_unchanged()
             model = load_keras_model(self.path)
             expected = (None, self.input_size, self.input_size, 3)
             if tuple(model.input_shape) != expected or model.output_shape[-1] != len(self.classes):
@@ -127,12 +152,7 @@ class CellClassifier(ModelFileClassifier):
         """Calibrated class probabilities (N, K) and pooled features (N, D) for crops
         (N, S, S, 3), floats in [0, 1] or uint8 (converted a batch at a time): the mean over
         the model's ``test_time_views`` views, then (probabilities) its temperature."""
-        crops = crop_array(crops)
-        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ModelError(
-                f"crops of shape {crops.shape[1:]} do not fit model {self.name} "
-                f"(expects {self.input_size}×{self.input_size}×3)"
-            )
+        crops = self.checked_crops(crops)
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         probabilities, features = predict_over_views(
@@ -146,10 +166,29 @@ class CellClassifier(ModelFileClassifier):
         return apply_temperature(probabilities, self.metadata.temperature), features
 
 
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """(modification time in ns, size) of a model file (:class:`ModelError` if it is gone)."""
+    try:
+        status = Path(path).stat()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+    return status.st_mtime_ns, status.st_size
+
+
 def crop_array(crops) -> np.ndarray:
-    """Crops as a contiguous array: uint8 ones kept (4× smaller), any other as float32."""
+    """Crops as a contiguous array: uint8 ones kept (4× smaller), floats as float32.
+
+    Other integer types are refused (:class:`ModelError`): their range is unknown (16-bit
+    crops taken as floats in [0, 1] changed probabilities by up to 0.95)."""
     crops = np.ascontiguousarray(crops)
-    return crops if crops.dtype == np.uint8 else crops.astype(np.float32, copy=False)
+    if crops.dtype == np.uint8:
+        return crops
+    if crops.dtype.kind not in "f" and crops.size:
+        raise ModelError(
+            f"crops must be uint8 (0–255) or floats in [0, 1], got {crops.dtype}; scale them "
+            f"first, e.g. with napari_bloodcell.reading.image_from_array"
+        )
+    return crops.astype(np.float32, copy=False)
 
 
 def as_unit_floats(crops: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ config names built-in Keras objects alone (no Lambda layers, no custom objects).
 from __future__ import annotations
 
 import json
+import math
 import re
 import zipfile
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ def save_model(
     path = Path(path)
     if path.suffix != ".keras":
         raise ModelError(f"{path}: model files must end in .keras")
+    check_metadata(metadata)
     if getattr(model, "optimizer", None) is not None:
         model = _without_optimizer(model)
     tmp = path.with_name(f".{path.name}.tmp.keras")
@@ -110,6 +112,7 @@ def update_metadata(
     """Replace the metadata inside a model file, and the novelty reference unless ``KEEP``
     (None removes it); the network is copied unchanged, atomically."""
     path = Path(path)
+    check_metadata(metadata)
     if not (novelty is KEEP or novelty is None or isinstance(novelty, NoveltyReference)):
         raise ModelError(f"novelty must be a NoveltyReference, None or KEEP, not {novelty!r}")
     replaced = {METADATA_MEMBER: json.dumps(asdict(metadata), indent=2).encode()}
@@ -161,10 +164,37 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         raise ModelError(f"{path}: unreadable model metadata ({exc})") from None
     try:
         metadata = ModelMetadata(**raw)
-        checked_views(metadata.test_time_views)
+        check_metadata(metadata)
     except (TypeError, ModelError) as exc:
         raise ModelError(f"{path}: incompatible model metadata ({exc})") from None
     return metadata
+
+
+def check_metadata(metadata: ModelMetadata) -> None:
+    """Refuse (:class:`ModelError`) metadata no classifier can work with (a threshold of
+    1.5 broke the widgets' threshold field; a temperature of 0 made every cell uncertain)."""
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    classes = metadata.classes
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise ModelError(f"classes must be distinct non-empty names, got {classes!r}")
+    if not (isinstance(metadata.input_size, int) and metadata.input_size > 0):
+        raise ModelError(f"input_size must be a positive integer, got {metadata.input_size!r}")
+    for name in ("crop_scale", "temperature"):
+        value = getattr(metadata, name)
+        if not (number(value) and math.isfinite(value) and value > 0):
+            raise ModelError(f"{name} must be a positive number, got {value!r}")
+    threshold = metadata.uncertain_threshold
+    if not (number(threshold) and 0 <= threshold <= 1):
+        raise ModelError(f"uncertain_threshold must be a probability in [0, 1], got {threshold!r}")
+    checked_views(metadata.test_time_views)
 
 
 def load_keras_model(path: str | Path):
@@ -262,10 +292,10 @@ def check_model_name(name: str, models_dir: Path | None = None, overwrite: bool 
     """The file a user model called ``name`` is saved to (in ``models_dir``, default the
     per-user folder), or a :class:`ModelError` / :class:`OutputExistsError` for an
     unusable or taken name."""
-    if not MODEL_NAME_PATTERN.match(name):
+    if not MODEL_NAME_PATTERN.match(name) or name.lower().endswith(".keras"):
         raise ModelError(
             f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-            f"starting with a letter or digit"
+            f"starting with a letter or digit (the name, without .keras)"
         )
     if name == DEFAULT_MODEL_NAME:
         raise ModelError(f"{DEFAULT_MODEL_NAME!r} is the packaged model; choose another name")

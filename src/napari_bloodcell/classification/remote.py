@@ -12,6 +12,7 @@ network once and serves every call after. The napari widgets always use it.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .inference import ModelFileClassifier, crop_array
+from .inference import ModelFileClassifier
 
 _worker_classifier = None
 
@@ -42,43 +43,72 @@ def _predict_in_worker(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RemoteClassifier(ModelFileClassifier):
     """A classifier whose TensorFlow runs in a spawned worker process.
 
-    Use as a context manager (or call :meth:`close`) to stop the worker.
+    Use as a context manager (or call :meth:`close`) to stop the worker; a closed
+    classifier refuses further calls (:class:`ModelError`) instead of starting a worker
+    that nothing would stop. A worker that dies is replaced by the next call.
     """
 
     def __init__(self, model: str | Path = "default"):
         super().__init__(model)
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # two widgets' threads may ask for the worker at once
 
     def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_load_in_worker,
-                initargs=(str(self.path),),
-            )
-        return self._pool
+        with self._lock:
+            if self._closed:
+                raise ModelError(f"{self.path}: this classifier was closed")
+            if self._pool is None:
+                self.check_unchanged()  # the worker loads the file only now
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_load_in_worker,
+                    initargs=(str(self.path),),
+                )
+            return self._pool
 
     def predict(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities (N, K) and pooled features (N, D), computed in the
         worker process (crops as :meth:`.CellClassifier.predict` takes them)."""
-        crops = crop_array(crops)
+        crops = self.checked_crops(crops)  # here: a wrong shape is not the worker's failure
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        pool = self._executor()
         try:
-            return self._executor().submit(_predict_in_worker, crops).result()
+            return pool.submit(_predict_in_worker, crops).result()
         except BrokenProcessPool as exc:
-            self.close()
+            self._stop(pool)
+            if self._closed:
+                raise ModelError(f"{self.path}: this classifier was closed") from None
             raise ModelError(
                 f"{self.path}: the classifier worker process died ({exc}); "
                 f"the next call starts a new one"
             ) from None
 
     def close(self) -> None:
-        """Stop the worker process (a later call starts a new one)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the worker process at once, without waiting for a call in progress (which
+        then fails with :class:`ModelError`); later calls are refused."""
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        if pool is not None:
+            self._stop(pool)
+
+    def _stop(self, pool: ProcessPoolExecutor) -> None:
+        """Shut ``pool`` down without waiting and end its process (a hung TensorFlow call
+        would otherwise keep the caller — napari's GUI thread — waiting)."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=2.0)
+            if process.is_alive():
+                process.kill()
 
     def __enter__(self) -> RemoteClassifier:
         return self
