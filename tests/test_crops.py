@@ -42,6 +42,20 @@ def test_border_crops_are_reflect_padded_not_black():
     assert corners.min() > 0.5  # bright background everywhere, no black padding
 
 
+@pytest.mark.parametrize("length", [1, 2, 5, 17])
+def test_windows_are_reflected_as_numpy_pads_the_frame(length):
+    """Crops used to pad the whole frame (a copy of it per frame); windows now read the
+    same pixels straight from it, even windows larger than the frame."""
+    from napari_bloodcell.crops import reflected
+
+    axis = np.arange(length) * 1.5
+    for margin in (1, 3, 40):
+        padded = np.pad(axis, margin, mode="reflect")
+        np.testing.assert_array_equal(
+            axis[reflected(np.arange(-margin, length + margin), length)], padded
+        )
+
+
 def test_no_cells_gives_an_empty_batch():
     frame = _frame_with_disk((50, 50), (25, 25), 5)
     assert crop_cells(frame, np.zeros((0, 2)), np.zeros(0), size=16).shape == (0, 16, 16, 3)

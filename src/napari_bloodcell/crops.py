@@ -52,15 +52,24 @@ def crop_cells(
     if len(crops) == 0:
         return crops
     sides = np.maximum(scale * diameters_px, MIN_CROP_SIDE_PX)
-    margin = int(np.ceil(sides.max() / 2)) + 1
-    padded = np.pad(frame, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
+    height, width = frame.shape[:2]
     for i, ((cy, cx), side) in enumerate(zip(centroids_yx, sides, strict=True)):
-        y0 = int(round(cy - side / 2)) + margin
-        x0 = int(round(cx - side / 2)) + margin
-        side_px = int(round(side))
-        window = padded[y0 : y0 + side_px, x0 : x0 + side_px]
+        y0, x0, side_px = int(round(cy - side / 2)), int(round(cx - side / 2)), int(round(side))
+        rows = reflected(np.arange(y0, y0 + side_px), height)
+        columns = reflected(np.arange(x0, x0 + side_px), width)
+        window = frame[np.ix_(rows, columns)]  # only the window is copied, not the frame
         crops[i] = resize(window, (size, size), order=1, anti_aliasing=side_px > size)
     return normalise_colour(crops)
+
+
+def reflected(indices: np.ndarray, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` as numpy's ``reflect`` padding maps them (the
+    edge not repeated; repeatedly for windows larger than the axis)."""
+    if length == 1:
+        return np.zeros_like(indices)
+    period = 2 * (length - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded < length, folded, period - folded)
 
 
 def _check_cells(frame_shape, centroids_yx: np.ndarray, diameters_px: np.ndarray) -> None:
