@@ -341,6 +341,8 @@ def test_demo_runs_on_generated_data_and_scores_it(tmp_path, capsys):
     report = json.loads((out / "demo_report.json").read_text())
     assert report["smear"]["modality"] == "smear"
     assert report["timelapse"]["modality"] == "fluorescence"
+    scored = [row["cell_type"] for row in report["timelapse"]["detection"]]
+    assert scored == ["wbc", "platelet", "all"]  # no red cells in a fluorescence movie
     assert "precision" in capsys.readouterr().out
     assert run_cli("demo", "--out", out) == 2
 

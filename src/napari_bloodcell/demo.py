@@ -74,6 +74,7 @@ def run_demo(
         for t in range(movie.labels.shape[0])
     )
     movie_scores = _with_rates(movie_scores)
+    smear_scores, movie_scores = _present_types(smear_scores), _present_types(movie_scores)
     classes = table[table.source == SMEAR_NAME].query("cell_type == 'wbc'")["cell_class"].tolist()
     truth_classes = smear.cells.query("cell_type == 'wbc'")["wbc_class"].tolist()
     report = {
@@ -99,8 +100,15 @@ def _types(cells: pd.DataFrame, label_column: str) -> dict[int, str]:
     return dict(zip(cells[label_column].astype(int), cells["cell_type"], strict=True))
 
 
+def _present_types(scores: pd.DataFrame) -> pd.DataFrame:
+    """The rows of cell types that were drawn or detected, and "all" (the red cells of a
+    fluorescence movie scored a perfect 0 of 0)."""
+    counted = scores[["tp", "fp", "fn"]].sum(axis=1) > 0
+    return scores[counted | (scores.index == "all")]
+
+
 def _with_rates(counts: pd.DataFrame) -> pd.DataFrame:
-    counts = counts.astype(float)
+    counts = counts.astype(int)
     detected = counts["tp"] + counts["fp"]
     present = counts["tp"] + counts["fn"]
     counts["precision"] = np.where(

@@ -107,8 +107,9 @@ class RemoteClassifier(ModelFileClassifier):
             process.terminate()
         for process in processes:
             process.join(timeout=2.0)
-            if process.is_alive():
+            if process.is_alive():  # stopped (SIGSTOP) or ignoring SIGTERM
                 process.kill()
+                process.join(timeout=2.0)
 
     def __enter__(self) -> RemoteClassifier:
         return self
