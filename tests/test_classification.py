@@ -12,6 +12,7 @@ from napari_bloodcell.classification.datasets import (
     CropDataset,
     find_labelled_files,
     load_crop_dataset,
+    prepare_crop_files,
     source_id,
     split_by_source,
 )
@@ -128,6 +129,84 @@ def test_split_is_by_source_and_seeded(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
 
 
+@pytest.mark.parametrize(
+    "n_sources, fractions, expected",
+    [
+        (1, (0.15, 0.15), (0, 0)),  # trained on, not validated
+        (2, (0.15, 0.15), (1, 0)),  # rounding alone set none aside for validation
+        (3, (0.15, 0.15), (1, 0)),
+        (4, (0.15, 0.15), (1, 1)),
+        (10, (0.15, 0.15), (2, 2)),  # large classes: the rounded fractions
+        (3, (0.5, 0.4), (2, 0)),  # at least one source is left to train on
+        (5, (0.2, 0.0), (1, 0)),  # no test part asked for
+    ],
+)
+def test_small_classes_get_a_validation_source_and_keep_one_to_train_on(
+    n_sources, fractions, expected
+):
+    from napari_bloodcell.classification.datasets import sources_set_aside
+
+    assert sources_set_aside(n_sources, *fractions) == expected
+
+
+def test_a_class_of_two_source_images_is_validated(tmp_path):
+    """round(0.15 × 2) = 0 left such a class out of validation and calibration."""
+    labels = np.array([0] * 20 + [1] * 4)
+    sources = np.array([f"d/a{i}" for i in range(20)] + ["d/b0", "d/b0", "d/b1", "d/b1"])
+    dataset = CropDataset(None, labels, ["a", "b"], sources, np.zeros(24, int), np.zeros(24))
+    for seed in range(5):
+        train, val, _ = split_by_source(dataset, (0.15, 0.15), seed)
+        assert set(labels[val]) == {0, 1} and set(labels[train]) == {0, 1}
+
+
+def test_training_data_without_two_source_images_in_any_class_is_explained(tmp_path):
+    from napari_bloodcell.classification.training import TrainingConfig, split_training_data
+
+    data = write_crop_folder(tmp_path / "one_slide", n_per_class=6, seed=0, n_sources=1)
+    with pytest.raises(DatasetError, match=r"found lobed 1, round 1\. Crops whose .* '__'"):
+        split_training_data([data], TrainingConfig())
+    (tmp_path / "one_class").mkdir()
+    (data / "round").rename(tmp_path / "one_class" / "round")
+    with pytest.raises(DatasetError, match="found only the class 'round'"):
+        split_training_data([tmp_path / "one_class"], TrainingConfig())
+
+
+def test_a_class_with_one_source_image_is_trained_on_and_reported(tmp_path):
+    from napari_bloodcell.classification.training import (
+        TrainingConfig,
+        split_training_data,
+        training_notes,
+    )
+
+    data = write_crop_folder(tmp_path / "crops", n_per_class=6, seed=0, n_sources=3)
+    for extra in (data / "round").glob("round[12]__*"):  # round: one source image left
+        extra.unlink()
+    split = split_training_data([data], TrainingConfig())
+    assert split.classes_not_validated == ["round"]
+    assert split.dataset.classes.index("round") in split.dataset.labels[split.train]
+    metadata = ModelMetadata(["lobed", "round"], 32, 2.2, "compact")
+    metadata.training = {"classes_not_validated": split.classes_not_validated}
+    assert "no validation crops for round" in training_notes(metadata)[0]
+
+
+def test_reading_crops_stops_when_asked_and_leaves_no_worker_running(tmp_path):
+    import multiprocessing
+
+    from napari_bloodcell.classification.datasets import LoadingStopped
+
+    data = write_crop_folder(tmp_path, n_per_class=40, seed=0)
+    files = sorted(data.rglob("*.png"))
+    read = []
+
+    def stop_after_three() -> bool:
+        read.append(1)
+        return len(read) >= 3
+
+    with pytest.raises(LoadingStopped):
+        prepare_crop_files(files, size=16, scale=2.2, workers=2, stop_requested=stop_after_three)
+    assert len(read) == 3 and not multiprocessing.active_children()
+
+
 def test_crops_of_one_frame_in_two_folders_stay_in_one_part():
     """Crops of frame ``f1`` filed in folders A and B were two sources, split apart."""
     sources = np.array(["A/f1", "B/f1", "A/f2", "B/f3", "A/f4", "B/f4"] * 5)
@@ -190,6 +269,11 @@ def test_small_data_folders_are_repeated_to_a_quarter_of_the_largest():
         ({"learning_rate": 0.0}, "learning_rate must be above 0"),
         ({"validation_fraction": 0.0}, "validation_fraction"),
         ({"validation_fraction": 0.5, "test_fraction": 0.5}, "both together below 1"),
+        ({"seed": 2**32}, "seed must be at most"),
+        ({"architecture": "resnet50"}, "unknown architecture 'resnet50'"),
+        ({"normalization": "layer"}, "unknown normalization 'layer'"),
+        ({"crop_scale": 0.0}, "crop_scale .* must be above 0"),
+        ({"test_time_views": 3}, "test-time views must be one of"),
     ],
 )
 def test_impossible_training_settings_are_refused_before_training(setting, message):
@@ -210,8 +294,6 @@ def test_fine_tuning_refuses_another_input_size(tiny_model):
 
 
 def test_crops_as_bytes_are_classified_as_their_floats(tiny_model, tiny_heldout):
-    from napari_bloodcell.classification.datasets import prepare_crop_files
-
     classifier = CellClassifier(tiny_model)
     files, _ = find_labelled_files([tiny_heldout])
     crops = prepare_crop_files([f for f, _, _ in files][:10], size=32, scale=classifier.crop_scale)
@@ -774,6 +856,63 @@ def test_training_keeps_the_best_validation_epoch_even_without_early_stop(tmp_pa
     weights = load_keras_model(result.model_path).get_weights()
     assert any(np.abs(w).sum() > 0 for w in weights)
     assert not list(tmp_path.glob(".*checkpoint*"))
+
+
+def test_the_same_seed_trains_the_same_weights(tmp_path):
+    """Parallel augmentation calls drew random numbers in another order each run."""
+    from napari_bloodcell.classification.model_files import load_keras_model
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    from .helpers import write_crop_folder
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=12, seed=4)
+    config = TrainingConfig(
+        input_size=32, epochs=2, batch_size=4, test_fraction=0.0, stain_jitter=0.1,
+        max_blur_sigma=1.0, seed=7,
+    )  # fmt: skip
+    weights = [
+        load_keras_model(
+            train_classifier([data], str(tmp_path / name), config).model_path
+        ).get_weights()
+        for name in ("first.keras", "second.keras")  # (a str is a path too)
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_training_stopped_after_its_last_epoch_saves_nothing(tmp_path):
+    from napari_bloodcell.classification.training import (
+        TrainingConfig,
+        TrainingStopped,
+        train_classifier,
+    )
+
+    from .helpers import write_crop_folder
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=6, seed=2)
+    config = TrainingConfig(input_size=32, epochs=1, batch_size=8, test_fraction=0.0)
+    epochs_done = []
+    with pytest.raises(TrainingStopped):
+        train_classifier(
+            [data],
+            tmp_path / "m.keras",
+            config,
+            on_epoch_end=lambda epoch, logs: epochs_done.append(epoch),
+            stop_requested=lambda: bool(epochs_done),  # asked after the last epoch
+        )
+    assert epochs_done == [0] and not list(tmp_path.glob("*m*"))
+
+
+def test_a_failed_model_write_leaves_no_temporary_file(tiny_model, tmp_path):
+    from napari_bloodcell.classification.model_files import read_metadata, save_model
+
+    class FullDisk:
+        def save(self, path):
+            Path(path).write_bytes(b"half a model")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        save_model(FullDisk(), tmp_path / "m.keras", read_metadata(tiny_model))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_trained_model_files_hold_no_optimizer_state(tiny_model):

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from napari_bloodcell.classification.inference import CellClassifier
+from napari_bloodcell.classification.model_files import ModelMetadata
 from napari_bloodcell.cli import main
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 from napari_bloodcell.table import BASE_COLUMNS
@@ -290,6 +291,7 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     args = ["--out", model, "--epochs", "1", "--input-size", "32", "--batch-size", "8"]
     assert run_cli("train", tiny_heldout, *args) == 0
     assert model.is_file() and (tmp_path / "m_history.csv").is_file()
+    assert (tmp_path / "m_history.png").is_file() and not list(tmp_path.glob(".training-*"))
     assert run_cli("train", tiny_heldout, *args) == 2  # exists: needs --overwrite
     assert run_cli("train", tiny_heldout, "--out", tmp_path / "h.keras", "--head-only") == 2
     tuned = tmp_path / "tuned.keras"
@@ -315,6 +317,26 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)
     assert len(table) == 20 and {"file", "cell_class", "confidence"} <= set(table.columns)
+
+
+def test_train_keeps_a_model_saved_under_its_name_while_it_trained(tmp_path, monkeypatch):
+    from napari_bloodcell.classification import model_files, training
+
+    monkeypatch.setattr(model_files, "user_models_dir", lambda: tmp_path / "models")
+    (tmp_path / "models").mkdir()
+
+    def train_while_another_saves(data_dirs, out, config):
+        out.write_bytes(b"trained")
+        (tmp_path / "models" / "mine.keras").write_bytes(b"saved meanwhile")
+        metadata = ModelMetadata(["a", "b"], 32, 2.2, "compact")
+        metadata.training = {"epochs_run": 1, "best_val_loss": 0.5}
+        return training.TrainingResult(out, {}, metadata, 1.0)
+
+    monkeypatch.setattr(training, "train_classifier", train_while_another_saves)
+    assert run_cli("train", tmp_path, "--name", "mine") == 0
+    assert (tmp_path / "models" / "mine.keras").read_bytes() == b"saved meanwhile"
+    assert (tmp_path / "models" / "mine-2.keras").read_bytes() == b"trained"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mine-2.keras", "mine.keras"]
 
 
 def test_predict_warns_when_many_crops_look_unlike_the_training_images(

@@ -9,11 +9,14 @@ progress removed, finished results kept — with status 130 and 143.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -432,7 +435,7 @@ class TerminalProgress:
 
 
 def _run_train(args) -> int:
-    from .classification.model_files import check_model_name
+    from .classification.model_files import check_model_name, install_model
     from .classification.training import (
         TrainingConfig,
         describe,
@@ -478,8 +481,15 @@ def _run_train(args) -> int:
         config = fine_tuning_config(args.init, train_body=not args.head_only, **given)
     else:
         config = TrainingConfig(architecture=args.arch or "compact", **given)
-    result = train_classifier(args.data_dirs, out, config)
-    print(describe(result))
+    # trained in a work folder beside the target and moved there at the end: a model saved
+    # under the same name meanwhile is kept (this one becomes <name>-2) unless --overwrite
+    workdir = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
+    try:
+        result = train_classifier(args.data_dirs, workdir / out.name, config)
+        placed = install_model(result.model_path, out, overwrite=args.overwrite)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(describe(dataclasses.replace(result, model_path=placed)))
     return 0
 
 

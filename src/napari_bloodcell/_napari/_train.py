@@ -146,7 +146,7 @@ class TrainWidget(Container):
 
     @while_open
     def _on_event(self, event) -> None:
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_error, show_info, show_warning
 
         if isinstance(event, EpochEnd):
             for key, value in event.logs.items():
@@ -157,6 +157,8 @@ class TrainWidget(Container):
         elif isinstance(event, TrainingDone):
             self.status.value = f"saved {event.model_path.name} ({', '.join(event.classes)})"
             show_info(f"model {event.model_path.stem!r} saved to {event.model_path.parent}")
+            for note in event.notes:
+                show_warning(note)
             MODEL_EVENTS.changed.emit()
         elif isinstance(event, TrainingCancelled):
             self.status.value = "cancelled: no model saved"

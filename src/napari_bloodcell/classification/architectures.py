@@ -19,6 +19,7 @@ from __future__ import annotations
 
 ARCHITECTURES = ("compact", "coursework")
 DEFAULT_INPUT_SIZE = {"compact": 80, "coursework": 224}
+NORMALIZATIONS = ("batch", "group")
 """Input side (px) when none is given; the compact one is the default model's."""
 HEAD_LAYER = "class_probabilities"
 MIXSTYLE_PREFIX = "mixstyle_"
@@ -92,7 +93,9 @@ def _norm(x, normalization: str):
     if normalization == "group":
         return keras.layers.GroupNormalization(groups=min(8, x.shape[-1]))(x)
     if normalization != "batch":
-        raise ValueError(f"unknown normalization {normalization!r}; expected 'batch' or 'group'")
+        raise ValueError(
+            f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}"
+        )
     return keras.layers.BatchNormalization(momentum=COMPACT_BN_MOMENTUM)(x)
 
 

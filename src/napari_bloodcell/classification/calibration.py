@@ -18,10 +18,14 @@ ECE_BINS = 15
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T in [0.05, 20] minimising validation NLL of ``probabilities`` (N, K)."""
+    """The temperature T in [0.05, 20] minimising validation NLL of ``probabilities`` (N, K).
+
+    1 (no change) when the labels hold fewer than two classes: validation crops of one
+    class only reward ever sharper answers and would drive T to its floor.
+    """
     probabilities = np.asarray(probabilities, dtype=float)
     labels = np.asarray(labels, dtype=int)
-    if len(labels) == 0:
+    if len(np.unique(labels)) < 2:
         return 1.0
 
     def nll(log_t: float) -> float:

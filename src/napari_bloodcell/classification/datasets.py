@@ -17,8 +17,9 @@ Splits never put one source in two parts, nor sources of one name in two data fo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ SOURCE_SEPARATOR = "__"
 class CropDataset:
     """Prepared crops with labels.
 
-    images : (N, S, S, 3) uint8 normalised crops.
+    images : (N, S, S, 3) uint8 normalised crops; None until read (:func:`with_images`).
     labels : (N,) int class indices into ``classes``.
     classes : class names (lower case).
     sources : (N,) source-image ids (``<data folder>/<source>``), the unit of splitting.
@@ -41,7 +42,7 @@ class CropDataset:
     files : (N,) file paths.
     """
 
-    images: np.ndarray
+    images: np.ndarray | None
     labels: np.ndarray
     classes: list[str]
     sources: np.ndarray
@@ -50,7 +51,7 @@ class CropDataset:
 
     def subset(self, index: np.ndarray) -> CropDataset:
         return CropDataset(
-            self.images[index],
+            None if self.images is None else self.images[index],
             self.labels[index],
             self.classes,
             self.sources[index],
@@ -134,30 +135,76 @@ def load_crop_dataset(
     workers: int = 2,
 ) -> CropDataset:
     """Read and prepare every labelled crop of the data folders (in ``workers`` processes)."""
+    found = find_crop_dataset(data_dirs, classes, ignore_unknown=ignore_unknown)
+    return with_images(found, size=size, scale=scale, workers=workers)
+
+
+def find_crop_dataset(
+    data_dirs: list[Path], classes: list[str] | None = None, *, ignore_unknown: bool = False
+) -> CropDataset:
+    """The labelled crops of the data folders, their images not read yet (None)."""
     data_dirs = [Path(d) for d in data_dirs]
     found, names = find_labelled_files(data_dirs, classes, ignore_unknown=ignore_unknown)
-    files = [f for f, _, _ in found]
     return CropDataset(
-        images=prepare_crop_files(files, size=size, scale=scale, workers=workers),
+        images=None,
         labels=np.array([names.index(c) for _, c, _ in found], dtype=np.int64),
         classes=names,
         sources=np.array([source_id(f, data_dirs[d]) for f, _, d in found]),
         domains=np.array([d for _, _, d in found], dtype=np.int64),
-        files=np.array([str(f) for f in files]),
+        files=np.array([str(f) for f, _, _ in found]),
     )
 
 
+def with_images(
+    dataset: CropDataset,
+    *,
+    size: int,
+    scale: float,
+    workers: int = 2,
+    stop_requested: Callable[[], bool] | None = None,
+) -> CropDataset:
+    """``dataset`` with its files read and cropped (see :func:`prepare_crop_files`)."""
+    images = prepare_crop_files(
+        list(dataset.files), size=size, scale=scale, workers=workers, stop_requested=stop_requested
+    )
+    return replace(dataset, images=images)
+
+
 def prepare_crop_files(
-    files: list[Path], *, size: int, scale: float, workers: int = 2
+    files: list[Path],
+    *,
+    size: int,
+    scale: float,
+    workers: int = 2,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    """Read single-cell images and crop them as ``analyze`` would: (N, size, size, 3) uint8."""
+    """Read single-cell images and crop them as ``analyze`` would: (N, size, size, 3) uint8.
+
+    ``stop_requested()`` is asked after every image: when true, the images not started are
+    dropped, the worker processes end, and :class:`LoadingStopped` is raised.
+    """
     jobs = [(str(f), size, scale) for f in files]
+    stop_requested = stop_requested or (lambda: False)
+    images = []
     if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            images = list(pool.map(_prepare_file, jobs, chunksize=32))
+        pool = ProcessPoolExecutor(workers)
+        try:
+            for image in pool.map(_prepare_file, jobs, chunksize=32):
+                images.append(image)
+                if stop_requested():
+                    raise LoadingStopped
+        finally:  # on an error or a stop too: no worker outlives the call
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
-        images = [_prepare_file(job) for job in jobs]
+        for job in jobs:
+            images.append(_prepare_file(job))
+            if stop_requested():
+                raise LoadingStopped
     return np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
+
+
+class LoadingStopped(Exception):
+    """Reading crop files was stopped on request (:func:`prepare_crop_files`)."""
 
 
 def source_id(path: Path, data_dir: Path) -> str:
@@ -197,11 +244,11 @@ def split_by_source(
     """Split item indices into train / validation / test by source image, per class.
 
     ``fractions`` = (validation, test) share of the sources of each class (by the
-    class of the source's first item). Seeded; no source is in two parts, and sources of
-    one name in several data folders go to the same part.
+    class of the source's first item; see :func:`sources_set_aside` for small classes).
+    Seeded; no source is in two parts, and sources of one name in several data folders go
+    to the same part.
     """
     rng = np.random.default_rng(seed)
-    val_fraction, test_fraction = fractions
     # the unit of splitting: a source name, whatever folder it is in (ordered as the ids)
     names = np.array([s.split("/", 1)[-1] for s in dataset.sources])
     _, first_item = np.unique(dataset.sources, return_index=True)
@@ -212,13 +259,29 @@ def split_by_source(
     part_of_unit = np.zeros(len(unit_names), dtype=np.int64)  # 0 train, 1 val, 2 test
     for label in np.unique(unit_class):
         members = rng.permutation(np.flatnonzero(unit_class == label))
-        n_val = int(round(val_fraction * len(members)))
-        n_test = int(round(test_fraction * len(members)))
+        n_val, n_test = sources_set_aside(len(members), *fractions)
         part_of_unit[members[:n_val]] = 1
         part_of_unit[members[n_val : n_val + n_test]] = 2
     part_of_name = part_of_unit[np.argsort(unit_names)]  # aligned with unique_names
     part = part_of_name[np.searchsorted(unique_names, names)]
     return tuple(np.flatnonzero(part == k) for k in range(3))
+
+
+def sources_set_aside(
+    n_sources: int, validation_fraction: float, test_fraction: float
+) -> tuple[int, int]:
+    """How many of a class's ``n_sources`` source images go to validation and to test:
+    the rounded fractions, but at least one to validation from 2 sources, at least one to
+    test (when asked for) from 4, and always at least one left to train on."""
+    n_val = round(validation_fraction * n_sources)
+    n_test = round(test_fraction * n_sources)
+    if n_sources >= 2 and validation_fraction > 0:
+        n_val = max(n_val, 1)
+    if n_sources >= 4 and test_fraction > 0:
+        n_test = max(n_test, 1)
+    n_val = min(n_val, max(n_sources - 1, 0))
+    n_test = min(n_test, max(n_sources - 1 - n_val, 0))
+    return n_val, n_test
 
 
 SPLIT_RECORD_KEYS = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -84,12 +85,15 @@ def save_model(
     if getattr(model, "optimizer", None) is not None:
         model = _without_optimizer(model)
     tmp = path.with_name(f".{path.name}.tmp.keras")
-    model.save(tmp)
-    with zipfile.ZipFile(tmp, "a") as archive:
-        archive.writestr(METADATA_MEMBER, json.dumps(asdict(metadata), indent=2))
-        if novelty is not None:
-            archive.writestr(NOVELTY_MEMBER, novelty.to_bytes())
-    tmp.replace(path)
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_MEMBER, json.dumps(asdict(metadata), indent=2))
+            if novelty is not None:
+                archive.writestr(NOVELTY_MEMBER, novelty.to_bytes())
+        tmp.replace(path)
+    finally:  # a full disk or a failed write leaves no half-written file behind
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -120,13 +124,19 @@ def update_metadata(
         replaced[NOVELTY_MEMBER] = novelty.to_bytes()
     dropped = set(replaced) | ({NOVELTY_MEMBER} if novelty is not KEEP else set())
     tmp = path.with_name(f".{path.name}.tmp.keras")
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target:
-        for item in source.infolist():
-            if item.filename not in dropped:
-                target.writestr(item, source.read(item.filename))
-        for name, data in replaced.items():
-            target.writestr(name, data)
-    tmp.replace(path)
+    try:
+        with (
+            zipfile.ZipFile(path) as source,
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target,
+        ):
+            for item in source.infolist():
+                if item.filename not in dropped:
+                    target.writestr(item, source.read(item.filename))
+            for name, data in replaced.items():
+                target.writestr(name, data)
+        tmp.replace(path)
+    finally:  # as in save_model
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -303,3 +313,39 @@ def check_model_name(name: str, models_dir: Path | None = None, overwrite: bool 
     if target.exists() and not overwrite:
         raise OutputExistsError(f"a model named {name!r} already exists ({target})")
     return target
+
+
+def install_model(model_path: Path, target: Path, overwrite: bool = False) -> Path:
+    """Move a freshly trained model file and its learning curves (``<stem>_history.csv`` and
+    ``.png``) to ``target``; returns where the model went.
+
+    Without ``overwrite``, a file that appeared at ``target`` while the model trained (saved
+    by another widget or command) is kept: the model gets the first free name
+    ``<name>-2``, ``<name>-3`` … (no check-then-replace race: a hard link never replaces).
+    """
+    placed = _claim(model_path, target, overwrite)
+    for suffix in (".csv", ".png"):
+        curves = model_path.with_name(f"{model_path.stem}_history{suffix}")
+        if curves.is_file():
+            os.replace(curves, placed.with_name(f"{placed.stem}_history{suffix}"))
+    return placed
+
+
+def _claim(model_path: Path, target: Path, overwrite: bool) -> Path:
+    if overwrite:
+        os.replace(model_path, target)
+        return target
+    for n in range(1, 1000):
+        candidate = target if n == 1 else target.with_stem(f"{target.stem}-{n}")
+        try:
+            os.link(model_path, candidate)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: check, then move
+            if candidate.exists():
+                continue
+            os.replace(model_path, candidate)
+            return candidate
+        os.unlink(model_path)
+        return candidate
+    raise OSError(f"no free name like {target.name} in {target.parent}")

@@ -18,13 +18,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import BloodcellError, DatasetError
-from .datasets import find_labelled_files
-from .model_files import check_model_name, user_models_dir
-from .training import TrainingConfig
+from ..errors import BloodcellError
+from .model_files import check_model_name, install_model, user_models_dir
+from .training import TrainingConfig, split_training_data
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,8 @@ class TrainingDone:
     model_path: Path
     history: dict[str, list[float]]
     classes: list[str]
+    notes: tuple[str, ...] = ()
+    """What the user should know about the run (:func:`.training.training_notes`)."""
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,12 @@ class TrainingCancelled:
 TrainingEvent = EpochEnd | TrainingDone | TrainingFailed | TrainingCancelled
 
 
-class _StopRequested(Exception):
-    """Raised from the epoch callback to leave ``model.fit`` when cancel was asked."""
-
-
 def _train_in_child(data_dirs, out, config, events, stop) -> None:
     """Subprocess body: train, reporting epochs and the outcome on ``events``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from .training import train_classifier
+    from .training import TrainingStopped, train_classifier, training_notes
 
     def on_epoch_end(epoch: int, logs: dict | None) -> None:
         clean = {key: float(value) for key, value in (logs or {}).items()}
@@ -78,21 +75,27 @@ def _train_in_child(data_dirs, out, config, events, stop) -> None:
 
     def stop_if_asked(*_, **__) -> None:
         if stop.is_set():
-            raise _StopRequested
+            raise TrainingStopped
 
     stop_between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=stop_if_asked)
     try:
         result = train_classifier(
-            data_dirs, out, config, on_epoch_end=on_epoch_end, callbacks=[stop_between_batches]
+            data_dirs,
+            out,
+            config,
+            on_epoch_end=on_epoch_end,
+            callbacks=[stop_between_batches],
+            stop_requested=stop.is_set,
         )
-    except _StopRequested:
+    except TrainingStopped:
         events.put(TrainingCancelled())
     except BloodcellError as exc:
         events.put(TrainingFailed(str(exc)))
     except Exception as exc:  # report anything else instead of dying silently
         events.put(TrainingFailed(f"training failed: {type(exc).__name__}: {exc}"))
     else:
-        events.put(TrainingDone(result.model_path, result.history, result.metadata.classes))
+        notes = tuple(training_notes(result.metadata))
+        events.put(TrainingDone(result.model_path, result.history, result.metadata.classes, notes))
 
 
 class TrainingJob:
@@ -100,7 +103,8 @@ class TrainingJob:
 
     Usage: ``job.start()``, then iterate :meth:`events` (it ends after the outcome);
     :meth:`cancel` from another thread stops after the current epoch. Input problems
-    (name taken, folder without class sub-folders) raise at construction.
+    (name taken, folder without class sub-folders, too few source images to validate,
+    impossible settings) raise at construction.
     """
 
     def __init__(
@@ -117,13 +121,8 @@ class TrainingJob:
         self.models_dir = Path(models_dir) if models_dir is not None else user_models_dir()
         self.target = check_model_name(name, self.models_dir, overwrite)
         self.overwrite = overwrite
-        _, classes = find_labelled_files(self.data_dirs)
-        if len(classes) < 2:
-            raise DatasetError(
-                f"{', '.join(map(str, self.data_dirs))}: found only the class(es) {classes}; "
-                f"training needs at least two class sub-folders"
-            )
-        self.classes = classes
+        # the folders checked and split now (no image read), not after the process started
+        self.classes = split_training_data(self.data_dirs, self.config.resolved()).dataset.classes
         context = multiprocessing.get_context("spawn")
         self._events = context.Queue()
         self._stop = context.Event()
@@ -186,39 +185,14 @@ class TrainingJob:
             self.close()
 
     def _install(self, done: TrainingDone) -> TrainingDone | TrainingFailed:
-        """Move the trained model (and its history CSV) from the work folder to its place.
-
-        Without ``overwrite``, a model saved under the same name while this one trained (by
-        another widget or the command line) is kept: this one gets the first free name
-        ``<name>-2``, ``<name>-3`` … (no check-then-replace race: a hard link never replaces).
-        """
-        history_csv = done.model_path.with_name(f"{done.model_path.stem}_history.csv")
+        """Move the trained model and its learning curves from the work folder to their
+        place (:func:`.model_files.install_model`: without ``overwrite``, a model saved
+        under the same name meanwhile is kept and this one gets ``<name>-2`` …)."""
         try:
-            target = self._claim_target(done.model_path)
-            if history_csv.is_file():
-                os.replace(history_csv, target.with_name(f"{target.stem}_history.csv"))
+            target = install_model(done.model_path, self.target, self.overwrite)
         except OSError as exc:
             return TrainingFailed(f"cannot save the model to {self.target}: {exc}")
-        return TrainingDone(target, done.history, done.classes)
-
-    def _claim_target(self, model_path: Path) -> Path:
-        if self.overwrite:
-            os.replace(model_path, self.target)
-            return self.target
-        for n in range(1, 1000):
-            target = self.target if n == 1 else self.target.with_stem(f"{self.target.stem}-{n}")
-            try:
-                os.link(model_path, target)
-            except FileExistsError:
-                continue
-            except OSError:  # a file system without hard links: check, then move
-                if target.exists():
-                    continue
-                os.replace(model_path, target)
-                return target
-            os.unlink(model_path)
-            return target
-        raise OSError(f"no free name like {self.target.name} in {self.models_dir}")
+        return replace(done, model_path=target)
 
     def close(self) -> None:
         """Stop the process if it still runs and delete the work folder."""

@@ -21,25 +21,32 @@ from pathlib import Path
 import numpy as np
 
 from ..crops import COLOUR_PERCENTILES, CROP_SCALE, MIN_DIVISOR
+from ..errors import DatasetError
 from .architectures import (
+    ARCHITECTURES,
     DEFAULT_INPUT_SIZE,
     HEAD_LAYER,
     LUMINANCE_LAYER,
     LUMINANCE_WEIGHTS,
     MIXSTYLE_PREFIX,
+    NORMALIZATIONS,
     build_model,
 )
 from .calibration import calibration_record
 from .datasets import (
+    SOURCE_SEPARATOR,
     SPLIT_RECORD_KEYS,
     CropDataset,
+    LoadingStopped,
+    find_crop_dataset,
     folder_name,
-    load_crop_dataset,
     split_by_source,
+    with_images,
 )
 from .inference import predict_over_views, with_features
 from .model_files import (
     ModelMetadata,
+    checked_views,
     load_keras_model,
     read_metadata,
     resolve_model_path,
@@ -54,6 +61,9 @@ DEFAULT_TEST_TIME_VIEWS = 8
 """Views of a newly trained model (chosen for the default model on validation data)."""
 LR_CUT_FACTOR = 0.3
 """Learning-rate cut on a validation-loss plateau (three cuts at most)."""
+MAX_SEED = 2**32 - 3
+"""Largest seed: the augmentation seeds its layers with seed, seed + 1, seed + 2, and Keras
+takes seeds below 2³²."""
 
 
 @dataclass
@@ -135,8 +145,26 @@ class TrainingConfig:
                 f"input_size must be a whole number of pixels ≥ {MIN_INPUT_SIZE}, "
                 f"got {self.input_size}"
             )
+        if self.seed > MAX_SEED:
+            raise BloodcellError(f"seed must be at most {MAX_SEED}, got {self.seed}")
+        if self.architecture not in ARCHITECTURES:
+            raise BloodcellError(
+                f"unknown architecture {self.architecture!r}; expected one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
+        if self.normalization not in NORMALIZATIONS:
+            raise BloodcellError(
+                f"unknown normalization {self.normalization!r}; expected one of "
+                f"{', '.join(NORMALIZATIONS)}"
+            )
+        if self.test_time_views is not None:
+            checked_views(self.test_time_views)
         if not self.learning_rate > 0:
             raise BloodcellError(f"learning_rate must be above 0, got {self.learning_rate}")
+        if not self.crop_scale > 0:
+            raise BloodcellError(
+                f"crop_scale (crop side / cell diameter) must be above 0, got {self.crop_scale}"
+            )
         if not (
             0 < self.validation_fraction < 1
             and 0 <= self.test_fraction < 1
@@ -208,33 +236,40 @@ class TrainingResult:
     seconds: float
 
 
+class TrainingStopped(Exception):
+    """Training was stopped on request (``stop_requested``); nothing was saved."""
+
+
 def train_classifier(
     data_dirs: list[Path],
-    out: Path,
+    out: str | Path,
     config: TrainingConfig | None = None,
     *,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     callbacks: list | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> TrainingResult:
     """Train a classifier on labelled crop folders and save it to ``out`` (``.keras``).
 
     Also writes learning curves ``<out stem>_history.csv`` / ``.png`` (loss and accuracy per
     epoch, train and validation) next to the model. ``on_epoch_end(epoch, logs)`` is called
     after each epoch (for progress bars); ``callbacks`` are extra Keras callbacks.
+    ``stop_requested()`` is asked while the crops are read and before the model is saved:
+    when true, :class:`TrainingStopped` is raised and nothing is written (to stop between
+    epochs, raise from ``on_epoch_end`` or a callback).
     """
     config = (config or TrainingConfig()).resolved()
+    out = Path(out)
+    stop_requested = stop_requested or (lambda: False)
     started = time.perf_counter()
-    dataset = load_crop_dataset(data_dirs, size=config.size, scale=config.crop_scale)
-    train_idx, val_idx, test_idx = split_by_source(
-        dataset, (config.validation_fraction, config.test_fraction), config.seed
-    )
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        from ..errors import DatasetError
-
-        raise DatasetError(
-            f"too few source images to split ({len(np.unique(dataset.sources))}); "
-            f"need at least a few per class"
+    split = split_training_data(data_dirs, config)
+    try:
+        dataset = with_images(
+            split.dataset, size=config.size, scale=config.crop_scale, stop_requested=stop_requested
         )
+    except LoadingStopped:
+        raise TrainingStopped from None
+    train_idx, val_idx, test_idx = split.train, split.validation, split.test
     train_idx = oversample_small_domains(dataset, train_idx, np.random.default_rng(config.seed))
     model, history = fit(dataset, train_idx, val_idx, config, out, on_epoch_end, callbacks)
     validation = dataset.subset(val_idx)
@@ -269,6 +304,7 @@ def train_classifier(
             "class_counts": {
                 c: int((dataset.labels == i).sum()) for i, c in enumerate(dataset.classes)
             },
+            "classes_not_validated": split.classes_not_validated,
             "train_sources": sorted(set(dataset.sources[train_idx].tolist())),
             "validation_sources": sorted(set(dataset.sources[val_idx].tolist())),
             "test_sources": sorted(set(dataset.sources[test_idx].tolist())),
@@ -280,9 +316,66 @@ def train_classifier(
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
+    if stop_requested():
+        raise TrainingStopped
     save_model(model, out, metadata, novelty)
     write_learning_curves(history, out.with_name(f"{out.stem}_history"))
-    return TrainingResult(Path(out), history, metadata, time.perf_counter() - started)
+    return TrainingResult(out, history, metadata, time.perf_counter() - started)
+
+
+@dataclass
+class TrainingSplit:
+    """The crops of a training run (images not read yet) and their parts (item indices)."""
+
+    dataset: CropDataset
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    classes_not_validated: list[str]
+    """Classes with crops from one source image only: trained on, not validated."""
+
+
+def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> TrainingSplit:
+    """Find the labelled crops of ``data_dirs`` and split them by source image (no image is
+    read: quick enough to check a request before training starts); a :class:`DatasetError`
+    for fewer than two classes or when nothing can be set aside for validation."""
+    found = find_crop_dataset(data_dirs)
+    if len(found.classes) < 2:
+        raise DatasetError(
+            f"{', '.join(map(str, data_dirs))}: found only the class {found.classes[0]!r}; "
+            f"training needs at least two class sub-folders"
+        )
+    train, validation, test = split_by_source(
+        found, (config.validation_fraction, config.test_fraction), config.seed
+    )
+    if len(validation) == 0:
+        counts = ", ".join(
+            f"{name} {len(np.unique(found.sources[found.labels == i]))}"
+            for i, name in enumerate(found.classes)
+        )
+        raise DatasetError(
+            f"too few source images to set some aside for validation: a class needs crops "
+            f"from at least two source images, found {counts}. Crops whose file names share "
+            f"the part before '{SOURCE_SEPARATOR}' (e.g. slide1{SOURCE_SEPARATOR}3.png) count "
+            f"as cut from one image and always stay together; name crops of different images "
+            f"differently"
+        )
+    validated = set(found.labels[validation].tolist())
+    not_validated = [name for i, name in enumerate(found.classes) if i not in validated]
+    return TrainingSplit(found, train, validation, test, not_validated)
+
+
+def training_notes(metadata: ModelMetadata) -> list[str]:
+    """What a user should know about a finished training run (for the terminal and the
+    training widget): classes its validation could not judge."""
+    not_validated = metadata.training.get("classes_not_validated", [])
+    if not not_validated:
+        return []
+    return [
+        f"no validation crops for {', '.join(not_validated)}: crops from one source image "
+        f"only, trained on but judged neither by early stopping nor by the calibration; "
+        f"add crops from other images of these classes"
+    ]
 
 
 def base_model_splits(init_model: str | None) -> list[dict]:
@@ -482,7 +575,8 @@ def make_tf_dataset(
     lamp_jitter: float = 0.0,
     grey_probability: float = 0.0,
 ):
-    """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked."""
+    """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked
+    (deterministic: the same seed gives the same batches)."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((dataset.images, dataset.labels))
@@ -496,7 +590,10 @@ def make_tf_dataset(
         augmenter = make_augmenter(
             seed, stain_jitter, max_blur_sigma, hue_jitter, lamp_jitter, grey_probability
         )
-        ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # one call at a time: parallel calls would draw from the augmenter's random
+        # generators in a different order each run (same seed, other weights); measured
+        # no slower on 2 cores, where each call's operations use both already
+        ds = ds.map(lambda x, y: (augmenter(x), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -652,6 +749,7 @@ def describe(result: TrainingResult) -> str:
             "epochs_run": training["epochs_run"],
             "best_val_loss": round(training["best_val_loss"], 4),
             "seconds": round(result.seconds, 1),
-        },
+        }
+        | ({"notes": notes} if (notes := training_notes(result.metadata)) else {}),
         indent=2,
     )
