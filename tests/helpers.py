@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -46,3 +48,22 @@ def write_crop_folder(
             name = f"{kind}{i % n_sources}__{i}.png" if n_sources else f"{kind}{i}.png"
             iio.imwrite(folder / name, draw_cell(kind, rng))
     return root
+
+
+def running_children() -> list[multiprocessing.Process]:
+    """This process's multiprocessing children that still exist (see :func:`exists`)."""
+    return [child for child in multiprocessing.active_children() if exists(child)]
+
+
+def exists(process: multiprocessing.Process) -> bool:
+    """Whether the operating system still has ``process`` (a zombie counts).
+
+    A child's ``exitcode`` (and ``multiprocessing.active_children()``) can stay unset for
+    ever when something other than its ``Process`` object reaped it; the operating
+    system's answer does not depend on who reaped it.
+    """
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

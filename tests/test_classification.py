@@ -31,7 +31,7 @@ from napari_bloodcell.classification.model_files import (
 )
 from napari_bloodcell.errors import DatasetError, ModelError, OutputExistsError
 
-from .helpers import write_crop_folder
+from .helpers import running_children, write_crop_folder
 
 
 def test_coursework_network_is_the_seed_architecture():
@@ -190,8 +190,6 @@ def test_a_class_with_one_source_image_is_trained_on_and_reported(tmp_path):
 
 
 def test_reading_crops_stops_when_asked_and_leaves_no_worker_running(tmp_path):
-    import multiprocessing
-
     from napari_bloodcell.classification.datasets import LoadingStopped
 
     data = write_crop_folder(tmp_path, n_per_class=40, seed=0)
@@ -204,7 +202,7 @@ def test_reading_crops_stops_when_asked_and_leaves_no_worker_running(tmp_path):
 
     with pytest.raises(LoadingStopped):
         prepare_crop_files(files, size=16, scale=2.2, workers=2, stop_requested=stop_after_three)
-    assert len(read) == 3 and not multiprocessing.active_children()
+    assert len(read) == 3 and not running_children()
 
 
 def test_crops_of_one_frame_in_two_folders_stay_in_one_part():

@@ -5,7 +5,6 @@ software OpenGL it segfaults next to a viewer)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ from napari_bloodcell.errors import TrackingError
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 
 from .conftest import SHARED_DATA, requires_bccd
-from .helpers import write_crop_folder
+from .helpers import running_children, write_crop_folder
 
 pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("no_tensorflow_in_this_process")]
 
@@ -45,7 +44,7 @@ def tiny_user_model(tmp_path_factory):
         yield "tiny"
         CLASSIFIERS.release("tests")
     assert not CLASSIFIERS.users()
-    assert not multiprocessing.active_children()
+    assert not running_children()
 
 
 def _run(widget, qtbot):
@@ -592,7 +591,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     assert "lobes" in analyze.model.choices
     assert "lobes" in widget.start_from.choices  # it can be fine-tuned further at once
     assert len(widget.history["loss"]) == 2 and widget.plot.axes.get_lines()
-    assert not [p for p in multiprocessing.active_children() if "training" in p.name]
+    assert not [p for p in running_children() if "training" in p.name]
 
     widget.train()  # the name is now taken
     assert notifications[-1][0] == "error" and "already exists" in notifications[-1][1]

@@ -8,6 +8,8 @@ import numpy as np
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.remote import RemoteClassifier
 
+from .helpers import exists
+
 
 def test_remote_classifier_matches_the_in_process_one(tiny_model):
     crops = np.random.default_rng(0).random((5, 32, 32, 3)).astype(np.float32)
@@ -68,10 +70,10 @@ def test_closing_stops_a_hung_worker_at_once_and_refuses_later_calls(tiny_model)
     assert time.monotonic() - started < 10
     waiting.join(timeout=10)
     assert not waiting.is_alive() and errors  # the call in progress fails, clearly
-    deadline = time.monotonic() + 10  # the pool's own thread may be the one reaping it
-    while worker.exitcode is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10  # whichever thread reaps it
+    while exists(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert worker.exitcode is not None  # ended, not left running
+    assert not exists(worker)  # ended and reaped, not left running
     with pytest.raises(ModelError, match="closed"):
         remote.predict(crops)
 
