@@ -1,6 +1,7 @@
 """Classifier: architectures, model files, training that learns, inference and scoring."""
 
 import json
+import random
 import zipfile
 from dataclasses import replace as replace_config
 from pathlib import Path
@@ -187,6 +188,8 @@ def test_a_class_with_one_source_image_is_trained_on_and_reported(tmp_path):
     metadata = ModelMetadata(["lobed", "round"], 32, 2.2, "compact")
     metadata.training = {"classes_not_validated": split.classes_not_validated}
     assert "no validation crops for round" in training_notes(metadata)[0]
+    metadata.training["calibration"] = {"temperature": 1.0, "temperature_fitted": False}
+    assert "not calibrated" in training_notes(metadata)[1]
 
 
 def test_reading_crops_stops_when_asked_and_leaves_no_worker_running(tmp_path):
@@ -429,6 +432,13 @@ def test_unknown_class_folders_are_refused_unless_ignored(tmp_path):
     assert {c for _, c, _ in found} == {"round"}
 
 
+def test_a_folder_given_twice_is_refused(tmp_path, monkeypatch):
+    write_crop_folder(tmp_path / "crops", n_per_class=2, seed=0)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match="are the same folder; give it once"):
+        find_labelled_files([tmp_path / "crops", Path("crops")])
+
+
 def test_folder_names_match_case_insensitively(tmp_path):
     write_crop_folder(tmp_path, n_per_class=1, seed=0)
     (tmp_path / "round").rename(tmp_path / "Round")
@@ -507,6 +517,20 @@ def test_temperature_scaling_fixes_overconfidence_and_lowers_ece():
     assert expected_calibration_error(calibrated, labels) < 0.05  # 15-bin sampling noise ~0.03
     assert expected_calibration_error(overconfident, labels) > 0.15
     np.testing.assert_array_equal(calibrated.argmax(axis=1), overconfident.argmax(axis=1))
+
+
+def test_a_validation_without_an_error_keeps_the_temperature_at_one():
+    from napari_bloodcell.classification.calibration import calibration_record, fit_temperature
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    right = np.full((6, 3), 0.2)
+    right[np.arange(6), labels] = 0.6  # every crop right, none sure: the NLL wants T → 0
+    record = calibration_record(right, labels)
+    assert record["temperature"] == 1.0 and record["temperature_fitted"] is False
+    one_wrong = right.copy()
+    one_wrong[0] = [0.2, 0.6, 0.2]
+    assert fit_temperature(one_wrong, labels) != 1.0
+    assert calibration_record(one_wrong, labels)["temperature_fitted"] is True
 
 
 def test_trained_model_records_its_calibration_and_training_time(tiny_model):
@@ -715,7 +739,7 @@ def test_fine_tuning_head_starts_from_the_known_classes_weights(tiny_model):
 
     old_kernel, old_bias = load_keras_model(tiny_model).get_layer(HEAD_LAYER).get_weights()
     assert read_metadata(tiny_model).classes == ["lobed", "round"]
-    tuned = model_to_fine_tune(str(tiny_model), ["new", "round", "lobed"], seed=0)
+    tuned = model_to_fine_tune(str(tiny_model), ["new", "round", "lobed"])
     kernel, bias = tuned.get_layer(HEAD_LAYER).get_weights()
     np.testing.assert_array_equal(kernel[:, 1:], old_kernel[:, [1, 0]])  # as trained
     np.testing.assert_array_equal(bias[1:], old_bias[[1, 0]])
@@ -777,6 +801,40 @@ def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(8, 10)
     assert low == pytest.approx(0.490, abs=0.002) and high == pytest.approx(0.943, abs=0.002)
     assert np.isnan(wilson_interval(0, 0)[0])
+    assert wilson_interval(0, 5) == (0.0, pytest.approx(0.434, abs=0.002))
+    assert wilson_interval(5, 5) == (pytest.approx(0.566, abs=0.002), 1.0)
+
+
+def test_scores_count_uncertain_answers_and_the_accuracy_of_the_decided():
+    from napari_bloodcell.classification.evaluation import score_probabilities
+
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, right
+    metrics = score_probabilities(probabilities, labels, ["a", "b"], uncertain_threshold=0.7)
+    assert metrics["uncertain_rate"] == 0.5  # 0.6 and 0.55 are below 0.7
+    assert metrics["accuracy_when_decided"] == 1.0 and metrics["accuracy"] == 0.75
+    assert metrics["confusion_matrix"] == [[2, 0], [1, 1]]
+    assert metrics["per_class"]["b"]["precision_ci95"][1] == 1.0  # 1 of 1 predicted b right
+
+
+def test_evaluation_files_are_strict_json_and_replaced_together(tmp_path, monkeypatch):
+    from napari_bloodcell.classification import evaluation
+
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2]])
+    metrics = evaluation.score_probabilities(probabilities, np.array([0, 1]), ["a", "b"], 0.5)
+    evaluation.write_evaluation(metrics, tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())  # no NaN token
+    assert written["per_class"]["b"]["precision_ci95"] == [None, None]  # b never predicted
+    before = {name: (tmp_path / name).read_bytes() for name in evaluation.EVALUATION_FILES}
+
+    def broken_plot(metrics, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluation, "plot_reliability", broken_plot)
+    with pytest.raises(OSError, match="disk full"):
+        evaluation.write_evaluation(metrics, tmp_path, overwrite=True)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(evaluation.EVALUATION_FILES)
 
 
 def test_augmentation_keeps_shape_and_range_and_changes_images():
@@ -875,6 +933,15 @@ def test_the_same_seed_trains_the_same_weights(tmp_path):
         for name in ("first.keras", "second.keras")  # (a str is a path too)
     ]
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+    # fine-tuned (its Dropout layer loaded from the file) in a fresh process, where
+    # Python's generator has another state each time: imitated by two states here
+    tuning = replace_config(config, init_model=str(tmp_path / "first.keras"))
+    tuned = []
+    for python_state, name in ((1, "tuned1.keras"), (2, "tuned2.keras")):
+        random.seed(python_state)
+        model_path = train_classifier([data], tmp_path / name, tuning).model_path
+        tuned.append(load_keras_model(model_path).get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*tuned, strict=True))
 
 
 def test_training_stopped_after_its_last_epoch_saves_nothing(tmp_path):

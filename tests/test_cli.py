@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -262,7 +263,9 @@ def test_evaluate_warns_when_it_scores_training_images(tmp_path, tiny_model, tin
     assert "96 images scored were used to train or calibrate" in capsys.readouterr().err
     args = ["--model", tiny_model, "--out", tmp_path / "e2"]
     assert run_cli("evaluate", data, tiny_heldout, *args) == 0
-    assert f"{data}: left out 96 images the model learnt from" in capsys.readouterr().err
+    assert (
+        f"{data}: left out 96 images the model learnt from or may have" in capsys.readouterr().err
+    )
 
 
 def test_evaluate_refuses_a_file_as_its_folder(tmp_path, tiny_model, tiny_heldout, capsys):
@@ -317,6 +320,20 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
     assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 0
     table = pd.read_csv(table_path)
     assert len(table) == 20 and {"file", "cell_class", "confidence"} <= set(table.columns)
+    assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", table_path) == 2
+    assert len(pd.read_csv(table_path)) == 20  # kept: --overwrite replaces it
+
+
+def test_predict_refuses_a_parquet_table_it_could_not_write_before_classifying(
+    tmp_path, tiny_heldout, capsys, monkeypatch
+):
+    from napari_bloodcell import table
+    from napari_bloodcell.classification import prediction
+
+    monkeypatch.setattr(table, "parquet_available", lambda: False)
+    monkeypatch.setattr(prediction, "predict_files", lambda *a: pytest.fail("classified"))
+    assert run_cli("predict", tiny_heldout, "--out", tmp_path / "p.parquet") == 2
+    assert "writing Parquet needs pyarrow" in capsys.readouterr().err
 
 
 def test_train_keeps_a_model_saved_under_its_name_while_it_trained(tmp_path, monkeypatch):
@@ -415,6 +432,8 @@ def test_calibrate_needs_every_folder_the_model_was_trained_on(tmp_path, tiny_mo
     copy = save_model(trained.keras_model(), tmp_path / "unsplit.keras", metadata)
     assert run_cli("calibrate", copy, tiny_model.parent / "data") == 2
     assert "records no validation images" in capsys.readouterr().err
+    assert run_cli("calibrate", "default", tiny_model.parent / "data") == 2
+    assert "packaged with napari-bloodcell" in capsys.readouterr().err
 
 
 def test_calibrate_refits_the_temperature_on_validation_sources(
@@ -426,14 +445,29 @@ def test_calibrate_refits_the_temperature_on_validation_sources(
         read_metadata,
         read_novelty_reference,
         save_model,
+        update_metadata,
     )
 
     trained = CellClassifier(tiny_model)
     copy = save_model(trained.keras_model(), tmp_path / "m.keras", trained.metadata)
     data = tiny_model.parent / "data"
+    mislabelled = tmp_path / "mislabelled" / "data"  # a validation error: a T to fit
+    shutil.copytree(data, mislabelled)
+    (mislabelled / "round" / "round1.png").rename(mislabelled / "lobed" / "round1.png")
+    fitted = []
+    for planted in (7.0, 0.3):  # fitted on the network's own probabilities, not on T's
+        metadata = read_metadata(copy)
+        metadata.temperature = planted
+        update_metadata(copy, metadata)
+        assert run_cli("calibrate", copy, mislabelled) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["temperature_fitted"] and record["validation_accuracy"] < 1
+        assert read_metadata(copy).temperature == record["temperature"] != planted
+        fitted.append(record["temperature"])
+    assert fitted[0] == pytest.approx(fitted[1], rel=1e-4)
     assert run_cli("calibrate", copy, data) == 0
     record = json.loads(capsys.readouterr().out)
-    assert "temperature" in record and record["novelty_reference"] is False  # 96 crops: too few
+    assert record["novelty_reference"] is False  # 96 crops: too few
     n_validation = len(read_metadata(copy).training["validation_sources"])
     assert record["validation_sources"] == {"recorded": n_validation, "found": n_validation}
     assert read_metadata(copy).temperature > 0 and read_novelty_reference(copy) is None

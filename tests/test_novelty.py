@@ -1,5 +1,7 @@
 """Novelty: how unlike the training crops a crop looks (classification/novelty.py)."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,17 @@ def test_reference_round_trips_and_bad_bytes_are_a_clear_error():
     np.testing.assert_allclose(novelty(features, again), novelty(features, reference), rtol=1e-4)
     with pytest.raises(ModelError, match="novelty reference"):
         NoveltyReference.from_bytes(b"not an npz archive")
+    truncated = reference.to_bytes()[:-40]  # an npz (zip) cut short
+    with pytest.raises(ModelError, match="novelty reference is unreadable"):
+        NoveltyReference.from_bytes(truncated)
+    reference.class_means[0, 0] = np.nan
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        NoveltyReference.from_bytes(reference.to_bytes())
+    two_thresholds = io.BytesIO()
+    np.savez(two_thresholds, class_means=reference.class_means, precision=reference.precision,
+             threshold=np.ones(2))  # fmt: skip
+    with pytest.raises(ModelError, match="novelty reference is unreadable"):
+        NoveltyReference.from_bytes(two_thresholds.getvalue())
     with pytest.raises(ModelError, match="do not fit"):
         novelty(features[:, :4], reference)
 

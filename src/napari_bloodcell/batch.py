@@ -59,7 +59,7 @@ from .errors import BloodcellError, InputImageError, OutputExistsError
 from .overlays import save_overlay_png
 from .pipeline import AnalysisSettings, concat_tables, iter_analyze_stack
 from .reading import LazyImage, open_lazy
-from .table import read_table, write_table
+from .table import parquet_available, read_table, write_table
 
 MAX_OVERLAYS_PER_INPUT = 10
 FRAMES_PER_UNIT = 8
@@ -617,7 +617,7 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
     cells = _tables_of(sorted(p.stem for p in (out / "tables").glob("*.csv")), out)
     try:
         written = [write_table(cells, out / "cells.csv")]
-        if _has_pyarrow():
+        if parquet_available():
             written.append(write_table(cells, out / "cells.parquet"))
     except OSError as exc:
         raise BloodcellError(f"{out}: cannot write cells.csv ({exc})") from exc
@@ -664,14 +664,6 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
         tmp.unlink(missing_ok=True)
     written.append(run_path)
     return written
-
-
-def _has_pyarrow() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _cluster_record(client) -> dict:

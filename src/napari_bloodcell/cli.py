@@ -615,8 +615,9 @@ def _run_evaluate(args) -> int:
     )
     for folder, parts in metrics["left_out"].items():
         print(
-            f"{folder}: left out {sum(parts.values())} images the model learnt from "
-            f"({', '.join(f'{n} {part}' for part, n in parts.items())}); --all-images "
+            f"{folder}: left out {sum(parts.values())} images the model learnt from or may "
+            f"have learnt from ({', '.join(f'{n} {part}' for part, n in parts.items())}); "
+            f"--all-images "
             f"scores them too",
             file=sys.stderr,
         )
@@ -644,7 +645,7 @@ def _run_predict(args) -> int:
     from .table import check_table_path, write_table
 
     if args.out.exists() and not args.overwrite:
-        raise BloodcellError(f"{args.out} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
     check_table_path(args.out)  # before the crops are classified
     table = predict_files(args.inputs, args.model)
     write_table(table, args.out)

@@ -25,6 +25,7 @@ Columns (units):
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -94,13 +95,24 @@ def as_categories(table: pd.DataFrame) -> pd.DataFrame:
 
 def check_table_path(path: str | Path) -> Path:
     """The path of a table to write, or :class:`BloodcellError` when its suffix is not a
-    table's or its folder does not exist (checked before hours of work, not after)."""
+    table's, its folder does not exist or Parquet cannot be written here (checked before
+    hours of work, not after)."""
     path = Path(path)
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise BloodcellError(f"{path}: table files must end in {' or '.join(TABLE_SUFFIXES)}")
     if not path.parent.is_dir():
         raise BloodcellError(f"{path}: the folder {path.parent} does not exist")
+    if path.suffix.lower() == ".parquet" and not parquet_available():
+        raise BloodcellError(PARQUET_NEEDS_PYARROW.format(path=path))
     return path
+
+
+PARQUET_NEEDS_PYARROW = "{path}: writing Parquet needs pyarrow (pip install pyarrow)"
+
+
+def parquet_available() -> bool:
+    """Whether pandas can write Parquet here (pyarrow or fastparquet installed)."""
+    return any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fastparquet"))
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
@@ -115,9 +127,7 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
             try:
                 table.to_parquet(tmp, index=False)
             except ImportError as exc:
-                raise BloodcellError(
-                    f"{path}: writing Parquet needs pyarrow (pip install pyarrow)"
-                ) from exc
+                raise BloodcellError(PARQUET_NEEDS_PYARROW.format(path=path)) from exc
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # must not hide the error that stopped the write

@@ -17,16 +17,27 @@ from .inference import apply_temperature
 ECE_BINS = 15
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T in [0.05, 20] minimising validation NLL of ``probabilities`` (N, K).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
-    1 (no change) when the labels hold fewer than two classes: validation crops of one
-    class only reward ever sharper answers and would drive T to its floor.
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T in [0.05, 20] minimising validation NLL of ``probabilities`` (N, K),
+    or 1 (no change) where the validation crops cannot tell it (:func:`temperature_fit`)."""
+    fitted = temperature_fit(probabilities, labels)
+    return 1.0 if fitted is None else fitted
+
+
+def temperature_fit(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
+    """The temperature minimising validation NLL, or None where no finite one does.
+
+    None when the labels hold fewer than two classes, or when every validation crop is
+    right (the NLL then falls for ever sharper answers, down to the lower bound): a
+    sample with no error does not show how sure the model may be.
     """
     probabilities = np.asarray(probabilities, dtype=float)
     labels = np.asarray(labels, dtype=int)
-    if len(np.unique(labels)) < 2:
-        return 1.0
+    if len(np.unique(labels)) < 2 or np.all(probabilities.argmax(axis=1) == labels):
+        return None
 
     def nll(log_t: float) -> float:
         calibrated = apply_temperature(probabilities, float(np.exp(log_t)))
@@ -34,7 +45,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
             np.mean(np.log(np.clip(calibrated[np.arange(len(labels)), labels], 1e-12, 1)))
         )
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded")
     return float(np.exp(result.x))
 
 
@@ -57,11 +68,16 @@ def expected_calibration_error(
 
 
 def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """Fit T on validation probabilities; report accuracy and ECE before/after."""
-    temperature = fit_temperature(probabilities, labels)
+    """Fit T on validation probabilities; report accuracy and ECE before/after.
+
+    ``temperature_fitted`` is false where the crops could not tell a temperature (T = 1).
+    """
+    fitted = temperature_fit(probabilities, labels)
+    temperature = 1.0 if fitted is None else fitted
     calibrated = apply_temperature(probabilities, temperature)
     return {
         "temperature": temperature,
+        "temperature_fitted": fitted is not None,
         "validation_accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
         "validation_ece_uncalibrated": expected_calibration_error(probabilities, labels),
         "validation_ece": expected_calibration_error(calibrated, labels),
@@ -91,10 +107,11 @@ def calibrate_model_file(
         source_name,
     )
     from .inference import CellClassifier
-    from .model_files import checked_views, update_metadata
+    from .model_files import check_not_packaged, checked_views, update_metadata
     from .novelty import fit_novelty_reference
 
     classifier = CellClassifier(model_path)
+    check_not_packaged(classifier.path)
     metadata = classifier.metadata
     if views is not None:
         metadata.test_time_views = checked_views(views)
@@ -147,5 +164,6 @@ def calibrate_model_file(
         train_features, train_labels, train_domains, validation_features, validation_domains
     )
     record["novelty_reference"] = metadata.training["novelty_reference"] = novelty is not None
+    classifier.check_unchanged()  # not a file replaced while the crops were classified
     update_metadata(classifier.path, metadata, novelty)  # a model name resolved to its file
     return record

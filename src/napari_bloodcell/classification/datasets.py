@@ -71,10 +71,16 @@ def find_labelled_files(
     folder names.
     """
     found: list[tuple[Path, str, int]] = []
+    given: dict[Path, Path] = {}
     for domain, data_dir in enumerate(data_dirs):
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise DatasetError(f"{data_dir}: not a folder (expected one sub-folder per class)")
+        if data_dir.resolve() in given:  # its images would count twice
+            raise DatasetError(
+                f"{data_dir} and {given[data_dir.resolve()]} are the same folder; give it once"
+            )
+        given[data_dir.resolve()] = data_dir
         class_dirs = sorted(
             p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
         )

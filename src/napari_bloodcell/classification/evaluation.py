@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +149,9 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     p = successes / trials
     centre = (p + z**2 / (2 * trials)) / (1 + z**2 / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / (1 + z**2 / trials)
-    return (float(centre - half), float(centre + half))
+    low = 0.0 if successes == 0 else max(0.0, float(centre - half))  # exact, not 1e-17 off
+    high = 1.0 if successes == trials else min(1.0, float(centre + half))
+    return (low, high)
 
 
 def add_confidence_intervals(
@@ -228,16 +233,43 @@ def check_evaluation_folder(out: Path, *, overwrite: bool = False) -> None:
 
 def write_evaluation(metrics: dict, out: Path, *, overwrite: bool = False) -> list[Path]:
     """Write ``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` into ``out``
-    (existing ones only with ``overwrite``)."""
+    (existing ones only with ``overwrite``).
+
+    The three are written into a hidden folder in ``out`` first and moved in together at
+    the end: a failed write leaves the earlier results as they were. Figures that have no
+    value (a class never predicted has no precision interval) are ``null`` in the JSON.
+    """
     check_evaluation_folder(out, overwrite=overwrite)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2))
-    confusion_png = out / "confusion_matrix.png"
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["classes"], confusion_png)
-    reliability_png = out / "reliability.png"
-    plot_reliability(metrics, reliability_png)
-    return [metrics_path, confusion_png, reliability_png]
+    staging = Path(tempfile.mkdtemp(prefix=".evaluation-", dir=out))
+    try:
+        (staging / "metrics.json").write_text(
+            json.dumps(finite_or_null(metrics), indent=2, allow_nan=False)
+        )
+        plot_confusion_matrix(
+            np.array(metrics["confusion_matrix"]),
+            metrics["classes"],
+            staging / "confusion_matrix.png",
+        )
+        plot_reliability(metrics, staging / "reliability.png")
+        for name in EVALUATION_FILES:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in EVALUATION_FILES]
+
+
+def finite_or_null(value):
+    """``value`` (nested dicts, lists, tuples of numbers) with NaN and ±inf as None: strict
+    JSON, which has no NaN."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def plot_reliability(metrics: dict, path: Path) -> None:

@@ -114,8 +114,10 @@ def update_metadata(
     path: str | Path, metadata: ModelMetadata, novelty: NoveltyReference | None | str = KEEP
 ) -> Path:
     """Replace the metadata inside a model file, and the novelty reference unless ``KEEP``
-    (None removes it); the network is copied unchanged, atomically."""
+    (None removes it); the network is copied unchanged, atomically. The packaged models
+    are refused: they are the package's, shared by every user of the installation."""
     path = Path(path)
+    check_not_packaged(path)
     check_metadata(metadata)
     if not (novelty is KEEP or novelty is None or isinstance(novelty, NoveltyReference)):
         raise ModelError(f"novelty must be a NoveltyReference, None or KEEP, not {novelty!r}")
@@ -254,6 +256,15 @@ def _custom_objects(node) -> Iterator[str]:
 
 def packaged_models_dir() -> Path:
     return Path(str(resources.files("napari_bloodcell.classification") / "models"))
+
+
+def check_not_packaged(path: Path) -> None:
+    """Refuse (:class:`ModelError`) to change a model packaged with napari-bloodcell."""
+    if Path(path).resolve().parent == packaged_models_dir().resolve():
+        raise ModelError(
+            f"{path} is a model packaged with napari-bloodcell and is not changed in place; "
+            f"copy it (e.g. to mine.keras) and change the copy"
+        )
 
 
 def resolve_model_path(model: str | Path) -> Path:

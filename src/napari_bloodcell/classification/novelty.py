@@ -16,6 +16,7 @@ classes should not be trusted before fine-tuning (``train --init default``).
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,7 @@ class NoveltyReference:
                 reference = cls(
                     stored["class_means"], stored["precision"], float(stored["threshold"])
                 )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise ModelError(f"the model's novelty reference is unreadable ({exc})") from None
         means, precision = reference.class_means, reference.precision
         if not (np.isfinite(reference.threshold) and reference.threshold > 0):
@@ -74,6 +75,8 @@ class NoveltyReference:
                 f"the model's novelty reference has class means {means.shape} and precision "
                 f"{precision.shape}; expected (K, D) and (D, D)"
             )
+        if not (np.isfinite(means).all() and np.isfinite(precision).all()):
+            raise ModelError("the model's novelty reference holds NaN or infinite values")
         return reference
 
 

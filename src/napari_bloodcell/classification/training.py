@@ -367,15 +367,22 @@ def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> Traini
 
 def training_notes(metadata: ModelMetadata) -> list[str]:
     """What a user should know about a finished training run (for the terminal and the
-    training widget): classes its validation could not judge."""
+    training widget): classes its validation could not judge, a temperature it could not
+    fit."""
+    notes = []
     not_validated = metadata.training.get("classes_not_validated", [])
-    if not not_validated:
-        return []
-    return [
-        f"no validation crops for {', '.join(not_validated)}: crops from one source image "
-        f"only, trained on but judged neither by early stopping nor by the calibration; "
-        f"add crops from other images of these classes"
-    ]
+    if not_validated:
+        notes.append(
+            f"no validation crops for {', '.join(not_validated)}: crops from one source image "
+            f"only, trained on but judged neither by early stopping nor by the calibration; "
+            f"add crops from other images of these classes"
+        )
+    if not metadata.training.get("calibration", {}).get("temperature_fitted", True):
+        notes.append(
+            "the confidences are not calibrated (temperature 1): every validation crop was "
+            "right or of one class, which does not show how sure the model may be"
+        )
+    return notes
 
 
 def base_model_splits(init_model: str | None) -> list[dict]:
@@ -426,6 +433,9 @@ def fit(
     """Build, compile and fit the model with early stopping and checkpointing."""
     import keras
 
+    # before any layer exists: a loaded Dropout layer draws its seed from Python's
+    # generator, unseeded in a fresh process (a fine-tuning process's first run differed)
+    keras.utils.set_random_seed(config.seed)
     if config.init_model is None:
         model = build_model(
             config.architecture,
@@ -437,7 +447,7 @@ def fit(
             seed=config.seed,
         )
     else:
-        model = model_to_fine_tune(config.init_model, dataset.classes, config.seed)
+        model = model_to_fine_tune(config.init_model, dataset.classes)
         for layer in model.layers:  # (a head-only fine-tuned model is saved frozen)
             layer.trainable = (
                 config.train_body and layer.name != LUMINANCE_LAYER
@@ -537,7 +547,7 @@ def predict_dataset(
     return predict_over_views(with_features(model), batches, views, batch_size)
 
 
-def model_to_fine_tune(init_model: str, classes: list[str], seed: int):
+def model_to_fine_tune(init_model: str, classes: list[str]):
     """The network of ``init_model`` ready for new data: body kept; softmax head kept when
     ``classes`` equal the model's (same order), else rebuilt for ``classes``, the classes
     the model already knows starting from their trained head weights (new ones at random)."""
@@ -548,7 +558,6 @@ def model_to_fine_tune(init_model: str, classes: list[str], seed: int):
     known = read_metadata(path).classes
     if known == list(classes):
         return model
-    keras.utils.set_random_seed(seed)
     old_head = model.get_layer(HEAD_LAYER)
     features = old_head.input
     new_head = keras.layers.Dense(len(classes), activation="softmax", name=HEAD_LAYER)
