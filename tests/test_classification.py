@@ -597,6 +597,9 @@ def test_crops_of_other_integer_types_and_bad_thresholds_are_refused(tiny_model)
     crops = np.zeros((2, 32, 32, 3), np.uint16)
     with pytest.raises(ModelError, match="uint8 .* or floats"):
         classifier.predict(crops)
+    for outside in (255.0, -0.5, float("nan")):  # floats still 0–255, or broken
+        with pytest.raises(ModelError, match=r"finite values in \[0, 1\]"):
+            classifier.predict(np.full((2, 32, 32, 3), outside, np.float32))
     for threshold in (float("nan"), 1.5, -0.2):
         with pytest.raises(ModelError, match="probability in"):
             classifier.classify(crops.astype(np.float32), threshold)
@@ -706,8 +709,14 @@ def test_cnn_answers_must_fit_the_segmented_cell_type():
     # a platelet-sized fragment the CNN calls a neutrophil is not forced to either
     assert table["cell_class"].tolist() == [UNCERTAIN, "neutrophil", UNCERTAIN]
     assert table["confidence"].tolist() == pytest.approx([0.3, 0.6, 0.2])
-    # a model without a platelet class leaves platelet-typed objects unrestricted
-    assert plausible_class_mask(["platelet"], ["lobed", "round"]).all()
+    # a model without a platelet class cannot name a platelet-typed object, even at
+    # threshold 0; a model of platelets only cannot name a white cell
+    classes = ["lobed", "round"]
+    assert not plausible_class_mask(["platelet"], classes).any()
+    table = decide([[0.9, 0.1]], classes, 0.0, plausible_class_mask(["platelet"], classes))
+    assert table["cell_class"].tolist() == [UNCERTAIN]
+    assert table["confidence"].tolist() == [0.0]
+    assert plausible_class_mask(["wbc", "platelet"], ["platelet"]).tolist() == [[False], [True]]
 
 
 def test_fine_tuning_keeps_the_body_and_rebuilds_the_head(tiny_model, tmp_path):
@@ -1101,3 +1110,18 @@ def test_grey_probability_turns_that_share_of_crops_grey():
     # the grey draw comes last: each crop's luminance of what the other jitters made of it
     luminance = never @ np.array([0.299, 0.587, 0.114], np.float32)
     np.testing.assert_allclose(always, np.repeat(luminance[..., None], 3, axis=-1), atol=1e-5)
+
+
+def test_a_model_without_a_platelet_class_leaves_platelets_their_segmented_type(tiny_model):
+    from napari_bloodcell.classification.inference import CellClassifier
+    from napari_bloodcell.pipeline import analyze_frame
+    from napari_bloodcell.synthetic import make_smear
+
+    smear = make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=4, seed=4)
+    table = analyze_frame(smear.image / 255, CellClassifier(tiny_model)).table
+    platelets, white = table[table.cell_type == "platelet"], table[table.cell_type == "wbc"]
+    assert len(platelets) and len(white)
+    assert (platelets.cell_class == "platelet").all()  # not "lobed" or "round"
+    assert platelets[["confidence", "p_lobed", "p_round"]].isna().all().all()
+    assert set(white.cell_class) <= {"lobed", "round", UNCERTAIN}
+    assert white.confidence.notna().all()

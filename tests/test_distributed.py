@@ -73,7 +73,7 @@ def test_a_cluster_gives_the_in_process_results_loading_the_model_once_per_worke
     assert there.table["p_lobed"].notna().any()  # the CNN ran on the workers
     assert_same_results(tmp_path / "here", tmp_path / "there", [p.stem for p in inputs])
     assert not (tmp_path / "there" / ".parts").exists()
-    loads = client.run(lambda: batch._classifier_of_file.cache_info().misses)
+    loads = client.run(lambda: batch.cached_classifier.cache_info().misses)
     assert set(loads.values()) <= {0, 1} and sum(loads.values()) >= 1
     threads = client.run(lambda: os.environ.get("TF_NUM_INTRAOP_THREADS"))
     assert set(threads.values()) == {"1"}

@@ -105,7 +105,8 @@ def test_analyze_widget_adds_then_updates_class_coloured_layers(
     assert "lobed" in widget.legend.value and "rbc" in widget.legend.value
 
     first = list(viewer.layers)
-    widget.uncertain_threshold.value = 1.0  # every CNN answer becomes "uncertain"
+    assert (wbc["confidence"] < 1).all()  # a class is decided at a confidence ≥ the threshold
+    widget.uncertain_threshold.value = 1.0  # so every answer of this model is "uncertain"
     _run(widget, qtbot)
     assert list(viewer.layers) == first  # the same layers, updated in place
     assert set(cells.features.loc[cells.features["cell_type"] == "wbc", "cell_class"]) == {
@@ -440,6 +441,12 @@ def test_classifier_processes_are_released_when_the_viewer_closes(
     widget.model.value = tiny_user_model
     widget.job()  # acquires the classifier as the Run button would
     owner = widget._owner
+    assert owner in CLASSIFIERS.users()
+    widget.model.value = None
+    widget.job()  # a run without a model keeps no classifier
+    assert owner not in CLASSIFIERS.users()
+    widget.model.value = tiny_user_model
+    widget.job()
     assert owner in CLASSIFIERS.users()
     viewer.close()
     qtbot.waitUntil(lambda: owner not in CLASSIFIERS.users(), timeout=10_000)

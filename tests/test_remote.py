@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.remote import RemoteClassifier
@@ -11,17 +12,50 @@ from napari_bloodcell.classification.remote import RemoteClassifier
 from .helpers import exists
 
 
-def test_remote_classifier_matches_the_in_process_one(tiny_model):
+def model_copy(model, folder, **changes):
+    """A copy of a model file with metadata fields changed."""
+    import shutil
+
+    from napari_bloodcell.classification.model_files import read_metadata, update_metadata
+
+    copy = shutil.copy(model, folder / "copy.keras")
+    metadata = read_metadata(copy)
+    for name, value in changes.items():
+        setattr(metadata, name, value)
+    update_metadata(copy, metadata)
+    return copy
+
+
+def test_remote_classifier_matches_the_in_process_one(tiny_model_with_novelty, tmp_path):
+    """Same temperature, views and novelty reference as in this process."""
+    model = model_copy(tiny_model_with_novelty, tmp_path, temperature=3.0, test_time_views=4)
     crops = np.random.default_rng(0).random((5, 32, 32, 3)).astype(np.float32)
-    expected = CellClassifier(tiny_model).classify(crops)
-    with RemoteClassifier(tiny_model) as remote:
+    expected = CellClassifier(model).classify(crops)
+    assert expected["novelty"].notna().all()
+    with RemoteClassifier(model) as remote:
         assert remote.classes == ["lobed", "round"]
-        np.testing.assert_allclose(
-            remote.classify(crops)[["p_lobed", "p_round"]],
-            expected[["p_lobed", "p_round"]],
-            atol=1e-5,
-        )
+        answered = remote.classify(crops)
+        assert answered.columns.tolist() == expected.columns.tolist()
+        pd.testing.assert_frame_equal(answered, expected, atol=1e-5)
         assert remote.classify(crops[:0]).empty
+
+
+def test_the_worker_refuses_a_model_file_replaced_after_it_was_chosen(tiny_model, tmp_path):
+    """The worker read the file again when it started: replaced meanwhile, it answered with
+    another network (or other classes) than the caller's metadata."""
+    import pytest
+
+    from napari_bloodcell.errors import ModelError
+
+    model = model_copy(tiny_model, tmp_path)
+    crops = np.zeros((2, 32, 32, 3), np.float32)
+    with RemoteClassifier(model) as remote:
+        model_copy(tiny_model, tmp_path, classes=["round", "lobed"])  # replaced
+        remote.check_unchanged = lambda: None  # as if replaced just after this check
+        with pytest.raises(ModelError, match="changed on disk after it was chosen"):
+            remote.predict(crops)
+        with pytest.raises(ModelError, match="changed on disk after it was chosen"):
+            remote.predict(crops)  # a new worker, the same answer
 
 
 def test_remote_classifier_keeps_tensorflow_out_of_the_calling_process(tiny_model):
@@ -96,3 +130,18 @@ def test_threads_asking_at_once_share_one_worker(tiny_model):
         thread.join()
     remote.close()
     assert len({id(pool) for pool in pools}) == 1
+
+
+def test_a_call_that_got_the_worker_just_before_close_fails_clearly(tiny_model):
+    """It raised the executor's RuntimeError ("cannot schedule new futures after
+    shutdown"), which the widgets do not report as a model error."""
+    import pytest
+
+    from napari_bloodcell.errors import ModelError
+
+    remote = RemoteClassifier(tiny_model)
+    pool = remote._executor()
+    remote.close()
+    remote._executor = lambda: pool  # the worker, as that call got it
+    with pytest.raises(ModelError, match="this classifier was closed"):
+        remote.predict(np.zeros((2, 32, 32, 3), np.float32))

@@ -115,6 +115,7 @@ class InputJob:
     frame_shape: tuple[int, int]
     settings: AnalysisSettings
     model_path: Path | None
+    model_stamp: tuple[int, int] | None  # the model file as chosen at the start of the run
     max_overlays: int
 
 
@@ -259,7 +260,7 @@ def analyze_files(
     if jobs:
         check_writable(out)
         if classifier is not None and client is None:  # a bad network fails the run at once
-            cached_classifier(classifier.path).load()
+            cached_classifier(classifier.path, classifier.stamp).load()
     results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
     total_frames, total_done = sum(job.n_frames for job in jobs), 0
 
@@ -378,7 +379,9 @@ def analyze_unit(chunk: FrameChunk, job: InputJob) -> UnitResult:
     :class:`BloodcellError` naming the input and the frame; an error writing raises one
     naming the input (the half-written part is removed).
     """
-    classifier = cached_classifier(job.model_path) if job.model_path is not None else None
+    classifier = (
+        cached_classifier(job.model_path, job.model_stamp) if job.model_path is not None else None
+    )
     frames, first_frame = chunk.read(), chunk.first
     tables, modalities, seconds = [], set(), 0.0
 
@@ -459,16 +462,14 @@ def write_label_stack(
 
 
 @functools.lru_cache(maxsize=4)
-def _classifier_of_file(model_path: Path, modified_ns: int):
+def cached_classifier(model_path: Path, chosen_stamp: tuple[int, int]):
+    """The classifier of a model file as it was when the run chose it (its ``stamp``),
+    loaded once per process: a Dask worker keeps its network for all the units it runs.
+    A file replaced since is refused (:class:`ModelError`) by a process that has not
+    loaded it yet, so one run never mixes two models."""
     from .classification.inference import CellClassifier
 
-    return CellClassifier(model_path)
-
-
-def cached_classifier(model_path: Path):
-    """The classifier of a model file, loaded once per process (and again if the file
-    changes): a Dask worker keeps its network for all the units it runs."""
-    return _classifier_of_file(Path(model_path), Path(model_path).stat().st_mtime_ns)
+    return CellClassifier(model_path, chosen_stamp=chosen_stamp)
 
 
 def _model_metadata(model):
@@ -491,6 +492,7 @@ def _input_job(path, out, image: LazyImage, settings, classifier, max_overlays) 
         frame_shape=tuple(image.data.shape[1:3]),
         settings=settings,
         model_path=classifier.path if classifier is not None else None,
+        model_stamp=classifier.stamp if classifier is not None else None,
         max_overlays=max_overlays,
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .classification.inference import plausible_class_mask
 from .crops import crop_cells
 from .errors import InputImageError
 from .segmentation import MODALITIES, Segmentation, checked_frame, segment_frame
@@ -204,8 +205,14 @@ def _cells_table(
 
 
 def _classify_into(table, frame, segmentation, classifier, uncertain_threshold) -> None:
-    """Classify WBC and platelet objects with the CNN, writing class columns in place."""
-    chosen = np.flatnonzero(table["cell_type"].isin(CNN_CELL_TYPES).to_numpy())
+    """Classify WBC and platelet objects with the CNN, writing class columns in place;
+    objects of a type none of the model's classes fits (platelets, for a model of white
+    cells only) keep their segmented type as class, like red cells."""
+    cell_types = table["cell_type"]
+    chosen = np.flatnonzero(
+        cell_types.isin(CNN_CELL_TYPES).to_numpy()
+        & plausible_class_mask(cell_types, classifier.classes).any(axis=1)
+    )
     if len(chosen) == 0:
         return
     cells = segmentation.cells.iloc[chosen]

@@ -64,7 +64,27 @@ def models(tmp_path_factory) -> dict[str, Path]:
     lambda_layer = keras.layers.Lambda(lambda x: x + 1.0)
     paths["Lambda layer"] = save_model(_network(lambda_layer), folder / "lambda.keras", _metadata())
     paths["custom object"] = save_model(_network(Doubling()), folder / "custom.keras", _metadata())
+    paths["Keras function"] = _with_dense_activation(
+        good, folder / "get_file.keras", {"module": "keras.utils", "class_name": "function",
+                                          "config": "get_file", "registered_name": "get_file"}
+    )  # fmt: skip
     return paths
+
+
+def _with_dense_activation(model: Path, path: Path, activation) -> Path:
+    """A copy of ``model`` whose Dense layer's activation config is ``activation``."""
+    import json
+
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                (dense,) = [c for c in config["config"]["layers"] if c["class_name"] == "Dense"]
+                dense["config"]["activation"] = activation
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    return path
 
 
 BROKEN = {
@@ -74,6 +94,7 @@ BROKEN = {
     "no network": "not a Keras .keras model file",
     "Lambda layer": "custom code (Lambda layer)",
     "custom object": "custom code (robustness_tests>Doubling",
+    "Keras function": "custom code (function 'get_file' from module keras.utils)",
 }
 
 

@@ -417,6 +417,8 @@ class AnalysisWidget(Container):
         classifier = None
         if self.model.value is not None:
             classifier = CLASSIFIERS.acquire(self._owner, self.model.value)
+        else:  # no TensorFlow worker kept for a model this widget no longer uses
+            CLASSIFIERS.release(self._owner)
         return AnalysisJob(
             data=layer.data,
             layout=layout,

@@ -147,12 +147,15 @@ def calibrate_model_file(
             f"only held-out ones"
         )
     metadata.temperature = 1.0  # uncalibrated probabilities, averaged over the views
-    predicted = {}
+    prepared = {}  # every part read (in forked processes) before TensorFlow starts here
     for name, items in parts.items():
         files, classes, domains = zip(*items, strict=True)
         crops = prepare_crop_files(files, size=metadata.input_size, scale=metadata.crop_scale)
-        labels = np.array([metadata.classes.index(c) for c in classes])
-        predicted[name] = (*classifier.predict(crops), labels, domains)
+        prepared[name] = crops, np.array([metadata.classes.index(c) for c in classes]), domains
+    predicted = {
+        name: (*classifier.predict(crops), labels, domains)
+        for name, (crops, labels, domains) in prepared.items()
+    }
     probabilities, validation_features, labels, validation_domains = predicted["validation"]
     _, train_features, train_labels, train_domains = predicted["train"]
     record = calibration_record(probabilities, labels)

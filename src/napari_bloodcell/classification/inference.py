@@ -26,19 +26,25 @@ PREDICT_BATCH = 256
 class ModelFileClassifier:
     """What every classifier of a model file shares: metadata and the decision rule.
 
-    Subclasses implement :meth:`predict`.
+    Subclasses implement :meth:`predict`. ``chosen_stamp``: the file's :attr:`stamp` when
+    it was chosen (by another process, which sends its choice here); a file changed since
+    is refused (:class:`ModelError`), now and when the network is loaded.
     """
 
-    def __init__(self, model: str | Path = "default"):
+    def __init__(
+        self, model: str | Path = "default", *, chosen_stamp: tuple[int, int] | None = None
+    ):
         self.path = resolve_model_path(model)
-        self._stamp = _file_stamp(self.path)
+        # (modification time in ns, size) of the file when it was chosen
+        self.stamp = _file_stamp(self.path) if chosen_stamp is None else tuple(chosen_stamp)
+        self.check_unchanged()
         self.metadata: ModelMetadata = read_metadata(self.path)
         self.novelty_reference = read_novelty_reference(self.path)
 
     def check_unchanged(self) -> None:
-        """Refuse (:class:`ModelError`) to load the network of a file replaced since its
-        metadata was read: its classes, temperature or threshold may no longer be these."""
-        if _file_stamp(self.path) != self._stamp:
+        """Refuse (:class:`ModelError`) to load the network of a file replaced since it was
+        chosen: its classes, temperature or threshold may no longer be these."""
+        if _file_stamp(self.path) != self.stamp:
             raise ModelError(
                 f"{self.path} changed on disk after it was chosen; choose the model again"
             )
@@ -121,8 +127,10 @@ class CellClassifier(ModelFileClassifier):
     loaded on first use.
     """
 
-    def __init__(self, model: str | Path = "default"):
-        super().__init__(model)
+    def __init__(
+        self, model: str | Path = "default", *, chosen_stamp: tuple[int, int] | None = None
+    ):
+        super().__init__(model, chosen_stamp=chosen_stamp)
         self._model = None
 
     def load(self) -> None:
@@ -178,17 +186,24 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 def crop_array(crops) -> np.ndarray:
     """Crops as a contiguous array: uint8 ones kept (4× smaller), floats as float32.
 
-    Other integer types are refused (:class:`ModelError`): their range is unknown (16-bit
-    crops taken as floats in [0, 1] changed probabilities by up to 0.95)."""
+    Other integer types, and floats outside [0, 1] or not finite, are refused
+    (:class:`ModelError`): their range is unknown (16-bit crops taken as floats in [0, 1]
+    changed probabilities by up to 0.95)."""
     crops = np.ascontiguousarray(crops)
     if crops.dtype == np.uint8:
         return crops
+    scale_first = "scale them first, e.g. with napari_bloodcell.reading.image_from_array"
     if crops.dtype.kind not in "f" and crops.size:
         raise ModelError(
-            f"crops must be uint8 (0–255) or floats in [0, 1], got {crops.dtype}; scale them "
-            f"first, e.g. with napari_bloodcell.reading.image_from_array"
+            f"crops must be uint8 (0–255) or floats in [0, 1], got {crops.dtype}; {scale_first}"
         )
-    return crops.astype(np.float32, copy=False)
+    crops = crops.astype(np.float32, copy=False)
+    if crops.size and not (np.isfinite(crops).all() and crops.min() >= 0 and crops.max() <= 1):
+        raise ModelError(
+            f"float crops must hold finite values in [0, 1], got values from "
+            f"{np.nanmin(crops):g} to {np.nanmax(crops):g}; {scale_first}"
+        )
+    return crops
 
 
 def as_unit_floats(crops: np.ndarray) -> np.ndarray:
@@ -263,15 +278,12 @@ def plausible_class_mask(cell_types, classes: list[str]) -> np.ndarray:
     """(N, K) bool: which model classes fit each object's segmented type.
 
     A platelet-sized fragment can only be a platelet; a WBC-sized object anything but
-    a platelet. Where a model has none of the fitting classes every class is allowed.
+    a platelet. A row is all False where the model has no fitting class (a platelet for
+    a model of white cells only): :func:`decide` then answers "uncertain".
     """
-    cell_types = list(cell_types)
-    platelet_like = np.array([c in PLAUSIBLE_CLASSES["platelet"] for c in classes])
-    mask = np.empty((len(cell_types), len(classes)), dtype=bool)
-    for i, cell_type in enumerate(cell_types):
-        fits = platelet_like if cell_type == "platelet" else ~platelet_like
-        mask[i] = fits if fits.any() else True
-    return mask
+    platelet_like = np.array([c in PLAUSIBLE_CLASSES["platelet"] for c in classes], dtype=bool)
+    is_platelet = np.array([t == "platelet" for t in cell_types], dtype=bool)[:, None]
+    return np.where(is_platelet, platelet_like, ~platelet_like).reshape(-1, len(classes))
 
 
 def decide(
@@ -284,15 +296,17 @@ def decide(
 
     The class is the most probable one among ``allowed`` (an (N, K) bool mask; default
     all); its probability — not renormalised — is the confidence, so an object whose
-    CNN answer contradicts its segmented type ends up "uncertain", not forced.
+    CNN answer contradicts its segmented type ends up "uncertain", not forced. A row
+    allowing no class is "uncertain" with confidence 0.
     """
     probabilities = np.asarray(probabilities, dtype=float).reshape(-1, len(classes))
     if allowed is None:
         allowed = np.ones(probabilities.shape, dtype=bool)
     best = np.where(allowed, probabilities, -1.0).argmax(axis=1)
-    confidence = probabilities[np.arange(len(best)), best]
+    answerable = allowed.any(axis=1)
+    confidence = np.where(answerable, probabilities[np.arange(len(best)), best], 0.0)
     names = np.array(classes, dtype=object)[best] if len(best) else np.array([], dtype=object)
-    cell_class = np.where(confidence >= uncertain_threshold, names, UNCERTAIN)
+    cell_class = np.where(answerable & (confidence >= uncertain_threshold), names, UNCERTAIN)
     table = pd.DataFrame({"cell_class": cell_class.astype(object), "confidence": confidence})
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]

@@ -28,6 +28,16 @@ NOVELTY_MEMBER = "napari_bloodcell_novelty.npz"
 CONFIG_MEMBER = "config.json"
 CODE_OBJECTS = {"Lambda": "Lambda layer", "TFOpLambda": "TFOpLambda layer", "__lambda__": "lambda"}
 """Keras objects that carry Python code (marshalled bytecode) in their config."""
+FUNCTION_MODULES = (
+    "keras.activations",
+    "keras.constraints",
+    "keras.initializers",
+    "keras.losses",
+    "keras.metrics",
+    "keras.regularizers",
+)
+"""Modules whose functions a network config may name: any other Keras function (e.g.
+``keras.utils.get_file``, ``keras.config.enable_unsafe_deserialization``) would be called."""
 DEFAULT_MODEL_NAME = "default"
 FORMAT_VERSION = 1
 TEST_TIME_VIEWS = (1, 2, 4, 8)
@@ -239,7 +249,8 @@ def refuse_custom_code(path: Path) -> None:
 
 
 def _custom_objects(node) -> Iterator[str]:
-    """Names of the objects in a Keras config that are code or live outside Keras."""
+    """Names of the objects in a Keras config that are code, live outside Keras, or are
+    Keras functions outside :data:`FUNCTION_MODULES`."""
     if isinstance(node, dict):
         name, module = node.get("class_name"), node.get("module")
         if name in CODE_OBJECTS:
@@ -247,6 +258,8 @@ def _custom_objects(node) -> Iterator[str]:
             return
         if isinstance(name, str) and module is not None and module.split(".")[0] != "keras":
             yield f"{node.get('registered_name') or name} from module {module}"
+        elif name == "function" and module not in FUNCTION_MODULES:
+            yield f"function {node.get('config')!r} from module {module}"
         for value in node.values():
             yield from _custom_objects(value)
     elif isinstance(node, list):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -23,20 +23,29 @@ from ..errors import ModelError
 from .inference import ModelFileClassifier
 
 _worker_classifier = None
+_worker_error: ModelError | None = None
 
 
-def _load_in_worker(path: str) -> None:
-    """Process initialiser: load the network once per worker process."""
+def _load_in_worker(path: str, chosen_stamp: tuple[int, int]) -> None:
+    """Process initialiser: load the network of the file the caller chose, once per worker
+    process. A file that changed or cannot be loaded is kept as the answer to every call
+    (an initialiser's own exception would reach the caller only as a broken pool)."""
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .inference import CellClassifier
 
-    global _worker_classifier
-    _worker_classifier = CellClassifier(path)
+    global _worker_classifier, _worker_error
+    try:
+        _worker_classifier = CellClassifier(path, chosen_stamp=chosen_stamp)
+        _worker_classifier.load()
+    except ModelError as exc:
+        _worker_error = exc
 
 
 def _predict_in_worker(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if _worker_error is not None:
+        raise _worker_error
     return _worker_classifier.predict(crops)
 
 
@@ -64,7 +73,7 @@ class RemoteClassifier(ModelFileClassifier):
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_load_in_worker,
-                    initargs=(str(self.path),),
+                    initargs=(str(self.path), self.stamp),
                 )
             return self._pool
 
@@ -77,13 +86,18 @@ class RemoteClassifier(ModelFileClassifier):
         pool = self._executor()
         try:
             return pool.submit(_predict_in_worker, crops).result()
-        except BrokenProcessPool as exc:
+        except ModelError:  # the worker could not load the file: the next call tries again
             self._stop(pool)
+            raise
+        except (RuntimeError, CancelledError) as exc:  # BrokenProcessPool is a RuntimeError
+            if not (isinstance(exc, BrokenProcessPool) or self._pool is not pool):
+                raise  # the worker's own error, its process still serving
+            self._stop(pool)  # died, or stopped by close() or another call's failure
             if self._closed:
                 raise ModelError(f"{self.path}: this classifier was closed") from None
             raise ModelError(
-                f"{self.path}: the classifier worker process died ({exc}); "
-                f"the next call starts a new one"
+                f"{self.path}: the classifier worker process stopped "
+                f"({exc or type(exc).__name__}); the next call starts a new one"
             ) from None
 
     def close(self) -> None:
