@@ -62,3 +62,86 @@ def test_a_model_replaced_during_a_run_is_refused_never_mixed_in(tmp_path, tiny_
     assert list(summary.failures) == [str(inputs[1])]
     assert "changed on disk after it was chosen" in summary.failures[str(inputs[1])]
     assert summary.table["p_lobed"].notna().any()  # the first input, classified
+
+
+def _smears(folder, names):
+    import imageio.v3 as iio
+
+    from napari_bloodcell.synthetic import make_smear
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, name in enumerate(names, start=1):
+        paths.append(folder / f"{name}.png")
+        image = make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=2, seed=seed).image
+        iio.imwrite(paths[-1], image)
+    return paths
+
+
+def test_a_missing_input_whose_name_has_results_fails_alone(tmp_path):
+    """It raised FileNotFoundError from the check of the recorded input: no input ran."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    moved = tmp_path / "elsewhere" / "a.png"  # a typo, or a file moved since
+    summary = batch.analyze_files([moved, b], out, AnalysisSettings(), model=None)
+    assert "cannot read it" in summary.failures[str(moved)]
+    assert summary.processed == [str(b)]
+
+
+def test_relative_paths_hold_wherever_the_units_run(tmp_path, monkeypatch):
+    """Relative inputs and out were resolved in the worker's working folder (on a Dask
+    worker started elsewhere every input failed, its files written there)."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    _smears(tmp_path / "project" / "in", ["a", "b"])
+    monkeypatch.chdir(tmp_path / "project")
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+
+    def move_away(_progress) -> None:  # the next units run from another folder
+        os.chdir(elsewhere)
+
+    import os
+
+    summary = batch.analyze_files(
+        ["in/a.png", "in/b.png"], "results", AnalysisSettings(), model=None, on_progress=move_away
+    )
+    assert summary.failures == {} and len(summary.processed) == 2
+    assert (tmp_path / "project" / "results" / "tables" / "b.csv").is_file()
+    assert not any(elsewhere.iterdir())
+
+
+def test_input_names_differing_only_in_case_are_refused(tmp_path):
+    """On macOS and Windows file systems they are one results file."""
+    import pytest
+
+    from napari_bloodcell.errors import InputImageError
+
+    with pytest.raises(InputImageError, match="share the name"):
+        batch.check_inputs([tmp_path / "d1" / "Sample.tif", tmp_path / "d2" / "sample.tif"],
+                           tmp_path / "out")  # fmt: skip
+
+
+def test_an_interrupted_run_that_finished_nothing_keeps_the_record_of_the_results(tmp_path):
+    import json
+
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(pixel_size_um=0.5), model=None)
+    record = (out / "run.json").read_text()
+
+    def ctrl_c(_progress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.analyze_files([a, b], out, AnalysisSettings(), model=None, on_progress=ctrl_c)
+    assert (out / "run.json").read_text() == record
+    assert json.loads(record)["settings"]["pixel_size_um"] == 0.5
+    assert not (out / "tables" / "b.csv").exists()

@@ -40,6 +40,7 @@ work in progress, rebuilds ``cells.csv`` from the finished inputs and re-raises.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -110,6 +111,7 @@ class InputJob:
 
     source: str
     stem: str
+    input_record: str  # what identifies the input file (see check_same_input), at the start
     parts: Path
     n_frames: int
     frame_shape: tuple[int, int]
@@ -149,12 +151,13 @@ def check_inputs(inputs: list[Path], out: Path) -> None:
         raise InputImageError("no input files given")
     stems: dict[str, Path] = {}
     for path in inputs:
-        if path.stem in stems:
+        key = path.stem.casefold()  # one file name on macOS and Windows file systems
+        if key in stems:
             raise InputImageError(
-                f"{stems[path.stem]} and {path} share the name {path.stem!r}; their results would "
+                f"{stems[key]} and {path} share the name {path.stem!r}; their results would "
                 f"overwrite each other: analyse them into different --out folders"
             )
-        stems[path.stem] = path
+        stems[key] = path
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
 
@@ -170,11 +173,14 @@ def check_same_input(path: Path, out: Path) -> None:
         recorded = Path(record["input"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # no (readable) record
-    if recorded.exists():
-        same = os.path.samefile(recorded, path)
-    else:
-        stat = path.stat()
-        same = [record.get("bytes"), record.get("mtime_ns")] == [stat.st_size, stat.st_mtime_ns]
+    try:
+        if recorded.exists():
+            same = os.path.samefile(recorded, path)
+        else:
+            stat = path.stat()
+            same = [record.get("bytes"), record.get("mtime_ns")] == [stat.st_size, stat.st_mtime_ns]
+    except OSError as exc:  # a missing input fails alone, whatever results carry its name
+        raise InputImageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not same:
         raise OutputExistsError(
             f"{out} holds the results of {recorded}, another file named {path.stem!r}; "
@@ -230,12 +236,13 @@ def analyze_files(
     skipped unless ``overwrite``. ``on_progress`` is called after each unit of work.
     """
     inputs = [Path(p) for p in inputs]
-    out = Path(out)
+    out = Path(out).absolute()  # Dask workers may run in other working folders
     check_inputs(inputs, out)
     if frames_per_unit < 1:
         raise BloodcellError(f"frames per unit must be at least 1, got {frames_per_unit}")
     classifier = _model_metadata(model)
-    started = time.perf_counter()
+    started, started_ns = time.perf_counter(), time.time_ns()
+    committing: tuple[InputJob, list[UnitResult]] | None = None  # the input being moved in
     summary = BatchSummary(out=out, table=pd.DataFrame())
     jobs, chunks, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
@@ -245,7 +252,7 @@ def analyze_files(
             if reason is not None:
                 summary.skipped[str(path)] = reason
                 continue
-            image = open_lazy(path, axes=axes)
+            image = open_lazy(path.absolute(), axes=axes)
         except BloodcellError as exc:
             summary.failures[str(path)] = str(exc)
             continue
@@ -283,26 +290,26 @@ def analyze_files(
                 on_progress(BatchProgress(job.source, done, job.n_frames, total_done, total_frames))
             if len(results[job.source]) == n_units[job.source]:
                 unit_results = sorted(results.pop(job.source), key=lambda r: r.first_frame)
+                committing = job, unit_results
                 try:
                     summary.written += _finish_input(job, unit_results, out)
                 except BloodcellError as exc:
+                    committing = None
                     summary.failures[job.source] = str(exc)
                     continue
-                summary.processed.append(job.source)
-                summary.modalities[job.source] = "+".join(
-                    sorted(set().union(*(r.modalities for r in unit_results)))
-                )
-                summary.pixel_sizes_um[job.source] = job.settings.pixel_size_um
-                summary.n_frames += job.n_frames
+                _count_processed(summary, job, unit_results)
+                committing = None
     except KeyboardInterrupt:
         computed.close()  # no more units start (on a cluster: the queued ones are cancelled)
         for job in jobs:
             _remove_parts(job)
-        unfinished = [job.source for job in jobs if job.source not in summary.processed]
+        job = committing[0] if committing is not None else None
+        if job and job.source not in summary.processed and _committed(job, out, started_ns):
+            _count_processed(summary, *committing)  # interrupted just after its table moved in
+        ended = {*summary.processed, *summary.failures}
+        unfinished = [job.source for job in jobs if job.source not in ended]
         summary.failures.update(dict.fromkeys(unfinished, "interrupted"))
-        # an input may have been committed (its table renamed into place) just before the
-        # interrupt reached the loop, so cells.csv is rebuilt from tables/ in any case
-        _record_run(summary, inputs, settings, classifier, client, out, started, always=True)
+        _record_run(summary, inputs, settings, classifier, client, out, started)
         raise
     for job in jobs:
         if job.source in summary.failures:  # its units that ran have all finished by now
@@ -311,16 +318,32 @@ def analyze_files(
     return summary
 
 
-def _record_run(
-    summary, inputs, settings, classifier, client, out, started, always: bool = False
-) -> None:
+def _count_processed(summary: BatchSummary, job: InputJob, unit_results: list[UnitResult]):
+    """Record an input whose results were moved into the output folder."""
+    summary.processed.append(job.source)
+    summary.modalities[job.source] = "+".join(
+        sorted(set().union(*(r.modalities for r in unit_results)))
+    )
+    summary.pixel_sizes_um[job.source] = job.settings.pixel_size_um
+    summary.n_frames += job.n_frames
+
+
+def _committed(job: InputJob, out: Path, since_ns: int) -> bool:
+    """Whether ``job``'s table was moved into ``out`` since ``since_ns`` (time.time_ns)."""
+    try:
+        return _table_path(out, job.stem).stat().st_mtime_ns >= since_ns
+    except OSError:
+        return False
+
+
+def _record_run(summary, inputs, settings, classifier, client, out, started) -> None:
     """Fill in the summary's timing and table; write cells.csv and run.json when an input
-    was processed (or ``always``)."""
+    was processed (else they stay the record of the results already there)."""
     summary.seconds = time.perf_counter() - started
     summary.processed.sort(key=[str(p) for p in inputs].index)  # cluster: completion order
     finished = [p.stem for p in inputs if str(p) in summary.processed or str(p) in summary.skipped]
     summary.table = _tables_of(finished, out)
-    if summary.processed or (always and any((out / "tables").glob("*.csv"))):
+    if summary.processed:
         summary.written += _write_run_tables(summary, settings, classifier, client, out)
 
 
@@ -487,11 +510,12 @@ def _input_job(path, out, image: LazyImage, settings, classifier, max_overlays) 
     return InputJob(
         source=str(path),
         stem=path.stem,
+        input_record=_input_record(path),
         parts=out / PARTS_FOLDER / path.stem,
         n_frames=image.n_frames,
         frame_shape=tuple(image.data.shape[1:3]),
         settings=settings,
-        model_path=classifier.path if classifier is not None else None,
+        model_path=classifier.path.absolute() if classifier is not None else None,
         model_stamp=classifier.stamp if classifier is not None else None,
         max_overlays=max_overlays,
     )
@@ -529,7 +553,7 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
         )
         staged_table = write_table(table, job.parts / STAGED_TABLE)
         staged_record = job.parts / "input.json"
-        staged_record.write_text(_input_record(Path(job.source)))
+        staged_record.write_text(job.input_record)
         for folder in (labels.parent, table_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         table_path.unlink(missing_ok=True)
@@ -547,7 +571,8 @@ def _remove_parts(job: InputJob) -> None:
     """Remove an input's work in progress (and the parts folder once empty)."""
     shutil.rmtree(job.parts, ignore_errors=True)
     if job.parts.parent.is_dir() and not any(job.parts.parent.iterdir()):
-        job.parts.parent.rmdir()
+        with contextlib.suppress(OSError):  # a worker may just have started another input
+            job.parts.parent.rmdir()
 
 
 def _pages_of(paths: list[Path]) -> Iterator[np.ndarray]:

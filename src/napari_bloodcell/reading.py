@@ -88,19 +88,22 @@ def read_image(path: str | Path, axes: str | None = None) -> LoadedImage:
     ``axes`` overrides the inferred axis order (letters T, Y, X, C; e.g. ``"TCYX"``).
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable.
     """
-    return _image_from_file(path, axes, IMAGE_SUFFIXES, _read_tiff, image_from_array)
+    return _image_from_file(
+        path, axes, IMAGE_SUFFIXES, _read_tiff, _read_with_imageio, image_from_array
+    )
 
 
-def _decode(path: Path, read_tiff) -> tuple:
+def _decode(path: Path, read_tiff, read_picture) -> tuple:
     """``(array, axes or None, pixel size or None)`` by the reader for the file's type
-    (``read_tiff`` for TIFFs); any decoder failure becomes an :class:`InputImageError`."""
+    (``read_tiff`` for TIFFs, ``read_picture`` for PNG/JPEG/BMP); any decoder failure
+    becomes an :class:`InputImageError`."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
             return read_tiff(path)
         if suffix == ZARR_SUFFIX:
             return _open_zarr_lazily(path)
-        return _read_with_imageio(path), None, None
+        return read_picture(path), None, None
     except InputImageError:
         raise
     except Exception as exc:  # any decoder failure means a corrupt or foreign file
@@ -224,20 +227,34 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
     """Open an image file as a lazy (T, Y, X, C) float32 stack in [0, 1].
 
     TIFF and OME-TIFF stacks are read page by page when frames are computed; a
-    ``.zarr`` folder (needs the ``zarr`` package) chunk by chunk; JPEG/PNG/BMP frames
-    are small and read at once. The intensity rule is :func:`lazy_image_from_array`'s.
+    ``.zarr`` folder (needs the ``zarr`` package) chunk by chunk; a JPEG/PNG/BMP frame
+    is decoded here (to check it) and again when computed, so that a batch of thousands
+    holds none in memory. The intensity rule is :func:`lazy_image_from_array`'s.
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable;
     a page that turns out unreadable later raises it when that frame is computed.
     """
     suffixes = (*IMAGE_SUFFIXES, ZARR_SUFFIX)
-    return _image_from_file(path, axes, suffixes, _open_tiff_lazily, lazy_image_from_array)
+    return _image_from_file(
+        path, axes, suffixes, _open_tiff_lazily, _open_picture_lazily, lazy_image_from_array
+    )
 
 
-def _image_from_file(path, axes: str | None, suffixes, read_tiff, from_array):
-    """Check ``path``, decode it (TIFFs with ``read_tiff``) and bring it to the canonical
-    layout with ``from_array``; any :class:`InputImageError` names the file."""
+def _open_picture_lazily(path: Path) -> da.Array:
+    """A PNG/JPEG/BMP file as a dask array decoded when computed (decoded once here to
+    learn its shape and refuse a damaged file now)."""
+    import dask
+    import dask.array as da
+
+    decoded = _read_with_imageio(path)
+    return da.from_delayed(dask.delayed(_read_with_imageio)(path), decoded.shape, decoded.dtype)
+
+
+def _image_from_file(path, axes: str | None, suffixes, read_tiff, read_picture, from_array):
+    """Check ``path``, decode it (TIFFs with ``read_tiff``, PNG/JPEG/BMP with
+    ``read_picture``) and bring it to the canonical layout with ``from_array``; any
+    :class:`InputImageError` names the file."""
     path = _checked_image_path(path, suffixes)
-    array, metadata_axes, pixel_size = _decode(path, read_tiff)
+    array, metadata_axes, pixel_size = _decode(path, read_tiff, read_picture)
     try:
         return from_array(
             array,
