@@ -785,8 +785,9 @@ def test_user_models_are_listed_by_name(tmp_path, monkeypatch, tiny_model):
     shutil.copy(tiny_model, model_files.check_model_name("mylab"))
     assert list(model_files.list_models()) == ["default", "mylab"]
     assert model_files.resolve_model_path("mylab") == tmp_path / "models" / "mylab.keras"
-    with pytest.raises(ModelError, match="invalid model name"):
-        model_files.check_model_name("../escape")
+    for name in ("../escape", "mylab\n"):  # a trailing newline passed "$"
+        with pytest.raises(ModelError, match="invalid model name"):
+            model_files.check_model_name(name)
     with pytest.raises(ModelError, match="without .keras"):  # a path in the current folder
         model_files.check_model_name("mylab.keras")
     with pytest.raises(OutputExistsError, match="already exists"):

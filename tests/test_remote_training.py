@@ -1,6 +1,9 @@
 """Training jobs: input checked before the process starts; a trained model never installed
 over one saved under the same name meanwhile."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from napari_bloodcell.classification.remote_training import TrainingDone, TrainingJob
@@ -37,3 +40,85 @@ def test_data_that_cannot_be_validated_is_refused_before_the_process_starts(tmp_
     data = write_crop_folder(tmp_path / "crops", n_per_class=4, seed=0, n_sources=1)
     with pytest.raises(DatasetError, match="too few source images"):
         TrainingJob([data], "mine", models_dir=tmp_path / "models")
+
+
+class _EndedProcess:
+    """A training process that has already ended (its outcome is on the queue)."""
+
+    exitcode = 0
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout=None) -> None:
+        pass
+
+
+def test_a_model_saved_after_cancel_was_asked_is_not_installed(tmp_path):
+    """The child checks for a stop only before saving: the parent installed the model of a
+    cancelled run (the docs promise cancel saves nothing)."""
+    from napari_bloodcell.classification.remote_training import TrainingCancelled
+
+    data = write_crop_folder(tmp_path / "crops", n_per_class=2, seed=0)
+    models = tmp_path / "models"
+    job = TrainingJob([data], "mine", models_dir=models)
+    job._workdir = models / ".training-x"
+    job._workdir.mkdir(parents=True)
+    (job._workdir / "mine.keras").write_bytes(b"trained")
+    job._process = _EndedProcess()
+    job._events.put(TrainingDone(job._workdir / "mine.keras", {}, ["lobed", "round"]))
+    job.cancel()
+    assert list(job.events()) == [TrainingCancelled()]
+    assert list(models.iterdir()) == []
+
+
+def test_a_models_folder_that_cannot_be_made_is_a_clear_error(tmp_path):
+    from napari_bloodcell.errors import BloodcellError
+
+    data = write_crop_folder(tmp_path / "crops", n_per_class=2, seed=0)
+    (tmp_path / "taken").write_text("a file where the models folder would be")
+    job = TrainingJob([data], "mine", models_dir=tmp_path / "taken" / "models")
+    with pytest.raises(BloodcellError, match="cannot start training in .*taken"):
+        job.start()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_training_stops_and_cleans_up_when_napari_dies(tmp_path):
+    """A crashed parent left the training process running to its end, its model in a
+    hidden work folder nobody installs or removes."""
+    import subprocess
+    import time
+
+    def running(pid: int) -> bool:  # an orphan's zombie may never be reaped in a container
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    data = write_crop_folder(tmp_path / "crops", n_per_class=12, seed=0)
+    models = tmp_path / "models"
+    code = (
+        "import os, sys\n"
+        "from napari_bloodcell.classification.remote_training import EpochEnd, TrainingJob\n"
+        "from napari_bloodcell.classification.training import TrainingConfig\n"
+        "config = TrainingConfig(input_size=32, epochs=500, patience=500, batch_size=8,\n"
+        "                        validation_fraction=0.25, test_fraction=0.0)\n"
+        f"job = TrainingJob([{str(data)!r}], 'mine', config, models_dir={str(models)!r})\n"
+        "job.start()\n"
+        "for event in job.events():\n"
+        "    if isinstance(event, EpochEnd):\n"
+        "        print('training process', job._process.pid, flush=True)\n"
+        "        os._exit(1)  # a crash: no clean-up runs\n"
+    )
+    log = tmp_path / "log.txt"  # not a pipe: the training process would hold it open
+    with log.open("w") as output:
+        parent = subprocess.run([sys.executable, "-c", code], stdout=output, stderr=output)
+    lines = log.read_text().splitlines()
+    assert parent.returncode == 1, lines[-20:]
+    (line,) = [x for x in lines if x.startswith("training process")]
+    child = int(line.split()[-1])
+    deadline = time.monotonic() + 60
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(child), "the training process outlived its parent"
+    assert list(models.iterdir()) == []  # no model, no work folder

@@ -319,14 +319,14 @@ def list_models() -> dict[str, Path]:
     return models
 
 
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_model_name(name: str, models_dir: Path | None = None, overwrite: bool = False) -> Path:
     """The file a user model called ``name`` is saved to (in ``models_dir``, default the
     per-user folder), or a :class:`ModelError` / :class:`OutputExistsError` for an
     unusable or taken name."""
-    if not MODEL_NAME_PATTERN.match(name) or name.lower().endswith(".keras"):
+    if not MODEL_NAME_PATTERN.fullmatch(name) or name.lower().endswith(".keras"):
         raise ModelError(
             f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
             f"starting with a letter or digit (the name, without .keras)"

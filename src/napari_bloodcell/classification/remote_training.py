@@ -61,12 +61,22 @@ class TrainingCancelled:
 TrainingEvent = EpochEnd | TrainingDone | TrainingFailed | TrainingCancelled
 
 
-def _train_in_child(data_dirs, out, config, events, stop) -> None:
-    """Subprocess body: train, reporting epochs and the outcome on ``events``."""
+def _train_in_child(data_dirs, out: Path, config, events, stop) -> None:
+    """Subprocess body: train into ``out`` (in a work folder of its own), reporting epochs
+    and the outcome on ``events``. It stops when asked or when the parent process is gone
+    (e.g. napari crashed), and then removes the work folder: nobody would install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     from .training import TrainingStopped, train_classifier, training_notes
+
+    parent = multiprocessing.parent_process()
+
+    def parent_gone() -> bool:
+        return parent is not None and not parent.is_alive()
+
+    def stop_requested() -> bool:
+        return stop.is_set() or parent_gone()
 
     def on_epoch_end(epoch: int, logs: dict | None) -> None:
         clean = {key: float(value) for key, value in (logs or {}).items()}
@@ -74,7 +84,7 @@ def _train_in_child(data_dirs, out, config, events, stop) -> None:
         stop_if_asked()
 
     def stop_if_asked(*_, **__) -> None:
-        if stop.is_set():
+        if stop_requested():
             raise TrainingStopped
 
     stop_between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=stop_if_asked)
@@ -85,17 +95,20 @@ def _train_in_child(data_dirs, out, config, events, stop) -> None:
             config,
             on_epoch_end=on_epoch_end,
             callbacks=[stop_between_batches],
-            stop_requested=stop.is_set,
+            stop_requested=stop_requested,
         )
     except TrainingStopped:
-        events.put(TrainingCancelled())
+        outcome = TrainingCancelled()
     except BloodcellError as exc:
-        events.put(TrainingFailed(str(exc)))
+        outcome = TrainingFailed(str(exc))
     except Exception as exc:  # report anything else instead of dying silently
-        events.put(TrainingFailed(f"training failed: {type(exc).__name__}: {exc}"))
+        outcome = TrainingFailed(f"training failed: {type(exc).__name__}: {exc}")
     else:
         notes = tuple(training_notes(result.metadata))
-        events.put(TrainingDone(result.model_path, result.history, result.metadata.classes, notes))
+        outcome = TrainingDone(result.model_path, result.history, result.metadata.classes, notes)
+    if not isinstance(outcome, TrainingDone) or parent_gone():
+        shutil.rmtree(out.parent, ignore_errors=True)
+    events.put(outcome)
 
 
 class TrainingJob:
@@ -131,16 +144,23 @@ class TrainingJob:
         self._context = context
 
     def start(self) -> None:
-        """Start the training process."""
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        self._workdir = Path(tempfile.mkdtemp(prefix=".training-", dir=self.models_dir))
-        out = self._workdir / self.target.name
-        self._process = self._context.Process(
-            target=_train_in_child,
-            args=(self.data_dirs, out, self.config, self._events, self._stop),
-            name=f"napari-bloodcell training {self.target.stem}",
-        )
-        self._process.start()
+        """Start the training process (:class:`BloodcellError` if it cannot start)."""
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            self._workdir = Path(tempfile.mkdtemp(prefix=".training-", dir=self.models_dir))
+            out = self._workdir / self.target.name
+            self._process = self._context.Process(
+                target=_train_in_child,
+                args=(self.data_dirs, out, self.config, self._events, self._stop),
+                name=f"napari-bloodcell training {self.target.stem}",
+            )
+            self._process.start()
+        except OSError as exc:
+            self._process = None
+            self.close()
+            raise BloodcellError(
+                f"cannot start training in {self.models_dir} ({exc.strerror or exc})"
+            ) from None
 
     def cancel(self) -> None:
         """Ask the training to stop after the current epoch (nothing is saved)."""
@@ -176,8 +196,8 @@ class TrainingJob:
                         )
                         return
                     continue
-                if isinstance(event, TrainingDone):
-                    event = self._install(event)
+                if isinstance(event, TrainingDone):  # cancelled while saving: not installed
+                    event = TrainingCancelled() if self._stop.is_set() else self._install(event)
                 yield event
                 if not isinstance(event, EpochEnd):
                     return
