@@ -67,3 +67,18 @@ def exists(process: multiprocessing.Process) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def model_copy(model: Path, folder: Path, **changes) -> Path:
+    """``folder/copy.keras``: a copy of a model file (replacing an earlier copy) with
+    metadata fields changed."""
+    import shutil
+
+    from napari_bloodcell.classification.model_files import read_metadata, update_metadata
+
+    copy = Path(shutil.copy(model, folder / "copy.keras"))
+    metadata = read_metadata(copy)
+    for name, value in changes.items():
+        setattr(metadata, name, value)
+    update_metadata(copy, metadata)
+    return copy

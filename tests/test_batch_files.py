@@ -34,26 +34,25 @@ def test_a_model_replaced_during_a_run_is_refused_never_mixed_in(tmp_path, tiny_
     """A worker loading the model after it was replaced used the new file's network with
     the run's classes; now it refuses the input, and the units already classified keep the
     model the run chose."""
-    import shutil
-
     import imageio.v3 as iio
 
-    from napari_bloodcell.classification.model_files import read_metadata, update_metadata
     from napari_bloodcell.pipeline import AnalysisSettings
     from napari_bloodcell.synthetic import make_smear
 
-    model = shutil.copy(tiny_model, tmp_path / "model.keras")
+    from .helpers import model_copy
+
+    model = model_copy(tiny_model, tmp_path)
     inputs = []
     for seed in (1, 2):
         inputs.append(tmp_path / f"smear{seed}.png")
         smear = make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=2, seed=seed)
         iio.imwrite(inputs[-1], smear.image)
 
+    replaced = []
+
     def replace_the_model(_progress) -> None:
-        if read_metadata(model).uncertain_threshold != 0.99:
-            metadata = read_metadata(model)
-            metadata.uncertain_threshold = 0.99
-            update_metadata(model, metadata)
+        if not replaced:
+            replaced.append(model_copy(tiny_model, tmp_path, uncertain_threshold=0.99))
             batch.cached_classifier.cache_clear()  # as a new Dask worker process would start
 
     summary = batch.analyze_files(

@@ -9,21 +9,7 @@ import pandas as pd
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.remote import RemoteClassifier
 
-from .helpers import exists
-
-
-def model_copy(model, folder, **changes):
-    """A copy of a model file with metadata fields changed."""
-    import shutil
-
-    from napari_bloodcell.classification.model_files import read_metadata, update_metadata
-
-    copy = shutil.copy(model, folder / "copy.keras")
-    metadata = read_metadata(copy)
-    for name, value in changes.items():
-        setattr(metadata, name, value)
-    update_metadata(copy, metadata)
-    return copy
+from .helpers import exists, model_copy
 
 
 def test_remote_classifier_matches_the_in_process_one(tiny_model_with_novelty, tmp_path):

@@ -228,8 +228,9 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
 
     TIFF and OME-TIFF stacks are read page by page when frames are computed; a
     ``.zarr`` folder (needs the ``zarr`` package) chunk by chunk; a JPEG/PNG/BMP frame
-    is decoded here (to check it) and again when computed, so that a batch of thousands
-    holds none in memory. The intensity rule is :func:`lazy_image_from_array`'s.
+    is decoded here (to check it and sample its intensities; milliseconds) and again when
+    computed, so that a batch of thousands holds none in memory. The intensity rule is
+    :func:`lazy_image_from_array`'s.
     Raises :class:`InputImageError` naming the file for anything unreadable or unusable;
     a page that turns out unreadable later raises it when that frame is computed.
     """
