@@ -95,3 +95,35 @@ def test_impossible_cells_are_refused_clearly(centre, diameter, message):
     frame = _frame_with_disk((100, 100), (50, 50), 8)
     with pytest.raises(InputImageError, match=message):
         crop_cells(frame, [centre], [diameter], size=16)
+
+
+@pytest.mark.parametrize("diameter", [9.3, 10.4, 8.0, 11.0])
+def test_the_window_is_centred_on_the_centroid_within_half_a_pixel(diameter):
+    """The window started at round(centre - side / 2): its middle lay half a pixel up and
+    left of the centroid on average, and up to 1.25 px (a 9.3 px window: 1 px)."""
+    frame = _frame_with_disk((40, 40), (20, 20), 3)
+    side = int(round(diameter))
+    crop = crop_cells(frame, [[20, 20]], [diameter], size=side, scale=1.0)[0]
+    dark = crop.sum(axis=-1) < crop.sum(axis=-1).mean()
+    ys, xs = np.nonzero(dark)
+    middle = (side - 1) / 2
+    assert abs(ys.mean() - middle) <= 0.5 and abs(xs.mean() - middle) <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("frame_shape", "kwargs", "message"),
+    [
+        ((20, 20, 3), {"size": 0}, "crop size must be a positive whole number"),
+        ((20, 20, 3), {"size": 16.0}, "crop size must be a positive whole number"),
+        ((20, 20, 3), {"size": 16, "scale": 0.0}, "crop scale"),
+        ((20, 20, 3), {"size": 16, "scale": float("nan")}, "crop scale"),
+        ((20, 20), {"size": 16}, r"expected a \(Y, X, C\) frame"),
+    ],
+)
+def test_impossible_crop_requests_are_refused_clearly(frame_shape, kwargs, message):
+    """A zero, negative or float size and a grey (Y, X) frame failed deep in numpy /
+    scikit-image (OverflowError, TypeError, a broadcast error); scale 0 cut 8 px windows."""
+    from napari_bloodcell.errors import InputImageError
+
+    with pytest.raises(InputImageError, match=message):
+        crop_cells(np.full(frame_shape, 0.5, np.float32), [[10.0, 10.0]], [5.0], **kwargs)

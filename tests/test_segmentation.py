@@ -349,6 +349,23 @@ def test_synthetic_time_lapse_frame_counts_leukocytes_and_platelets():
     assert np.mean(distances.min(axis=1) <= 3.0) >= 0.8
 
 
+def test_a_grey_fluorescence_frame_saved_as_rgb_is_one_leukocyte_channel():
+    """R = G = B (a grey image saved as RGB, e.g. DSB 2018's nuclei): the default roles took
+    the one signal for leukocytes (green) and platelets (red) at once, inventing platelets
+    (55 for 23 nuclei on a DSB 2018 image); it is now segmented as one channel."""
+    grey = fluorescence_scene().max(axis=2, keepdims=True)  # the blob and the spot, grey
+    grey[disk((65, 30), 2.2, shape=grey.shape[:2])] = 0.5  # a small bright spot
+    as_rgb = segment_frame(np.repeat(grey, 3, axis=2), "fluorescence")
+    one_channel = segment_frame(grey, "fluorescence")
+    assert set(as_rgb.cells["cell_type"]) == {"wbc"}
+    np.testing.assert_array_equal(as_rgb.labels, one_channel.labels)
+    pd.testing.assert_frame_equal(as_rgb.cells, one_channel.cells)
+    explicit = segment_frame(
+        np.repeat(grey, 3, axis=2), "fluorescence", channels={"leukocyte": 1, "platelet": 0}
+    )
+    assert "platelet" in set(explicit.cells["cell_type"])  # asked for: both roles, as before
+
+
 def test_single_channel_fluorescence_is_leukocytes():
     image = fluorescence_scene()[..., 1:2]
     segmentation = segment_frame(image)
@@ -396,6 +413,16 @@ def test_featureless_frames_give_empty_segmentation(frame, modality):
         (np.zeros((10, 10, 3)), {"modality": "fluorescence", "channels": {"nucleus": 0}}, "role"),
         (np.zeros((10, 10, 3)), {"modality": "smear", "params": FluorescenceParams()}, "params"),
         (np.zeros((10, 10, 3)), {"pixel_size_um": 0.0}, "pixel_size_um"),
+        (  # a bool index selected an axis of its own: RuntimeError deep in the top-hat
+            np.zeros((10, 10, 3)),
+            {"modality": "fluorescence", "channels": {"leukocyte": True}},
+            "channel index True",
+        ),
+        (  # nothing was segmented, silently
+            np.zeros((10, 10, 3)),
+            {"modality": "fluorescence", "channels": {}},
+            "map no cell role",
+        ),
         (np.zeros((10, 10, 3)), {"pixel_size_um": "0.5"}, "pixel_size_um"),
     ],
 )

@@ -45,6 +45,10 @@ def crop_cells(
     -------
     (N, size, size, C) float32 crops, colour-normalised.
     """
+    frame = np.asarray(frame)
+    if frame.ndim != 3:
+        raise InputImageError(f"expected a (Y, X, C) frame to crop from, got shape {frame.shape}")
+    _check_crop_shape(size, scale)
     centroids_yx = np.asarray(centroids_yx, dtype=float).reshape(-1, 2)
     diameters_px = np.asarray(diameters_px, dtype=float).reshape(-1)
     _check_cells(frame.shape[:2], centroids_yx, diameters_px)
@@ -54,7 +58,9 @@ def crop_cells(
     sides = np.maximum(scale * diameters_px, MIN_CROP_SIDE_PX)
     height, width = frame.shape[:2]
     for i, ((cy, cx), side) in enumerate(zip(centroids_yx, sides, strict=True)):
-        y0, x0, side_px = int(round(cy - side / 2)), int(round(cx - side / 2)), int(round(side))
+        side_px = int(round(side))
+        # the window's middle, (side_px - 1) / 2 past its first pixel, nearest the centre
+        y0, x0 = int(round(cy - (side_px - 1) / 2)), int(round(cx - (side_px - 1) / 2))
         rows = reflected(np.arange(y0, y0 + side_px), height)
         columns = reflected(np.arange(x0, x0 + side_px), width)
         window = frame[np.ix_(rows, columns)]  # only the window is copied, not the frame
@@ -70,6 +76,20 @@ def reflected(indices: np.ndarray, length: int) -> np.ndarray:
     period = 2 * (length - 1)
     folded = np.mod(indices, period)
     return np.where(folded < length, folded, period - folded)
+
+
+def _check_crop_shape(size, scale) -> None:
+    """Refuse a crop ``size`` that is not a positive whole number of pixels or a ``scale``
+    that is not a positive finite number."""
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise InputImageError(f"crop size must be a positive whole number of pixels, got {size!r}")
+    is_number = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(
+        scale, (bool, np.bool_)
+    )
+    if not (is_number and np.isfinite(scale) and scale > 0):
+        raise InputImageError(
+            f"crop scale (crop side / cell diameter) must be a positive number, got {scale!r}"
+        )
 
 
 def _check_cells(frame_shape, centroids_yx: np.ndarray, diameters_px: np.ndarray) -> None:
@@ -101,7 +121,8 @@ def crop_single_cell_image(
     """Re-crop a single-cell image (a training crop of any magnification) the way ``analyze`` does.
 
     The stained object nearest the centre sets the window's centre and size, measured
-    as in segmentation; if nothing stained is found the whole image is used.
+    as in segmentation; if nothing stained is found, the largest square centred in the
+    image is used.
 
     Parameters
     ----------

@@ -66,7 +66,9 @@ def segment_frame(
     ``frame``: float (Y, X, C) in [0, 1] (grey as (Y, X, 1)).
     ``modality``: ``"auto"`` (see :func:`detect_modality`), ``"smear"`` or ``"fluorescence"``.
     ``channels`` (fluorescence only): role (``"leukocyte"``, ``"platelet"``) → channel index;
-    default green leukocytes / red platelets for RGB, channel 0 leukocytes for one channel.
+    default channel 1 (green) leukocytes and channel 0 (red) platelets, or channel 0
+    leukocytes for one channel or for channels that all hold the same image (a grey image
+    saved as RGB, whose one signal would otherwise be taken for both roles).
     ``pixel_size_um``: µm per pixel, or ``None`` for the modality's reference pixel size.
     ``params``: :class:`SmearParams` / :class:`FluorescenceParams` in µm, default ones if None.
 
@@ -106,6 +108,8 @@ def segment_frame(
             return empty_segmentation(frame.shape[:2], modality)
         return segment_smear(frame, smear_params.in_pixels(pixel_size_um))
 
+    if channels is None and _has_one_image_in_every_channel(frame):
+        channels = default_channels(1)  # a grey image saved as RGB: no platelet channel
     roles = _checked_channels(channels, n_channels)
     fluorescence_params = _checked_params(params, FluorescenceParams)
     if _is_featureless(frame):
@@ -116,6 +120,14 @@ def segment_frame(
 GREY_SPREAD = 0.02
 """A frame whose channels differ by less than this in 99 % of its pixels is grey (JPEG
 chroma noise stays well below it; stained cells differ by tenths)."""
+
+
+def _has_one_image_in_every_channel(frame: np.ndarray) -> bool:
+    """Whether a frame of several channels (Y, X, C) holds the same image in each (every
+    pixel's channels differ by less than :data:`GREY_SPREAD`)."""
+    if frame.shape[2] < 2:
+        return False
+    return float(np.ptp(frame, axis=2).max(initial=0.0)) < GREY_SPREAD
 
 
 def _is_grey(frame: np.ndarray) -> bool:
@@ -184,12 +196,22 @@ def _checked_params(params, expected_type: type):
 def _checked_channels(channels: Mapping[str, int] | None, n_channels: int) -> dict[str, int]:
     """Validated role → channel index mapping for a frame with ``n_channels`` channels."""
     roles = default_channels(n_channels) if channels is None else dict(channels)
+    if not roles:
+        raise InputImageError(
+            f"channels map no cell role to a channel; expected at least one of "
+            f"{sorted(ROLE_CELL_TYPES)}, e.g. {{'leukocyte': 1, 'platelet': 0}}"
+        )
     for role, index in roles.items():
         if role not in ROLE_CELL_TYPES:
             raise InputImageError(
                 f"unknown channel role {role!r}; expected one of {sorted(ROLE_CELL_TYPES)}"
             )
-        if not isinstance(index, (int, np.integer)) or not 0 <= index < n_channels:
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise InputImageError(
+                f"channel index {index!r} for role {role!r} is not a channel index; "
+                f"expected an integer from 0 to {n_channels - 1}"
+            )
+        if not 0 <= index < n_channels:
             raise InputImageError(
                 f"channel index {index!r} for role {role!r} is out of range for a frame "
                 f"with {n_channels} channel(s)"
