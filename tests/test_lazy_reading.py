@@ -86,6 +86,18 @@ def test_short_stacks_read_lazily_equal_the_eager_reader(tmp_path, array, write_
     assert lazy.original_axes == eager.original_axes
 
 
+def test_a_stack_after_a_thumbnail_takes_its_own_axes(tmp_path):
+    """The lazy reader took the axes of the file's first series, a reduced RGB thumbnail
+    (YXS), for the stack: "frames are 5×64 px" (the eager reader was right)."""
+    path = tmp_path / "thumbnail_first.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(RNG.integers(0, 255, (32, 40, 3), np.uint8), photometric="rgb", subfiletype=1)
+        tif.write(RNG.integers(0, 4000, (5, 64, 80), np.uint16), photometric="minisblack")
+    lazy, eager = open_lazy(path), read_image(path)
+    assert lazy.original_axes == eager.original_axes and lazy.data.shape == (5, 64, 80, 1)
+    np.testing.assert_array_equal(lazy.data.compute(), eager.data)
+
+
 def test_a_long_stack_takes_its_intensity_range_from_a_bounded_sample(tmp_path):
     stack = RNG.integers(100, 4000, (40, 32, 32), dtype=np.uint16)
     path = tmp_path / "long.tif"

@@ -28,7 +28,7 @@ def test_manifest_has_widgets_writer_and_layer_menus():
         "Train classifier",
     }
     (writer,) = contributions.writers
-    assert writer.layer_types == ["points"] and writer.filename_extensions == [".csv"]
+    assert writer.layer_types == ["points"] and writer.filename_extensions == [".csv", ".parquet"]
     assert {"napari/layers/segment", "napari/layers/classify"} <= set(contributions.menus)
     for command in contributions.commands:  # every command resolves to an importable object
         assert callable(_resolve(command.python_name))
@@ -387,6 +387,66 @@ def test_saving_a_cells_layer_keeps_the_parquet_copy_of_an_export_in_step(tmp_pa
     written = write_cells_table(str(tmp_path / "cells.csv"), points[:3], fewer)
     assert sorted(Path(p).name for p in written) == ["cells.csv", "cells.json", "cells.parquet"]
     assert len(read_table(tmp_path / "cells.parquet")) == 3
+
+
+def test_saving_a_cells_layer_as_parquet_writes_a_parquet_table(tmp_path, movie):
+    """File → Save Selected Layers as cells.parquet found no writer: npe2 matched only .csv."""
+    pytest.importorskip("pyarrow")
+    import npe2
+    from napari.components import LayerList
+    from napari.layers import Points
+
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+
+    points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
+    npe2.PluginManager.instance().discover()  # what napari does when it starts
+    written = LayerList([Points(points, **meta)]).save(str(tmp_path / "cells.parquet"))
+    assert sorted(Path(p).name for p in written) == ["cells.json", "cells.parquet"]
+    assert not (tmp_path / "cells.csv").exists()  # nobody asked for a CSV
+    pd.testing.assert_frame_equal(
+        _plain(read_table(tmp_path / "cells.parquet")), _plain(meta["features"])
+    )
+    assert (
+        json.loads((tmp_path / "cells.json").read_text())
+        == (meta["metadata"]["napari_bloodcell"]["parameters"])
+    )
+
+
+def test_saving_as_parquet_keeps_the_csv_of_an_export_in_step_and_a_strangers_csv_intact(
+    tmp_path, movie
+):
+    pytest.importorskip("pyarrow")
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+    from napari_bloodcell._napari._writer import export_table, write_cells_table
+
+    points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
+    export_table(tmp_path / "cells.csv", meta["features"], {})
+    fewer = {**meta, "features": meta["features"].iloc[:3]}
+    written = write_cells_table(str(tmp_path / "cells.parquet"), points[:3], fewer)
+    assert sorted(Path(p).name for p in written) == ["cells.csv", "cells.json", "cells.parquet"]
+    assert len(read_table(tmp_path / "cells.csv")) == 3
+    (tmp_path / "notes.csv").write_text("mine")  # napari asked about notes.parquet only
+    with pytest.raises(OutputExistsError, match="notes.csv already exists .* not belong"):
+        write_cells_table(str(tmp_path / "notes.parquet"), points, meta)
+    assert (tmp_path / "notes.csv").read_text() == "mine"
+    assert not (tmp_path / "notes.parquet").exists() and not (tmp_path / "notes.json").exists()
+
+
+def test_saving_a_cells_layer_refuses_parquet_without_pyarrow_and_other_suffixes(
+    tmp_path, movie, monkeypatch
+):
+    from napari_bloodcell import table as table_module
+    from napari_bloodcell._napari import _writer
+    from napari_bloodcell._napari._compute import run_to_end, stack_steps
+
+    points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
+    with pytest.raises(BloodcellError, match=r"must end in \.csv or \.parquet"):
+        _writer.write_cells_table(str(tmp_path / "cells"), points, meta)  # no extension typed
+    monkeypatch.setattr(table_module, "parquet_available", lambda: False)
+    monkeypatch.setattr(_writer, "parquet_available", lambda: False)
+    with pytest.raises(BloodcellError, match="needs pyarrow"):
+        _writer.write_cells_table(str(tmp_path / "cells.parquet"), points, meta)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exports_keep_every_dot_of_the_file_name(tmp_path):

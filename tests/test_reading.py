@@ -185,3 +185,42 @@ def test_extreme_ranges_do_not_overflow_to_nan(dtype):
     array[0, :6] = info.min
     data = image_from_array(array).data
     assert np.isfinite(data).all() and data.min() == 0 and data.max() == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "expected"),
+    [
+        ((4, 24, 32), {"ome": True, "metadata": {"axes": "CYX"}}, (1, 24, 32, 4)),
+        ((4, 24, 32), {"imagej": True, "metadata": {"axes": "CYX"}}, (1, 24, 32, 4)),
+        ((3, 4, 24, 32), {"imagej": True, "metadata": {"axes": "TCYX"}}, (3, 24, 32, 4)),
+    ],
+)
+def test_four_channels_named_by_the_files_metadata_are_channels(tmp_path, shape, kwargs, expected):
+    """An OME or ImageJ hyperstack of 4 fluorescence channels was refused as an RGBA
+    picture with a varying alpha ("give the axes explicitly (e.g. YXC)")."""
+    from napari_bloodcell.reading import open_lazy
+
+    data = np.random.default_rng(5).integers(0, 4000, shape, dtype=np.uint16)
+    path = tmp_path / "four.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    eager = read_image(path)
+    assert eager.data.shape == expected
+    lazy = open_lazy(path)
+    np.testing.assert_array_equal(lazy.data.compute(scheduler="sync"), eager.data)
+
+
+def test_a_grey_png_with_alpha_is_read_as_grey(tmp_path):
+    """Its (Y, X, 2) array was taken for Y frames of X × 2 px: "frames are 32×2 px"."""
+    from PIL import Image
+
+    from napari_bloodcell.reading import VaryingAlphaError, open_lazy
+
+    grey = np.random.default_rng(6).integers(0, 255, (24, 32), dtype=np.uint8)
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "la.png")
+    image = read_image(tmp_path / "la.png")
+    assert image.data.shape == (1, 24, 32, 1)
+    np.testing.assert_allclose(image.data[0, ..., 0], grey / 255, atol=1e-6)
+    assert open_lazy(tmp_path / "la.png").data.shape == (1, 24, 32, 1)
+    Image.fromarray(np.dstack([grey, grey[::-1]]), "LA").save(tmp_path / "cut.png")
+    with pytest.raises(VaryingAlphaError, match="cut.png: a grey image with a varying"):
+        read_image(tmp_path / "cut.png")

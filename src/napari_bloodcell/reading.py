@@ -262,7 +262,9 @@ def _image_from_file(path, axes: str | None, suffixes, read_tiff, read_picture, 
             axes=axes or metadata_axes,
             source=str(path),
             pixel_size_um=pixel_size,
-            channels_named=bool(axes),  # metadata axes (an RGBA TIFF's YXS) name no channel
+            # a C of the metadata (OME, ImageJ, Zarr) names channels; samples (an RGBA
+            # TIFF's YXS) do not: their 4th may be an alpha
+            channels_named=bool(axes) or "C" in (metadata_axes or ""),
         )
     except InputImageError as exc:
         raise _naming_file(path, exc) from None
@@ -557,11 +559,22 @@ def _read_with_imageio(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(iio.imread(path))
+        array = np.asarray(iio.imread(path))
+    if mode == GREY_ALPHA_MODE:  # (Y, X, 2): not 2 channels, nor Y frames of X × 2 px
+        grey, alpha = array[..., 0], array[..., 1]
+        if alpha.min() != alpha.max():
+            raise VaryingAlphaError(
+                f"{path}: a grey image with a varying transparency (alpha); save it "
+                f"without transparency"
+            )
+        return grey
+    return array
 
 
 PILLOW_COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")
 """Pillow modes whose channels are not red, green, blue: converted to RGB when read."""
+GREY_ALPHA_MODE = "LA"
+"""Pillow's mode of grey + alpha pictures: read as grey when the alpha is constant."""
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
@@ -581,7 +594,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
 
 
 def _open_tiff_lazily(path: Path):
-    """The first series of a TIFF as a dask array of pages, its axes and pixel size."""
+    """The image series of a TIFF (:func:`_single_series`) as a dask array of pages, its
+    axes and pixel size."""
     import dask.array as da
     import tifffile
     from dask.base import tokenize
@@ -591,8 +605,9 @@ def _open_tiff_lazily(path: Path):
             raise InputImageError(
                 f"{path}: cannot be read as an image (the TIFF holds no image series)"
             )
-        pages = _TiffPages.of(path, _single_series(path, tif), tif.byteorder)
-        axes = _tiff_axes(tif.series[0].axes, pages.shape)
+        series = _single_series(path, tif)
+        pages = _TiffPages.of(path, series, tif.byteorder)
+        axes = _tiff_axes(series.axes, pages.shape)
         pixel_size = _tiff_pixel_size_um(tif)
     page_dims = len(pages.page_shape)
     chunks = (1,) * (len(pages.shape) - page_dims) + pages.page_shape

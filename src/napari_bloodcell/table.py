@@ -55,21 +55,30 @@ CATEGORY_COLUMNS = ("source", "cell_type", "cell_class")
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 
-def empty_table(classes: list[str] = ()) -> pd.DataFrame:
-    """A table with every column and no rows."""
-    return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in cell_columns(classes)})
-
-
 def cell_columns(classes: list[str]) -> list[str]:
     return BASE_COLUMNS + [f"p_{c}" for c in classes]
 
 
-def _dtype(column: str) -> str:
-    if column in ("source", "cell_type", "cell_class"):
-        return "object"
-    if column in ("frame", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area_px"):
-        return "int64"
-    return "float64"
+INTEGER_COLUMNS = ("frame", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area_px")
+UNIT_COLUMNS = ("centroid_y_um", "centroid_x_um", "diameter_um", "area_um2")
+
+
+def _typed_if_empty(table: pd.DataFrame) -> pd.DataFrame:
+    """An empty table with the dtypes of its columns in a table with rows (int64, float64,
+    text): a CSV header alone reads as text, an empty column as float64 from Parquet,
+    which stores empty untyped columns as ``null``."""
+    if len(table):
+        return table
+    dtypes = {
+        c: "int64" if c in INTEGER_COLUMNS else "float64"
+        for c in table.columns
+        if c not in CATEGORY_COLUMNS
+        and (c in BASE_COLUMNS or c in UNIT_COLUMNS or str(c).startswith("p_"))
+    }
+    for c in CATEGORY_COLUMNS:
+        if c in table and not isinstance(table[c].dtype, pd.CategoricalDtype):
+            dtypes[c] = str
+    return table.astype(dtypes)
 
 
 def add_physical_units(table: pd.DataFrame, pixel_size_um: float | None) -> pd.DataFrame:
@@ -119,6 +128,7 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the table as CSV or Parquet (by suffix), atomically (temporary file + rename)."""
     path = check_table_path(path)
     suffix = path.suffix.lower()
+    table = _typed_if_empty(table)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if suffix == ".csv":
@@ -140,12 +150,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
     The text columns (``source``, ``cell_type``, ``cell_class``) are read as text, an
     empty one (e.g. the ``source`` of an array analysed without a name) as the empty text
-    written, not as a missing value; the other columns as pandas reads them.
+    written, not as a missing value; the other columns as pandas reads them (those of a
+    table without rows as the numbers they hold in a table with rows).
     """
     path = Path(path)
     try:
         if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
+            return _typed_if_empty(pd.read_parquet(path))
         table = pd.read_csv(path, dtype={column: str for column in CATEGORY_COLUMNS})
     except ImportError:
         raise BloodcellError(
@@ -159,7 +170,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     for column in CATEGORY_COLUMNS:
         if column in table:
             table[column] = table[column].fillna("")
-    return table
+    return _typed_if_empty(table)
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:

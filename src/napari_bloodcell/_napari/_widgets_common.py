@@ -536,7 +536,7 @@ class AnalysisWidget(Container):
             return False
         path = Path(self.export_file.value)
         if path.suffix.lower() not in (".csv", ".parquet") or path.name in ("", "."):
-            show_warning("choose a table file name ending in .csv")
+            show_warning("choose a table file name ending in .csv or .parquet")
             return False
         parameters = layer.metadata.get(METADATA_KEY, {}).get("parameters", {})
         try:

@@ -1,11 +1,12 @@
 """Writing the per-cell table of a cells (Points) layer, with the run's parameters.
 
-``<name>.csv`` (and ``<name>.parquet`` when pyarrow is installed) hold the table;
+``<name>.csv`` (and ``<name>.parquet`` when Parquet can be written) hold the table;
 ``<name>.json`` next to them holds the parameters of the run (model name and version,
 thresholds, pixel size …). :func:`export_table` never replaces an existing file unless
-asked; the npe2 writer (File → Save Layers) writes the CSV napari asked for (after its own
-overwrite prompt), its JSON sidecar and a Parquet copy already there. The table is the
-layer's now: points moved by hand move their cells; points added by hand are refused.
+asked; the npe2 writer (File → Save Layers) writes the ``.csv`` or ``.parquet`` napari asked
+for (after its own overwrite prompt), its JSON sidecar and the copy in the other format an
+earlier export left beside it. The table is the layer's now: points moved by hand move
+their cells; points added by hand are refused.
 """
 
 from __future__ import annotations
@@ -17,23 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BloodcellError, OutputExistsError
-from ..table import write_table
+from ..table import TABLE_SUFFIXES, check_table_path, parquet_available, write_table
 from ._layers import METADATA_KEY, cells_table
-
-
-def _parquet_available() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def export_paths(path: str | Path) -> list[Path]:
     """Files an export to ``path`` writes: the CSV, the Parquet copy if possible, the JSON
     (``run.2.csv`` → ``run.2.csv``, ``run.2.parquet``, ``run.2.json``)."""
     paths = [companion(path, ".csv")]
-    if _parquet_available():
+    if parquet_available():
         paths.append(companion(path, ".parquet"))
     return [*paths, companion(path, ".json")]
 
@@ -73,8 +66,10 @@ def _write(tables: list[Path], sidecar: Path, table: pd.DataFrame, parameters: d
 
 
 def write_cells_table(path: str, data, attributes: dict) -> list[str]:
-    """npe2 writer: the per-cell table of a napari-bloodcell cells layer as ``path`` (.csv),
-    its JSON sidecar, and the Parquet copy an earlier export left beside it (kept in step)."""
+    """npe2 writer: the per-cell table of a napari-bloodcell cells layer as ``path`` (.csv or
+    .parquet), its JSON sidecar, and the copy in the other format that an earlier export
+    left beside it (kept in step)."""
+    requested = check_table_path(path)  # a table's suffix, Parquet only with pyarrow
     features = attributes.get("features")
     if features is None or "cell_class" not in features:
         raise BloodcellError(
@@ -84,20 +79,19 @@ def write_cells_table(path: str, data, attributes: dict) -> list[str]:
     metadata = attributes.get("metadata") or {}
     table = cells_table(data, features, metadata)
     parameters = metadata.get(METADATA_KEY, {}).get("parameters", {})
-    csv = Path(path)
-    sidecar, parquet = companion(csv, ".json"), companion(csv, ".parquet")
-    for other in (sidecar, parquet):
-        if other.exists() and not csv.exists():  # napari asked about replacing the CSV only
+    sidecar = companion(requested, ".json")
+    others = [companion(requested, s) for s in TABLE_SUFFIXES if s != requested.suffix.lower()]
+    for other in (sidecar, *others):
+        if other.exists() and not requested.exists():  # napari asked about `requested` only
             raise OutputExistsError(
                 f"{other.name} already exists in {other.parent} and does not belong to "
-                f"{csv.name}; choose another file name"
+                f"{requested.name}; choose another file name"
             )
-    tables = [csv]
-    if parquet.exists():  # an earlier export's copy: it must not keep the old table
-        if not _parquet_available():
+    copies = [other for other in others if other.exists()]  # an earlier export's copies
+    for copy in copies:  # must not keep the old table
+        if copy.suffix.lower() == ".parquet" and not parquet_available():
             raise OutputExistsError(
-                f"{parquet.name} beside {csv.name} holds an earlier table and cannot be "
+                f"{copy.name} beside {requested.name} holds an earlier table and cannot be "
                 f"updated without pyarrow; remove it or choose another file name"
             )
-        tables.append(parquet)
-    return [str(p) for p in _write(tables, sidecar, table, parameters)]
+    return [str(p) for p in _write([requested, *copies], sidecar, table, parameters)]

@@ -1,0 +1,33 @@
+"""Writing and reading the per-cell table (CSV and Parquet), without napari."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from napari_bloodcell.table import BASE_COLUMNS, add_physical_units, read_table, write_table
+
+
+def _table(n_rows: int) -> pd.DataFrame:
+    row = {"source": "a.tif", "frame": 0, "label": 1, "cell_type": "wbc", "cell_class": "x"}
+    columns = {c: [row.get(c, 1.5)] * n_rows for c in [*BASE_COLUMNS, "p_x"]}
+    for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area_px"):
+        columns[c] = [4] * n_rows
+    return add_physical_units(pd.DataFrame(columns), 0.5)
+
+
+def test_a_table_without_rows_keeps_its_column_types_through_csv_and_parquet(tmp_path):
+    """An input without cells left a tables/<stem>.csv header that read back as text
+    columns; the run's cells.parquet built from it stored them as Arrow ``null``, which no
+    table with rows matches (pyarrow refuses to concatenate the two)."""
+    with_rows = read_table(write_table(_table(2), tmp_path / "rows.csv"))
+    without = read_table(write_table(_table(2).iloc[:0], tmp_path / "none.csv"))
+    assert list(without.columns) == list(with_rows.columns)
+    pd.testing.assert_series_equal(without.dtypes, with_rows.dtypes)
+    pq = pytest.importorskip("pyarrow.parquet")
+    write_table(without, tmp_path / "none.parquet")
+    write_table(with_rows, tmp_path / "rows.parquet")
+    assert pq.read_schema(tmp_path / "none.parquet").equals(
+        pq.read_schema(tmp_path / "rows.parquet"), check_metadata=False
+    )
+    pd.testing.assert_series_equal(read_table(tmp_path / "none.parquet").dtypes, with_rows.dtypes)
