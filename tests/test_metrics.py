@@ -1,10 +1,16 @@
 """Tests of instance matching (metrics.match_instances, detection_by_type, match_centroids)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_bloodcell.errors import InputImageError
-from napari_bloodcell.metrics import detection_by_type, match_centroids, match_instances
+from napari_bloodcell.metrics import (
+    detection_by_type,
+    match_centroids,
+    match_instances,
+    scores_from_counts,
+)
 
 
 def squares(shape=(40, 40), boxes=(), labels=None) -> np.ndarray:
@@ -135,3 +141,44 @@ def test_match_centroids_empty_and_bad_radius():
     assert (only_gt["fn"], only_gt["recall"], only_gt["f1"]) == (1, 0.0, 0.0)
     with pytest.raises(ValueError, match="max_distance"):
         match_centroids(np.array([[1.0, 1.0]]), np.array([[1.0, 1.0]]), -1.0)
+
+
+def test_labels_beyond_int64_are_refused_not_wrapped():
+    labels = np.zeros((4, 4), dtype=np.uint64)
+    labels[0, 0] = 2**63 + 5  # would wrap to a negative label and make background an object
+    with pytest.raises(InputImageError, match="<= 9223372036854775807"):
+        match_instances(labels, labels)
+    labels[0, 0] = 2**63 - 1
+    assert match_instances(labels, labels)["matches"] == [(2**63 - 1, 2**63 - 1, 1.0)]
+
+
+def test_match_centroids_rejects_points_that_are_not_yx_pairs():
+    tyx = np.array([[0.0, 5.0, 5.0], [1.0, 20.0, 20.0]])  # (t, y, x): 2 objects, not 3
+    with pytest.raises(InputImageError, match=r"gt_yx must be \(n, 2\).*\(2, 3\)"):
+        match_centroids(tyx, tyx, 1.0)
+    with pytest.raises(InputImageError, match="pred_yx holds non-finite"):
+        match_centroids(np.zeros((1, 2)), np.array([[np.nan, 1.0]]), 1.0)
+    with pytest.raises(InputImageError, match=r"one per ground-truth object \(3,\)"):
+        match_centroids(np.zeros((3, 2)), np.zeros((3, 2)), np.array([1.0, 2.0]))
+    assert match_centroids([], np.zeros((2, 2)), 1.0)["fp"] == 2  # no points: any empty shape
+
+
+def test_scores_from_counts_follow_the_matching_conventions():
+    counts = pd.DataFrame(
+        {"tp": [3, 0, 0, 0], "fp": [1, 0, 2, 0], "fn": [1, 4, 0, 0]},
+        index=["some", "all_missed", "all_false", "none"],
+    )
+    table = scores_from_counts(counts)
+    assert list(table.columns) == ["tp", "fp", "fn", "precision", "recall", "f1"]
+    assert table.loc["some", ["precision", "recall", "f1"]].tolist() == [0.75, 0.75, 0.75]
+    for name, (tp, fp, fn) in counts.iterrows():  # same numbers as one matching would give
+        gt = squares(boxes=[(0, 4 * i, 3) for i in range(tp + fn)])
+        pred = squares(
+            boxes=[(0, 4 * i, 3) for i in range(tp)] + [(20, 4 * i, 3) for i in range(fp)]
+        )
+        expected = match_instances(gt, pred)
+        assert table.loc[name, ["precision", "recall", "f1"]].tolist() == [
+            expected[key] for key in ("precision", "recall", "f1")
+        ], name
+    with pytest.raises(ValueError, match="fn"):
+        scores_from_counts(counts[["tp", "fp"]])

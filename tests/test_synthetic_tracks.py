@@ -9,6 +9,8 @@ from napari_bloodcell.synthetic_tracks import (
     default_trajectories_path,
     detections_from_ground_truth,
     make_tracking_timelapse,
+    render_timelapse,
+    simulate_tracks,
     write_ground_truth_ctc,
 )
 
@@ -40,13 +42,23 @@ def test_real_trajectories_from_an_explicit_csv(tmp_path):
         {"track_id": 1, "t_s": 24.0 * np.arange(8), "x_um": 3.0 * np.arange(8), "y_um": 0.0}
     )
     steps.to_csv(csv, index=False)
-    timelapse = make_tracking_timelapse("easy", **SMALL, seed=0, trajectories=csv)
+    # 128 x 128 px: "easy" puts ~1.5 leukocytes per frame in the field (64 x 64: none)
+    timelapse = make_tracking_timelapse("easy", n_frames=6, shape=(128, 128), trajectories=csv)
     assert timelapse.trajectory_source == str(csv)
     wbc = timelapse.tracks[timelapse.tracks["cell_type"] == "wbc"]
     step = np.hypot(*wbc.groupby("track_id")[["centroid_y", "centroid_x"]].diff().dropna().T.values)
+    assert step.size >= 3  # the check below is not vacuous
     np.testing.assert_allclose(step, 0.75 * 3.0 / 0.75)  # easy: speed x 0.75, 0.75 µm/px
     with pytest.raises(InputImageError, match="not found"):
         make_tracking_timelapse("easy", **SMALL, trajectories=tmp_path / "missing.csv")
+
+
+def test_trajectory_csv_without_usable_tracks_is_refused(tmp_path):
+    """Not silently replaced by random walks while the CSV is reported as the source."""
+    csv = tmp_path / "single_points.csv"
+    pd.DataFrame({"track_id": [1, 2], "t_s": 0.0, "x_um": 0.0, "y_um": 0.0}).to_csv(csv)
+    with pytest.raises(InputImageError, match="no track has 2 or more time points"):
+        make_tracking_timelapse("easy", **SMALL, trajectories=csv)
 
 
 @pytest.mark.skipif(not default_trajectories_path().is_file(), reason="shared data absent")
@@ -81,3 +93,28 @@ def test_detections_with_class_noise():
     wbc = noisy["cell_type"] == "wbc"
     accuracy = (noisy.loc[wbc, "cell_class"] == exact.loc[wbc, "cell_class"]).mean()
     assert 0.78 < accuracy < 0.92
+
+
+def test_movie_has_the_requested_frames_even_when_the_last_ones_are_empty():
+    # 32 x 32 px at "medium" density: no objects at all, so no rows name the last frame
+    empty = make_tracking_timelapse("medium", n_frames=5, shape=(32, 32), trajectories=None)
+    assert empty.tracks.empty
+    assert empty.image.shape == (5, 32, 32, 3) and empty.labels.shape == (5, 32, 32)
+    tracks, _ = simulate_tracks(
+        n_frames=8, shape=(64, 64), trajectories=None, n_leukocytes=0, n_platelets=1
+    )
+    early = tracks[tracks["frame"] < 3]
+    image, labels, visible = render_timelapse(early, (64, 64), n_frames=8)
+    assert image.shape[0] == labels.shape[0] == 8 and len(visible) == len(early)
+    assert not labels[3:].any()
+    with pytest.raises(InputImageError, match="n_frames"):
+        render_timelapse(tracks, (64, 64), n_frames=4)  # tracks reach frame 7
+
+
+def test_simulate_tracks_rejects_bad_counts():
+    with pytest.raises(InputImageError, match="n_platelets"):
+        simulate_tracks(trajectories=None, n_platelets=-1)
+    with pytest.raises(InputImageError, match="n_leukocytes"):
+        simulate_tracks(trajectories=None, n_leukocytes=-3)
+    with pytest.raises(InputImageError, match="n_leukocytes"):
+        simulate_tracks(trajectories=None, n_leukocytes=2.5)

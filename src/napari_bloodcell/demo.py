@@ -16,10 +16,10 @@ import pandas as pd
 import tifffile
 
 from .batch import analyze_files
-from .errors import OutputExistsError
-from .metrics import detection_by_type
+from .errors import BloodcellError, OutputExistsError
+from .metrics import detection_by_type, match_instances, scores_from_counts
 from .pipeline import AnalysisSettings
-from .synthetic import make_smear, make_timelapse
+from .synthetic import SyntheticSmear, SyntheticTimelapse, make_smear, make_timelapse
 
 SMEAR_NAME = "synthetic_smear.png"
 TIMELAPSE_NAME = "synthetic_timelapse.tif"
@@ -30,13 +30,21 @@ def run_demo(
 ) -> str:
     """Generate inputs, analyse them into ``out`` and return a printable report.
 
-    Also writes ``out/demo_report.json`` with the detection scores per cell type.
+    Also writes ``out/demo_report.json`` with the detection scores per cell type. Without
+    ``overwrite``, ``out`` must be new, empty or an interrupted demo (no report yet).
     """
     out = Path(out)
     report_path = out / "demo_report.json"
-    if report_path.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already holds a demo run; pass --overwrite to replace it")
     inputs = out / "inputs"
+    if not overwrite and report_path.exists():
+        raise OutputExistsError(f"{out} already holds a demo run; pass --overwrite to replace it")
+    demo_inputs = {SMEAR_NAME, TIMELAPSE_NAME}
+    earlier_demo = inputs.is_dir() and {p.name for p in inputs.iterdir()} <= demo_inputs
+    if not overwrite and out.is_dir() and not earlier_demo and any(out.iterdir()):
+        raise OutputExistsError(
+            f"{out} holds other files, not an earlier demo; choose a new or empty folder, or "
+            "pass --overwrite to write the demo's results among them"
+        )
     inputs.mkdir(parents=True, exist_ok=True)
     smear = make_smear(seed=seed)
     movie = make_timelapse(n_frames=10, seed=seed)
@@ -53,36 +61,23 @@ def run_demo(
         model=model,
         overwrite=True,  # results of the inputs just written, even of an interrupted demo
     )
+    if summary.failures:  # labels/ may hold stale results of an earlier run: score nothing
+        raise BloodcellError(f"the demo's analysis failed: {summary.failures}")
     table = summary.table
+    smear_cells = table[table.source == SMEAR_NAME]
     predicted_smear = tifffile.imread(out / "labels" / f"{smear_path.stem}.tif")
     predicted_movie = tifffile.imread(out / "labels" / f"{movie_path.stem}.tif")
 
     smear_scores = detection_by_type(
-        smear.labels,
-        _types(smear.cells, "label"),
-        predicted_smear,
-        _types(table[table.source == SMEAR_NAME], "label"),
+        smear.labels, _types(smear.cells, "label"), predicted_smear, _types(smear_cells, "label")
     )
-    movie_truth_types = dict(zip(movie.tracks.track_id, movie.tracks.cell_type, strict=False))
-    movie_scores = sum(
-        detection_by_type(
-            movie.labels[t],
-            movie_truth_types,
-            predicted_movie[t],
-            _types(table[(table.source == TIMELAPSE_NAME) & (table.frame == t)], "label"),
-        )[["tp", "fp", "fn"]]
-        for t in range(movie.labels.shape[0])
-    )
-    movie_scores = _with_rates(movie_scores)
+    movie_scores = _movie_scores(movie, predicted_movie, table[table.source == TIMELAPSE_NAME])
     smear_scores, movie_scores = _present_types(smear_scores), _present_types(movie_scores)
-    classes = table[table.source == SMEAR_NAME].query("cell_type == 'wbc'")["cell_class"].tolist()
-    truth_classes = smear.cells.query("cell_type == 'wbc'")["wbc_class"].tolist()
     report = {
         "smear": {
             "modality": summary.modalities.get(str(smear_path)),
             "detection": smear_scores.round(3).reset_index().to_dict("records"),
-            "wbc_classes_predicted": classes,
-            "wbc_classes_true": truth_classes,
+            "wbc_classes": _wbc_classes(smear, predicted_smear, smear_cells),
         },
         "timelapse": {
             "modality": summary.modalities.get(str(movie_path)),
@@ -90,7 +85,6 @@ def run_demo(
             "detection": movie_scores.round(3).reset_index().to_dict("records"),
         },
         "seconds": round(summary.seconds, 2),
-        "failures": summary.failures,
     }
     report_path.write_text(json.dumps(report, indent=2))
     return _format(report, out, smear_scores, movie_scores)
@@ -100,26 +94,43 @@ def _types(cells: pd.DataFrame, label_column: str) -> dict[int, str]:
     return dict(zip(cells[label_column].astype(int), cells["cell_type"], strict=True))
 
 
+def _movie_scores(
+    movie: SyntheticTimelapse, predicted: np.ndarray, cells: pd.DataFrame
+) -> pd.DataFrame:
+    """Detection counts per cell type summed over the frames of ``predicted`` (T, Y, X)
+    labels, with precision, recall and F1 of the sums; ``cells``: the movie's table."""
+    truth_types = dict(zip(movie.tracks.track_id, movie.tracks.cell_type, strict=False))
+    counts = sum(
+        detection_by_type(
+            movie.labels[t], truth_types, predicted[t], _types(cells[cells.frame == t], "label")
+        )[["tp", "fp", "fn"]]
+        for t in range(movie.labels.shape[0])
+    )
+    return scores_from_counts(counts)
+
+
+def _wbc_classes(
+    smear: SyntheticSmear, predicted: np.ndarray, cells: pd.DataFrame
+) -> list[dict[str, object]]:
+    """Per drawn WBC: its ``label``, ``true`` class and the ``predicted`` class of the cell
+    matched to it (IoU >= 0.5; None when missed). ``cells``: the smear's table."""
+    matched = {g: p for g, p, _ in match_instances(smear.labels, predicted)["matches"]}
+    predicted_class = dict(zip(cells["label"].astype(int), cells["cell_class"], strict=True))
+    return [
+        {
+            "label": int(row.label),
+            "true": row.wbc_class,
+            "predicted": predicted_class.get(matched.get(int(row.label))),
+        }
+        for row in smear.cells[smear.cells.cell_type == "wbc"].itertuples()
+    ]
+
+
 def _present_types(scores: pd.DataFrame) -> pd.DataFrame:
     """The rows of cell types that were drawn or detected, and "all" (the red cells of a
     fluorescence movie scored a perfect 0 of 0)."""
     counted = scores[["tp", "fp", "fn"]].sum(axis=1) > 0
     return scores[counted | (scores.index == "all")]
-
-
-def _with_rates(counts: pd.DataFrame) -> pd.DataFrame:
-    counts = counts.astype(int)
-    detected = counts["tp"] + counts["fp"]
-    present = counts["tp"] + counts["fn"]
-    counts["precision"] = np.where(
-        detected > 0, counts["tp"] / detected.where(detected > 0, 1), 1.0
-    )
-    counts["recall"] = np.where(present > 0, counts["tp"] / present.where(present > 0, 1), 1.0)
-    total = counts["precision"] + counts["recall"]
-    counts["f1"] = np.where(
-        total > 0, 2 * counts["precision"] * counts["recall"] / total.where(total > 0, 1), 0.0
-    )
-    return counts
 
 
 def _format(report: dict, out: Path, smear_scores: pd.DataFrame, movie_scores: pd.DataFrame) -> str:
@@ -128,9 +139,11 @@ def _format(report: dict, out: Path, smear_scores: pd.DataFrame, movie_scores: p
         "napari-bloodcell demo: segmentation scored against generated ground truth (IoU ≥ 0.5)",
         f"\nSmear frame ({report['smear']['modality']}):",
         smear_scores[columns].round(3).to_string(),
-        f"WBC classes: predicted {report['smear']['wbc_classes_predicted']}, "
-        f"drawn as {report['smear']['wbc_classes_true']} (synthetic cells: a classifier check "
-        f"needs real crops, see docs/benchmarks.md)",
+        "WBC classes, drawn → predicted: "
+        + ", ".join(
+            f"{c['true']} → {c['predicted'] or 'missed'}" for c in report["smear"]["wbc_classes"]
+        )
+        + " (synthetic cells: a classifier check needs real crops, see docs/benchmarks.md)",
         f"\nTime-lapse, {report['timelapse']['frames']} frames "
         f"({report['timelapse']['modality']}):",
         movie_scores[columns].round(3).to_string(),

@@ -31,6 +31,10 @@ def _check_labels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.nd
             raise InputImageError(f"{name} labels must be integers; got dtype {labels.dtype}")
         if labels.size and labels.min() < 0:
             raise InputImageError(f"{name} labels must be >= 0 (0 is background)")
+        if labels.size and labels.max() > np.iinfo(np.int64).max:
+            raise InputImageError(
+                f"{name} labels must be <= {np.iinfo(np.int64).max}; got {labels.max()}"
+            )
     return gt.ravel().astype(np.int64), pred.ravel().astype(np.int64)
 
 
@@ -48,6 +52,19 @@ def _scores(tp: int, n_gt: int, n_pred: int) -> dict[str, float]:
     recall = _ratio(tp, n_gt, both_empty=both_empty)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def scores_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """``counts`` (columns ``tp, fp, fn``, e.g. pooled over frames) with ``precision, recall,
+    f1`` added per row, with the conventions of :func:`match_instances`."""
+    missing = {"tp", "fp", "fn"} - set(counts.columns)
+    if missing:
+        raise ValueError(f"counts lack columns {sorted(missing)}; expected tp, fp, fn")
+    counts = counts[["tp", "fp", "fn"]].astype(int)
+    rates = [_scores(row.tp, row.tp + row.fn, row.tp + row.fp) for row in counts.itertuples()]
+    return counts.join(
+        pd.DataFrame(rates, index=counts.index, columns=["precision", "recall", "f1"])
+    )
 
 
 def match_instances(
@@ -163,6 +180,18 @@ def detection_by_type(
     return table
 
 
+def _check_points(points: np.ndarray, name: str) -> np.ndarray:
+    """``points`` as a float (n, 2) array of finite (y, x), or InputImageError."""
+    array = np.asarray(points, dtype=np.float64)
+    if array.size == 0:
+        return array.reshape(0, 2)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise InputImageError(f"{name} must be (n, 2) centres (y, x); got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputImageError(f"{name} holds non-finite coordinates")
+    return array
+
+
 def match_centroids(
     gt_yx: np.ndarray, pred_yx: np.ndarray, max_distance: float | np.ndarray
 ) -> dict:
@@ -175,11 +204,16 @@ def match_centroids(
 
     Returns ``tp, fp, fn`` and ``precision, recall, f1`` (1.0 when both sets are empty).
     """
-    gt = np.asarray(gt_yx, dtype=np.float64).reshape(-1, 2)
-    pred = np.asarray(pred_yx, dtype=np.float64).reshape(-1, 2)
-    radius = np.broadcast_to(np.asarray(max_distance, dtype=np.float64), (len(gt),))
+    gt, pred = _check_points(gt_yx, "gt_yx"), _check_points(pred_yx, "pred_yx")
+    radius = np.asarray(max_distance, dtype=np.float64)
+    if radius.ndim > 1 or (radius.ndim == 1 and radius.shape != (len(gt),)):
+        raise InputImageError(
+            f"max_distance must be one radius or one per ground-truth object ({len(gt)},); "
+            f"got shape {radius.shape}"
+        )
+    radius = np.broadcast_to(radius, (len(gt),))
     if np.any(~np.isfinite(radius) | (radius < 0)):
-        raise ValueError("max_distance must be finite and >= 0")
+        raise InputImageError("max_distance must be finite and >= 0")
     tp = 0
     if len(gt) and len(pred):
         distance = np.linalg.norm(gt[:, None, :] - pred[None, :, :], axis=2)

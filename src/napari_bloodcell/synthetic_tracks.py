@@ -24,7 +24,13 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .errors import InputImageError
-from .synthetic import WBC_CLASSES, _low_frequency_field, _normalized_radius, _smooth_noise
+from .synthetic import (
+    WBC_CLASSES,
+    _check_count,
+    _low_frequency_field,
+    _normalized_radius,
+    _smooth_noise,
+)
 from .tracking.ctc import write_ctc
 
 PIXEL_SIZE_UM = 0.75
@@ -104,11 +110,14 @@ def load_trajectories(path: str | Path) -> list[np.ndarray]:
     if missing:
         raise InputImageError(f"{path}: trajectory CSV lacks columns {sorted(missing)}")
     table = table.sort_values(["track_id", "t_s"])
-    return [
+    displacements = [
         track[["y_um", "x_um"]].to_numpy(float) - track[["y_um", "x_um"]].to_numpy(float)[0]
         for _, track in table.groupby("track_id")
         if len(track) >= 2
     ]
+    if not displacements:
+        raise InputImageError(f"{path}: no track has 2 or more time points")
+    return displacements
 
 
 def _random_walk(rng: np.random.Generator) -> np.ndarray:
@@ -218,8 +227,12 @@ def simulate_tracks(
     if len(shape) != 2 or min(shape) < 32:
         raise InputImageError(f"shape must be (Y, X) with both sides >= 32 px; got {shape}")
     area = shape[0] * shape[1] / 256**2
-    n_leukocytes = round(level.n_leukocytes * area) if n_leukocytes is None else n_leukocytes
-    n_platelets = round(level.n_platelets * area) if n_platelets is None else n_platelets
+    if n_leukocytes is None:
+        n_leukocytes = round(level.n_leukocytes * area)
+    if n_platelets is None:
+        n_platelets = round(level.n_platelets * area)
+    n_leukocytes = _check_count("n_leukocytes", n_leukocytes)
+    n_platelets = _check_count("n_platelets", n_platelets)
     real, source = _resolve_trajectories(trajectories)
     rng = np.random.default_rng(seed)
     parts = _leukocyte_rows(rng, real, n_leukocytes, n_frames, shape, level.speed_factor)
@@ -297,17 +310,27 @@ def render_timelapse(
     style: str = "fluorescence",
     difficulty: str = "medium",
     seed: int = 0,
+    n_frames: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render ``tracks`` (from :func:`simulate_tracks`): image (T, Y, X, 3) uint8, labels
     (T, Y, X) uint32 (track ids, visible pixels) and ``visible`` per row of ``tracks``.
 
-    Leukocytes are drawn first, platelets over them; out-of-focus rows are not drawn.
+    T is ``n_frames`` (default: up to the last frame in ``tracks``, at least 1). Leukocytes
+    are drawn first, platelets over them; out-of-focus rows are not drawn.
     """
     if style not in STYLES:
         raise InputImageError(f"style must be one of {list(STYLES)}; got {style!r}")
     level = _difficulty(difficulty)
+    last_frame = int(tracks["frame"].max()) if len(tracks) else 0
+    if n_frames is None:
+        n_frames = last_frame + 1
+    elif int(n_frames) != n_frames or n_frames <= last_frame:
+        raise InputImageError(
+            f"n_frames must be an integer above the last frame of the tracks ({last_frame}); "
+            f"got {n_frames!r}"
+        )
+    n_frames = int(n_frames)
     rng = np.random.default_rng(seed)
-    n_frames = int(tracks["frame"].max()) + 1 if len(tracks) else 1
     track_ids = np.unique(tracks["track_id"])
     shape_seeds = dict(zip(track_ids, rng.integers(0, 2**31, len(track_ids)), strict=True))
     brightness = dict(zip(track_ids, rng.uniform(0.75, 1.25, len(track_ids)), strict=True))
@@ -372,7 +395,7 @@ def make_tracking_timelapse(
         difficulty, n_frames=n_frames, shape=shape, seed=seed, trajectories=trajectories
     )
     image, labels, visible = render_timelapse(
-        tracks, shape, style=style, difficulty=difficulty, seed=seed + 1
+        tracks, shape, style=style, difficulty=difficulty, seed=seed + 1, n_frames=n_frames
     )
     tracks["visible"] = visible
     return TrackingTimelapse(image=image, labels=labels, tracks=tracks, trajectory_source=source)
