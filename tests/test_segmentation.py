@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import skimage.io
 from scipy import ndimage as ndi
-from skimage.draw import disk
+from skimage.draw import disk, ellipse
+from skimage.measure import regionprops_table
 
 from napari_bloodcell.errors import InputImageError
 from napari_bloodcell.segmentation import (
@@ -25,7 +26,12 @@ from napari_bloodcell.segmentation import (
     segment_frame,
 )
 from napari_bloodcell.segmentation._regions import split_into_counts
-from napari_bloodcell.segmentation.fluorescence import _axis_ratios
+from napari_bloodcell.segmentation.fluorescence import (
+    _axis_ratios,
+    _label_maxima,
+    _labels_touching,
+    _roundness,
+)
 from napari_bloodcell.synthetic import make_timelapse
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -304,6 +310,29 @@ def test_axis_ratio_of_a_disk_and_of_two_touching_disks():
     assert ratios[1] == pytest.approx(np.sqrt(5), rel=0.1)
 
 
+def test_vectorised_measurements_equal_skimage_regionprops():
+    """Roundness from _axis_ratios and per-label maxima / overlaps equal regionprops and
+    scipy.ndimage on ellipses far from the origin (moments must not lose precision there)."""
+    labels = np.zeros((1024, 1024), dtype=np.int32)
+    for label, (row, col, minor, major, angle) in enumerate(
+        [(980, 990, 6, 14, 0.3), (1000, 900, 9, 10, 1.2), (900, 1000, 4, 12, -0.7)], start=1
+    ):
+        labels[ellipse(row, col, minor, major, shape=labels.shape, rotation=angle)] = label
+    index = np.arange(1, 4)
+    props = regionprops_table(labels, properties=("axis_minor_length", "axis_major_length"))
+    roundness = props["axis_minor_length"] / props["axis_major_length"]
+    np.testing.assert_allclose(_roundness(labels, index), roundness, rtol=1e-12)
+    values = np.random.default_rng(0).random(labels.shape).astype(np.float32)
+    np.testing.assert_array_equal(
+        _label_maxima(labels, values, 3)[1:], ndi.maximum(values, labels, index)
+    )
+    mask = np.zeros(labels.shape, dtype=bool)
+    mask[1000, 900] = True
+    np.testing.assert_array_equal(
+        _labels_touching(labels, mask, 3), ndi.maximum(mask, labels, index).astype(bool)
+    )
+
+
 def test_large_single_platelet_is_not_split():
     segmentation = segment_frame(
         platelet_field([]) + platelet_field([(40, 60)], radius=3.2) * [1, 0, 0],
@@ -504,3 +533,14 @@ def test_leukocyte_bleed_through_gives_no_platelets():
             most = ids[np.argmax(counts)]
             on_leukocytes += bool(most) and cell_type[most] == "wbc"
     assert on_leukocytes <= 1
+
+
+def test_a_one_pixel_leukocyte_candidate_is_not_round():
+    """regionprops gave a one-pixel object axis lengths 0 (roundness 0): the vectorised
+    moments must not make its ~0 / ~0 variances a perfect circle."""
+    labels = np.zeros((6, 6), int)
+    labels[2, 2] = 1
+    labels[4, 1:4] = 2
+    roundness = _roundness(labels, np.array([1, 2]))
+    assert roundness[0] == 0.0
+    assert roundness[1] < 1e-3

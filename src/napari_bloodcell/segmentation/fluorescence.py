@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import apply_hysteresis_threshold
-from skimage.measure import regionprops_table
+from skimage.measure import regionprops
 from skimage.morphology import disk, white_tophat
 from skimage.segmentation import watershed
 
@@ -244,9 +244,28 @@ def _trim_to_peak_fraction(labels: np.ndarray, contrast: np.ndarray, fraction: f
     n_labels = int(labels.max(initial=0))
     if n_labels == 0:
         return labels
-    peaks = ndi.maximum(contrast, labels, np.arange(1, n_labels + 1))
-    level = np.concatenate([[np.inf], fraction * np.asarray(peaks)])
+    level = np.concatenate([[np.inf], fraction * _label_maxima(labels, contrast, n_labels)[1:]])
     return np.where(contrast >= level[labels], labels, 0)
+
+
+def _label_maxima(labels: np.ndarray, values: np.ndarray, n_labels: int) -> np.ndarray:
+    """(n_labels + 1,) maximum of ``values`` (Y, X) over each label of ``labels`` (Y, X),
+    in ``values``' dtype; -inf for entry 0 and absent labels.
+
+    As ``ndi.maximum`` but without sorting the whole frame: one pass over the labelled pixels.
+    """
+    pixels = np.flatnonzero(labels)
+    maxima = np.full(n_labels + 1, -np.inf, dtype=values.dtype)
+    np.maximum.at(maxima, labels.ravel()[pixels], values.ravel()[pixels])
+    return maxima
+
+
+def _labels_touching(labels: np.ndarray, mask: np.ndarray, n_labels: int) -> np.ndarray:
+    """(n_labels,) bool: which labels 1..n_labels of ``labels`` (Y, X) have a pixel in
+    ``mask`` (Y, X bool)."""
+    touching = np.zeros(n_labels + 1, dtype=bool)
+    touching[labels[mask]] = True
+    return touching[1:]
 
 
 def _leukocytes(image: np.ndarray, params: FluorescenceParams) -> tuple[np.ndarray, np.ndarray]:
@@ -267,16 +286,17 @@ def _leukocytes(image: np.ndarray, params: FluorescenceParams) -> tuple[np.ndarr
     n_objects = int(objects.max(initial=0))
     if n_objects == 0:
         return objects, candidates
-    props = regionprops_table(
-        objects, properties=("axis_minor_length", "axis_major_length", "solidity")
+    index = np.arange(1, n_objects + 1)
+    roundness = _roundness(objects, index)
+    mean_contrast = np.asarray(ndi.mean(contrast, objects, index))
+    keep = (roundness >= params.leukocyte_min_roundness) & (
+        mean_contrast >= params.leukocyte_mean_sigmas * noise
     )
-    roundness = props["axis_minor_length"] / np.maximum(props["axis_major_length"], 1e-9)
-    mean_contrast = np.asarray(ndi.mean(contrast, objects, np.arange(1, n_objects + 1)))
-    keep = (
-        (roundness >= params.leukocyte_min_roundness)
-        & (props["solidity"] >= params.leukocyte_min_solidity)
-        & (mean_contrast >= params.leukocyte_mean_sigmas * noise)
-    )
+    # The convex hull is the costly test: only for objects that pass the others.
+    regions = regionprops(objects)
+    keep[keep] = [
+        regions[label - 1].solidity >= params.leukocyte_min_solidity for label in index[keep]
+    ]
     return renumber_kept(objects, np.concatenate([[False], keep])), candidates
 
 
@@ -326,7 +346,7 @@ def _platelet_counts(
         return counts
     index = np.arange(1, n_platelets + 1)
     signal = np.clip(contrast, 0, None)
-    reference = ~np.asarray(ndi.maximum(leukocyte_signal, platelets, index), dtype=bool)
+    reference = ~_labels_touching(platelets, leukocyte_signal, n_platelets)
     if np.count_nonzero(reference) < _MIN_PLATELETS_FOR_TYPICAL:
         reference[:] = True
     flux = np.asarray(ndi.sum(signal, platelets, index))
@@ -343,29 +363,32 @@ def _platelet_counts(
     return counts
 
 
+def _roundness(labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Minor / major axis length of each object ``index`` of ``labels`` (Y, X), from its
+    unweighted second moments (as regionprops' axis lengths; 0 for an object without
+    extent, a single pixel, whose ratio below comes out below 1)."""
+    ratios = _axis_ratios(labels, labels > 0, index)
+    return np.divide(1.0, ratios, out=np.zeros_like(ratios), where=ratios >= 1)
+
+
 def _axis_ratios(labels: np.ndarray, weights: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Major / minor axis ratio of each object ``index`` of ``labels`` (Y, X), from its
     ``weights``-weighted second moments (1 for a disk; √5 ≈ 2.2 for two touching disks).
-    Only the labelled pixels are visited (coordinate grids of the whole frame cost 40 B/px)."""
+    Only the labelled pixels are visited (coordinate grids of the whole frame cost 40 B/px);
+    moments are taken about each object's centroid (no cancellation at large coordinates)."""
     pixels = np.flatnonzero(labels)
     owner = labels.ravel()[pixels]
     y, x = (coordinate.astype(np.float64) for coordinate in np.divmod(pixels, labels.shape[1]))
     w = weights.ravel()[pixels].astype(np.float64)
     n_labels = int(labels.max(initial=0)) + 1
-    index = np.asarray(index)
-
-    def total(values: np.ndarray) -> np.ndarray:
-        return np.bincount(owner, weights=values, minlength=n_labels)[index]
-
-    mass = total(w) + 1e-12
+    mass = np.bincount(owner, weights=w, minlength=n_labels) + 1e-12
 
     def moment(values: np.ndarray) -> np.ndarray:
-        return total(w * values) / mass
+        return np.bincount(owner, weights=w * values, minlength=n_labels) / mass
 
-    mean_y, mean_x = moment(y), moment(x)
-    var_y = moment(y * y) - mean_y**2
-    var_x = moment(x * x) - mean_x**2
-    cov = moment(y * x) - mean_y * mean_x
+    dy, dx = y - moment(y)[owner], x - moment(x)[owner]
+    index = np.asarray(index)
+    var_y, var_x, cov = (moment(product)[index] for product in (dy * dy, dx * dx, dy * dx))
     half_trace, half_gap = (var_y + var_x) / 2, np.hypot((var_y - var_x) / 2, cov)
     major, minor = half_trace + half_gap, np.maximum(half_trace - half_gap, 1e-12)
     return np.sqrt(major / minor)
@@ -408,7 +431,7 @@ def _platelets_visible_on(
     if n_platelets == 0 or not leukocytes.any():
         return keep
     index = np.arange(1, n_platelets + 1)
-    on_leukocyte = index[np.asarray(ndi.maximum(leukocytes > 0, platelets, index), dtype=bool)]
+    on_leukocyte = index[_labels_touching(platelets, leukocytes > 0, n_platelets)]
     peaks = np.asarray(ndi.maximum_position(contrast, platelets, on_leukocyte))
     keep[on_leukocyte] = _is_compact_peak(
         contrast,
