@@ -490,6 +490,21 @@ def test_the_legend_lists_the_models_classes_only_when_it_classified_cells():
     assert "lymphocyte: 0" in legend_html(pd.DataFrame({"cell_class": ["uncertain"]}), model)
 
 
+def test_the_legend_leaves_out_a_model_that_classified_nothing_though_it_has_the_class():
+    """The default model has a platelet class: a fluorescence batch's segmented platelets
+    (no model probability) listed its seven white-cell classes, all 0, above the counts."""
+    from napari_bloodcell._napari._layers import legend_html
+
+    model = ["lymphocyte", "neutrophil", "platelet"]
+    fluorescence = pd.DataFrame(
+        {"cell_class": ["leukocyte", "platelet", "platelet"], "confidence": [np.nan] * 3}
+    )
+    assert "neutrophil" not in legend_html(fluorescence, model)
+    assert "platelet: 2" in legend_html(fluorescence, model)
+    smear = pd.DataFrame({"cell_class": ["platelet", "rbc"], "confidence": [0.9, np.nan]})
+    assert "lymphocyte: 0" in legend_html(smear, model)  # the model typed the platelet
+
+
 def _plain(table: pd.DataFrame) -> pd.DataFrame:
     """Category columns as plain strings (CSV does not keep the category dtype)."""
     return table.astype({c: str for c in ("source", "cell_type", "cell_class")})

@@ -515,6 +515,52 @@ def test_a_duplicated_result_layer_is_never_replaced(make_napari_viewer, qtbot, 
     assert viewer.layers[-1] is not copy and viewer.layers[-1].name.endswith("cells")
 
 
+@pytest.mark.parametrize(("menu_name", "stack"), [("Analyze", False), ("Batch time-lapse", True)])
+def test_widgets_opened_from_the_plugins_menu_update_their_layers(
+    make_napari_viewer, qtbot, menu_name, stack
+):
+    """napari hands a plugin widget a proxy of the viewer, and every layer reached through
+    it is a new proxy: the plugin's weak registry of its result layers lost them at once, so
+    every run (and every redraw of a running batch) added new layers — 77 layers for the
+    20 frames of the flowcatchR movie — and the cells layer the table was exported from was
+    the first frame's."""
+    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(movie.image if stack else movie.image[0], rgb=True, name="m")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-bloodcell", menu_name)
+    widget.display_interval_s = 0.0  # a batch redraws after every frame
+    widget.model.value = None
+    widget.image.value = image
+    for _ in range(2):
+        _run(widget, qtbot)
+        assert len(viewer.layers) == 4, [layer.name for layer in viewer.layers]
+    cells = viewer.layers[-1]
+    assert widget._cells_layer is cells and len(cells.data) == len(cells.features) > 0
+    if stack:
+        assert set(cells.features["frame"]) == {0, 1, 2}
+
+
+def test_the_batch_widget_reads_in_order_and_its_plot_counts_whole_frames(
+    make_napari_viewer, qtbot
+):
+    """The plot's frame axis had ticks at 2.5, 7.5 …; Track cells sat below Export table,
+    whose export includes the tracking tables; a long status line was cut off."""
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    widget = BatchWidget(make_napari_viewer())
+    widget.plot_counts(
+        pd.DataFrame({"frame": np.arange(20), "label": 1, "cell_class": ["platelet"] * 20}),
+        ["platelet"],
+        20,
+    )
+    ticks = widget.plot.axes.get_xticks()
+    np.testing.assert_array_equal(ticks, np.round(ticks))
+    order = list(widget)
+    assert order.index(widget.run_button) < order.index(widget.track_button)
+    assert order.index(widget.track_button) < order.index(widget.export_button)
+    assert widget.status.native.wordWrap()
+
+
 @pytest.mark.parametrize("widget_name", ["AnalyzeWidget", "BatchWidget"])
 def test_closing_the_viewer_while_a_run_is_on_drops_its_results(
     make_napari_viewer, qtbot, widget_name
@@ -542,6 +588,34 @@ def test_closing_the_viewer_while_a_run_is_on_drops_its_results(
     viewer.close()
     qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)  # a raised error fails the test
     qtbot.wait(200)
+
+
+def test_closing_the_widget_while_a_batch_runs_stops_it(make_napari_viewer, qtbot):
+    """napari's × takes a plugin widget out of its dock but keeps it alive while its worker
+    runs: the batch went on to its last frame (with no Cancel button left), still adding
+    to the layers, and its classifier process was kept until napari ended."""
+    import dask.array as da
+    from napari.layers import Labels
+
+    def slow(block):
+        time.sleep(0.3)
+        return block
+
+    movie = make_timelapse(n_frames=8, shape=(64, 96), seed=4).image
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(movie, chunks=(1, 64, 96, 3)).map_blocks(slow), rgb=True)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-bloodcell", "Batch time-lapse")
+    widget.display_interval_s = 0.0
+    widget.model.value = None
+    widget.run()
+    worker, finished = widget.worker, []
+    worker.finished.connect(lambda: finished.append(True))
+    qtbot.waitUntil(lambda: len(viewer.layers) > 1, timeout=WAIT_MS)  # a frame is shown
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
+    qtbot.wait(200)
+    labels = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    assert labels and max(layer.data.shape[0] for layer in labels) < 8
 
 
 # --------------------------------------------------------------------------- training

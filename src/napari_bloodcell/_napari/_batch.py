@@ -69,7 +69,12 @@ class BatchWidget(AnalysisWidget):
             )
         }
         self.track_button = PushButton(text="Track cells")
-        self.extend([self.frame_interval, *self.max_speeds.values(), self.track_button])
+        # tracking before the export: the export writes the tracking tables too
+        at = self.index(self.export_file)
+        for offset, widget in enumerate(
+            [self.frame_interval, *self.max_speeds.values(), self.track_button]
+        ):
+            self.insert(at + offset, widget)
         self.track_button.clicked.connect(self.track)
         self.tracking = None
         self._tracked_cells = None  # (layer, cells table) the last tracking linked

@@ -297,10 +297,15 @@ def result_layers(
 def legend_html(table: pd.DataFrame, model_classes: list[str]) -> str:
     """Rich-text legend: a colour swatch, the class name and its cell count per class —
     every class of the model when it classified a cell (a 0 is a finding then), else
-    the classes present (a fluorescence run does not use the model)."""
+    the classes present (a fluorescence run does not use the model). A cell the model
+    classified has a ``confidence``; segmentation's own classes (a fluorescence platelet,
+    also a class of the default model) have none."""
     counts = table["cell_class"].astype(str).value_counts() if len(table) else pd.Series()
-    model_answers = [*model_classes, UNCERTAIN]
-    if not any(counts.get(name, 0) for name in model_answers):
+    if "confidence" in table:
+        classified = bool(table["confidence"].notna().any())
+    else:
+        classified = any(counts.get(name, 0) for name in [*model_classes, UNCERTAIN])
+    if not classified:
         model_classes = []
     names = all_classes(table, model_classes)
     colours = class_colours(names)

@@ -115,6 +115,17 @@ def model_choices(_widget=None) -> list[tuple[str, str | None]]:
     return [(name, name) for name in names] + [(NO_MODEL, None)]
 
 
+def unproxied(obj):
+    """The napari object behind the proxy napari gives plugin widgets.
+
+    A widget opened from the Plugins menu gets a ``PublicOnlyProxy`` of the viewer, and
+    everything reached through it (``viewer.layers``, each layer, ``add_layer``'s result) is
+    a new proxy at every access: identity checks and the weak registries of result layers
+    below need the layer itself (a registered proxy died at once, so every run added new
+    layers instead of updating its own)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def upsert_layers(viewer, layer_data: list[tuple]) -> list:
     """Add the layers, or update the layers of the same plugin key in place (no duplicates).
 
@@ -122,6 +133,7 @@ def upsert_layers(viewer, layer_data: list[tuple]) -> list:
     """
     from napari.layers import Layer
 
+    viewer = unproxied(viewer)
     layers, added = [], []
     try:
         for data, meta, layer_type in layer_data:
@@ -142,7 +154,7 @@ def upsert_layers(viewer, layer_data: list[tuple]) -> list:
                 existing = None
             if existing is None:
                 settings = {k: v for k, v in meta.items() if k not in _SET_AFTER_CREATION}
-                existing = viewer.add_layer(Layer.create(data, settings, layer_type))
+                existing = unproxied(viewer.add_layer(Layer.create(data, settings, layer_type)))
                 for attribute in _SET_AFTER_CREATION.intersection(meta):
                     setattr(existing, attribute, meta[attribute])
                 watch_user_edits(existing)
@@ -275,9 +287,12 @@ class PlotCanvas:
 
     def plot(self, series: dict[str, tuple[np.ndarray, np.ndarray, str | None]]) -> None:
         """Redraw with one line per name: ``(x, y, colour)``."""
+        from matplotlib.ticker import MaxNLocator
+
         self.axes.clear()
         for name, (x, y, colour) in series.items():
             self.axes.plot(x, y, marker=".", label=name, color=colour)
+        self.axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # frames, epochs: no 2.5
         self.axes.set_xlabel(self._labels[0])
         self.axes.set_ylabel(self._labels[1])
         if series:
@@ -315,6 +330,7 @@ class AnalysisWidget(Container):
 
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
+        napari_viewer = unproxied(napari_viewer)  # its layers themselves (see unproxied)
         self._viewer = napari_viewer
         self._owner = f"{type(self).__name__}-{id(self)}"
         self._state: dict = {"worker": None, "cancelled": False, "failed": False, "summary": ""}
@@ -340,8 +356,9 @@ class AnalysisWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # "finished: 20/20 frames, 697 cells (empty …"
         self.legend = Label(value="")
-        self.export_file = FileEdit(label="table file", mode="w", filter="*.csv")
+        self.export_file = FileEdit(label="table file", mode="w", filter="Tables (*.csv *.parquet)")
         self.export_button = PushButton(text="Export table")
         self.extend(
             [
@@ -372,9 +389,9 @@ class AnalysisWidget(Container):
         )
         for signal in signals:
             signal.connect(self.reset_choices)
-        self.native.destroyed.connect(
-            partial(_stop_and_release, self._owner, self._state, signals, self.reset_choices)
-        )
+        closing = partial(_stop_and_release, self._owner, self._state, signals, self.reset_choices)
+        self.native.destroyed.connect(closing)
+        self._dock_watcher = _DockWatcher(self.native, closing)
         self._on_model_changed(self.model.value)
 
     # ------------------------------------------------------------------ inputs
@@ -558,9 +575,48 @@ def release_layer(layer) -> bool:
     return True
 
 
+class _DockWatcher:
+    """Calls ``on_close`` when the dock widget holding ``widget`` is destroyed.
+
+    napari's close button (×) removes and deletes the dock widget but only takes the inner
+    widget out of it, alive while anything refers to it — as a running worker's signals
+    do: a batch went on to its last frame with no Cancel button left, and the widget's
+    classifier process was kept until napari ended."""
+
+    def __init__(self, widget, on_close) -> None:
+        from qtpy.QtCore import QEvent, QObject
+
+        watched = (QEvent.Type.ParentChange, QEvent.Type.Show)
+        docks = weakref.WeakSet()
+
+        class Filter(QObject):
+            def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+                if event.type() in watched:
+                    dock = _dock_of(obj)
+                    if dock is not None and dock not in docks:
+                        docks.add(dock)
+                        dock.destroyed.connect(on_close)
+                return False
+
+        self._filter = Filter(widget)
+        widget.installEventFilter(self._filter)
+
+
+def _dock_of(widget):
+    """The QDockWidget holding ``widget`` (also inside a scroll area), or None."""
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    return parent
+
+
 def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
     """When a widget is destroyed: stop its worker (its results are dropped), disconnect it
     from the viewer and model events, and release its classifier processes."""
+    if state.get("closed"):  # the dock widget went first (see _DockWatcher)
+        return
     state["closed"] = True
     if state["worker"] is not None:
         state["worker"].quit()
