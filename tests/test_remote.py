@@ -57,6 +57,24 @@ def test_remote_classifier_keeps_tensorflow_out_of_the_calling_process(tiny_mode
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_a_script_without_a_main_guard_is_told_to_add_one(tiny_model, tmp_path):
+    """The spawned worker imports the script again; there its top-level call cannot start
+    a process (Python's 'bootstrapping phase' RuntimeError, reported as a bug before)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from napari_bloodcell.classification.remote import RemoteClassifier\n"
+        f"with RemoteClassifier({str(tiny_model)!r}) as c:\n"
+        "    c.predict_proba(np.zeros((1, 32, 32, 3), np.float32))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert 'put the script\'s code under `if __name__ == "__main__":`' in result.stderr
+    assert "please report" not in result.stderr
+
+
 def test_closing_stops_a_hung_worker_at_once_and_refuses_later_calls(tiny_model):
     """close() waited for the call in progress (napari's GUI thread froze, forever with a
     hung worker), and a closed classifier started a new worker that nothing stopped."""

@@ -22,6 +22,12 @@ import numpy as np
 from ..errors import ModelError
 from .inference import ModelFileClassifier
 
+MAIN_GUARD_ADVICE = (
+    "the classifier runs in a spawned worker process, which imports the main script again: "
+    'put the script\'s code under `if __name__ == "__main__":` (see the Python '
+    "multiprocessing guidelines, 'Safe importing of main module')"
+)
+
 _worker_classifier = None
 _worker_error: ModelError | None = None
 
@@ -85,7 +91,14 @@ class RemoteClassifier(ModelFileClassifier):
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         pool = self._executor()
         try:
-            return pool.submit(_predict_in_worker, crops).result()
+            future = pool.submit(_predict_in_worker, crops)  # starts the worker process
+        except RuntimeError as exc:
+            self._stop(pool)
+            if "bootstrapping phase" not in str(exc):
+                raise
+            raise ModelError(MAIN_GUARD_ADVICE) from None
+        try:
+            return future.result()
         except ModelError:  # the worker could not load the file: the next call tries again
             self._stop(pool)
             raise

@@ -90,7 +90,7 @@ def segment_frame(
         grey = (
             " (a grey frame with a bright background: a bright-field smear without its "
             "colours? To analyse it as fluorescence anyway, choose the fluorescence "
-            "modality, --modality fluorescence)"
+            "modality: --modality fluorescence on the command line)"
             if detected
             else ""
         )
