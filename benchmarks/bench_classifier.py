@@ -27,7 +27,7 @@ from napari_bloodcell.classification.datasets import (
     prepare_crop_files,
     source_id,
 )
-from napari_bloodcell.classification.evaluation import classification_metrics
+from napari_bloodcell.classification.evaluation import score_probabilities
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.novelty import novelty, novelty_warning
 
@@ -39,7 +39,13 @@ def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> di
     probabilities, features = classifier.predict(crops)
     lookup = {c: i for i, c in enumerate(classifier.classes)}
     y_true = np.array([lookup[c] for c in truth])
-    metrics = classification_metrics(y_true, probabilities.argmax(axis=1), classifier.classes)
+    # as `evaluate` scores: accuracy of the most probable class, and the uncertain rate and
+    # accuracy of the decided crops at the model's stored threshold
+    metrics = score_probabilities(
+        probabilities, y_true, classifier.classes, classifier.metadata.uncertain_threshold
+    )
+    for curve in ("reliability", "coverage_curve"):  # `evaluate` plots them
+        metrics.pop(curve)
     present = [c for c in classifier.classes if metrics["per_class"][c]["support"]]
     metrics["per_class"] = {c: metrics["per_class"][c] for c in present}
     if classifier.novelty_reference is not None:
@@ -130,7 +136,10 @@ def main() -> None:
         if isinstance(metrics, dict) and "accuracy" in metrics:
             print(
                 f"{key:24s} n={metrics['n']:5d} accuracy={metrics['accuracy']:.3f} "
-                f"macro_f1={metrics['macro_f1']:.3f} {metrics.get('novelty', '')}"
+                f"macro_f1={metrics['macro_f1']:.3f} ece={metrics['ece']:.3f} "
+                f"uncertain={metrics['uncertain_rate']:.3f} "
+                f"decided_accuracy={metrics['accuracy_when_decided']:.3f} "
+                f"{metrics.get('novelty', '')}"
             )
     print(f"crops/s: {result['crops_per_second']}")
     write_result("classifier", result)
