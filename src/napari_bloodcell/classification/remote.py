@@ -91,18 +91,14 @@ class RemoteClassifier(ModelFileClassifier):
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         pool = self._executor()
         try:
-            future = pool.submit(_predict_in_worker, crops)  # starts the worker process
-        except RuntimeError as exc:
-            self._stop(pool)
-            if "bootstrapping phase" not in str(exc):
-                raise
-            raise ModelError(MAIN_GUARD_ADVICE) from None
-        try:
-            return future.result()
+            return pool.submit(_predict_in_worker, crops).result()  # submit starts the worker
         except ModelError:  # the worker could not load the file: the next call tries again
             self._stop(pool)
             raise
         except (RuntimeError, CancelledError) as exc:  # BrokenProcessPool is a RuntimeError
+            if "bootstrapping phase" in str(exc):  # this is a spawned child importing __main__
+                self._stop(pool)
+                raise ModelError(MAIN_GUARD_ADVICE) from None
             if not (isinstance(exc, BrokenProcessPool) or self._pool is not pool):
                 raise  # the worker's own error, its process still serving
             self._stop(pool)  # died, or stopped by close() or another call's failure
