@@ -4,6 +4,9 @@ BCCD smears: segment every frame and compare with the VOC boxes of ``bccd_object
 A ground-truth box is found when a detected centroid of the same type lies inside it; a
 detection is correct when its centroid lies inside some box of its type. Frames with an even
 ``image_index`` form the "tune" half (the only one used for tuning), odd ones the "check" half.
+WBC outline: for each VOC WBC box found by a detected WBC, the IoU of that WBC's bounding box
+with the VOC box (the best one when several WBC centroids lie in the box); reported as the
+median and the share with IoU ≥ 0.5.
 
 flowcatchR fluorescence: platelet recall against flowcatchR's own automatic detections
 (a candidate is found when a detected platelet centroid is within 3 px).
@@ -33,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "detection.json"
 MATCH_RADIUS_PX = 3.0
+GOOD_BOX_IOU = 0.5
 BOX_TYPES = {"wbc": "WBC", "platelet": "Platelets"}
 
 
@@ -43,6 +47,35 @@ def centroids_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     y, x = points[:, :1], points[:, 1:]
     xmin, ymin, xmax, ymax = (boxes[:, i][None, :] for i in range(4))
     return (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """(n_a, n_b) IoU of half-open pixel boxes (x0, y0, x1, y1)."""
+    x0 = np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
+    y0 = np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
+    x1 = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2])
+    y1 = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3])
+    overlap = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
+    return overlap / (area_a[:, None] + area_b[None, :] - overlap)
+
+
+def wbc_box_ious(cells: pd.DataFrame, objects: pd.DataFrame) -> list[float]:
+    """Per found VOC WBC box: best bounding-box IoU of a detected WBC whose centroid is in it.
+
+    VOC corners are inclusive pixels, so a box spans [xmin, xmax + 1) like the half-open
+    detection boxes.
+    """
+    wbcs = cells[cells.cell_type == "wbc"]
+    boxes = objects.loc[objects.cell_type == "WBC", ["xmin", "ymin", "xmax", "ymax"]].to_numpy()
+    inside = centroids_in_boxes(wbcs[["centroid_y", "centroid_x"]].to_numpy(), boxes)
+    if not inside.any():
+        return []
+    detected = wbcs[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(dtype=np.float64)
+    voc = boxes.astype(np.float64) + [0, 0, 1, 1]
+    ious = np.where(inside, box_iou(detected, voc), -1.0).max(axis=0)
+    return [float(iou) for iou in ious[inside.any(axis=0)]]
 
 
 def score_frame(cells: pd.DataFrame, objects: pd.DataFrame) -> dict[str, int]:
@@ -62,7 +95,7 @@ def score_frame(cells: pd.DataFrame, objects: pd.DataFrame) -> dict[str, int]:
 
 
 def summarise(per_frame: pd.DataFrame) -> dict[str, float]:
-    """Recall / precision per type, RBC count ratio and time per frame for a set of frames."""
+    """Recall / precision per type, WBC box IoU, RBC count ratio and time per frame."""
     totals = per_frame.sum(numeric_only=True)
     summary: dict[str, float] = {"frames": len(per_frame)}
     for cell_type in BOX_TYPES:
@@ -72,6 +105,12 @@ def summarise(per_frame: pd.DataFrame) -> dict[str, float]:
         )
         summary[f"{cell_type}_boxes"] = int(totals[f"{cell_type}_boxes"])
         summary[f"{cell_type}_detections"] = int(totals[f"{cell_type}_detections"])
+    ious = np.asarray([iou for frame_ious in per_frame.wbc_ious for iou in frame_ious])
+    summary["wbc_box_iou_n"] = len(ious)
+    summary["wbc_box_iou_median"] = float(np.median(ious)) if len(ious) else float("nan")
+    summary["wbc_box_iou_share_ge_0_5"] = (
+        float(np.mean(ious >= GOOD_BOX_IOU)) if len(ious) else float("nan")
+    )
     summary["rbc_count_ratio"] = totals["rbc_detections"] / totals["rbc_boxes"]
     summary["time_ms_mean"] = float(per_frame.time_ms.mean())
     summary["time_ms_median"] = float(per_frame.time_ms.median())
@@ -94,13 +133,15 @@ def bench_bccd(bccd_dir: Path, limit: int | None) -> tuple[dict, pd.DataFrame]:
         start = time.perf_counter()
         segmentation = segment_frame(rgb, "smear")
         elapsed_ms = 1000.0 * (time.perf_counter() - start)
-        counts = score_frame(segmentation.cells, objects[objects.image == frame_row.image])
+        frame_objects = objects[objects.image == frame_row.image]
+        counts = score_frame(segmentation.cells, frame_objects)
         rows.append(
             {
                 "image": frame_row.image,
                 "half": "tune" if frame_row.image_index % 2 == 0 else "check",
                 "time_ms": elapsed_ms,
                 **counts,
+                "wbc_ious": wbc_box_ious(segmentation.cells, frame_objects),
             }
         )
     per_frame = pd.DataFrame(rows)
