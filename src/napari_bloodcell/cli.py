@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-images",
         action="store_true",
         help="also score the images of the model's training and validation split (by default "
-        "a folder the model was trained on contributes its test split only)",
+        "a folder the model was trained on contributes its test split and images added "
+        "since)",
     )
     evaluate.add_argument("--overwrite", action="store_true", help="replace an evaluation in OUT")
     evaluate.set_defaults(run=_run_evaluate)
@@ -317,15 +318,16 @@ def parse_channels(specs: list[str]) -> dict[str, int] | None:
 def add_speed_options(parser) -> None:
     """``--wbc-max-speed`` / ``--platelet-max-speed``: the reach of a link in tracking."""
     for cell, default in (
-        ("wbc", "50 µm/min or 1 diameter/frame"),
-        ("platelet", "5 µm/min or 0.5"),
+        ("wbc", "50 µm/min with both, else 1 median diameter/frame"),
+        ("platelet", "5 µm/min with both, else 0.5 median diameter/frame"),
     ):
         parser.add_argument(
             f"--{cell}-max-speed",
             type=float,
             metavar="V",
-            help=f"largest speed of a {cell} link (tracking), in µm/min; px/frame without "
-            f"pixel size and frame interval (default {default}; raise it for flowing cells)",
+            help=f"largest speed of a {cell} link (tracking), in µm/min with a pixel size and "
+            f"a frame interval (px instead of µm without the pixel size, per frame instead of "
+            f"per minute without the interval; default {default}; raise it for flowing cells)",
         )
 
 

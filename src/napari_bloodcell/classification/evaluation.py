@@ -67,8 +67,8 @@ def evaluate_classifier(
     """Classify the crops of labelled folders and score the result.
 
     Only images the model never learnt from are scored: of a folder the model was trained
-    on (see :func:`.datasets.parts_in_model_split`) its test split, of any other folder
-    every image. ``all_images`` scores every image, training ones included.
+    on (see :func:`.datasets.parts_in_model_split`) its test split and images added since,
+    of any other folder every image. ``all_images`` scores every image, training ones included.
     ``metrics["split_parts"]`` counts the scored images by part, ``metrics["left_out"]``
     the others per folder.
 

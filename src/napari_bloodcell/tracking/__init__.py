@@ -64,9 +64,9 @@ class TrackingResult:
     """Tables of one tracking run (pandas DataFrames).
 
     * ``tracks``: one row per tracked cell per frame (``tracks.csv``): ``track_id, frame,
-      t_s, centroid_y, centroid_x`` (px), ``cell_type, cell_class`` (per frame), the vote
-      ``track_class, track_class_confidence, track_class_agreement``, then the other input
-      columns.
+      t_s, centroid_y, centroid_x`` (px), ``cell_type, cell_class`` (per frame), the other
+      input columns, then the vote ``track_class, track_class_confidence,
+      track_class_agreement``.
     * ``summary``: one row per track (``track_summary.csv``), see
       :func:`~napari_bloodcell.tracking.measures.track_summary`.
     * ``interactions``: leukocyte–platelet contact events (``interactions.csv``).
