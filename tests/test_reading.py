@@ -209,6 +209,20 @@ def test_four_channels_named_by_the_files_metadata_are_channels(tmp_path, shape,
     np.testing.assert_array_equal(lazy.data.compute(scheduler="sync"), eager.data)
 
 
+@pytest.mark.parametrize("kwargs", [{"ome": True}, {"imagej": True}])
+def test_an_empty_fourth_channel_named_by_the_files_metadata_is_kept(tmp_path, kwargs):
+    """A constant 4th channel of a CYX file is an unused channel, not an alpha: dropping
+    it left 3 channels, and a mapping to channel 3 failed as out of range."""
+    from napari_bloodcell.reading import open_lazy
+
+    data = np.random.default_rng(7).integers(0, 4000, (4, 24, 32), dtype=np.uint16)
+    data[3] = 0
+    path = tmp_path / "empty_fourth.tif"
+    tifffile.imwrite(path, data, metadata={"axes": "CYX"}, **kwargs)
+    assert read_image(path).data.shape == (1, 24, 32, 4)
+    assert open_lazy(path).data.shape == (1, 24, 32, 4)
+
+
 def test_a_grey_png_with_alpha_is_read_as_grey(tmp_path):
     """Its (Y, X, 2) array was taken for Y frames of X × 2 px: "frames are 32×2 px"."""
     from PIL import Image

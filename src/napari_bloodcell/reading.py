@@ -141,16 +141,20 @@ def image_from_array(
     source: str = "<array>",
     pixel_size_um: float | None = None,
     channels_named: bool | None = None,
+    alpha_possible: bool = True,
 ) -> LoadedImage:
     """Bring an in-memory array to canonical (T, Y, X, C) float32 in [0, 1].
 
     ``channels_named``: the user named the axes, so a varying 4th channel is a channel,
-    not an RGBA alpha (default: whether ``axes`` is given).
+    not an RGBA alpha (default: whether ``axes`` is given). ``alpha_possible=False``: the
+    file's metadata names its channels (OME, ImageJ), so a constant 4th channel is an
+    empty channel, kept, not an alpha to drop.
     """
     array = np.asarray(array)
     tyxc, original_axes = _canonical_layout(array, axes)
     named = bool(axes) if channels_named is None else channels_named
-    tyxc = _drop_constant_alpha(tyxc, tyxc, named)
+    if alpha_possible:
+        tyxc = _drop_constant_alpha(tyxc, tyxc, named)
     return LoadedImage(
         data=normalise_intensity(tyxc),
         source=source,
@@ -256,15 +260,17 @@ def _image_from_file(path, axes: str | None, suffixes, read_tiff, read_picture, 
     :class:`InputImageError` names the file."""
     path = _checked_image_path(path, suffixes)
     array, metadata_axes, pixel_size = _decode(path, read_tiff, read_picture)
+    # a C of the metadata (OME, ImageJ, Zarr) names channels, none of them an alpha;
+    # samples (an RGBA TIFF's YXS) do not: their 4th may be an alpha
+    channels_in_metadata = "C" in (metadata_axes or "")
     try:
         return from_array(
             array,
             axes=axes or metadata_axes,
             source=str(path),
             pixel_size_um=pixel_size,
-            # a C of the metadata (OME, ImageJ, Zarr) names channels; samples (an RGBA
-            # TIFF's YXS) do not: their 4th may be an alpha
-            channels_named=bool(axes) or "C" in (metadata_axes or ""),
+            channels_named=bool(axes) or channels_in_metadata,
+            alpha_possible=not channels_in_metadata,
         )
     except InputImageError as exc:
         raise _naming_file(path, exc) from None
@@ -277,10 +283,11 @@ def lazy_image_from_array(
     source: str = "<array>",
     pixel_size_um: float | None = None,
     channels_named: bool | None = None,
+    alpha_possible: bool = True,
 ) -> LazyImage:
     """Bring a numpy or dask array to a lazy canonical (T, Y, X, C) float32 stack in [0, 1].
 
-    ``channels_named`` as in :func:`image_from_array`.
+    ``channels_named`` and ``alpha_possible`` as in :func:`image_from_array`.
 
     Memory rule: nothing but a bounded sample is computed here. The intensity mapping
     (:func:`intensity_mapping`) is chosen from up to :data:`INTENSITY_SAMPLE_FRAMES`
@@ -301,7 +308,8 @@ def lazy_image_from_array(
     named = bool(axes) if channels_named is None else channels_named
     for t, frame in zip(sampled_frames, sample, strict=True):
         refuse_non_finite(frame, where=f"{source}: frame {t}")
-    tyxc = _drop_constant_alpha(tyxc, sample, named)
+    if alpha_possible:
+        tyxc = _drop_constant_alpha(tyxc, sample, named)
     try:
         mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
     except InputImageError as exc:  # a constant sample
