@@ -375,7 +375,12 @@ def test_export_writes_table_and_sidecar_and_never_overwrites(tmp_path, movie):
         write_cells_table(str(tmp_path / "x.csv"), None, {"name": "pts", "features": None})
 
 
-def test_saving_a_cells_layer_keeps_the_parquet_copy_of_an_export_in_step(tmp_path, movie):
+@pytest.mark.parametrize(
+    ("saved", "copy"), [("cells.csv", "cells.parquet"), ("cells.parquet", "cells.csv")]
+)
+def test_saving_a_cells_layer_keeps_the_other_copy_of_an_export_in_step(
+    tmp_path, movie, saved, copy
+):
     """File → Save Layers over an exported cells.csv left the old cells.parquet beside it."""
     pytest.importorskip("pyarrow")
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
@@ -384,9 +389,9 @@ def test_saving_a_cells_layer_keeps_the_parquet_copy_of_an_export_in_step(tmp_pa
     points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
     export_table(tmp_path / "cells.csv", meta["features"], {})
     fewer = {**meta, "features": meta["features"].iloc[:3]}
-    written = write_cells_table(str(tmp_path / "cells.csv"), points[:3], fewer)
+    written = write_cells_table(str(tmp_path / saved), points[:3], fewer)
     assert sorted(Path(p).name for p in written) == ["cells.csv", "cells.json", "cells.parquet"]
-    assert len(read_table(tmp_path / "cells.parquet")) == 3
+    assert len(read_table(tmp_path / copy)) == 3
 
 
 def test_saving_a_cells_layer_as_parquet_writes_a_parquet_table(tmp_path, movie):
@@ -412,19 +417,12 @@ def test_saving_a_cells_layer_as_parquet_writes_a_parquet_table(tmp_path, movie)
     )
 
 
-def test_saving_as_parquet_keeps_the_csv_of_an_export_in_step_and_a_strangers_csv_intact(
-    tmp_path, movie
-):
+def test_saving_as_parquet_leaves_a_strangers_csv_intact(tmp_path, movie):
     pytest.importorskip("pyarrow")
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
-    from napari_bloodcell._napari._writer import export_table, write_cells_table
+    from napari_bloodcell._napari._writer import write_cells_table
 
     points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
-    export_table(tmp_path / "cells.csv", meta["features"], {})
-    fewer = {**meta, "features": meta["features"].iloc[:3]}
-    written = write_cells_table(str(tmp_path / "cells.parquet"), points[:3], fewer)
-    assert sorted(Path(p).name for p in written) == ["cells.csv", "cells.json", "cells.parquet"]
-    assert len(read_table(tmp_path / "cells.csv")) == 3
     (tmp_path / "notes.csv").write_text("mine")  # napari asked about notes.parquet only
     with pytest.raises(OutputExistsError, match="notes.csv already exists .* not belong"):
         write_cells_table(str(tmp_path / "notes.parquet"), points, meta)

@@ -269,7 +269,7 @@ def _image_from_file(path, axes: str | None, suffixes, read_tiff, read_picture, 
             axes=axes or metadata_axes,
             source=str(path),
             pixel_size_um=pixel_size,
-            channels_named=bool(axes) or channels_in_metadata,
+            channels_named=bool(axes),
             alpha_possible=not channels_in_metadata,
         )
     except InputImageError as exc:

@@ -129,11 +129,11 @@ def unproxied(obj):
 def upsert_layers(viewer, layer_data: list[tuple]) -> list:
     """Add the layers, or update the layers of the same plugin key in place (no duplicates).
 
+    ``viewer``: the napari viewer itself, not a plugin's proxy of it (see :func:`unproxied`).
     If adding fails half-way, the layers added by this call are removed again.
     """
     from napari.layers import Layer
 
-    viewer = unproxied(viewer)
     layers, added = [], []
     try:
         for data, meta, layer_type in layer_data:
@@ -154,7 +154,7 @@ def upsert_layers(viewer, layer_data: list[tuple]) -> list:
                 existing = None
             if existing is None:
                 settings = {k: v for k, v in meta.items() if k not in _SET_AFTER_CREATION}
-                existing = unproxied(viewer.add_layer(Layer.create(data, settings, layer_type)))
+                existing = viewer.add_layer(Layer.create(data, settings, layer_type))
                 for attribute in _SET_AFTER_CREATION.intersection(meta):
                     setattr(existing, attribute, meta[attribute])
                 watch_user_edits(existing)
