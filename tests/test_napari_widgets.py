@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 
+from napari_bloodcell.classes import class_colours
 from napari_bloodcell.errors import TrackingError
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 
@@ -252,6 +254,12 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert {"track_class", "cell_type", "cell_class", "frame"} <= set(tracks.features.columns)
     assert set(tracks.features["track_class"].astype(str)) <= {"leukocyte", "platelet"}
     assert tracks.color_by == "track_class_code"
+    # each track drawn in its class's fixed colour, and the controls name that colormap
+    track_classes = tracks.features["track_class"].astype(str)
+    colours = class_colours(sorted(set(track_classes)))
+    expected = [to_rgba(colours[name]) for name in track_classes]
+    np.testing.assert_allclose(tracks.track_colors, expected, atol=1e-6)
+    assert tracks.colormap.startswith("bloodcell tracks: ")
     np.testing.assert_allclose(tracks.scale, (5.0, 0.5, 0.5))
     _track(widget, qtbot)  # again: the same layer is updated, not a second one added
     assert sum(layer.name.endswith("tracks") for layer in viewer.layers) == 1

@@ -322,7 +322,7 @@ def tracks_layers(
     """A napari Tracks layer of ``tracks`` (``tracking.track_table``), coloured by the class
     of each track with the fixed class colours; ``features`` = the per-point table plus
     ``track_class_code`` (the numeric code napari colours by)."""
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap, ensure_colormap
 
     from ..tracking import tracks_layer_data
 
@@ -346,8 +346,11 @@ def tracks_layers(
         colors=[colours[name] for name in names] or ["#ffffff"],
         controls=np.linspace(0.0, 1.0, n + 1),
         interpolation="zero",
-        name="track classes",
+        name=f"bloodcell tracks: {', '.join(names)}",
     )
+    # registered, so that the layer controls show the colours in use, not napari's default
+    # "turbo" (which ``color_by`` with ``colormaps_dict`` overrides)
+    ensure_colormap(colormap)
     meta = {
         "name": f"{source} tracks",
         "metadata": layer_metadata(TRACKS_ROLE, source, parameters, placement.extra_axes),
@@ -355,6 +358,7 @@ def tracks_layers(
         "features": features,
         "colormaps_dict": {"track_class_code": colormap},
         "color_by": "track_class_code",
+        "colormap": colormap.name,
         "tail_length": 30,
     }
     return [(data, meta, "tracks")]
