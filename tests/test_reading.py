@@ -238,3 +238,24 @@ def test_a_grey_png_with_alpha_is_read_as_grey(tmp_path):
     Image.fromarray(np.dstack([grey, grey[::-1]]), "LA").save(tmp_path / "cut.png")
     with pytest.raises(VaryingAlphaError, match="cut.png: a grey image with a varying"):
         read_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_a_grey_tiff_with_alpha_is_read_as_grey(tmp_path, planar):
+    """Its alpha sample was read as a second (fluorescence) channel."""
+    from napari_bloodcell.reading import VaryingAlphaError, open_lazy
+
+    grey = np.random.default_rng(7).integers(0, 255, (6, 24, 32), dtype=np.uint8)
+    alpha = np.full_like(grey, 255)
+    axis = -1 if planar == "contig" else 1
+    kwargs = {"photometric": "minisblack", "extrasamples": ["unassalpha"], "planarconfig": planar}
+    tifffile.imwrite(tmp_path / "la.tif", np.stack([grey, alpha], axis=axis), **kwargs)
+    for read in (read_image, open_lazy):
+        image = read(tmp_path / "la.tif")
+        assert image.data.shape == (6, 24, 32, 1)
+        np.testing.assert_allclose(np.asarray(image.data)[..., 0], grey / 255, atol=1e-6)
+    cut = np.stack([grey, grey[:, ::-1]], axis=axis)
+    tifffile.imwrite(tmp_path / "cut.tif", cut, **kwargs)
+    for read in (read_image, open_lazy):
+        with pytest.raises(VaryingAlphaError, match="cut.tif: a grey image with a varying"):
+            read(tmp_path / "cut.tif")

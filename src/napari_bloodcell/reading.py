@@ -569,14 +569,19 @@ def _read_with_imageio(path: Path) -> np.ndarray:
         warnings.simplefilter("ignore")
         array = np.asarray(iio.imread(path))
     if mode == GREY_ALPHA_MODE:  # (Y, X, 2): not 2 channels, nor Y frames of X × 2 px
-        grey, alpha = array[..., 0], array[..., 1]
-        if alpha.min() != alpha.max():
-            raise VaryingAlphaError(
-                f"{path}: a grey image with a varying transparency (alpha); save it "
-                f"without transparency"
-            )
-        return grey
+        return _grey_without_alpha(path, array, sample_axis=2, alpha=array[..., 1])
     return array
+
+
+def _grey_without_alpha(path: Path, array, sample_axis: int, alpha: np.ndarray):
+    """The grey plane of a grey + alpha ``array`` (the two samples on ``sample_axis``, grey
+    first; numpy or dask), refused when ``alpha`` (all of it, or a page) varies."""
+    if alpha.min() != alpha.max():
+        raise VaryingAlphaError(
+            f"{path}: a grey image with a varying transparency (alpha); save it "
+            f"without transparency"
+        )
+    return array[(slice(None),) * sample_axis + (0,)]
 
 
 PILLOW_COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")
@@ -596,9 +601,30 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
             )
         series = _single_series(path, tif)
         array = series.asarray()
-        axes = _tiff_axes(series.axes, array.shape)
+        series_axes = series.axes
+        if (alpha_axis := _tiff_alpha_sample_axis(series)) is not None:
+            alpha = array.take(1, axis=alpha_axis)  # all pages' alpha: the array is read
+            array = _grey_without_alpha(path, array, alpha_axis, alpha)
+            series_axes = series_axes.replace("S", "")
+        axes = _tiff_axes(series_axes, array.shape)
         pixel_size = _tiff_pixel_size_um(tif)
     return array, axes, pixel_size
+
+
+def _tiff_alpha_sample_axis(series) -> int | None:
+    """The axis of the samples of a grey + alpha TIFF series (photometric min-is-black, one
+    extra sample that is an alpha; its axes contain S), else None."""
+    import tifffile
+
+    page = series.keyframe
+    alphas = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+    is_grey_alpha = (
+        page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        and page.samplesperpixel == 2
+        and len(page.extrasamples) == 1
+        and page.extrasamples[0] in alphas
+    )
+    return series.axes.index("S") if is_grey_alpha and "S" in series.axes else None
 
 
 def _open_tiff_lazily(path: Path):
@@ -615,7 +641,14 @@ def _open_tiff_lazily(path: Path):
             )
         series = _single_series(path, tif)
         pages = _TiffPages.of(path, series, tif.byteorder)
-        axes = _tiff_axes(series.axes, pages.shape)
+        series_axes, shape = series.axes, pages.shape
+        if (alpha_axis := _tiff_alpha_sample_axis(series)) is not None:
+            # the first page's alpha decides, as a stack's sampled frames do for RGBA
+            page_axis = alpha_axis - (len(shape) - len(pages.page_shape))
+            first_alpha = series.keyframe.asarray().take(1, axis=page_axis)
+            series_axes = series_axes.replace("S", "")
+            shape = shape[:alpha_axis] + shape[alpha_axis + 1 :]
+        axes = _tiff_axes(series_axes, shape)
         pixel_size = _tiff_pixel_size_um(tif)
     page_dims = len(pages.page_shape)
     chunks = (1,) * (len(pages.shape) - page_dims) + pages.page_shape
@@ -623,6 +656,8 @@ def _open_tiff_lazily(path: Path):
     array = da.from_array(
         pages, chunks=chunks, name=name, asarray=False, meta=np.empty((0,), pages.dtype)
     )
+    if alpha_axis is not None:
+        array = _grey_without_alpha(path, array, alpha_axis, first_alpha)
     return array, axes, pixel_size
 
 
