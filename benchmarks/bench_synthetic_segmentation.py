@@ -28,7 +28,7 @@ import pandas as pd
 import skimage
 from scipy import ndimage as ndi
 
-from napari_bloodcell.metrics import detection_by_type, match_centroids
+from napari_bloodcell.metrics import detection_by_type, match_centroids, scores_from_counts
 from napari_bloodcell.segmentation import Segmentation, segment_frame
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 
@@ -116,14 +116,11 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     totals = rows.groupby(["modality", "cell_type"], sort=False).sum(numeric_only=True)
     summary = pd.DataFrame(index=totals.index)
     for rule in ("iou", "centroid"):
-        tp, fp, fn = (totals[f"{rule}_{key}"] for key in COUNTS)
-        precision = tp / (tp + fp).where(tp + fp > 0, 1)
-        recall = tp / (tp + fn).where(tp + fn > 0, 1)
-        f1 = 2 * precision * recall / (precision + recall).where(precision + recall > 0, 1)
-        summary["n_true"] = tp + fn
-        summary[f"{rule}_precision"] = precision.round(3)
-        summary[f"{rule}_recall"] = recall.round(3)
-        summary[f"{rule}_f1"] = f1.round(3)
+        counts = totals[[f"{rule}_{key}" for key in COUNTS]].set_axis(list(COUNTS), axis=1)
+        scores = scores_from_counts(counts)
+        summary["n_true"] = scores["tp"] + scores["fn"]
+        for score in ("precision", "recall", "f1"):
+            summary[f"{rule}_{score}"] = scores[score].round(3)
     return summary
 
 
