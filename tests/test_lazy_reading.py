@@ -1,5 +1,7 @@
 """Lazy stacks: same values as the eager reader, bounded sampling and frame-by-frame reads."""
 
+import dataclasses
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -235,3 +237,18 @@ def test_a_png_is_opened_without_keeping_its_pixels(tmp_path, picture):
     held = [v for v in dict(image.data.__dask_graph__()).values() if isinstance(v, np.ndarray)]
     assert all(v.size < picture.size for v in held)
     np.testing.assert_array_equal(image.data.compute(), read_image(path).data)
+
+
+def test_pages_listed_through_their_series_are_read_from_that_series(tmp_path):
+    """Pages of a multi-file OME series are read through the series (not by their index in
+    this file); that read used the file's first series whichever one was opened."""
+    path = tmp_path / "two.tif"
+    thumbnail = np.zeros((2, 8, 8), np.uint8)
+    stack = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
+    tifffile.imwrite(path, thumbnail)
+    tifffile.imwrite(path, stack, append=True)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[1]
+        pages = reading._TiffPages.of(path, series, tif.byteorder, series_index=1)
+    through_series = dataclasses.replace(pages, page_indices=None)  # as pages listed elsewhere
+    np.testing.assert_array_equal(through_series[2, :, :], stack[2])

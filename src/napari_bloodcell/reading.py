@@ -640,7 +640,7 @@ def _open_tiff_lazily(path: Path):
                 f"{path}: cannot be read as an image (the TIFF holds no image series)"
             )
         series = _single_series(path, tif)
-        pages = _TiffPages.of(path, series, tif.byteorder)
+        pages = _TiffPages.of(path, series, tif.byteorder, tif.series.index(series))
         series_axes, shape = series.axes, pages.shape
         if (alpha_axis := _tiff_alpha_sample_axis(series)) is not None:
             # the first page's alpha decides, as a stack's sampled frames do for RGBA
@@ -701,9 +701,10 @@ class _TiffPages:
     listed_pages: bool
     data_offset: int | None
     page_indices: tuple[int, ...] | None = None  # of the listed pages in the file's pages
+    series_index: int = 0  # of the series in the file's series (pages listed elsewhere)
 
     @classmethod
-    def of(cls, path: Path, series, byteorder: str) -> _TiffPages:
+    def of(cls, path: Path, series, byteorder: str, series_index: int) -> _TiffPages:
         shape, page_shape = tuple(series.shape), tuple(series.keyframe.shape)
         if 0 in shape:
             raise InputImageError(f"{path}: the image has zero size (shape {shape})")
@@ -731,6 +732,7 @@ class _TiffPages:
             listed_pages=listed,
             data_offset=series.dataoffset,
             page_indices=tuple(int(page.index) for page in series.pages) if in_this_file else None,
+            series_index=series_index,
         )
 
     @property
@@ -755,7 +757,7 @@ class _TiffPages:
                     data = tif.pages[self.page_indices[page]].asarray()
             elif self.listed_pages:
                 with tifffile.TiffFile(self.path) as tif:
-                    data = tif.series[0].pages[page].asarray()
+                    data = tif.series[self.series_index].pages[page].asarray()
             else:
                 count = int(np.prod(self.page_shape))
                 offset = self.data_offset + page * count * self.stored_dtype.itemsize
