@@ -228,6 +228,20 @@ def test_crops_of_one_frame_in_two_folders_stay_in_one_part():
         assert set().union(*parts) == {"f1", "f2", "f3", "f4"}
 
 
+def test_a_class_found_only_in_frames_of_other_classes_is_always_trained_on():
+    """Sources are drawn per class of their first item: platelets cut from neutrophil
+    frames belonged to no draw, and for some seeds every one went to validation or test
+    (a head column never trained, weight 0, no note)."""
+    labels = np.array([0] * 10 + [1] * 10 + [2])  # lymphocyte, neutrophil, platelet
+    sources = np.array([f"d/L{i}" for i in range(10)] + [f"d/N{i}" for i in range(10)] + ["d/N0"])
+    dataset = CropDataset(None, labels, ["l", "n", "p"], sources, np.zeros(21, int), np.zeros(21))
+    for seed in range(40):
+        train, validation, test = split_by_source(dataset, (0.2, 0.2), seed)
+        assert set(labels[train]) == {0, 1, 2}
+        parts = [set(sources[i]) for i in (train, validation, test)]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
 def test_the_current_folder_is_recorded_by_its_name(tmp_path, monkeypatch):
     """``train .`` recorded sources as "/name": no folder name to match them by."""
     monkeypatch.chdir(tmp_path)
@@ -359,6 +373,11 @@ def test_model_split_parts_follow_the_recorded_sources_and_base_models(tmp_path)
         parts_in_model_split(found, [atlas], training, with_base_models=False).tolist()
         == ["other"] * 3
     )
+    # crops of a training frame filed in a folder the model never saw are not unseen
+    found = _items(tmp_path / "elsewhere", ["a", "c", "z"])
+    assert parts_in_model_split(found, [tmp_path / "elsewhere"], training).tolist() == [
+        "train", "validation", "other",
+    ]  # fmt: skip
     # another folder of a training folder's name, holding none of its sources
     assert (
         parts_in_model_split(

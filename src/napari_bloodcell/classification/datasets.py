@@ -251,6 +251,9 @@ def split_by_source(
 
     ``fractions`` = (validation, test) share of the sources of each class (by the
     class of the source's first item; see :func:`sources_set_aside` for small classes).
+    Every class keeps training items: a class whose crops all come from sources drawn for
+    validation or test (frames counted under another class's first item) gets one of its
+    sources, drawn, back for training.
     Seeded; no source is in two parts, and sources of one name in several data folders go
     to the same part.
     """
@@ -270,6 +273,10 @@ def split_by_source(
         part_of_unit[members[n_val : n_val + n_test]] = 2
     part_of_name = part_of_unit[np.argsort(unit_names)]  # aligned with unique_names
     part = part_of_name[np.searchsorted(unique_names, names)]
+    for label in np.unique(dataset.labels):
+        of_class = dataset.labels == label
+        if not (part[of_class] == 0).any():
+            part[names == rng.choice(np.unique(names[of_class]))] = 0
     return tuple(np.flatnonzero(part == k) for k in range(3))
 
 
@@ -278,7 +285,8 @@ def sources_set_aside(
 ) -> tuple[int, int]:
     """How many of a class's ``n_sources`` source images go to validation and to test:
     the rounded fractions, but at least one to validation from 2 sources, at least one to
-    test (when asked for) from 4, and always at least one left to train on."""
+    test (when asked for) from 4, and always at least one left to train on (of the sources
+    counted under this class; :func:`split_by_source` sees to classes counted under none)."""
     n_val = round(validation_fraction * n_sources)
     n_test = round(test_fraction * n_sources)
     if n_sources >= 2 and validation_fraction > 0:
@@ -351,23 +359,31 @@ def parts_in_model_split(
     unrelated folder of the same name is "other"); its images are then matched by source
     id. An image of such a folder that is in none of the recorded parts was added after
     training ("other"), except for models of version ≤ 5, which record no training
-    sources ("train"). Across a model and its base models (unless not
-    ``with_base_models``) the most learnt part counts.
+    sources ("train"). As the split keeps crops of one source name in any data folder
+    together, an image of any folder whose source name is a recorded source's is in that
+    source's part at least (crops of a training frame filed in another folder are not
+    unseen). Across a model and its base models (unless not ``with_base_models``) the most
+    learnt part counts.
     """
     rank = np.zeros(len(found), dtype=np.int64)  # index into SPLIT_PARTS
     domains = np.array([d for _, _, d in found], dtype=np.int64)
+    names = [source_name(file) for file, _, _ in found]
     records = split_records(training)
     for record in records if with_base_models else records[:1]:
         parts = {
             name: set(record[f"{name}_sources"] or ()) for name in ("train", "validation", "test")
         }
+        for part, sources in parts.items():
+            recorded_names = {source.split("/", 1)[-1] for source in sources}
+            in_part = np.array([name in recorded_names for name in names], dtype=bool)
+            rank[in_part] = np.maximum(rank[in_part], SPLIT_PARTS.index(part))
         recorded = set().union(*parts.values())
         for domain, data_dir in enumerate(map(Path, data_dirs)):
             name = recorded_folder_name(data_dir, record)
             members = np.flatnonzero(domains == domain)
             if name not in record["data_dir_names"] or not len(members):
                 continue
-            sources = [f"{name}/{source_name(found[i][0])}" for i in members]
+            sources = [f"{name}/{names[i]}" for i in members]
             if recorded.isdisjoint(sources):
                 continue  # another folder of that name
             for item, source in zip(members, sources, strict=True):
