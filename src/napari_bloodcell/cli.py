@@ -658,6 +658,14 @@ def _run_evaluate(args) -> int:
             f"calibrate the model; these figures overstate its accuracy",
             file=sys.stderr,
         )
+    if metrics["other_named_as_learnt"]:
+        print(
+            f"warning: {metrics['other_named_as_learnt']} images scored as never seen have "
+            f"the source name (the file name before '__') of an image the model was trained "
+            f"or calibrated on; if they were cut from the same frames, these figures "
+            f"overstate its accuracy",
+            file=sys.stderr,
+        )
     print(f"wrote {', '.join(map(str, written))}")
     return 0
 

@@ -359,31 +359,23 @@ def parts_in_model_split(
     unrelated folder of the same name is "other"); its images are then matched by source
     id. An image of such a folder that is in none of the recorded parts was added after
     training ("other"), except for models of version ≤ 5, which record no training
-    sources ("train"). As the split keeps crops of one source name in any data folder
-    together, an image of any folder whose source name is a recorded source's is in that
-    source's part at least (crops of a training frame filed in another folder are not
-    unseen). Across a model and its base models (unless not ``with_base_models``) the most
-    learnt part counts.
+    sources ("train"). Across a model and its base models (unless not
+    ``with_base_models``) the most learnt part counts.
     """
     rank = np.zeros(len(found), dtype=np.int64)  # index into SPLIT_PARTS
     domains = np.array([d for _, _, d in found], dtype=np.int64)
-    names = [source_name(file) for file, _, _ in found]
     records = split_records(training)
     for record in records if with_base_models else records[:1]:
         parts = {
             name: set(record[f"{name}_sources"] or ()) for name in ("train", "validation", "test")
         }
-        for part, sources in parts.items():
-            recorded_names = {source.split("/", 1)[-1] for source in sources}
-            in_part = np.array([name in recorded_names for name in names], dtype=bool)
-            rank[in_part] = np.maximum(rank[in_part], SPLIT_PARTS.index(part))
         recorded = set().union(*parts.values())
         for domain, data_dir in enumerate(map(Path, data_dirs)):
             name = recorded_folder_name(data_dir, record)
             members = np.flatnonzero(domains == domain)
             if name not in record["data_dir_names"] or not len(members):
                 continue
-            sources = [f"{name}/{names[i]}" for i in members]
+            sources = [f"{name}/{source_name(found[i][0])}" for i in members]
             if recorded.isdisjoint(sources):
                 continue  # another folder of that name
             for item, source in zip(members, sources, strict=True):
@@ -392,3 +384,16 @@ def parts_in_model_split(
                     part = "train" if record["train_sources"] is None else "other"
                 rank[item] = max(rank[item], SPLIT_PARTS.index(part))
     return np.array(SPLIT_PARTS, dtype=object)[rank]
+
+
+def learnt_source_names(training: dict) -> set[str]:
+    """Source names (without folder) of the training and validation images of a model and
+    of the models it was fine-tuned from: images of other folders with such a name may be
+    crops of frames it learnt from (the split keeps one name's crops together), or share
+    the name by chance."""
+    return {
+        source.split("/", 1)[-1]
+        for record in split_records(training)
+        for part in ("train", "validation")
+        for source in record[f"{part}_sources"] or ()
+    }

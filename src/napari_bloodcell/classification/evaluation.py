@@ -12,7 +12,13 @@ import numpy as np
 
 from ..errors import DatasetError, OutputExistsError
 from .calibration import expected_calibration_error
-from .datasets import find_labelled_files, parts_in_model_split, prepare_crop_files
+from .datasets import (
+    find_labelled_files,
+    learnt_source_names,
+    parts_in_model_split,
+    prepare_crop_files,
+    source_name,
+)
 from .inference import CellClassifier
 
 
@@ -70,7 +76,9 @@ def evaluate_classifier(
     on (see :func:`.datasets.parts_in_model_split`) its test split and images added since,
     of any other folder every image. ``all_images`` scores every image, training ones included.
     ``metrics["split_parts"]`` counts the scored images by part, ``metrics["left_out"]``
-    the others per folder.
+    the others per folder; ``metrics["other_named_as_learnt"]`` the scored "other" images
+    whose source name is that of a training or validation image (crops of those frames
+    filed elsewhere, or a name shared by chance: see :func:`.datasets.learnt_source_names`).
 
     ``accuracy``, ``macro_f1``, ``per_class`` and the confusion matrix count every crop
     with its most probable class (comparable with other work); ``uncertain_rate`` and
@@ -104,6 +112,11 @@ def evaluate_classifier(
     metrics["test_time_views"] = classifier.metadata.test_time_views
     metrics["data_dirs"] = [str(d) for d in data_dirs]
     metrics["split_parts"] = _counts(parts[scored])
+    learnt_names = learnt_source_names(classifier.metadata.training)
+    metrics["other_named_as_learnt"] = sum(
+        part == "other" and source_name(file) in learnt_names
+        for (file, _, _), part in zip(items, parts[scored], strict=True)
+    )
     domains = np.array([d for _, _, d in found])
     metrics["left_out"] = {
         str(data_dir): _counts(parts[~scored & (domains == d)])
