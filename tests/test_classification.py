@@ -6,6 +6,7 @@ import zipfile
 from dataclasses import replace as replace_config
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -195,6 +196,22 @@ def test_a_class_with_one_source_image_is_trained_on_and_reported(tmp_path):
     assert "not calibrated" in training_notes(metadata)[1]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unusable_crop_files_are_named_together(tmp_path, workers):
+    """The first bad file ended the reading (after all before it were read), worded for
+    segmentation ("nothing to segment"), and only that one was named."""
+    data = write_crop_folder(tmp_path, n_per_class=40, seed=0)
+    (data / "round" / "round3.png").write_bytes(b"not a png")
+    iio.imwrite(data / "lobed" / "blank.png", np.full((30, 30, 3), 200, np.uint8))
+    files = sorted(data.rglob("*.png"))
+    with pytest.raises(DatasetError) as error:
+        prepare_crop_files(files, size=16, scale=2.2, workers=workers)
+    message = str(error.value)
+    assert message.startswith("2 of 81 files cannot be used as single-cell crops")
+    assert "round3.png: cannot be read" in message and "blank.png: the image is constant" in message
+    assert not running_children()
+
+
 def test_reading_crops_stops_when_asked_and_leaves_no_worker_running(tmp_path):
     from napari_bloodcell.classification.datasets import LoadingStopped
 
@@ -323,7 +340,6 @@ def test_crops_as_bytes_are_classified_as_their_floats(tiny_model, tiny_heldout)
 
 def test_a_cut_out_crop_is_read_over_a_white_background(tmp_path):
     """An RGBA crop whose outside is transparent was refused (a 4th channel that varies)."""
-    import imageio.v3 as iio
 
     from napari_bloodcell.classification.datasets import prepare_crop_files
     from napari_bloodcell.synthetic import make_smear

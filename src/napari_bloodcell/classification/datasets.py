@@ -186,27 +186,41 @@ def prepare_crop_files(
 ) -> np.ndarray:
     """Read single-cell images and crop them as ``analyze`` would: (N, size, size, 3) uint8.
 
-    ``stop_requested()`` is asked after every image: when true, the images not started are
-    dropped, the worker processes end, and :class:`LoadingStopped` is raised.
+    Every file is tried; files that cannot be used (unreadable, constant …) are listed
+    together in one :class:`DatasetError`. ``stop_requested()`` is asked after every
+    image: when true, the images not started are dropped, the worker processes end, and
+    :class:`LoadingStopped` is raised.
     """
     jobs = [(str(f), size, scale) for f in files]
     stop_requested = stop_requested or (lambda: False)
-    images = []
+    results = []
     if workers > 1 and len(jobs) > 64:
         pool = ProcessPoolExecutor(workers)
         try:
-            for image in pool.map(_prepare_file, jobs, chunksize=32):
-                images.append(image)
+            for result in pool.map(_prepare_file, jobs, chunksize=32):
+                results.append(result)
                 if stop_requested():
                     raise LoadingStopped
         finally:  # on an error or a stop too: no worker outlives the call
             pool.shutdown(wait=True, cancel_futures=True)
     else:
         for job in jobs:
-            images.append(_prepare_file(job))
+            results.append(_prepare_file(job))
             if stop_requested():
                 raise LoadingStopped
-    return np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
+    problems = [result for result in results if isinstance(result, str)]
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        raise DatasetError(
+            f"{len(problems)} of {len(jobs)} files cannot be used as single-cell crops "
+            f"(move or fix them): {listed}{f'; and {more} more' if more > 0 else ''}"
+        )
+    return np.stack(results) if results else np.zeros((0, size, size, 3), dtype=np.uint8)
+
+
+MAX_LISTED_PROBLEMS = 5
+"""How many unusable files :func:`prepare_crop_files` names in its error."""
 
 
 class LoadingStopped(Exception):
@@ -228,19 +242,24 @@ def folder_name(data_dir: Path) -> str:
     return Path(data_dir).resolve().name
 
 
-def _prepare_file(job: tuple[str, int, float]) -> np.ndarray:
+def _prepare_file(job: tuple[str, int, float]) -> np.ndarray | str:
+    """One file's crop (size, size, 3) uint8, or what makes the file unusable."""
     from ..crops import crop_single_cell_image
+    from ..errors import BloodcellError
     from ..reading import VaryingAlphaError, read_image
 
     path, size, scale = job
     try:
-        frame = read_image(path).data[0]
-    except VaryingAlphaError:  # a cut-out cell: its transparent part is slide background
-        rgba = read_image(path, axes="YXC").data[0]
-        frame = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # over white
-    if frame.shape[-1] == 1:
-        frame = np.repeat(frame, 3, axis=-1)
-    crop = crop_single_cell_image(frame[..., :3], size=size, scale=scale)
+        try:
+            frame = read_image(path).data[0]
+        except VaryingAlphaError:  # a cut-out cell: its transparent part is slide background
+            rgba = read_image(path, axes="YXC").data[0]
+            frame = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # over white
+        if frame.shape[-1] == 1:
+            frame = np.repeat(frame, 3, axis=-1)
+        crop = crop_single_cell_image(frame[..., :3], size=size, scale=scale)
+    except BloodcellError as exc:
+        return str(exc) if path in str(exc) else f"{path}: {exc}"
     return np.round(crop * 255).astype(np.uint8)
 
 
