@@ -2,6 +2,7 @@
 
 import json
 import random
+import sys
 import zipfile
 from dataclasses import replace as replace_config
 from pathlib import Path
@@ -210,6 +211,20 @@ def test_unusable_crop_files_are_named_together(tmp_path, workers):
     assert message.startswith("2 of 81 files cannot be used as single-cell crops")
     assert "round3.png: cannot be read" in message and "blank.png: the image is constant" in message
     assert not running_children()
+
+
+def test_crops_are_read_without_forking_a_process_that_runs_tensorflow(monkeypatch):
+    """Forking a process with TensorFlow's threads running can deadlock the child."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from napari_bloodcell.classification.datasets import _worker_pool
+
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with _worker_pool(2) as pool:
+        assert isinstance(pool, ProcessPoolExecutor)
+    monkeypatch.setitem(sys.modules, "tensorflow", object())
+    with _worker_pool(2) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)
 
 
 def test_reading_crops_stops_when_asked_and_leaves_no_worker_running(tmp_path):
@@ -466,6 +481,9 @@ def test_unknown_class_folders_are_refused_unless_ignored(tmp_path):
         find_labelled_files([tmp_path], ["round", "platelet"])
     found, _ = find_labelled_files([tmp_path], ["round", "platelet"], ignore_unknown=True)
     assert {c for _, c, _ in found} == {"round"}
+    # all skipped: said so, not "no image files found"
+    with pytest.raises(DatasetError, match=r"none of the class folders \(lobed, round\) of"):
+        find_labelled_files([tmp_path], ["x", "y"], ignore_unknown=True)
 
 
 def test_a_folder_given_twice_is_refused(tmp_path, monkeypatch):

@@ -17,8 +17,9 @@ Splits never put one source in two parts, nor sources of one name in two data fo
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def find_labelled_files(
     folder names.
     """
     found: list[tuple[Path, str, int]] = []
+    skipped: list[str] = []  # class folders of other classes (ignore_unknown)
     given: dict[Path, Path] = {}
     for domain, data_dir in enumerate(data_dirs):
         data_dir = Path(data_dir)
@@ -92,6 +94,7 @@ def find_labelled_files(
             name = class_dir.name.lower()
             if classes is not None and name not in classes:
                 if ignore_unknown:
+                    skipped.append(class_dir.name)
                     continue
                 raise DatasetError(
                     f"{class_dir}: class {class_dir.name!r} is not one of the model's classes "
@@ -104,6 +107,12 @@ def find_labelled_files(
                     f"folder or its sub-folders"
                 )
             found.extend((f, name, domain) for f in files)
+    if not found and skipped:
+        raise DatasetError(
+            f"none of the class folders ({', '.join(sorted(set(skipped)))}) of "
+            f"{', '.join(map(str, data_dirs))} is one of the model's classes "
+            f"({', '.join(classes)})"
+        )
     if not found:
         raise DatasetError(f"no image files found in {', '.join(map(str, data_dirs))}")
     names = classes if classes is not None else sorted({c for _, c, _ in found})
@@ -195,7 +204,7 @@ def prepare_crop_files(
     stop_requested = stop_requested or (lambda: False)
     results = []
     if workers > 1 and len(jobs) > 64:
-        pool = ProcessPoolExecutor(workers)
+        pool = _worker_pool(workers)
         try:
             for result in pool.map(_prepare_file, jobs, chunksize=32):
                 results.append(result)
@@ -217,6 +226,15 @@ def prepare_crop_files(
             f"(move or fix them): {listed}{f'; and {more} more' if more > 0 else ''}"
         )
     return np.stack(results) if results else np.zeros((0, size, size, 3), dtype=np.uint8)
+
+
+def _worker_pool(workers: int) -> Executor:
+    """Worker processes (forked on Linux: quick, and a script needs no main guard), but
+    threads once TensorFlow is loaded: forking a process with TensorFlow's threads running
+    can deadlock the child, and spawned processes would need the main guard."""
+    if "tensorflow" in sys.modules:
+        return ThreadPoolExecutor(workers)
+    return ProcessPoolExecutor(workers)
 
 
 MAX_LISTED_PROBLEMS = 5
