@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ModelError, OutputExistsError
+from .architectures import ARCHITECTURES
 from .novelty import NoveltyReference
 
 METADATA_MEMBER = "napari_bloodcell.json"
@@ -207,6 +208,24 @@ def check_metadata(metadata: ModelMetadata) -> None:
         or len(set(classes)) != len(classes)
     ):
         raise ModelError(f"classes must be distinct non-empty names, got {classes!r}")
+    if any(c != c.lower() for c in classes):
+        raise ModelError(
+            f"class names must be lower case (class folders are matched by their lower-case "
+            f"name), got {classes!r}"
+        )
+    if metadata.architecture not in ARCHITECTURES:
+        raise ModelError(
+            f"unknown architecture {metadata.architecture!r}; expected one of "
+            f"{', '.join(ARCHITECTURES)}"
+        )
+    version = metadata.format_version
+    if not (isinstance(version, int) and 1 <= version <= FORMAT_VERSION):
+        raise ModelError(
+            f"format_version {version!r} is not one this napari-bloodcell reads (1 to "
+            f"{FORMAT_VERSION}); a newer napari-bloodcell may read it"
+        )
+    if not isinstance(metadata.training, dict):
+        raise ModelError(f"training must be a record (a JSON object), got {metadata.training!r}")
     if not (isinstance(metadata.input_size, int) and metadata.input_size > 0):
         raise ModelError(f"input_size must be a positive integer, got {metadata.input_size!r}")
     for name in ("crop_scale", "temperature"):
