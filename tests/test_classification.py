@@ -324,6 +324,9 @@ def test_small_data_folders_are_repeated_to_a_quarter_of_the_largest():
         ({"normalization": "layer"}, "unknown normalization 'layer'"),
         ({"crop_scale": 0.0}, "crop_scale .* must be above 0"),
         ({"test_time_views": 3}, "test-time views must be one of"),
+        ({"stain_jitter": 1.5}, r"stain_jitter must be in \[0, 0.9\] \(a channel gain"),
+        ({"hue_jitter": 3.0}, r"hue_jitter must be in \[0, 0.5\]"),
+        ({"max_blur_sigma": 50.0}, r"max_blur_sigma must be in \[0, 5.0\]"),
     ],
 )
 def test_impossible_training_settings_are_refused_before_training(setting, message):
@@ -334,12 +337,21 @@ def test_impossible_training_settings_are_refused_before_training(setting, messa
         TrainingConfig(**setting).resolved()
 
 
-def test_fine_tuning_refuses_another_input_size(tiny_model):
+@pytest.mark.parametrize(
+    ("setting", "kept"),
+    [
+        ({"input_size": 64}, "input size"),
+        ({"architecture": "coursework"}, "architecture"),  # were replaced without a word
+        ({"crop_scale": 3.0}, "crop scale"),
+        ({"normalization": "group"}, "normalization"),
+    ],
+)
+def test_fine_tuning_refuses_settings_of_another_network(tiny_model, setting, kept):
     from napari_bloodcell.classification.training import TrainingConfig
     from napari_bloodcell.errors import BloodcellError
 
-    with pytest.raises(BloodcellError, match="keeps its input size"):
-        TrainingConfig(init_model=str(tiny_model), input_size=64).resolved()
+    with pytest.raises(BloodcellError, match=f"keeps its {kept}"):
+        TrainingConfig(init_model=str(tiny_model), **setting).resolved()
     assert TrainingConfig(init_model=str(tiny_model), input_size=32).resolved().size == 32
 
 

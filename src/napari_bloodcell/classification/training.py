@@ -61,6 +61,19 @@ DEFAULT_TEST_TIME_VIEWS = 8
 """Views of a newly trained model (chosen for the default model on validation data)."""
 LR_CUT_FACTOR = 0.3
 """Learning-rate cut on a validation-loss plateau (three cuts at most)."""
+AUGMENTATION_RANGES = {
+    "stain_jitter": 0.9,
+    "max_blur_sigma": 5.0,
+    "hue_jitter": 0.5,
+    "lamp_jitter": 2.0,
+}
+"""Largest value of each augmentation setting (the reasons: :data:`AUGMENTATION_LIMITS`)."""
+AUGMENTATION_LIMITS = {
+    "stain_jitter": "a channel gain of 1 ± 1 or more would zero or negate a channel",
+    "max_blur_sigma": "pixels; a blur of 5 px erases a cell's inner structure at 80 px",
+    "hue_jitter": "a fraction of the hue circle; ± 0.5 is every hue",
+    "lamp_jitter": "an over-exposure gain up to e² clips most of a crop",
+}
 MAX_SEED = 2**32 - 3
 """Largest seed: the augmentation seeds its layers with seed, seed + 1, seed + 2, and Keras
 takes seeds below 2³²."""
@@ -174,9 +187,12 @@ class TrainingConfig:
                 f"validation_fraction ({self.validation_fraction}) must be in (0, 1), "
                 f"test_fraction ({self.test_fraction}) in [0, 1), and both together below 1"
             )
-        for name in ("stain_jitter", "max_blur_sigma", "hue_jitter", "lamp_jitter"):
-            if not getattr(self, name) >= 0:
-                raise BloodcellError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name, top in AUGMENTATION_RANGES.items():
+            if not 0 <= getattr(self, name) <= top:
+                raise BloodcellError(
+                    f"{name} must be in [0, {top}] ({AUGMENTATION_LIMITS[name]}), "
+                    f"got {getattr(self, name)}"
+                )
         for name in ("mixstyle", "grey_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise BloodcellError(
@@ -192,20 +208,23 @@ class TrainingConfig:
         if self.init_model is None:
             return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
         init = read_metadata(resolve_model_path(self.init_model))
-        if self.input_size not in (None, init.input_size):
-            raise BloodcellError(
-                f"input_size {self.input_size} differs from the {init.input_size} px of "
-                f"{self.init_model}: a fine-tuned network keeps its input size"
-            )
-        return replace(
-            self,
-            architecture=init.architecture,
-            input_size=init.input_size,
-            crop_scale=init.crop_scale,
-            grey_input=bool(init.training.get("config", {}).get("grey_input", False)),
-            normalization=init.training.get("config", {}).get("normalization", "batch"),
-            test_time_views=self.test_time_views or init.test_time_views,
-        )
+        init_config = init.training.get("config", {})
+        kept = {
+            "architecture": init.architecture,
+            "input_size": init.input_size,
+            "crop_scale": init.crop_scale,
+            "grey_input": bool(init_config.get("grey_input", False)),
+            "normalization": init_config.get("normalization", "batch"),
+        }
+        defaults = TrainingConfig()
+        for name, value in kept.items():
+            asked = getattr(self, name)
+            if asked != getattr(defaults, name) and asked != value:
+                raise BloodcellError(
+                    f"{name} {asked!r} differs from the {value!r} of {self.init_model}: a "
+                    f"fine-tuned network keeps its {name.replace('_', ' ')}"
+                )
+        return replace(self, **kept, test_time_views=self.test_time_views or init.test_time_views)
 
 
 FINE_TUNING_RECIPE: dict = {
@@ -620,7 +639,9 @@ def make_augmenter(
     cast (per image and channel gain in 1 ± ``stain_jitter``), another lamp (see
     ``TrainingConfig.lamp_jitter``), a Gaussian blur of random sigma in
     [0, ``max_blur_sigma``] px (other microscopes' stain and focus), and with probability
-    ``grey_probability`` per image its luminance in place of its colours. Output in [0, 1]."""
+    ``grey_probability`` per image its luminance in place of its colours. Flips, zoom,
+    shifts and the colour jitters are drawn per image; the quarter-turn and the blur's
+    sigma once per batch. Output in [0, 1]."""
     import keras
     import tensorflow as tf
 
@@ -633,13 +654,17 @@ def make_augmenter(
     )
     generator = tf.random.Generator.from_seed(seed)
 
+    # ±3 sigma of the largest blur (at least the ±3 px the default recipe was trained with)
+    radius = max(3, int(np.ceil(3 * max_blur_sigma)))
+
     def blur(images):
         sigma = generator.uniform((), 1e-3, max_blur_sigma)
-        offsets = tf.range(-3.0, 4.0)
+        offsets = tf.range(-float(radius), radius + 1.0)
         kernel_1d = tf.exp(-(offsets**2) / (2 * sigma**2))
         kernel_1d /= tf.reduce_sum(kernel_1d)
         kernel = tf.tile((kernel_1d[:, None] * kernel_1d[None, :])[:, :, None, None], [1, 1, 3, 1])
-        padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+        pad = [[0, 0], [radius, radius], [radius, radius], [0, 0]]
+        padded = tf.pad(images, pad, mode="REFLECT")
         return tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
 
     def lamp(images):
