@@ -487,6 +487,26 @@ def test_metrics_on_known_predictions():
     assert metrics["confusion_matrix"] == [[1, 1], [0, 1]]
 
 
+def test_expected_calibration_error_on_known_probabilities():
+    from napari_bloodcell.classification.calibration import (
+        confidence_bins,
+        expected_calibration_error,
+    )
+
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 0, 1])  # right, wrong (0.8 sure), right, right
+    # 15 bins: one crop each, |1 − 0.9| + |0 − 0.8| + |1 − 0.6| + |1 − 0.7| over 4
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(0.4)
+    # 2 bins: all four in [0.5, 1], accuracy 0.75 = mean confidence 0.75
+    assert expected_calibration_error(probabilities, labels, n_bins=2) == pytest.approx(0.0)
+    bins = confidence_bins(probabilities, labels, n_bins=2)
+    assert bins == [
+        {"bin_low": 0.5, "bin_high": 1.0, "confidence": pytest.approx(0.75), "accuracy": 0.75,
+         "count": 4}
+    ]  # fmt: skip
+    assert np.isnan(expected_calibration_error(np.zeros((0, 2)), np.zeros(0)))
+
+
 def test_unknown_class_folders_are_refused_unless_ignored(tmp_path):
     write_crop_folder(tmp_path, n_per_class=2, seed=0)
     with pytest.raises(DatasetError, match="not one of the model's classes"):

@@ -49,22 +49,38 @@ def temperature_fit(probabilities: np.ndarray, labels: np.ndarray) -> float | No
     return float(np.exp(result.x))
 
 
+def confidence_bins(
+    probabilities: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS
+) -> list[dict]:
+    """The crops binned by confidence (``n_bins`` equal bins of [0, 1]): per non-empty bin
+    its ``bin_low``, ``bin_high``, mean ``confidence``, ``accuracy`` and ``count``."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    labels = np.asarray(labels, dtype=int)
+    confidence = probabilities.max(axis=1) if len(labels) else np.zeros(0)
+    correct = probabilities.argmax(axis=1) == labels if len(labels) else np.zeros(0, bool)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    return [
+        {
+            "bin_low": b / n_bins,
+            "bin_high": (b + 1) / n_bins,
+            "confidence": float(confidence[bins == b].mean()),
+            "accuracy": float(correct[bins == b].mean()),
+            "count": int((bins == b).sum()),
+        }
+        for b in np.unique(bins)
+    ]
+
+
 def expected_calibration_error(
     probabilities: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS
 ) -> float:
-    """ECE: bin by confidence, average |accuracy − confidence| weighted by bin size."""
-    probabilities = np.asarray(probabilities, dtype=float)
-    labels = np.asarray(labels, dtype=int)
-    if len(labels) == 0:
+    """ECE: |accuracy − confidence| per confidence bin (:func:`confidence_bins`), averaged
+    weighted by the bins' counts; NaN without crops."""
+    bins = confidence_bins(probabilities, labels, n_bins)
+    n = sum(b["count"] for b in bins)
+    if n == 0:
         return float("nan")
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    error = 0.0
-    for b in np.unique(bins):
-        members = bins == b
-        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins))
 
 
 def calibration_record(probabilities: np.ndarray, labels: np.ndarray) -> dict:

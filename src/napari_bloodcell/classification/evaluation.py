@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, OutputExistsError
-from .calibration import expected_calibration_error
+from .calibration import confidence_bins, expected_calibration_error
 from .datasets import (
     find_labelled_files,
     learnt_source_names,
@@ -26,7 +26,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
     ``y_true``/``y_pred`` are class indices; a prediction of -1 means "uncertain"
-    and counts as wrong (it is reported in ``uncertain_rate``).
+    and counts as wrong (it is reported in ``uncertain_rate``). ``macro_f1`` is the mean
+    F1 of the classes present in ``y_true`` (scikit-learn's macro average with those
+    labels): a class that is only predicted, never true, is left out of the mean (a test
+    set without some of the model's classes is not scored 0 for them); its wrong answers
+    lower the recall of the true classes.
     """
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
@@ -146,7 +150,7 @@ def score_probabilities(
         float(np.mean(predicted[decided] == labels[decided])) if decided.any() else float("nan")
     )
     metrics["ece"] = expected_calibration_error(probabilities, labels)
-    metrics["reliability"] = reliability_bins(probabilities, labels)
+    metrics["reliability"] = confidence_bins(probabilities, labels)  # the ECE's bins
     metrics["coverage_curve"] = coverage_curve(confidence, predicted == labels)
     return metrics
 
@@ -195,23 +199,6 @@ def add_confidence_intervals(
             if np.isfinite(f1).any()
             else (float("nan"), float("nan"))
         )
-
-
-def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> list:
-    """Per confidence bin: mean confidence, accuracy and count (for the reliability diagram)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    return [
-        {
-            "bin_low": b / n_bins,
-            "confidence": float(confidence[bins == b].mean()),
-            "accuracy": float(correct[bins == b].mean()),
-            "count": int((bins == b).sum()),
-        }
-        for b in range(n_bins)
-        if (bins == b).any()
-    ]
 
 
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> list:
@@ -292,9 +279,9 @@ def plot_reliability(metrics: dict, path: Path) -> None:
     bins = metrics["reliability"]
     left.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     left.bar(
-        [b["bin_low"] + 0.05 for b in bins],
+        [(b["bin_low"] + b["bin_high"]) / 2 for b in bins],
         [b["accuracy"] for b in bins],
-        width=0.09,
+        width=[0.9 * (b["bin_high"] - b["bin_low"]) for b in bins],
         alpha=0.7,
         label="accuracy per confidence bin",
     )
