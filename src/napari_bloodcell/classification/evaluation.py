@@ -174,7 +174,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 def add_confidence_intervals(
     metrics: dict, labels: np.ndarray, predicted: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> None:
-    """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1."""
+    """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1.
+    Crops count as independent (several crops of one frame are not: narrower intervals)."""
     rng = np.random.default_rng(seed)
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     n, classes = len(labels), metrics["classes"]
