@@ -477,7 +477,8 @@ def fit(
         metrics=["accuracy"],
     )
     train = make_tf_dataset(
-        dataset.subset(train_idx),
+        dataset,
+        train_idx,
         config.batch_size,
         augment=True,
         seed=config.seed,
@@ -487,9 +488,7 @@ def fit(
         lamp_jitter=config.lamp_jitter,
         grey_probability=config.grey_probability,
     )
-    val = make_tf_dataset(
-        dataset.subset(val_idx), config.batch_size, augment=False, seed=config.seed
-    )
+    val = make_tf_dataset(dataset, val_idx, config.batch_size, augment=False, seed=config.seed)
     checkpoint = out.with_name(f".{out.stem}.checkpoint.weights.h5")
     callbacks = [
         keras.callbacks.EarlyStopping(
@@ -593,6 +592,7 @@ def model_to_fine_tune(init_model: str, classes: list[str]):
 
 def make_tf_dataset(
     dataset: CropDataset,
+    indices: np.ndarray,
     batch_size: int,
     *,
     augment: bool,
@@ -603,16 +603,23 @@ def make_tf_dataset(
     lamp_jitter: float = 0.0,
     grey_probability: float = 0.0,
 ):
-    """Batched tf.data pipeline of (crop in [0, 1], label), shuffled and augmented if asked
-    (deterministic: the same seed gives the same batches)."""
+    """Batched tf.data pipeline of (crop in [0, 1], label) of ``dataset``'s items
+    ``indices`` (repeats allowed, e.g. oversampling), in that order or, if ``augment``,
+    all shuffled anew every epoch and augmented (deterministic: the same seed gives the
+    same batches). Each crop is held once; batches are gathered from it by index, so
+    repeats and the shuffle cost indices, not copies of crops."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((dataset.images, dataset.labels))
+    used, position = np.unique(indices, return_inverse=True)
+    images = tf.constant(dataset.images[used])
+    labels = tf.constant(dataset.labels[used])
+    ds = tf.data.Dataset.from_tensor_slices(position.astype(np.int32))
     if augment:
-        ds = ds.shuffle(min(len(dataset.labels), 10_000), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(position), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     ds = ds.map(
-        lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
+        lambda i: (tf.cast(tf.gather(images, i), tf.float32) / 255.0, tf.gather(labels, i)),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
     if augment:
         augmenter = make_augmenter(
