@@ -653,7 +653,6 @@ def test_metadata_can_be_updated_without_touching_the_network(tiny_model, tmp_pa
         ("classes", ["a", "a"], "classes must be distinct"),
         ("input_size", 0, "input_size must be a positive integer"),
         ("classes", ["Lobed", "Round"], "class names must be lower case"),
-        ("architecture", "resnet", "unknown architecture 'resnet'"),
         ("format_version", 99, "format_version 99 is not one this napari-bloodcell reads"),
         ("training", [], "training must be a record"),
     ],

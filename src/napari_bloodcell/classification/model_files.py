@@ -21,7 +21,6 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ModelError, OutputExistsError
-from .architectures import ARCHITECTURES
 from .novelty import NoveltyReference
 
 METADATA_MEMBER = "napari_bloodcell.json"
@@ -212,11 +211,6 @@ def check_metadata(metadata: ModelMetadata) -> None:
         raise ModelError(
             f"class names must be lower case (class folders are matched by their lower-case "
             f"name), got {classes!r}"
-        )
-    if metadata.architecture not in ARCHITECTURES:
-        raise ModelError(
-            f"unknown architecture {metadata.architecture!r}; expected one of "
-            f"{', '.join(ARCHITECTURES)}"
         )
     version = metadata.format_version
     if not (isinstance(version, int) and 1 <= version <= FORMAT_VERSION):
