@@ -460,7 +460,7 @@ def test_numpy_numbers_in_a_training_config_are_recorded_as_json(tiny_model):
     config = TrainingConfig(epochs=np.int64(2), seed=np.int64(1), learning_rate=np.float32(1e-3),
                             test_time_views=np.int64(4)).resolved()  # fmt: skip
     assert json.loads(json.dumps(vars(config)))["epochs"] == 2
-    tuned = TrainingConfig(init_model=str(tiny_model), normalization="group").resolved()
+    tuned = TrainingConfig(init_model=str(tiny_model)).resolved()
     assert tuned.normalization == "batch"  # what the fine-tuned network really has
 
 
