@@ -357,6 +357,17 @@ def test_split_into_counts_splits_only_counted_objects():
     assert abs(areas[0] - areas[1]) <= 20  # about 100 px each, split across the long side
 
 
+def test_split_into_counts_keeps_every_object_of_labels_without_background():
+    """The renumbering took the smallest label for the background: without a 0 pixel,
+    object 1 was erased."""
+    labels = np.ones((6, 6), dtype=np.int32)
+    labels[:, 3:] = 2
+    kept = split_into_counts(labels, np.ones(labels.shape), np.array([0, 1, 1]))
+    np.testing.assert_array_equal(kept, labels)
+    split = split_into_counts(labels, np.ones(labels.shape), np.array([0, 2, 1]))
+    assert np.unique(split).tolist() == [1, 2, 3] and (split[:, 3:] == 2).all()
+
+
 def test_synthetic_time_lapse_frame_counts_leukocytes_and_platelets():
     """Streaky background must not pass as leukocytes; bright platelets must be found."""
     movie = make_timelapse(n_frames=10, seed=0)

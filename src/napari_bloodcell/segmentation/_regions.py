@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import regionprops_table
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 CELL_TYPES: tuple[str, ...] = ("wbc", "rbc", "platelet")
 
@@ -204,8 +204,7 @@ def split_into_counts(
         pixels = np.argwhere(inside)[part > 0] + [box[0].start, box[1].start]
         result[tuple(pixels.T)] = next_label + part[part > 0] - 1
         next_label += k - 1
-    _, dense = np.unique(result, return_inverse=True)
-    return dense.reshape(result.shape).astype(np.int32)
+    return relabel_sequential(result)[0].astype(np.int32)  # 0 stays background
 
 
 def _weighted_kmeans(coords: np.ndarray, mass: np.ndarray, k: int, n_iterations: int) -> np.ndarray:
