@@ -1,13 +1,17 @@
 """Tests of napari_bloodcell.tracking: linking, class vote, measures, interactions, outputs."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.spatial.distance import cdist
 
-from napari_bloodcell.errors import BloodcellError, TrackingError
+from napari_bloodcell.errors import BloodcellError, OutputExistsError, TrackingError
 from napari_bloodcell.synthetic import make_timelapse
 from napari_bloodcell.tracking import (
     TrackingParams,
+    Units,
     ctc_scores,
     ctc_segments,
     track_table,
@@ -15,7 +19,7 @@ from napari_bloodcell.tracking import (
     write_ctc,
     write_tracking,
 )
-from napari_bloodcell.tracking.interactions import aggregate_sizes
+from napari_bloodcell.tracking.interactions import aggregate_sizes, nearest_platelets
 
 
 def cells(rows: list[tuple]) -> pd.DataFrame:
@@ -343,3 +347,111 @@ def test_assumed_diameters_are_cell_sized_at_any_magnification():
     result = track_table(table, pixel_size_um=0.1)
     assert result.contact_distance == pytest.approx(0.5 * (10.0 + 3.0))  # µm
     assert track_table(table).contact_distance == pytest.approx(0.5 * (15.0 + 4.0))  # px
+
+
+def test_the_tracking_settings_are_written_beside_the_tables(tmp_path):
+    """Only the tables were written: the settings they were made with were lost."""
+    from importlib.metadata import version
+
+    rows = [(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]
+    params = TrackingParams(wbc_max_speed=np.float64(30.0), min_contact_frames=3)
+    result = track_table(cells(rows), pixel_size_um=0.5, frame_interval_s=10.0, params=params)
+    written = write_tracking(result, tmp_path)
+    assert tmp_path / "tracking.json" in written
+    settings = json.loads((tmp_path / "tracking.json").read_text())
+    assert settings["pixel_size_um"] == 0.5 and settings["frame_interval_s"] == 10.0
+    assert settings["params"] == {
+        "wbc_max_speed": 30.0,
+        "platelet_max_speed": None,
+        "max_gap_frames": 2,
+        "contact_distance": None,
+        "min_contact_frames": 3,
+        "aggregate_distance": None,
+        "min_aggregate_size": 3,
+        "msd_max_lag_frames": 20,
+    }
+    assert settings["contact_distance"] == pytest.approx(result.contact_distance)
+    assert settings["aggregate_distance"] == pytest.approx(result.aggregate_distance)
+    assert settings["length_unit"] == "um" and settings["laptrack_version"] == version("laptrack")
+    # the settings alone are results too: never replaced unless asked
+    for table in tmp_path.glob("*.csv"):
+        table.unlink()
+    with pytest.raises(OutputExistsError, match="tracking.json"):
+        write_tracking(result, tmp_path)
+    write_tracking(result, tmp_path, overwrite=True)
+
+
+def _typed_cells(rows: list[tuple]) -> pd.DataFrame:
+    """:func:`cells` with the column types of a table with rows, also without rows."""
+    return cells([(0, 1, 0.0, 0.0, "wbc"), *rows]).iloc[1:].reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [],
+        [(0, 1, 1.0, 1.0, "rbc")],
+        [(0, 1, 1.0, 1.0, "wbc"), (0, 2, 50.0, 50.0, "platelet")],  # one frame: no MSD
+        [(t, 1, 0.0, 5.0 + t, "wbc") for t in range(3)],  # no platelet: no contact
+    ],
+    ids=["no cells", "red cells only", "one frame", "no contact"],
+)
+def test_tables_without_rows_have_the_column_types_of_tables_with_rows(rows):
+    full = [(t, 1, 0.0, 5.0, "wbc") for t in range(4)] + [
+        (t, 2, 0.0, 5.5, "platelet") for t in range(4)
+    ]
+    params = TrackingParams(contact_distance=2.0)
+    reference = track_table(_typed_cells(full), frame_interval_s=10.0, params=params)
+    result = track_table(_typed_cells(rows), frame_interval_s=10.0, params=params)
+    for name in ("tracks", "summary", "interactions", "nearest_platelet", "msd"):
+        table, typed = getattr(result, name), getattr(reference, name)
+        assert len(typed), name
+        pd.testing.assert_series_equal(table.dtypes, typed.dtypes, obj=name)
+
+
+def test_nearest_platelets_match_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    rows = []
+    for t in range(12):
+        n_platelets = 0 if t == 4 else 15  # a frame without platelets
+        leukocytes = 0 if t == 7 else 4  # and one without leukocytes
+        for i, kind in enumerate(["wbc"] * leukocytes + ["platelet"] * n_platelets):
+            rows.append((t, i + 1, *rng.uniform(0, 60, 2), kind))
+    tracks = track_table(cells(rows)).tracks.sample(frac=1.0, random_state=0)  # any order
+    nearest = nearest_platelets(
+        tracks, Units(), contact_distance=6.0, aggregate_distance=8.0, min_aggregate_size=3
+    )
+    expected = []
+    for (track_id, frame), row in tracks.set_index(["track_id", "frame"]).iterrows():
+        if row["cell_type"] != "wbc":
+            continue
+        here = tracks[(tracks["frame"] == frame) & (tracks["cell_type"] == "platelet")]
+        points = here[["centroid_y", "centroid_x"]].to_numpy()
+        distances = cdist([[row["centroid_y"], row["centroid_x"]]], points)[0]
+        sizes = aggregate_sizes(points, 8.0) if len(points) else np.zeros(0, int)
+        members = distances[sizes >= 3]
+        expected.append(
+            {
+                "track_id": track_id,
+                "frame": frame,
+                "platelet_distance_px": distances.min() if len(points) else np.nan,
+                "platelet_track_id": here["track_id"].iloc[distances.argmin()]
+                if len(points)
+                else -1,
+                "aggregate_distance_px": members.min() if len(members) else np.nan,
+                "aggregate_size": sizes[sizes >= 3][members.argmin()] if len(members) else 0,
+            }
+        )
+    expected = pd.DataFrame(expected).sort_values(["track_id", "frame"]).reset_index(drop=True)
+    assert len(expected) == 11 * 4 and (expected["platelet_track_id"] == -1).sum() == 4
+    assert (expected["aggregate_size"] > 0).any() and (expected["aggregate_size"] == 0).any()
+    pd.testing.assert_frame_equal(nearest[expected.columns], expected, check_dtype=False)
+    assert nearest["in_contact"].tolist() == (expected["platelet_distance_px"] <= 6.0).tolist()
+
+
+def test_msd_pairs_are_the_detections_exactly_lag_frames_apart():
+    rows = [(t, 1, 0.0, float(t * t), "wbc") for t in (0, 1, 3)]  # frame 2 missed
+    params = TrackingParams(wbc_max_speed=10.0)
+    msd = track_table(cells(rows), params=params).msd.set_index("lag_frames")
+    assert msd["n_pairs"].to_dict() == {1: 1, 2: 1, 3: 1}  # 1 → 3 is lag 2, not 1
+    assert msd["msd_px2"].to_dict() == {1: 1.0, 2: 64.0, 3: 81.0}

@@ -2,20 +2,23 @@
 
 :func:`track_table` is the single entry point: it takes the per-cell table of
 :mod:`napari_bloodcell.pipeline` (one row per cell per frame, centroids in px) and returns a
-:class:`TrackingResult`; :func:`write_tracking` writes its tables as CSV. Lengths are µm when
-``pixel_size_um`` is given (else px); times are seconds / minutes when ``frame_interval_s`` is
-given (else frames). See ``docs/tracking.md``.
+:class:`TrackingResult`; :func:`write_tracking` writes its tables as CSV and its settings as
+JSON. Lengths are µm when ``pixel_size_um`` is given (else px); times are seconds / minutes
+when ``frame_interval_s`` is given (else frames). See ``docs/tracking.md``.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .. import __version__
 from ..errors import BloodcellError, OutputExistsError, TrackingError
 from ..table import write_table
 from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, checked_cells
@@ -56,7 +59,9 @@ OUTPUT_FILES = {
     "interactions": "interactions.csv",
     "nearest_platelet": "nearest_platelet.csv",
     "msd": "msd.csv",
+    "settings": "tracking.json",
 }
+"""The files of :func:`write_tracking`: the result's tables and its ``settings``."""
 
 
 @dataclass
@@ -74,6 +79,8 @@ class TrackingResult:
     * ``msd``: mean-squared displacement per track and lag.
     * ``units``, ``contact_distance``, ``aggregate_distance``: what was used (length unit).
     * ``params``: the parameters it was made with.
+    * ``settings`` (property): all of these settings as a JSON-ready dict
+      (``tracking.json``).
     """
 
     tracks: pd.DataFrame
@@ -85,6 +92,27 @@ class TrackingResult:
     contact_distance: float
     aggregate_distance: float
     params: TrackingParams
+
+    @property
+    def settings(self) -> dict:
+        """Pixel size (µm/px), frame interval (s), units, ``params`` (None: the default),
+        the contact and aggregate distances used (length unit) and the software versions."""
+        return {
+            "pixel_size_um": _plain(self.units.pixel_size_um),
+            "frame_interval_s": _plain(self.units.frame_interval_s),
+            "length_unit": self.units.length_unit,
+            "speed_unit": self.units.speed_unit,
+            "params": {name: _plain(value) for name, value in asdict(self.params).items()},
+            "contact_distance": self.contact_distance,
+            "aggregate_distance": self.aggregate_distance,
+            "laptrack_version": version("laptrack"),
+            "napari_bloodcell_version": __version__,
+        }
+
+
+def _plain(value):
+    """A numpy number as a Python one (JSON has no numpy types); other values as they are."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def track_table(
@@ -114,8 +142,8 @@ def track_table(
     tracks = link_cells(cells, units, params)
     tracks["t_s"] = units.seconds(tracks["frame"].to_numpy(dtype=float))
     votes = vote_track_classes(tracks)
-    for column in VOTE_COLUMNS:
-        tracks[column] = tracks["track_id"].map(votes[column])
+    for column in VOTE_COLUMNS:  # typed also without tracks (map gives float64 then)
+        tracks[column] = tracks["track_id"].map(votes[column]).astype(votes[column].dtype)
     tracks = tracks[LEADING_COLUMNS + [c for c in tracks if c not in LEADING_COLUMNS]]
     tracks["track_id"] = tracks["track_id"].astype(np.int64)
 
@@ -143,7 +171,7 @@ def track_table(
 
 
 def existing_tracking_files(out_dir: str | Path) -> list[Path]:
-    """The tracking tables (``OUTPUT_FILES``) already in ``out_dir``."""
+    """The tracking outputs (``OUTPUT_FILES``: tables and settings) already in ``out_dir``."""
     out_dir = Path(out_dir)
     return [out_dir / name for name in OUTPUT_FILES.values() if (out_dir / name).exists()]
 
@@ -151,8 +179,8 @@ def existing_tracking_files(out_dir: str | Path) -> list[Path]:
 def write_tracking(
     result: TrackingResult, out_dir: str | Path, *, overwrite: bool = False
 ) -> list[Path]:
-    """Write the tables of ``result`` as CSV files in ``out_dir`` (see ``OUTPUT_FILES``);
-    existing ones are replaced only with ``overwrite``
+    """Write the tables of ``result`` as CSV files and its settings as ``tracking.json`` in
+    ``out_dir`` (see ``OUTPUT_FILES``); existing ones are replaced only with ``overwrite``
     (:class:`~napari_bloodcell.errors.OutputExistsError` otherwise, before any is written)."""
     out_dir = Path(out_dir)
     existing = existing_tracking_files(out_dir)
@@ -164,12 +192,17 @@ def write_tracking(
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} is a file; the tracking tables need a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []  # all tables or none (a full disk stops half-way)
+    staged: list[tuple[Path, Path]] = []  # all files or none (a full disk stops half-way)
     replaced: list[Path] = []
     try:
         for name, file in OUTPUT_FILES.items():
-            partial = write_table(getattr(result, name), out_dir / f".{file}.partial.csv")
+            output = getattr(result, name)
+            partial = out_dir / f".{file}.partial{Path(file).suffix}"
             staged.append((partial, out_dir / file))
+            if isinstance(output, dict):
+                partial.write_text(json.dumps(output, indent=2))
+            else:
+                write_table(output, partial)
         for partial, final in staged:
             os.replace(partial, final)
             replaced.append(final)

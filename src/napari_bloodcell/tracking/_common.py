@@ -126,6 +126,11 @@ class Units:
         return frames * (self.frame_interval_s if self.frame_interval_s else np.nan)
 
 
+def empty_table(dtypes: dict[str, object]) -> pd.DataFrame:
+    """A table without rows whose columns have ``dtypes`` (those of the table with rows)."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
+
+
 def _check_positive(name: str, value, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return

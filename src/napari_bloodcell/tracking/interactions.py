@@ -14,7 +14,7 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from ._common import TrackingParams, Units, median_diameter
+from ._common import TrackingParams, Units, empty_table, median_diameter
 
 
 def resolve_distances(
@@ -37,14 +37,6 @@ def aggregate_sizes(points: np.ndarray, distance: float) -> np.ndarray:
     return np.bincount(component)[component]
 
 
-def _nearest(sources: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance and index of the nearest of ``targets`` for each source (NaN, -1 if none)."""
-    if len(targets) == 0:
-        return np.full(len(sources), np.nan), np.full(len(sources), -1)
-    distance, index = cKDTree(targets).query(sources)
-    return distance, index
-
-
 def nearest_platelets(
     tracks: pd.DataFrame,
     units: Units,
@@ -58,61 +50,50 @@ def nearest_platelets(
     Columns: ``track_id, frame, t_s, platelet_distance_<u>, platelet_track_id`` (-1 when the
     frame has no platelet), ``aggregate_distance_<u>, aggregate_size`` (0 when none),
     ``in_contact`` (platelet distance ≤ ``contact_distance``), ``aggregate_in_contact``
-    (aggregate distance ≤ ``contact_distance``).
+    (aggregate distance ≤ ``contact_distance``). Rows sorted by track, then frame.
     """
     length = units.length_unit
-    wbc = tracks[tracks["cell_type"] == "wbc"]
-    platelets = tracks[tracks["cell_type"] == "platelet"]
-    platelets_by_frame = {frame: group for frame, group in platelets.groupby("frame")}
-    parts = []
-    for frame, leukocytes in wbc.groupby("frame", sort=True):
-        here = platelets_by_frame.get(frame, platelets.iloc[0:0])
-        sources = units.lengths(leukocytes[["centroid_y", "centroid_x"]].to_numpy(float))
-        targets = units.lengths(here[["centroid_y", "centroid_x"]].to_numpy(float))
-        distance, index = _nearest(sources, targets)
-        sizes = (
-            aggregate_sizes(targets, aggregate_distance)
-            if len(targets)
-            else np.zeros(0, dtype=np.int64)
-        )
-        in_aggregate = sizes >= min_aggregate_size
-        to_aggregate, aggregate_index = _nearest(sources, targets[in_aggregate])
-        # index -1 (nothing to be near) picks the trailing "none" value
-        platelet_ids = np.r_[here["track_id"].to_numpy(), -1]
-        member_sizes = np.r_[sizes[in_aggregate], 0]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "track_id": leukocytes["track_id"].to_numpy(),
-                    "frame": frame,
-                    f"platelet_distance_{length}": distance,
-                    "platelet_track_id": platelet_ids[index],
-                    f"aggregate_distance_{length}": to_aggregate,
-                    "aggregate_size": member_sizes[aggregate_index],
-                }
-            )
-        )
-    columns = [
-        "track_id",
-        "frame",
-        f"platelet_distance_{length}",
-        "platelet_track_id",
-        f"aggregate_distance_{length}",
-        "aggregate_size",
-    ]
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    table = table.astype(
+    tracked = tracks[tracks["cell_type"].isin(("wbc", "platelet"))]
+    by_frame = np.argsort(tracked["frame"].to_numpy(), kind="stable")  # a frame: row order
+    frames = tracked["frame"].to_numpy(dtype=np.int64)[by_frame]
+    track_ids = tracked["track_id"].to_numpy(dtype=np.int64)[by_frame]
+    is_wbc = (tracked["cell_type"] == "wbc").to_numpy()[by_frame]
+    yx = units.lengths(tracked[["centroid_y", "centroid_x"]].to_numpy(dtype=float))[by_frame]
+    # per leukocyte row (in frame order): what it is near; stays "none" without platelets
+    n_wbc = int(is_wbc.sum())
+    to_platelet = np.full(n_wbc, np.nan)
+    platelet_ids = np.full(n_wbc, -1, dtype=np.int64)
+    to_aggregate = np.full(n_wbc, np.nan)
+    aggregate_size = np.zeros(n_wbc, dtype=np.int64)
+    wbc_row = np.cumsum(is_wbc) - 1
+    starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(frames)], strict=True):
+        leukocytes, platelets = is_wbc[start:end], ~is_wbc[start:end]
+        if not leukocytes.any() or not platelets.any():
+            continue
+        rows = wbc_row[start:end][leukocytes]
+        sources, targets = yx[start:end][leukocytes], yx[start:end][platelets]
+        to_platelet[rows], nearest = cKDTree(targets).query(sources)
+        platelet_ids[rows] = track_ids[start:end][platelets][nearest]
+        sizes = aggregate_sizes(targets, aggregate_distance)
+        members = sizes >= min_aggregate_size
+        if members.any():
+            to_aggregate[rows], member = cKDTree(targets[members]).query(sources)
+            aggregate_size[rows] = sizes[members][member]
+    wbc_frames = frames[is_wbc]
+    table = pd.DataFrame(
         {
-            "track_id": np.int64,
-            "frame": np.int64,
-            "platelet_track_id": np.int64,
-            "aggregate_size": np.int64,
+            "track_id": track_ids[is_wbc],
+            "frame": wbc_frames,
+            "t_s": units.seconds(wbc_frames.astype(float)),
+            f"platelet_distance_{length}": to_platelet,
+            "platelet_track_id": platelet_ids,
+            f"aggregate_distance_{length}": to_aggregate,
+            "aggregate_size": aggregate_size,
+            "in_contact": to_platelet <= contact_distance,
+            "aggregate_in_contact": to_aggregate <= contact_distance,
         }
     )
-    table.insert(2, "t_s", units.seconds(table["frame"].to_numpy(dtype=float)))
-    table["in_contact"] = (table[f"platelet_distance_{length}"] <= contact_distance).astype(bool)
-    touching = table[f"aggregate_distance_{length}"] <= contact_distance
-    table["aggregate_in_contact"] = touching.astype(bool)
     return table.sort_values(["track_id", "frame"]).reset_index(drop=True)
 
 
@@ -132,21 +113,21 @@ def contact_events(
     """
     length = units.length_unit
     distance = f"platelet_distance_{length}"
-    columns = [
-        "event_id",
-        "track_id",
-        "start_frame",
-        "end_frame",
-        "n_frames",
-        "start_s",
-        "end_s",
-        "duration_s",
-        f"min_distance_{length}",
-        "platelet_track_id",
-        "with_aggregate",
-    ]
+    columns = {
+        "event_id": np.int64,
+        "track_id": np.int64,
+        "start_frame": np.int64,
+        "end_frame": np.int64,
+        "n_frames": np.int64,
+        "start_s": float,
+        "end_s": float,
+        "duration_s": float,
+        f"min_distance_{length}": float,
+        "platelet_track_id": np.int64,
+        "with_aggregate": bool,
+    }
     if nearest.empty:
-        return pd.DataFrame(columns=columns)
+        return empty_table(columns)
     contact = nearest["in_contact"].to_numpy(bool)
     new_run = (
         (nearest["track_id"].diff() != 0)
@@ -170,4 +151,4 @@ def contact_events(
     events["end_s"] = units.seconds(events["end_frame"].astype(float))
     spanned = events["end_frame"] - events["start_frame"] + 1
     events["duration_s"] = units.seconds(spanned.astype(float))
-    return events[columns]
+    return events[list(columns)]

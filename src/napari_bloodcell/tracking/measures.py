@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..classification.inference import UNCERTAIN
-from ._common import Units
+from ._common import Units, empty_table
 
 _UNCERTAIN_WEIGHT = 1e-9  # an "uncertain" frame only decides a track with no other class
 VOTE_COLUMNS = ("track_class", "track_class_confidence", "track_class_agreement")
@@ -27,7 +27,8 @@ def vote_track_classes(tracks: pd.DataFrame) -> pd.DataFrame:
     """
     columns = list(VOTE_COLUMNS)
     if tracks.empty:
-        return pd.DataFrame(columns=columns, index=pd.Index([], name="track_id", dtype=np.int64))
+        votes = empty_table(dict(zip(columns, (str, float, float), strict=True)))
+        return votes.set_axis(pd.Index([], name="track_id", dtype=np.int64))
     classes = tracks["cell_class"].astype(str)
     weights = (
         tracks["confidence"].astype(float).fillna(1.0).clip(lower=0.0)
@@ -98,14 +99,19 @@ def track_summary(tracks: pd.DataFrame, units: Units) -> pd.DataFrame:
 def msd_table(tracks: pd.DataFrame, units: Units, max_lag_frames: int) -> pd.DataFrame:
     """Mean-squared displacement per track and lag (1..``max_lag_frames`` frames).
 
-    Every pair of a track's detections ``lag`` frames apart contributes (pairs across a gap
-    are skipped). Columns: ``track_id, lag_frames, lag_s`` (NaN without a frame interval),
+    Every pair of a track's detections exactly ``lag`` frames apart contributes, also one
+    that spans a missed frame; consecutive detections across a missed frame are a pair of
+    lag 2, not 1. Columns: ``track_id, lag_frames, lag_s`` (NaN without a frame interval),
     ``msd_<unit>2`` (length unit squared) and ``n_pairs``; lags without pairs are left out.
     """
     length = units.length_unit
-    columns = ["track_id", "lag_frames", "lag_s", f"msd_{length}2", "n_pairs"]
-    if tracks.empty:
-        return pd.DataFrame(columns=columns)
+    columns = {
+        "track_id": np.int64,
+        "lag_frames": np.int64,
+        "lag_s": float,
+        f"msd_{length}2": float,
+        "n_pairs": np.int64,
+    }
     # pairs found by a merge per lag: memory follows the detections, not frames × tracks
     points = pd.DataFrame(
         {
@@ -135,7 +141,7 @@ def msd_table(tracks: pd.DataFrame, units: Units, max_lag_frames: int) -> pd.Dat
             )
         )
     if not parts:
-        return pd.DataFrame(columns=columns)
+        return empty_table(columns)
     return (
         pd.concat(parts, ignore_index=True)
         .sort_values(["track_id", "lag_frames"])
