@@ -175,6 +175,75 @@ def test_tracks_after_a_leading_channel_axis_keep_the_shear_of_their_axes(movie)
     np.testing.assert_allclose(Affine(shear=meta["shear"], ndim=3).shear, expected.shear)
 
 
+def _tracks_layer(classes: list[str]):
+    """A napari Tracks layer (no viewer) of one 3-frame track per class of ``classes``,
+    each frame of a track classed as the track, the last frame without a confidence."""
+    import napari
+
+    from napari_bloodcell._napari._layers import Placement, tracks_layers
+
+    rows = [
+        {
+            "track_id": track_id,
+            "frame": frame,
+            "centroid_y": 10.0 * track_id,
+            "centroid_x": float(frame),
+            "cell_type": "platelet" if name == "platelet" else "wbc",
+            "cell_class": name,
+            "confidence": np.nan if frame == 2 else 0.9,
+            "track_class": name,
+        }
+        for track_id, name in enumerate(classes, start=1)
+        for frame in range(3)
+    ]
+    placement = Placement(scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
+    ((data, meta, _),) = tracks_layers(pd.DataFrame(rows), "m", placement, {})
+    return napari.layers.Tracks(data, **meta)
+
+
+def _class_names(layer, column: str) -> list[str]:
+    """The class of each point of a tracks layer, from its ``<column>_code`` feature."""
+    names = layer.metadata["napari_bloodcell"]["categories"][column]
+    return [names[int(code * len(names))] for code in layer.features[f"{column}_code"]]
+
+
+def test_tracks_of_three_classes_or_more_are_drawn_in_their_class_colours():
+    """Codes 0, 1, 2 … against colour bands over 0..1: every class after the first was
+    drawn in the last class's colour (a platelet track grey beside an uncertain one)."""
+    from matplotlib.colors import to_rgba
+
+    from napari_bloodcell.classes import class_colours
+
+    classes = ["leukocyte", "platelet", "uncertain", "neutrophil"]
+    layer = _tracks_layer(classes)
+    assert layer.color_by == "track_class_code"
+    track_classes = [classes[track_id - 1] for track_id in layer.features["track_id"]]
+    colours = class_colours(classes)
+    expected = [to_rgba(colours[name]) for name in track_classes]
+    np.testing.assert_allclose(layer.track_colors, expected, atol=1e-6)
+    assert _class_names(layer, "track_class") == track_classes
+
+
+def test_every_colour_by_choice_of_a_tracks_layer_works():
+    """napari offers every feature to colour by: the class names (text) raised TypeError."""
+    from matplotlib.colors import to_rgba
+
+    from napari_bloodcell.classes import class_colours
+
+    layer = _tracks_layer(["neutrophil", "lymphocyte", "platelet"])
+    choices = layer.properties_to_color_by
+    assert {"track_class_code", "cell_class_code", "cell_type_code", "confidence"} <= set(choices)
+    for choice in choices:
+        layer.color_by = choice
+        assert layer.color_by == choice
+        coloured = np.isfinite(layer.features[choice]).to_numpy()
+        assert np.isfinite(layer.track_colors[coloured]).all() and coloured.any(), choice
+    layer.color_by = "cell_type_code"  # class columns: the fixed class colours
+    colours = class_colours(["platelet", "wbc"])
+    expected = [to_rgba(colours[name]) for name in _class_names(layer, "cell_type")]
+    np.testing.assert_allclose(layer.track_colors, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(("axes", "letters", "frame"), [("TYX", "YX", 2), ("CYX", "YX", None)])
 def test_outputs_land_on_their_plane_of_a_rotated_and_sheared_image(axes, letters, frame):
     """The frame offset (or channel centring) is turned with the image: a rotation that

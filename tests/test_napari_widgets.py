@@ -251,11 +251,18 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert widget.tracking.params.wbc_max_speed is None  # 0: the default
     tracks = viewer.layers["movie tracks"]
     assert tracks.data.shape[1] == 4 and len(tracks.data) == len(widget.tracking.tracks)
-    assert {"track_class", "cell_type", "cell_class", "frame"} <= set(tracks.features.columns)
-    assert set(tracks.features["track_class"].astype(str)) <= {"leukocyte", "platelet"}
+    codes = ["track_class_code", "cell_type_code", "cell_class_code"]
+    assert {*codes, "frame"} <= set(tracks.features.columns)
+    # only numbers: napari offers every feature to colour by and fails on text
+    assert all(pd.api.types.is_numeric_dtype(dtype) for dtype in tracks.features.dtypes)
+    names = tracks.metadata["napari_bloodcell"]["categories"]["track_class"]
+    track_classes = [names[int(code * len(names))] for code in tracks.features[codes[0]]]
+    assert set(track_classes) <= {"leukocyte", "platelet"}
+    by_track = pd.Series(track_classes).groupby(tracks.features["track_id"]).first()
+    voted = widget.tracking.summary.set_index("track_id")["track_class"]
+    assert by_track.to_dict() == voted.to_dict()
     assert tracks.color_by == "track_class_code"
     # each track drawn in its class's fixed colour, and the controls name that colormap
-    track_classes = tracks.features["track_class"].astype(str)
     colours = class_colours(sorted(set(track_classes)))
     expected = [to_rgba(colours[name]) for name in track_classes]
     np.testing.assert_allclose(tracks.track_colors, expected, atol=1e-6)
@@ -297,6 +304,35 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
         str(tmp_path / "saved.csv"), selected=True, plugin="napari-bloodcell"
     )
     assert saved and len(read_table(tmp_path / "saved.csv")) == len(cells.features)
+
+
+def test_tracking_cells_without_leukocytes_or_platelets_adds_no_tracks_layer(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """No leukocyte or platelet: napari failed to make a Tracks layer of no point (an
+    IndexError, not a notification) and the status stayed 'tracking…'."""
+    from napari_bloodcell._napari._batch import BatchWidget
+    from napari_bloodcell.table import read_table
+
+    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=1, n_platelets=3, seed=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image, rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    _track(widget, qtbot)
+    tracks = viewer.layers["movie tracks"]
+    cells = viewer.layers["movie stack cells"]
+    cells.features = cells.features.assign(cell_type="rbc")  # all of them red cells now
+    _track(widget, qtbot)
+    assert widget.status.value == "no leukocytes or platelets to track"
+    assert tracks.name == "movie tracks (earlier run)"  # not these cells' tracks
+    assert [layer.name for layer in viewer.layers].count("movie tracks") == 0
+    assert widget.tracking is not None and widget.tracking.tracks.empty
+    widget.export_file.value = tmp_path / "cells.csv"
+    assert widget.export()  # the empty tracking tables, with their settings
+    assert read_table(tmp_path / "cells_tracking" / "tracks.csv").empty
+    assert (tmp_path / "cells_tracking" / "tracking.json").is_file()
 
 
 def test_results_line_up_with_a_layer_whose_channels_are_a_slider(

@@ -60,12 +60,14 @@ class BatchWidget(AnalysisWidget):
                 min=0.0,
                 max=1e6,
                 step=1.0,
-                tooltip=f"largest speed of a {name} link: µm/min (px/frame without pixel size "
-                f"and frame interval); 0 = default ({default}); raise it for cells that flow",
+                tooltip=f"largest speed of a {name} link: µm/min; µm/frame with a pixel size "
+                f"but no frame interval, px/min with a frame interval but no pixel size, "
+                f"px/frame with neither. 0 = default: {default} µm/min with both, else "
+                f"{diameters} per frame. Raise it for cells that flow",
             )  # fmt: skip
-            for cell, name, default in (
-                ("wbc", "leukocyte", "50 µm/min"),
-                ("platelet", "platelet", "5 µm/min"),
+            for cell, name, default, diameters in (
+                ("wbc", "leukocyte", 50, "1 median leukocyte diameter"),
+                ("platelet", "platelet", 5, "0.5 median platelet diameters"),
             )
         }
         self.track_button = PushButton(text="Track cells")
@@ -97,10 +99,15 @@ class BatchWidget(AnalysisWidget):
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
         steps = stack_steps(job)
         self.tracking = None  # the tracks of an earlier result are not this run's …
-        for layer in self._viewer.layers:  # … nor is their layer: kept, named as such
-            if layer_key(layer.metadata) == tracks_key(job.source) and release_layer(layer):
-                layer.name = f"{layer.name} (earlier run)"
+        self._release_tracks_layer(job.source)  # … nor is their layer
         return steps, job.layout.n_frames
+
+    def _release_tracks_layer(self, source: str) -> None:
+        """Keep the tracks layer of image ``source``, named ``… (earlier run)``, but never
+        update it again."""
+        for layer in self._viewer.layers:
+            if layer_key(layer.metadata) == tracks_key(source) and release_layer(layer):
+                layer.name = f"{layer.name} (earlier run)"
 
     def _apply(self, item: StackProgress) -> None:
         self._latest = item
@@ -182,6 +189,11 @@ class BatchWidget(AnalysisWidget):
     @while_open
     def _show_tracks(self, placement, parameters: dict, cells, table, result) -> None:
         source = parameters.get("source", cells.name)
+        if result.tracks.empty:  # napari cannot make a Tracks layer without points
+            self._release_tracks_layer(source)  # not this tracking's tracks
+            self.tracking, self._tracked_cells = result, (cells, table)  # empty tables
+            self.status.value = "no leukocytes or platelets to track"
+            return
         try:
             upsert_layers(self._viewer, tracks_layers(result.tracks, source, placement, parameters))
         except BloodcellError as exc:

@@ -319,14 +319,22 @@ def legend_html(table: pd.DataFrame, model_classes: list[str]) -> str:
 def tracks_layers(
     tracks: pd.DataFrame, source: str, placement: Placement, parameters: dict
 ) -> list[tuple]:
-    """A napari Tracks layer of ``tracks`` (``tracking.track_table``), coloured by the class
-    of each track with the fixed class colours; ``features`` = the per-point table plus
-    ``track_class_code`` (the numeric code napari colours by)."""
-    from napari.utils.colormaps import Colormap, ensure_colormap
+    """A napari Tracks layer of ``tracks`` (``tracking.track_table``, at least one row),
+    coloured by the class of each track with the fixed class colours.
+
+    napari offers every ``features`` column to colour by, and fails on text: the features
+    are the numeric columns of the per-point table with values, and ``<column>_code`` for
+    each class column (``cell_type``, ``cell_class``, ``track_class``), coloured by the
+    class colours; ``metadata["napari_bloodcell"]["categories"][column]`` lists the class
+    names. A code is the middle of its class's band of the colormap: (index + 0.5) / number
+    of classes (napari does not rescale values for a colormap of ``colormaps_dict``).
+    """
+    from napari.utils.colormaps import ensure_colormap
 
     from ..tracking import tracks_layer_data
+    from ..tracking.layers import CATEGORY_FEATURES
 
-    data, features, properties = tracks_layer_data(tracks)
+    data, features, _ = tracks_layer_data(tracks)
     # time must be the tracks' first axis: axes before it are dropped ((t, y, x) line up
     # with the image's last axes); napari's tracks have at most one more axis (Z)
     placement = placement.without_leading_axes()
@@ -338,27 +346,46 @@ def tracks_layers(
             "(viewer.add_image(layer.data, channel_axis=2)), and run the batch on that layer"
         )
     data = np.concatenate([data[:, :1], placement.coordinates(data[:, 1:])], axis=1)  # id first
-    features = features.assign(track_class_code=properties["track_class"])
-    names = [str(c) for c in features["track_class"].cat.categories]
-    colours = class_colours(names)
-    n = max(len(names), 1)
-    colormap = Colormap(
-        colors=[colours[name] for name in names] or ["#ffffff"],
-        controls=np.linspace(0.0, 1.0, n + 1),
-        interpolation="zero",
-        name=f"bloodcell tracks: {', '.join(names)}",
-    )
+    categories = {
+        column: [str(name) for name in features[column].cat.categories]
+        for column in CATEGORY_FEATURES
+        if column in features
+    }
+    codes, colormaps = {}, {}
+    for column, names in categories.items():
+        index = features[column].cat.codes.to_numpy(dtype=float)
+        codes[f"{column}_code"] = (index + 0.5) / max(len(names), 1)
+        title = "tracks" if column == "track_class" else column
+        colormaps[f"{column}_code"] = _class_band_colormap(names, f"bloodcell {title}")
+    numbers = features.select_dtypes("number").dropna(axis="columns", how="all").assign(**codes)
+    track_colormap = colormaps["track_class_code"]
     # registered, so that the layer controls show the colours in use, not napari's default
     # "turbo" (which ``color_by`` with ``colormaps_dict`` overrides)
-    ensure_colormap(colormap)
+    ensure_colormap(track_colormap)
+    metadata = layer_metadata(TRACKS_ROLE, source, parameters, placement.extra_axes)
+    metadata[METADATA_KEY]["categories"] = categories
     meta = {
         "name": f"{source} tracks",
-        "metadata": layer_metadata(TRACKS_ROLE, source, parameters, placement.extra_axes),
+        "metadata": metadata,
         **placement.layer_arguments,
-        "features": features,
-        "colormaps_dict": {"track_class_code": colormap},
+        "features": numbers,
+        "colormaps_dict": colormaps,
         "color_by": "track_class_code",
-        "colormap": colormap.name,
+        "colormap": track_colormap.name,
         "tail_length": 30,
     }
     return [(data, meta, "tracks")]
+
+
+def _class_band_colormap(names: list[str], title: str):
+    """A napari ``Colormap`` with one band of 1 / len(names) per class, in its fixed colour
+    (white without classes), named ``"<title>: <names>"``."""
+    from napari.utils.colormaps import Colormap
+
+    colours = class_colours(names)
+    return Colormap(
+        colors=[colours[name] for name in names] or ["#ffffff"],
+        controls=np.linspace(0.0, 1.0, max(len(names), 1) + 1),
+        interpolation="zero",
+        name=f"{title}: {', '.join(names)}",
+    )
