@@ -149,3 +149,57 @@ def test_a_call_that_got_the_worker_just_before_close_fails_clearly(tiny_model):
     remote._executor = lambda: pool  # the worker, as that call got it
     with pytest.raises(ModelError, match="this classifier was closed"):
         remote.predict(np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_an_error_in_the_worker_arrives_as_text_without_tensorflow(tiny_model, tmp_path):
+    """The worker re-raised TensorFlow's own exception: unpickling it here imported
+    TensorFlow into the napari process (the crash the worker exists to prevent), and the
+    widget called it a bug."""
+    script = tmp_path / "failing_worker.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        "from napari_bloodcell.classification import inference\n"
+        "\n"
+        "def out_of_memory(self, crops):  # runs in the worker, which imports this script\n"
+        "    import tensorflow as tf\n"
+        "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')\n"
+        "\n"
+        "inference.CellClassifier.predict = out_of_memory\n"
+        "\n"
+        "if __name__ == '__main__':\n"
+        "    from napari_bloodcell.classification.remote import RemoteClassifier\n"
+        "    from napari_bloodcell.errors import ModelError\n"
+        f"    with RemoteClassifier({str(tiny_model)!r}) as c:\n"
+        "        for _ in range(2):  # the worker keeps serving after a failed call\n"
+        "            try:\n"
+        "                c.predict_proba(np.zeros((1, 32, 32, 3), np.float32))\n"
+        "            except ModelError as exc:\n"
+        "                print('ModelError:', exc, c._pool is not None)\n"
+        "    sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.endswith(" True") for line in lines)
+    assert "classifying failed in the worker process (ResourceExhaustedError: OOM" in lines[0]
+
+
+def test_a_worker_that_died_while_idle_is_replaced_by_the_next_call(tiny_model):
+    """The next call failed ('the worker process stopped') although it never ran."""
+    import os
+    import signal
+    import time
+
+    crops = np.zeros((2, 32, 32, 3), np.float32)
+    with RemoteClassifier(tiny_model) as remote:
+        first = remote.predict_proba(crops)
+        (worker,) = remote._pool._processes.values()
+        os.kill(worker.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while exists(worker) and worker.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the executor notices the death
+        np.testing.assert_allclose(remote.predict_proba(crops), first, atol=1e-6)

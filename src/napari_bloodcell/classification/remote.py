@@ -45,14 +45,34 @@ def _load_in_worker(path: str, chosen_stamp: tuple[int, int]) -> None:
     try:
         _worker_classifier = CellClassifier(path, chosen_stamp=chosen_stamp)
         _worker_classifier.load()
-    except ModelError as exc:
-        _worker_error = exc
+    except ModelError as exc:  # a new error: this one's context may be Keras's exception
+        _worker_error = ModelError(str(exc))
+    except Exception as exc:  # TensorFlow or Keras failing to start: say what happened
+        _worker_error = ModelError(f"{path}: the network cannot be loaded ({_described(exc)})")
 
 
 def _predict_in_worker(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The worker's answer; its errors reach the caller as text only (:class:`ModelError`):
+    unpickling a TensorFlow exception there — also as another's context, which the tblib
+    pickling TensorFlow installs sends along — would import TensorFlow into the caller, the
+    crash this process exists to prevent."""
     if _worker_error is not None:
         raise _worker_error
-    return _worker_classifier.predict(crops)
+    try:
+        return _worker_classifier.predict(crops)
+    except Exception as exc:
+        failure = _described(exc)
+    raise WorkerCallError(  # outside the handler: no context
+        f"{_worker_classifier.path}: classifying failed in the worker process ({failure})"
+    )
+
+
+def _described(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+class WorkerCallError(ModelError):
+    """A call failed in the worker process, which still serves (its error as text)."""
 
 
 class RemoteClassifier(ModelFileClassifier):
@@ -60,7 +80,9 @@ class RemoteClassifier(ModelFileClassifier):
 
     Use as a context manager (or call :meth:`close`) to stop the worker; a closed
     classifier refuses further calls (:class:`ModelError`) instead of starting a worker
-    that nothing would stop. A worker that dies is replaced by the next call.
+    that nothing would stop. A worker that dies is replaced: by the next call when it died
+    during a call (which fails), by the same call when it died while idle. Errors in the
+    worker reach the caller as :class:`ModelError` text, never as TensorFlow's classes.
     """
 
     def __init__(self, model: str | Path = "default"):
@@ -91,7 +113,15 @@ class RemoteClassifier(ModelFileClassifier):
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         pool = self._executor()
         try:
-            return pool.submit(_predict_in_worker, crops).result()  # submit starts the worker
+            try:
+                future = pool.submit(_predict_in_worker, crops)  # submit starts the worker
+            except BrokenProcessPool:  # it died while idle: this call was never sent
+                self._stop(pool)
+                pool = self._executor()
+                future = pool.submit(_predict_in_worker, crops)
+            return future.result()
+        except WorkerCallError:
+            raise
         except ModelError:  # the worker could not load the file: the next call tries again
             self._stop(pool)
             raise
