@@ -4,7 +4,7 @@ TensorFlow must not share a process with a shown napari viewer (see
 :mod:`~napari_bloodcell.classification.remote`), so a GUI trains through a
 :class:`TrainingJob`: :func:`~.training.train_classifier` runs in a freshly *spawned*
 process that reports every epoch on a ``multiprocessing`` queue and checks a
-``multiprocessing`` event after each epoch to stop. The model is trained into a
+``multiprocessing`` event after each batch (and each crop read) to stop. The model is trained into a
 temporary folder and moved to ``<models_dir>/<name>.keras`` only when training
 succeeds, so a cancelled or failed run leaves nothing behind. No Qt here.
 """
@@ -115,7 +115,7 @@ class TrainingJob:
     """Train a model from class folders in a spawned process and save it as ``name``.
 
     Usage: ``job.start()``, then iterate :meth:`events` (it ends after the outcome);
-    :meth:`cancel` from another thread stops after the current epoch. Input problems
+    :meth:`cancel` from another thread stops after the current batch. Input problems
     (name taken, folder without class sub-folders, too few source images to validate,
     impossible settings) raise at construction.
     """
@@ -163,7 +163,9 @@ class TrainingJob:
             ) from None
 
     def cancel(self) -> None:
-        """Ask the training to stop after the current epoch (nothing is saved)."""
+        """Ask the training to stop after the current batch or crop read (nothing is saved;
+        while the finished network is calibrated, :meth:`events` ends it after its grace
+        time)."""
         self._stop.set()
 
     @property
