@@ -111,6 +111,13 @@ def test_classifier_outputs_probabilities_and_uncertain(tiny_model, tiny_heldout
     np.testing.assert_allclose(table[["p_lobed", "p_round"]].sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_cell_types_must_be_one_per_crop(tiny_model):
+    """A wrong count failed with numpy's 'operands could not be broadcast'."""
+    crops = np.zeros((3, 32, 32, 3), np.float32)
+    with pytest.raises(ModelError, match="2 cell types for 3 crops; give one per crop"):
+        CellClassifier(tiny_model).classify(crops, cell_types=["wbc", "platelet"])
+
+
 def test_decide_never_maps_uncertain_cells_to_the_first_class():
     """The seed rounded probabilities before argmax: unsure cells silently became class 0."""
     table = decide(np.array([[0.2, 0.45, 0.35], [0.05, 0.9, 0.05]]), ["a", "b", "c"], 0.5)
@@ -712,10 +719,10 @@ def test_dihedral_views_are_the_distinct_rotations_and_flips():
 
     crops = np.random.default_rng(0).random((2, 5, 5, 3))
     for n in (1, 2, 4, 8):
-        views = dihedral_views(crops, n)
+        views = list(dihedral_views(crops, n))
         assert len(views) == n and all(v.shape == crops.shape for v in views)
         assert len({v.tobytes() for v in views}) == n
-    np.testing.assert_array_equal(dihedral_views(crops, 1)[0], crops)
+    np.testing.assert_array_equal(next(dihedral_views(crops, 1)), crops)
     with pytest.raises(ModelError, match="one of"):
         dihedral_views(crops, 3)
 

@@ -3,6 +3,7 @@ and how novel each crop looks to the model: :mod:`.novelty`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,9 @@ class ModelFileClassifier:
         ``cell_class`` is the most probable class — among those plausible for each
         crop's segmented ``cell_types`` when given — or ``"uncertain"`` when its
         probability is below the threshold (default: the model's own). ``novelty`` > 1:
-        the crop looks less like the training images than 99 % of the model's validation
-        crops (NaN for a model without a novelty reference; see :mod:`.novelty`).
+        the crop looks less like the training images than 99 % of the validation crops of
+        the least familiar training microscope — of every other one, fewer than 1 % pass
+        1 (NaN for a model without a novelty reference; see :mod:`.novelty`).
         """
         threshold = (
             self.metadata.uncertain_threshold
@@ -106,6 +108,10 @@ class ModelFileClassifier:
         if not (isinstance(threshold, (int, float, np.number)) and 0 <= threshold <= 1):
             raise ModelError(
                 f"the uncertain threshold is a probability in [0, 1], got {threshold!r}"
+            )
+        if cell_types is not None and len(cell_types) != len(crops):
+            raise ModelError(
+                f"{len(cell_types)} cell types for {len(crops)} crops; give one per crop"
             )
         allowed = None if cell_types is None else plausible_class_mask(cell_types, self.classes)
         probabilities, features = self.predict(crops)
@@ -249,22 +255,24 @@ VIEW_TRANSFORMS = {
 """Per number of views: (quarter turns, horizontal flip) of each view."""
 
 
-def dihedral_views(crops: np.ndarray, views: int) -> list[np.ndarray]:
-    """Rotated/flipped copies of crops (N, S, S, C): 1 the crops, 2 + their horizontal
-    flip, 4 the 90° rotations, 8 the rotations and their flips."""
-    transforms = VIEW_TRANSFORMS[checked_views(views)]
-    turned = [np.rot90(crops, k, axes=(1, 2)) for k, _ in transforms]
-    return [
-        np.ascontiguousarray(view[:, :, ::-1] if flip else view)
-        for view, (_, flip) in zip(turned, transforms, strict=True)
-    ]
+def dihedral_views(crops: np.ndarray, views: int) -> Iterator[np.ndarray]:
+    """Rotated/flipped copies of crops (N, S, S, C), one at a time (a copy each: 8 at once
+    would be 7 batches more in memory): 1 the crops, 2 + their horizontal flip, 4 the 90°
+    rotations, 8 the rotations and their flips."""
+    transforms = VIEW_TRANSFORMS[checked_views(views)]  # checked now, not when iterated
+    return (_dihedral_view(crops, turns, flip) for turns, flip in transforms)
+
+
+def _dihedral_view(crops: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    view = np.rot90(crops, turns, axes=(1, 2))
+    return np.ascontiguousarray(view[:, :, ::-1] if flip else view)
 
 
 def mean_over_views(predict, crops: np.ndarray, views: int):
     """Mean of ``predict`` (crops → probabilities (N, K), or a tuple of arrays each averaged)
     over ``views`` dihedral views: a blood cell has no preferred orientation, so averaging
     them removes orientation noise."""
-    answers = [predict(view) for view in dihedral_views(crops, views)]
+    answers = [predict(view) for view in dihedral_views(crops, views)]  # one view at a time
     if isinstance(answers[0], tuple):
         return tuple(np.mean(column, axis=0) for column in zip(*answers, strict=True))
     return np.mean(answers, axis=0)

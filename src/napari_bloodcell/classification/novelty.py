@@ -5,10 +5,11 @@ mostly wrong there (docs/benchmarks.md: Zheng 2018). Its confidence does not war
 the distance of a crop's pooled CNN features from the training crops does (Lee et
 al., NeurIPS 2018): the Mahalanobis distance to the nearest mean of a class of one
 training microscope, with one shared covariance. It is reported relative to the
-distance that only 1 % of each training microscope's validation crops exceed, so
+distance that at most 1 % of each training microscope's validation crops exceed (exactly
+1 % of the least familiar microscope's, the largest of their 99th percentiles), so
 ``novelty > 1`` reads "less familiar than 99 % of the crops the model was checked on".
 
-One cell beyond 1 means little (1 % of familiar cells are); many do mean the images
+One cell beyond 1 means little (up to 1 % of familiar cells are); many do mean the images
 differ from the training ones (another microscope, stain or magnification), and the
 classes should not be trusted before fine-tuning (``train --init default``).
 """
@@ -148,7 +149,7 @@ def mahalanobis_distances(features: np.ndarray, reference: NoveltyReference) -> 
 
 def novelty(features: np.ndarray, reference: NoveltyReference) -> np.ndarray:
     """Per crop (N,): distance / the reference's threshold (> 1: less familiar than 99 %
-    of the validation crops)."""
+    of the validation crops of each training microscope)."""
     return mahalanobis_distances(features, reference) / reference.threshold
 
 
@@ -157,7 +158,8 @@ def novelty_warning(novelty_values, cells: str = "classified cells") -> str | No
 
     Warned when at least :data:`WARNING_SHARE` of the cells are novel and a binomial test
     against 1 % gives p < :data:`WARNING_P_VALUE` (so a handful of cells never warns by
-    chance). NaN values (cells not classified by the CNN) are ignored.
+    chance; familiar cells pass 1 at most 1 % of the time, so the test errs on the side of
+    not warning). NaN values (cells not classified by the CNN) are ignored.
     """
     from scipy.stats import binomtest  # not at import: the widgets import this module
 

@@ -30,7 +30,8 @@ def collect_image_files(inputs: list[Path]) -> list[Path]:
 def predict_files(
     inputs: list[Path], model: str | Path = "default", uncertain_threshold: float | None = None
 ) -> pd.DataFrame:
-    """One row per crop image: ``file``, ``cell_class``, ``confidence``, ``p_<class>``."""
+    """One row per crop image: ``file``, ``cell_class``, ``confidence``, ``novelty``,
+    ``p_<class>`` (see :meth:`.CellClassifier.classify`)."""
     classifier = CellClassifier(model)
     files = collect_image_files(inputs)
     crops = prepare_crop_files(files, size=classifier.input_size, scale=classifier.crop_scale)
