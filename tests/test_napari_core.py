@@ -575,3 +575,33 @@ def test_the_legend_leaves_out_a_model_that_classified_nothing_though_it_has_the
 def _plain(table: pd.DataFrame) -> pd.DataFrame:
     """Category columns as plain strings (CSV does not keep the category dtype)."""
     return table.astype({c: str for c in ("source", "cell_type", "cell_class")})
+
+
+def test_exported_parameters_record_the_calibration_of_the_models_confidences(tmp_path):
+    """The sidecar says which model file (stamp) and calibration made the confidences:
+    temperature, test-time views and the model's own threshold beside the one used."""
+    from napari_bloodcell._napari._compute import image_layout, run_parameters
+    from napari_bloodcell._napari._writer import export_table
+    from napari_bloodcell.classification.model_files import resolve_model_path
+    from napari_bloodcell.classification.remote import RemoteClassifier
+
+    from .helpers import model_copy
+
+    model = model_copy(
+        resolve_model_path("default"), tmp_path, temperature=1.7, uncertain_threshold=0.375
+    )
+    with RemoteClassifier(model) as classifier:  # metadata only: no worker is started
+        settings = AnalysisSettings(uncertain_threshold=0.9)
+        parameters = run_parameters(settings, classifier, "smear", image_layout((8, 8, 3), True))
+    table = pd.DataFrame({"label": [1], "cell_class": ["rbc"]})
+    sidecar = json.loads(export_table(tmp_path / "cells.csv", table, parameters)[-1].read_text())
+    status = model.stat()
+    assert sidecar["uncertain_threshold"] == 0.9
+    assert sidecar["model"] == {
+        **sidecar["model"],
+        "temperature": 1.7,
+        "test_time_views": classifier.metadata.test_time_views,
+        "uncertain_threshold": 0.375,
+        "file_modified_ns": status.st_mtime_ns,
+        "file_size_bytes": status.st_size,
+    }

@@ -118,6 +118,55 @@ def test_analyze_widget_adds_then_updates_class_coloured_layers(
     assert params["model"]["name"] == "tiny" and params["uncertain_threshold"] == 1.0
 
 
+def test_the_uncertain_threshold_follows_the_model_file_until_the_user_edits_it(
+    make_napari_viewer, tiny_user_model, smear, tmp_path, monkeypatch
+):
+    """A model's 0.375 was shown and used as 0.38; a model file rewritten in place (by
+    ``calibrate`` or a retrain) was reloaded but its old threshold used."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell.classification.model_files import (
+        read_metadata,
+        resolve_model_path,
+        update_metadata,
+        user_models_dir,
+    )
+
+    from .helpers import model_copy
+
+    tiny = resolve_model_path(tiny_user_model)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    user_models_dir().mkdir(parents=True)
+    model = model_copy(tiny, user_models_dir(), uncertain_threshold=0.375)
+
+    def rewrite(threshold: float) -> None:  # as calibrate does: the same path, a new file
+        time.sleep(0.05)  # file times are coarse: the new file must get a new one
+        metadata = read_metadata(model)
+        metadata.uncertain_threshold = threshold
+        update_metadata(model, metadata)
+
+    viewer = make_napari_viewer()
+    viewer.add_image(smear.image, rgb=True)
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = model.stem
+    assert widget.uncertain_threshold.value == 0.375
+    assert widget.job().parameters()["uncertain_threshold"] == 0.375
+
+    rewrite(0.625)
+    parameters = widget.job().parameters()
+    assert parameters["uncertain_threshold"] == parameters["model"]["uncertain_threshold"] == 0.625
+    assert widget.uncertain_threshold.value == 0.625  # shown as it is used
+
+    widget.uncertain_threshold.value = 0.7  # the user's choice stays
+    rewrite(0.25)
+    parameters = widget.job().parameters()
+    assert parameters["uncertain_threshold"] == 0.7
+    assert parameters["model"]["uncertain_threshold"] == 0.25
+    widget.model.value = None
+    widget.model.value = model.stem  # picking a model shows its own threshold again
+    assert widget.uncertain_threshold.value == 0.25
+    assert widget.job().parameters()["uncertain_threshold"] == 0.25
+
+
 def test_a_run_whose_cells_look_unfamiliar_ends_with_a_warning(make_napari_viewer, notifications):
     from napari_bloodcell._napari._analyze import AnalyzeWidget
 
@@ -675,11 +724,21 @@ def _wait(widget, qtbot):
     qtbot.waitUntil(lambda: widget._state["job"] is None, timeout=120_000)
 
 
+def _new_network_named_lobes(widget, data) -> None:
+    """Train widget inputs: a new 32 px network named "lobes" on the class folders ``data``."""
+    from napari_bloodcell._napari._train import FROM_SCRATCH
+
+    widget.data_dir.value = data
+    widget.name.value = "lobes"
+    widget.input_size.value = 32
+    widget.start_from.value = FROM_SCRATCH
+
+
 def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     make_napari_viewer, qtbot, user_data, notifications
 ):
     from napari_bloodcell._napari._analyze import AnalyzeWidget
-    from napari_bloodcell._napari._train import FROM_SCRATCH, TrainWidget
+    from napari_bloodcell._napari._train import TrainWidget
     from napari_bloodcell.classification.model_files import (
         read_metadata,
         resolve_model_path,
@@ -691,10 +750,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     analyze = AnalyzeWidget(viewer)
     widget = TrainWidget(viewer)
     assert widget.config() == fine_tuning_config("default")  # the measured recipe as it is
-    widget.data_dir.value = user_data
-    widget.name.value = "lobes"
-    widget.input_size.value = 32
-    widget.start_from.value = FROM_SCRATCH
+    _new_network_named_lobes(widget, user_data)
 
     widget.epochs.value = 50
     widget.train()
@@ -720,6 +776,31 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
 
     widget.train()  # the name is now taken
     assert notifications[-1][0] == "error" and "already exists" in notifications[-1][1]
+
+
+def test_closing_the_train_widget_while_it_trains_cancels_the_training(
+    make_napari_viewer, qtbot, user_data
+):
+    """napari's × keeps the widget alive while its worker runs (see DockWatcher): the
+    training went on to its last epoch, updating the hidden widget, and the model was saved."""
+    from napari_bloodcell.classification.model_files import user_models_dir
+
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-bloodcell", "Train classifier")
+    _new_network_named_lobes(widget, user_data)
+    widget.epochs.value = 50
+    widget.train()
+    job = widget._state["job"]
+    qtbot.waitUntil(lambda: "loss" in widget.history, timeout=WAIT_MS)  # an epoch is shown
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: job.cancel_requested, timeout=5_000)
+    epochs_shown = len(widget.history["loss"])
+    qtbot.waitUntil(
+        lambda: not [p for p in running_children() if "training" in p.name], timeout=WAIT_MS
+    )
+    qtbot.wait(500)  # the worker's last events
+    assert len(widget.history["loss"]) == epochs_shown < 50
+    assert not list(user_models_dir().glob("*.keras"))
 
 
 def test_train_widget_refuses_a_folder_without_classes(

@@ -217,16 +217,23 @@ def check_channels(settings: AnalysisSettings, layout: ImageLayout) -> None:
 def run_parameters(
     settings: AnalysisSettings, classifier, source: str, layout: ImageLayout
 ) -> dict:
-    """What a run used, for the layers' metadata and the exported table's sidecar JSON."""
+    """What a run used, for the layers' metadata and the exported table's sidecar JSON
+    (the model file as chosen and the calibration behind its confidences included)."""
     model = None
     threshold = settings.uncertain_threshold
     if classifier is not None:
         meta = classifier.metadata
+        modified_ns, size_bytes = classifier.stamp
         model = {
             "name": classifier.name,
             "version": meta.version,
             "path": str(classifier.path),
+            "file_modified_ns": int(modified_ns),
+            "file_size_bytes": int(size_bytes),
             "classes": list(meta.classes),
+            "temperature": float(meta.temperature),
+            "test_time_views": int(meta.test_time_views),
+            "uncertain_threshold": float(meta.uncertain_threshold),
         }
         threshold = meta.uncertain_threshold if threshold is None else threshold
     return {

@@ -27,7 +27,7 @@ from ..classification.remote_training import (
 )
 from ..classification.training import FINE_TUNING_RECIPE, TrainingConfig, fine_tuning_config
 from ..errors import BloodcellError
-from ._widgets_common import MODEL_EVENTS, PlotCanvas, while_open
+from ._widgets_common import MODEL_EVENTS, DockWatcher, PlotCanvas, while_open
 
 FROM_SCRATCH = "(new network)"
 
@@ -41,8 +41,8 @@ class TrainWidget(Container):
     """
 
     def __init__(self, napari_viewer, models_dir: Path | None = None):
+        """``napari_viewer``: napari passes it by this name; training needs no viewer."""
         super().__init__(labels=True)
-        self._viewer = napari_viewer
         self._models_dir = models_dir
         self._state: dict = {"job": None}
         self.data_dir = FileEdit(label="class folders", mode="d")
@@ -90,9 +90,9 @@ class TrainWidget(Container):
         self.train_button.clicked.connect(self.train)
         self.cancel_button.clicked.connect(self.cancel)
         MODEL_EVENTS.changed.connect(self.start_from.reset_choices)  # a model saved elsewhere
-        self.native.destroyed.connect(
-            partial(_close_job, self._state, self.start_from.reset_choices)
-        )
+        closing = partial(_close_job, self._state, self.start_from.reset_choices)
+        self.native.destroyed.connect(closing)
+        self._dock_watcher = DockWatcher(self.native, closing)  # napari's × (see there)
 
     def config(self) -> TrainingConfig:
         """Fine-tuning (the measured recipe; the initial model's input size) or from scratch."""
@@ -139,10 +139,11 @@ class TrainWidget(Container):
         worker.start()
 
     def cancel(self) -> None:
-        """Stop after the current epoch; nothing is saved."""
+        """Stop after the current batch (while starting, reading crops or calibrating: within
+        ~30 s); nothing is saved."""
         if self._state["job"] is not None:
             self._state["job"].cancel()
-            self.status.value = "cancelling after this epoch…"
+            self.status.value = "cancelling…"
 
     @while_open
     def _on_event(self, event) -> None:
@@ -188,8 +189,11 @@ def _starting_points(_widget=None) -> list[str]:
 
 
 def _close_job(state: dict, on_models_changed, *_args) -> None:
-    """When the widget is destroyed: stop listening to model events and stop a running
-    training (its poller then cleans up; its events are dropped)."""
+    """When the widget or its dock is destroyed (the first of them only): stop listening
+    to model events and stop a running training (its poller then cleans up; its events
+    are dropped)."""
+    if state.get("closed"):
+        return
     state["closed"] = True
     MODEL_EVENTS.changed.disconnect(on_models_changed)
     if state["job"] is not None:

@@ -48,6 +48,8 @@ from ._writer import export_table
 NO_MODEL = "none (segmentation only)"
 PIXEL_SIZE_DECIMALS = 4
 """Digits of the pixel size field (µm per pixel; 100× objectives give ~0.03–0.07)."""
+THRESHOLD_DECIMALS = 3
+"""Digits of the uncertain-below field (a model's threshold of 0.375 must not show as 0.38)."""
 
 
 class SharedClassifiers:
@@ -78,6 +80,7 @@ class SharedClassifiers:
                 self._classifiers.pop(key).close()
 
     def users(self) -> set[str]:
+        """Who holds a classifier now."""
         return set().union(*self._users.values()) if self._users else set()
 
     def close_all(self) -> None:
@@ -322,10 +325,9 @@ class AnalysisWidget(Container):
     """Base of the Analyze and Batch widgets: inputs, run / cancel in a ``thread_worker``,
     results as layers (added or updated), legend and table export.
 
-    Subclasses set ``role_prefix`` and implement :meth:`_steps` and :meth:`_apply`.
+    Subclasses implement :meth:`_steps` and :meth:`_apply`.
     """
 
-    role_prefix = ""
     keep_results_after_cancel = False
 
     def __init__(self, napari_viewer):
@@ -351,8 +353,11 @@ class AnalysisWidget(Container):
         self.pixel_size.native.setDecimals(PIXEL_SIZE_DECIMALS)  # 0.065 µm must not become 0.07
         self.uncertain_threshold = FloatSpinBox(
             label="uncertain below", value=0.5, min=0.0, max=1.0, step=0.05,
-            tooltip="confidence below which a cell's class is 'uncertain'",
+            tooltip="confidence below which a cell's class is 'uncertain' (the model's own "
+            "threshold unless you change it)",
         )  # fmt: skip
+        self.uncertain_threshold.native.setDecimals(THRESHOLD_DECIMALS)
+        self._threshold_edited = False  # else runs use the model file's own threshold
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -379,6 +384,7 @@ class AnalysisWidget(Container):
             ]
         )
         self.model.changed.connect(self._on_model_changed)
+        self.uncertain_threshold.changed.connect(self._on_threshold_edited)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self.export)
@@ -391,7 +397,7 @@ class AnalysisWidget(Container):
             signal.connect(self.reset_choices)
         closing = partial(_stop_and_release, self._owner, self._state, signals, self.reset_choices)
         self.native.destroyed.connect(closing)
-        self._dock_watcher = _DockWatcher(self.native, closing)
+        self._dock_watcher = DockWatcher(self.native, closing)
         self._on_model_changed(self.model.value)
 
     # ------------------------------------------------------------------ inputs
@@ -405,11 +411,18 @@ class AnalysisWidget(Container):
         if model is None:
             return
         try:
-            self.uncertain_threshold.value = read_metadata(
-                resolve_model_path(model)
-            ).uncertain_threshold
+            self._show_model_threshold(read_metadata(resolve_model_path(model)).uncertain_threshold)
         except BloodcellError as exc:
             self._show_error(str(exc))
+
+    def _on_threshold_edited(self, _value: float) -> None:
+        self._threshold_edited = True
+
+    def _show_model_threshold(self, threshold: float) -> None:
+        """Show a model's own threshold, which runs then use (until the user edits it)."""
+        with self.uncertain_threshold.changed.blocked():
+            self.uncertain_threshold.value = threshold
+        self._threshold_edited = False
 
     def settings(self, n_channels: int) -> AnalysisSettings:
         """The analysis settings for an image of ``n_channels`` channels."""
@@ -421,7 +434,8 @@ class AnalysisWidget(Container):
             modality=self.modality.value,
             channels=channel_mapping(choices, n_channels),
             pixel_size_um=self.pixel_size.value or None,
-            uncertain_threshold=self.uncertain_threshold.value,
+            # None: the model file's own, exact and read again when the file is rewritten
+            uncertain_threshold=self.uncertain_threshold.value if self._threshold_edited else None,
         )
 
     def job(self) -> AnalysisJob:
@@ -434,6 +448,8 @@ class AnalysisWidget(Container):
         classifier = None
         if self.model.value is not None:
             classifier = CLASSIFIERS.acquire(self._owner, self.model.value)
+            if not self._threshold_edited:  # the file may have been recalibrated since
+                self._show_model_threshold(classifier.metadata.uncertain_threshold)
         else:  # no TensorFlow worker kept for a model this widget no longer uses
             CLASSIFIERS.release(self._owner)
         return AnalysisJob(
@@ -575,7 +591,7 @@ def release_layer(layer) -> bool:
     return True
 
 
-class _DockWatcher:
+class DockWatcher:
     """Calls ``on_close`` when the dock widget holding ``widget`` is destroyed.
 
     napari's close button (×) removes and deletes the dock widget but only takes the inner
@@ -615,7 +631,7 @@ def _dock_of(widget):
 def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
     """When a widget is destroyed: stop its worker (its results are dropped), disconnect it
     from the viewer and model events, and release its classifier processes."""
-    if state.get("closed"):  # the dock widget went first (see _DockWatcher)
+    if state.get("closed"):  # the dock widget went first (see DockWatcher)
         return
     state["closed"] = True
     if state["worker"] is not None:
