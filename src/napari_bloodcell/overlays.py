@@ -15,7 +15,9 @@ DPI = 100
 
 
 def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-    """Draw each cell's outline in its class colour on the frame.
+    """Draw each cell's outline in its class colour on the frame, with a darkened line
+    just outside it on the background (a pale pink red-cell outline on a pink red cell
+    was invisible).
 
     frame : (Y, X, C) float in [0, 1] (C = 1 or 3; other channel counts use the first 3 / grey).
     labels : (Y, X) instance labels; table : rows of this frame (``label``, ``cell_class``).
@@ -29,9 +31,15 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -
     colour_of_label = np.zeros((int(labels.max()) + 1, 3), dtype=np.uint8)
     for label, cell_class in zip(table["label"], table["cell_class"], strict=True):
         colour_of_label[int(label)] = _hex_to_rgb(colours[str(cell_class)])
+    halo = find_boundaries(labels, mode="outer") & (labels == 0)
+    out[halo] //= HALO_DARKENING
     edges = find_boundaries(labels, mode="inner")
     out[edges] = colour_of_label[labels[edges]]
     return out
+
+
+HALO_DARKENING = 3
+"""The background just outside an outline is divided by this (contrast for any colour)."""
 
 
 def save_overlay_png(

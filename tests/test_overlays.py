@@ -1,0 +1,24 @@
+"""Overlay images for a quick visual check of the segmentation."""
+
+import numpy as np
+import pandas as pd
+
+from napari_bloodcell.classes import class_colours
+from napari_bloodcell.overlays import HALO_DARKENING, render_overlay
+
+
+def test_outlines_take_the_class_colour_with_a_dark_line_outside():
+    """A pale pink red-cell outline was drawn straight on the pink cell: invisible."""
+    frame = np.full((20, 30, 3), 0.8, np.float32)
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 15:25] = 2  # touching the first: no dark line between them
+    table = pd.DataFrame({"label": [1, 2], "cell_class": ["rbc", "neutrophil"]})
+    out = render_overlay(frame, labels, table)
+    colours = class_colours(["rbc", "neutrophil"])
+    rbc = tuple(int(colours["rbc"][i : i + 2], 16) for i in (1, 3, 5))
+    assert tuple(out[5, 7]) == rbc and tuple(out[10, 5]) == rbc  # its inner edge
+    assert tuple(out[10, 10]) == (204, 204, 204)  # inside: the frame
+    assert tuple(out[4, 7]) == (204 // HALO_DARKENING,) * 3  # just outside, darkened
+    assert tuple(out[10, 14]) == rbc and tuple(out[10, 15]) != (68, 68, 68)  # shared edge
+    assert tuple(out[0, 0]) == (204, 204, 204)  # background away from cells
