@@ -1,5 +1,7 @@
 """Files of a batch run and of a training run: never over files they do not own."""
 
+from pathlib import Path
+
 import numpy as np
 import tifffile
 
@@ -144,3 +146,108 @@ def test_an_interrupted_run_that_finished_nothing_keeps_the_record_of_the_result
     assert (out / "run.json").read_text() == record
     assert json.loads(record)["settings"]["pixel_size_um"] == 0.5
     assert not (out / "tables" / "b.csv").exists()
+
+
+def test_a_failure_while_results_are_moved_in_is_analysed_again_by_the_next_run(
+    tmp_path, monkeypatch
+):
+    """The old table went first, then the move failed: the input was left with labels and
+    no table, out of cells.csv, and every later run refused it without --overwrite."""
+    import errno
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.table import read_table
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    batch.analyze_files([a, b], out, AnalysisSettings(), model=None)
+    move_overlays = batch._move_overlays
+
+    def disk_full_for_b(job, out_dir):
+        if job.stem == "b":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return move_overlays(job, out_dir)
+
+    monkeypatch.setattr(batch, "_move_overlays", disk_full_for_b)
+    summary = batch.analyze_files([a, b], out, AnalysisSettings(), model=None, overwrite=True)
+    assert list(summary.failures) == [str(b)] and not (out / "tables" / "b.csv").exists()
+    monkeypatch.setattr(batch, "_move_overlays", move_overlays)
+    summary = batch.analyze_files([a, b], out, AnalysisSettings(), model=None)  # no overwrite
+    assert summary.failures == {} and summary.processed == [str(b)]
+    assert set(read_table(out / "cells.csv")["source"].map(lambda s: s.split("/")[-1])) == {
+        "a.png",
+        "b.png",
+    }
+
+
+def test_an_input_rewritten_since_its_results_is_not_skipped_and_a_copy_is_the_same(tmp_path):
+    """A file re-exported in place was skipped as finished (stale results kept), and an
+    identical copy elsewhere (size and time kept) was refused as another file."""
+    import shutil
+
+    import imageio.v3 as iio
+    import pytest
+
+    from napari_bloodcell.errors import OutputExistsError
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.synthetic import make_smear
+
+    (a,) = _smears(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    (tmp_path / "scratch").mkdir()
+    copy = Path(shutil.copy2(a, tmp_path / "scratch" / "a.png"))  # staged: size, time kept
+    summary = batch.analyze_files([copy], out, AnalysisSettings(), model=None)
+    assert summary.failures == {} and list(summary.skipped) == [str(copy)]
+    iio.imwrite(a, make_smear(shape=(240, 320), n_rbc=3, n_wbc=1, n_platelets=0, seed=9).image)
+    summary = batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    assert "changed after" in summary.failures[str(a)] and "--overwrite" in summary.failures[str(a)]
+    summary = batch.analyze_files([a], out, AnalysisSettings(), model=None, overwrite=True)
+    assert summary.processed == [str(a)]
+    with pytest.raises(OutputExistsError, match="another file named 'a'"):
+        other = _smears(tmp_path / "day2", ["a"])[0]  # another file of that name
+        batch.recorded_input(other, out)
+
+
+def test_cells_csv_holds_only_finished_inputs_and_parquet_never_goes_stale(tmp_path, monkeypatch):
+    """A CSV of one's own in tables/ was merged into cells.csv (or, unreadable, failed every
+    run); without pyarrow a later run left the old cells.parquet beside the new cells.csv."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.table import read_table
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    (out / "tables" / "notes.csv").write_text("")  # unreadable
+    (out / "tables" / "counts_by_hand.csv").write_text("slide,neutrophils\n1,5\n")
+    parquet = out / "cells.parquet"
+    monkeypatch.setattr(batch, "parquet_available", lambda: False)
+    summary = batch.analyze_files([a, b], out, AnalysisSettings(), model=None)
+    assert summary.failures == {}
+    cells = read_table(out / "cells.csv")
+    assert "neutrophils" not in cells and cells["source"].nunique() == 2
+    assert not parquet.exists()
+
+
+def test_an_unforeseen_error_leaves_no_work_in_progress_and_records_the_run(tmp_path, monkeypatch):
+    """Only Ctrl-C was cleaned up: any other exception (e.g. a unit cancelled by the Dask
+    scheduler) left .parts behind and cells.csv / run.json without the finished inputs."""
+    import json
+
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+
+    def lost_after_a(progress) -> None:
+        if progress.source == str(b):
+            raise RuntimeError("scheduler connection lost")
+
+    with pytest.raises(RuntimeError, match="connection lost"):
+        batch.analyze_files([a, b], out, AnalysisSettings(), model=None, on_progress=lost_after_a)
+    assert not (out / ".parts").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert [Path(p).name for p in run["inputs"]] == ["a.png"]
+    assert "the run stopped (RuntimeError: scheduler connection lost)" in run["failures"][str(b)]

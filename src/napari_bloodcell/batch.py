@@ -24,7 +24,11 @@ thread submitted at a time); both give the same files. On a cluster the workers 
 see ``out`` and the inputs (a shared file system).
 
 **Reruns** skip inputs that are finished in ``out`` (``summary.skipped`` says so) and
-analyse the others; ``overwrite`` analyses every input again. ``cells.csv`` always holds
+analyse the others; ``overwrite`` analyses every input again. An input is recognised by
+its record (``tables/<stem>.input.json``): a copy or a moved file with the same size and
+modification time is the same input; a file rewritten since its results were made fails
+unless ``overwrite``; an input whose results were being moved into place when a run
+stopped is analysed again. ``cells.csv`` always holds
 every finished input. Every file is written under a temporary name and renamed, so
 ``out`` never holds a half-written file, and an input's old results are replaced only
 once its new ones are complete: they are staged in ``.parts/<stem>/``, then renamed
@@ -34,8 +38,9 @@ overlays beside it).
 **Failures** (see ``docs/robustness.md``): an input that cannot be read, a frame that
 fails (named in the message, whatever the exception) or results that cannot be written
 (disk full, read-only folder) fail that input only; its work in progress is removed and
-the other inputs go on. An interrupt (Ctrl-C, or SIGTERM through the CLI) removes the
-work in progress, rebuilds ``cells.csv`` from the finished inputs and re-raises.
+the other inputs go on. An interrupt (Ctrl-C, or SIGTERM through the CLI) — or any
+unforeseen error — removes the work in progress, rebuilds ``cells.csv`` from the finished
+inputs (those with labels beside their table) and re-raises.
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ class InputJob:
 
     source: str
     stem: str
-    input_record: str  # what identifies the input file (see check_same_input), at the start
+    input_record: str  # what identifies the input file (see recorded_input), at the start
     parts: Path
     n_frames: int
     frame_shape: tuple[int, int]
@@ -162,53 +167,67 @@ def check_inputs(inputs: list[Path], out: Path) -> None:
         raise OutputExistsError(f"{out}: exists and is not a folder")
 
 
-def check_same_input(path: Path, out: Path) -> None:
-    """Refuse (:class:`OutputExistsError`) when ``out`` holds the results of another file
-    with ``path``'s name (e.g. ``day1/movie.tif`` then ``day2/movie.tif``): they would be
-    taken for ``path``'s, or replaced by them. The file recorded is the same when it is
-    ``path``, or, once moved (a renamed folder, another mount), when it had ``path``'s size
-    and modification time. Results of older versions carry no record."""
+def recorded_input(path: Path, out: Path) -> str | None:
+    """How the results in ``out`` named like ``path`` relate to it, by their record:
+    None (no readable record: none yet, or an older version's results), ``"same"`` (this
+    file, as it was: the same file, or one moved or copied — a renamed folder, another
+    mount, a staged copy — with its size and modification time) or ``"changed"`` (this file,
+    rewritten since). Raises :class:`OutputExistsError` when they are another file's of
+    that name (e.g. ``day1/movie.tif`` then ``day2/movie.tif``): they would be taken for
+    ``path``'s, or replaced by them."""
     try:
         record = json.loads(_input_record_path(out, path.stem).read_text())
         recorded = Path(record["input"])
     except (OSError, ValueError, KeyError, TypeError):
-        return  # no (readable) record
+        return None
     try:
-        if recorded.exists():
-            same = os.path.samefile(recorded, path)
-        else:
-            stat = path.stat()
-            same = [record.get("bytes"), record.get("mtime_ns")] == [stat.st_size, stat.st_mtime_ns]
+        stat = path.stat()
+        as_recorded = [record.get("bytes"), record.get("mtime_ns")] == [
+            stat.st_size,
+            stat.st_mtime_ns,
+        ]
+        this_file = recorded.exists() and os.path.samefile(recorded, path)
     except OSError as exc:  # a missing input fails alone, whatever results carry its name
         raise InputImageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if not same:
-        raise OutputExistsError(
-            f"{out} holds the results of {recorded}, another file named {path.stem!r}; "
-            f"analyse {path} into another --out folder (or delete those results)"
-        )
+    if as_recorded:
+        return "same"
+    if this_file:
+        return "changed"
+    raise OutputExistsError(
+        f"{out} holds the results of {recorded}, another file named {path.stem!r}; "
+        f"analyse {path} into another --out folder (or delete those results)"
+    )
 
 
 def _input_record(path: Path) -> str:
-    """What :func:`check_same_input` recognises a file by (JSON)."""
+    """What :func:`recorded_input` recognises a file by (JSON)."""
     stat = path.stat()
     return json.dumps(
         {"input": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     )
 
 
-def finished_reason(path: Path, out: Path) -> str | None:
-    """Why ``path`` needs no analysis into ``out`` (its results exist), or None.
+def finished_reason(path: Path, out: Path, recorded: str | None) -> str | None:
+    """Why ``path`` needs no analysis into ``out`` (its results exist), or None (analyse
+    it); ``recorded`` is :func:`recorded_input`'s answer.
 
-    Raises :class:`OutputExistsError` for labels without a table (an older or
-    interrupted run), which only ``overwrite`` may replace.
+    Labels without a table after a run that recorded this file were being moved into
+    place when that run stopped: analysed again. Raises :class:`OutputExistsError`, which
+    only ``overwrite`` may pass, for results of a file rewritten since, and for labels
+    without a table and without a record (an older version's interrupted run).
     """
     table, labels = _table_path(out, path.stem), _labels_path(out, path.stem)
+    if table.exists() and recorded == "changed":
+        raise OutputExistsError(
+            f"{path} changed after {out} got its results (its size or modification time "
+            f"differ); pass --overwrite to analyse it again"
+        )
     if table.exists():
         return (
             f"skipped: {out} already holds its results ({labels.relative_to(out)}, "
             f"{table.relative_to(out)}); pass --overwrite to analyse it again"
         )
-    if labels.exists():
+    if labels.exists() and recorded is None:
         raise OutputExistsError(
             f"{labels} exists without {table.relative_to(out)} (an older or interrupted "
             f"run); pass --overwrite to replace it"
@@ -247,8 +266,8 @@ def analyze_files(
     jobs, chunks, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
         try:
-            check_same_input(path, out)
-            reason = None if overwrite else finished_reason(path, out)
+            recorded = recorded_input(path, out)
+            reason = None if overwrite else finished_reason(path, out, recorded)
             if reason is not None:
                 summary.skipped[str(path)] = reason
                 continue
@@ -299,7 +318,7 @@ def analyze_files(
                     continue
                 _count_processed(summary, job, unit_results)
                 committing = None
-    except KeyboardInterrupt:
+    except BaseException as exc:  # Ctrl-C, or anything unforeseen: the same cleanup
         computed.close()  # no more units start (on a cluster: the queued ones are cancelled)
         for job in jobs:
             _remove_parts(job)
@@ -308,7 +327,12 @@ def analyze_files(
             _count_processed(summary, *committing)  # interrupted just after its table moved in
         ended = {*summary.processed, *summary.failures}
         unfinished = [job.source for job in jobs if job.source not in ended]
-        summary.failures.update(dict.fromkeys(unfinished, "interrupted"))
+        stopped = (
+            "interrupted"
+            if isinstance(exc, KeyboardInterrupt)
+            else f"the run stopped ({type(exc).__name__}: {exc})"
+        )
+        summary.failures.update(dict.fromkeys(unfinished, stopped))
         _record_run(summary, inputs, settings, classifier, client, out, started)
         raise
     for job in jobs:
@@ -539,7 +563,8 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
     Everything is first staged complete in ``job.parts`` (the old results untouched),
     then renamed into place: the old table goes first and the new one comes last, so a
     table always matches the labels beside it. Raises :class:`BloodcellError` (the
-    staged files removed) if a file cannot be written.
+    staged files removed) if a file cannot be written; the input then has no table until
+    the next run analyses it again (no ``overwrite`` needed).
     """
     parts = [job.parts / f"labels_{r.first_frame:06d}.tif" for r in unit_results]
     table = concat_tables([r.table for r in unit_results])
@@ -557,8 +582,10 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
         for folder in (labels.parent, table_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         table_path.unlink(missing_ok=True)
-        written = [staged_labels.replace(labels), *_move_overlays(job, out)]
-        written.append(staged_record.replace(_input_record_path(out, job.stem)))
+        # the record first: labels without a table beside a record of this input are an
+        # interrupted move, analysed again by the next run (see finished_reason)
+        written = [staged_record.replace(_input_record_path(out, job.stem))]
+        written += [staged_labels.replace(labels), *_move_overlays(job, out)]
         written.append(staged_table.replace(table_path))
     except OSError as exc:
         raise _write_error(job.source, exc) from exc
@@ -640,12 +667,23 @@ def _tables_of(stems: list[str], out: Path) -> pd.DataFrame:
 
 
 def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: Path):
-    """cells.csv (+ .parquet) from every finished input in ``out``, and run.json."""
-    cells = _tables_of(sorted(p.stem for p in (out / "tables").glob("*.csv")), out)
+    """cells.csv (+ .parquet) from every finished input in ``out``, and run.json.
+
+    A finished input has labels beside its table (another CSV put in ``tables/`` is not
+    one); a cells.parquet that cannot be rewritten (no pyarrow) is removed, never left
+    disagreeing with cells.csv."""
+    finished = sorted(
+        table.stem
+        for table in (out / "tables").glob("*.csv")
+        if _labels_path(out, table.stem).exists()
+    )
+    cells = _tables_of(finished, out)
     try:
         written = [write_table(cells, out / "cells.csv")]
         if parquet_available():
             written.append(write_table(cells, out / "cells.parquet"))
+        else:
+            (out / "cells.parquet").unlink(missing_ok=True)
     except OSError as exc:
         raise BloodcellError(f"{out}: cannot write cells.csv ({exc})") from exc
     processed_names = [Path(p).name for p in summary.processed]
