@@ -364,8 +364,10 @@ def _record_run(summary, inputs, settings, classifier, client, out, started) -> 
     """Fill in the summary's timing and table; write cells.csv and run.json when an input
     was processed (else they stay the record of the results already there)."""
     summary.seconds = time.perf_counter() - started
-    summary.processed.sort(key=[str(p) for p in inputs].index)  # cluster: completion order
-    finished = [p.stem for p in inputs if str(p) in summary.processed or str(p) in summary.skipped]
+    order = {str(p): i for i, p in enumerate(inputs)}
+    summary.processed.sort(key=order.__getitem__)  # cluster: completion order
+    processed = set(summary.processed)  # (lists: quadratic in an archive's inputs)
+    finished = [p.stem for p in inputs if str(p) in processed or str(p) in summary.skipped]
     summary.table = _tables_of(finished, out)
     if summary.processed:
         summary.written += _write_run_tables(summary, settings, classifier, client, out)
