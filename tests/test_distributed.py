@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import imageio.v3 as iio
 import numpy as np
@@ -147,19 +148,74 @@ def _square(x: int) -> int:
     return x * x
 
 
-def test_units_are_submitted_a_few_per_worker_thread_at_a_time(client):
-    from napari_bloodcell.distributed import TASKS_PER_THREAD, compute_on_cluster
+def test_units_are_submitted_a_bounded_number_at_a_time(client, monkeypatch):
+    from napari_bloodcell import distributed as on_cluster
 
     threads = sum(client.nthreads().values())
+    backlog = on_cluster.TASKS_PER_THREAD * threads + 1
+    monkeypatch.setattr(on_cluster, "MIN_UNITS_IN_FLIGHT", backlog)
     in_flight = []
     results = {}
-    for index, result in compute_on_cluster(
+    for index, result in on_cluster.compute_on_cluster(
         _square, [(i,) for i in range(12)], client, skip=lambda i: i == 5
     ):
         in_flight.append(len(client.futures))
         results[index] = result
     assert results == {i: i * i for i in range(12) if i != 5}  # 5 was skipped, not run
-    assert max(in_flight) <= TASKS_PER_THREAD * threads < 12
+    assert max(in_flight) == backlog < 12
+
+
+def test_a_few_units_per_worker_thread_are_in_flight_and_a_backlog_for_scaling_up():
+    from napari_bloodcell.distributed import (
+        MIN_UNITS_IN_FLIGHT,
+        TASKS_PER_THREAD,
+        units_in_flight,
+    )
+
+    assert units_in_flight(0) == units_in_flight(1) == MIN_UNITS_IN_FLIGHT >= 16
+    many = MIN_UNITS_IN_FLIGHT
+    assert units_in_flight(many) == TASKS_PER_THREAD * many > MIN_UNITS_IN_FLIGHT
+
+
+UNIT_ZERO: dict = {}
+"""The running unit 0 of the cancellation test: its task key, and its events."""
+
+
+def _hold_unit_zero(i: int) -> int:
+    """Unit 0 waits (its key known) until released; the others return at once."""
+    if i == 0:
+        UNIT_ZERO["key"] = distributed.get_worker().get_current_task()
+        UNIT_ZERO["started"].set()
+        UNIT_ZERO["released"].wait(30)
+    return i
+
+
+def test_a_unit_cancelled_by_the_scheduler_fails_alone():
+    from napari_bloodcell.distributed import compute_on_cluster
+    from napari_bloodcell.errors import BloodcellError
+
+    UNIT_ZERO.update(started=threading.Event(), released=threading.Event())
+
+    def cancel_unit_zero(client) -> None:
+        UNIT_ZERO["started"].wait(30)
+        client.cancel([distributed.Future(UNIT_ZERO["key"], client)])
+        UNIT_ZERO["released"].set()
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        canceller = threading.Thread(target=cancel_unit_zero, args=(client,))
+        canceller.start()
+        results = dict(
+            compute_on_cluster(_hold_unit_zero, [(i,) for i in range(4)], client, lambda i: False)
+        )
+        canceller.join()
+    assert {i: results[i] for i in (1, 2, 3)} == {1: 1, 2: 2, 3: 3}
+    assert isinstance(results[0], BloodcellError)
+    assert "cancelled by the Dask scheduler" in str(results[0])
 
 
 @pytest.mark.parametrize("address", ["nonsense", "tcp://10.0.0.5:port", "ftp://host:8786"])

@@ -10,8 +10,8 @@ only when a cluster is asked for.
   (:class:`TensorFlowThreads`), so N single-threaded workers on N cores do not
   oversubscribe them. The network itself is loaded once per worker process, by the
   first unit that needs it (:func:`napari_bloodcell.batch.cached_classifier`).
-* :func:`compute_on_cluster` hands the units to the scheduler, a few per worker thread
-  at a time, and yields them as they finish. Dask does the scheduling, the data
+* :func:`compute_on_cluster` hands the units to the scheduler, a bounded number at a
+  time (:func:`units_in_flight`), and yields them as they finish. Dask does the scheduling, the data
   movement and the retries: the units of a worker that dies are run again elsewhere, up
   to ``distributed.scheduler.allowed-failures`` deaths per unit (default 3), after which
   the unit fails and so does its input.
@@ -35,6 +35,11 @@ from .errors import BloodcellError
 TENSORFLOW_INTER_OP_THREADS = 1
 TASKS_PER_THREAD = 2
 """Units submitted per worker thread at a time: one running, one ready to start."""
+MIN_UNITS_IN_FLIGHT = 32
+"""Units kept submitted however few worker threads the cluster has now: an adaptive
+cluster (``cluster.adapt``, dask-jobqueue) adds workers only for a backlog it sees. The
+scheduler queues the units beyond its threads (``distributed.scheduler.worker-saturation``)
+instead of piling them onto the workers."""
 
 LOCAL_WORKER_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
@@ -102,10 +107,28 @@ NETWORK_SCHEMES = ("tcp", "tls", "ws", "wss")
 """Dask transports whose addresses are host:port."""
 
 
+def connect(address: str, origin: str = "") -> Client:
+    """A client of the scheduler at ``address``; :class:`BloodcellError` when the address
+    is malformed or unreachable, naming ``origin`` (where the address came from) if given."""
+    from_origin = f"; the address comes from {origin}" if origin else ""
+    try:
+        check_scheduler_address(address)
+        return Client(address, timeout="20s")
+    except BloodcellError as exc:
+        raise BloodcellError(f"{exc}{from_origin}") from None
+    except OSError as exc:
+        raise BloodcellError(
+            f"cannot reach the Dask scheduler at {address} ({exc}){from_origin}"
+        ) from exc
+
+
 @contextmanager
-def open_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
+def open_client(
+    workers: int | None = None, scheduler: str | None = None, *, scheduler_origin: str = ""
+) -> Iterator[Client]:
     """A Dask client: a new ``LocalCluster`` of ``workers`` processes (one thread each),
-    closed on exit, or the existing cluster whose scheduler is at ``scheduler``."""
+    closed on exit, or the existing cluster whose scheduler is at ``scheduler``
+    (``scheduler_origin``: where that address came from, named in its errors)."""
     if workers is not None and scheduler:
         raise BloodcellError("give a number of workers or a scheduler address, not both")
     if workers is None and not scheduler:
@@ -113,12 +136,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     if workers is not None and workers < 1:
         raise BloodcellError(f"--workers must be at least 1, got {workers}")
     if scheduler:
-        check_scheduler_address(scheduler)
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise BloodcellError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
-        with client:
+        with connect(scheduler, scheduler_origin) as client:
             client.register_plugin(TensorFlowThreads())
             yield client
         return
@@ -153,6 +171,30 @@ def describe(client: Client) -> str:
     return f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)"
 
 
+def units_in_flight(threads: int) -> int:
+    """How many units to keep submitted to a cluster of ``threads`` worker threads:
+    :data:`TASKS_PER_THREAD` per thread, and at least :data:`MIN_UNITS_IN_FLIGHT`."""
+    return max(MIN_UNITS_IN_FLIGHT, TASKS_PER_THREAD * threads)
+
+
+def unit_failure(future) -> BaseException:
+    """The exception for a future that did not finish: its own error, a
+    :class:`BloodcellError` when its workers kept dying or the scheduler dropped it."""
+    if future.status != "error":  # "cancelled" or "lost"
+        return BloodcellError(
+            f"one of its units was {future.status} by the Dask scheduler (connection lost, "
+            f"scheduler restarted or the unit cancelled?); run it again"
+        )
+    error = future.exception()
+    if isinstance(error, KilledWorker):
+        limit = dask.config.get("distributed.scheduler.allowed-failures")
+        return BloodcellError(
+            f"Dask workers died more than {limit} times running one of its units "
+            f"(out of memory?); see the worker logs"
+        )
+    return error
+
+
 def compute_on_cluster(
     function: Callable, arguments: list[tuple], client: Client, skip: Callable[[int], bool]
 ) -> Iterator[tuple[int, object]]:
@@ -160,9 +202,10 @@ def compute_on_cluster(
     as each finishes, the result being the exception for a call that failed (a
     :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying).
 
-    At most :data:`TASKS_PER_THREAD` calls per worker thread are submitted at a time, so
-    the client's and the scheduler's memory do not grow with the number of units (a
-    long stack is many units). A call for which ``skip(i)`` is true when its turn to be
+    At most :func:`units_in_flight` calls are submitted at a time, so the client's and
+    the scheduler's memory do not grow with the number of units (a long stack is many
+    units). A call that did not finish (failed, or cancelled by the scheduler) yields
+    its exception (:func:`unit_failure`). A call for which ``skip(i)`` is true when its turn to be
     submitted comes is not submitted (e.g. the other units of an input that failed).
     """
     # a generator: skip(index) is asked when the unit's turn to be submitted comes
@@ -171,7 +214,7 @@ def compute_on_cluster(
     index_of: dict[str, int] = {}
 
     def submit_more() -> None:
-        limit = max(TASKS_PER_THREAD, TASKS_PER_THREAD * sum(client.nthreads().values()))
+        limit = units_in_flight(sum(client.nthreads().values()))
         while running.count() < limit and (index := next(waiting, None)) is not None:
             future = client.submit(function, *arguments[index], pure=False)
             index_of[future.key] = index
@@ -181,17 +224,10 @@ def compute_on_cluster(
     try:
         for future in running:
             index = index_of.pop(future.key)
-            if future.status == "error":
-                error = future.exception()
-                if isinstance(error, KilledWorker):
-                    limit = dask.config.get("distributed.scheduler.allowed-failures")
-                    error = BloodcellError(
-                        f"Dask workers died more than {limit} times running one of its units "
-                        f"(out of memory?); see the worker logs"
-                    )
-                yield index, error
-            else:
+            if future.status == "finished":
                 yield index, future.result()
+            else:
+                yield index, unit_failure(future)
             future.release()
             submit_more()
     finally:  # closed early (interrupted): the calls still queued or running are not wanted
