@@ -14,7 +14,7 @@ import tifffile
 
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.model_files import ModelMetadata
-from napari_bloodcell.cli import main
+from napari_bloodcell.cli import check_not_folders, main
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 from napari_bloodcell.table import BASE_COLUMNS
 
@@ -221,6 +221,92 @@ def test_a_bad_input_does_not_stop_the_good_ones(tmp_path, smear_png, capsys):
 def test_bad_options_exit_2(tmp_path, smear_png, args, message, capsys):
     assert run_cli("analyze", smear_png, "--out", tmp_path / "o", *args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_channel_role_given_twice_is_refused(tmp_path, smear_png, capsys):
+    args = ["--channel", "Neutrophil=1", "--channel", "neutrophil=0", "--no-classify"]
+    assert run_cli("analyze", smear_png, "--out", tmp_path / "o", *args) == 2
+    err = capsys.readouterr().err
+    assert "'Neutrophil=1'" in err and "'neutrophil=0'" in err and "twice" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_leukocyte_roles_are_refused_before_inputs_or_a_cluster(tmp_path, monkeypatch, capsys):
+    from napari_bloodcell import distributed
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(distributed, "open_client", no_cluster)
+    args = ["--channel", "neutrophil=1", "--channel", "wbc=2", "--workers", "2"]
+    assert run_cli("analyze", tmp_path / "not-opened.tif", "--out", tmp_path / "o", *args) == 2
+    err = capsys.readouterr().err
+    assert "'neutrophil' and 'wbc' are both leukocytes" in err
+    assert "not-opened" not in err and "Traceback" not in err
+
+
+def test_a_channel_out_of_range_is_named_by_the_users_role(tmp_path, smear_png, capsys):
+    args = ["--channel", "neutrophil=5", "--modality", "fluorescence", "--no-classify"]
+    assert run_cli("analyze", smear_png, "--out", tmp_path / "o", *args) == 2
+    err = capsys.readouterr().err
+    assert "channel 5 of role 'neutrophil' is out of range" in err
+    assert "leukocyte" not in err
+
+
+def test_a_folder_given_as_an_input_is_refused_naming_its_images(tmp_path, smear_png, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    assert run_cli("analyze", smear_png, folder, "--out", tmp_path / "o") == 2
+    assert f"{folder} is a folder; give its images (e.g. {folder}/*.tif)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "stack.zarr").mkdir()
+    check_not_folders([tmp_path / "stack.zarr"])  # a Zarr store is an image
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--frames-per-task", "0", "must be at least 1, got 0"),
+        ("--workers", "0", "must be at least 1, got 0"),
+        ("--max-overlays", "-5", "must be at least 0, got -5"),
+        ("--max-overlays", "ten", "expected a whole number, got 'ten'"),
+    ],
+)
+def test_bad_counts_are_refused_when_the_arguments_are_parsed(
+    tmp_path, smear_png, option, value, message, capsys
+):
+    with pytest.raises(SystemExit) as exited:
+        run_cli("analyze", smear_png, "--out", tmp_path / "o", option, value)
+    assert exited.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_max_overlays_0_writes_no_overlay_of_a_single_frame(tmp_path, smear_png):
+    out = tmp_path / "o"
+    assert run_cli("analyze", smear_png, "--out", out, "--no-classify", "--max-overlays", 0) == 0
+    assert (out / "cells.csv").is_file() and not (out / "overlays" / "smear.png").exists()
+
+
+def test_a_bad_scheduler_address_from_dask_settings_names_the_variable(
+    tmp_path, smear_png, monkeypatch, capsys
+):
+    import dask
+
+    from napari_bloodcell import distributed
+
+    def unreachable(address, timeout):
+        raise OSError(f"Timed out trying to connect to {address} after {timeout}")
+
+    monkeypatch.setattr(distributed, "Client", unreachable)
+    for address, message in [
+        ("nonsense", "'nonsense' is not a Dask scheduler address"),
+        ("tcp://127.0.0.1:1", "cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
+    ]:
+        with dask.config.set({"scheduler-address": address}):
+            assert run_cli("analyze", smear_png, "--out", tmp_path / "o") == 2
+        err = capsys.readouterr().err
+        assert message in err and "the address comes from $DASK_SCHEDULER_ADDRESS" in err
 
 
 def test_not_a_model_file_is_refused(tmp_path, smear_png, capsys):

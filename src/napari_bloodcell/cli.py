@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .classification.model_files import TEST_TIME_VIEWS
@@ -26,6 +27,11 @@ from .errors import BloodcellError, OutputExistsError
 
 EXIT_USER_ERROR = 2
 FRAMES_PER_UNIT = 8  # the default of napari_bloodcell.batch, without importing it here
+SCHEDULER_FROM_DASK_CONFIG = (
+    "$DASK_SCHEDULER_ADDRESS (Dask's scheduler-address setting; unset it to analyse "
+    "without a cluster)"
+)
+"""Where ``analyze`` takes a scheduler address from without --workers or --scheduler."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -36,6 +42,21 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(_signum, _frame) -> None:
     raise Terminated()
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``minimum``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument(
         "--max-overlays",
-        type=int,
+        type=at_least(0),
         default=10,
         metavar="N",
-        help="overlay PNGs per input: a stack's first N frames (default 10)",
+        help="overlay PNGs per input: a stack's first N frames, a single frame's one if "
+        "N > 0 (default 10; 0: none)",
     )
     analyze.add_argument(
         "--overwrite",
@@ -121,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = analyze.add_mutually_exclusive_group()
     cluster.add_argument(
         "--workers",
-        type=int,
+        type=at_least(1),
         metavar="N",
         help="analyse on a local Dask cluster of N worker processes (one thread each)",
     )
@@ -133,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument(
         "--frames-per-task",
-        type=int,
+        type=at_least(1),
         default=FRAMES_PER_UNIT,
         metavar="N",
         help=f"frames per unit of work (default {FRAMES_PER_UNIT}); memory grows with it",
@@ -303,15 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_channels(specs: list[str]) -> dict[str, int] | None:
-    """``["neutrophil=1", "platelet=0"]`` → ``{"neutrophil": 1, "platelet": 0}``."""
+    """``["neutrophil=1", "platelet=0"]`` → ``{"neutrophil": 1, "platelet": 0}``; a role
+    given twice (in any case) is refused."""
     if not specs:
         return None
     channels: dict[str, int] = {}
+    spec_of: dict[str, str] = {}
     for spec in specs:
         role, _, index = spec.partition("=")
-        if not role or not index.strip().isdigit():
+        if not role.strip() or not index.strip().isdigit():
             raise BloodcellError(f"--channel {spec!r}: expected ROLE=INDEX, e.g. platelet=0")
-        channels[role.strip().lower()] = int(index)
+        role = role.strip().lower()
+        if role in channels:
+            raise BloodcellError(
+                f"--channel {spec_of[role]!r} and --channel {spec!r} give the role {role!r} "
+                f"twice; give each role once"
+            )
+        channels[role], spec_of[role] = int(index), spec
     return channels
 
 
@@ -368,19 +398,32 @@ def _run_analyze(args) -> int:
         pixel_size_um=args.pixel_size,
         uncertain_threshold=args.uncertain_threshold,
     )
-    scheduler = args.scheduler
+    check_not_folders(args.inputs)
+    scheduler, scheduler_origin = args.scheduler, ""
     if scheduler is None and args.workers is None:
         import dask
 
-        scheduler = dask.config.get("scheduler-address", None)  # $DASK_SCHEDULER_ADDRESS
+        scheduler = dask.config.get("scheduler-address", None)
+        scheduler_origin = SCHEDULER_FROM_DASK_CONFIG
     if scheduler is None and args.workers is None:
         return _analyze_and_report(args, settings, client=None)
     from .distributed import dashboard_link, describe, open_client
 
-    with open_client(args.workers, scheduler) as client:
+    with open_client(args.workers, scheduler, scheduler_origin=scheduler_origin) as client:
         print(describe(client), file=sys.stderr)
+        if scheduler_origin:
+            print(f"(scheduler address from {scheduler_origin})", file=sys.stderr)
         print(f"Dask dashboard: {dashboard_link(client)}", file=sys.stderr)
         return _analyze_and_report(args, settings, client)
+
+
+def check_not_folders(inputs: list[Path]) -> None:
+    """Refuse a folder among the inputs (a Zarr store, a folder, is an image)."""
+    from .reading import ZARR_SUFFIX
+
+    for path in inputs:
+        if path.is_dir() and path.suffix.lower() != ZARR_SUFFIX:
+            raise BloodcellError(f"{path} is a folder; give its images (e.g. {path / '*.tif'})")
 
 
 def _analyze_and_report(args, settings, client) -> int:

@@ -33,7 +33,8 @@ class AnalysisSettings:
     modality : ``"auto"``, ``"smear"`` or ``"fluorescence"``.
     channels : fluorescence only, cell role → channel index, e.g.
         ``{"neutrophil": 1, "platelet": 0}``. A role named ``platelet`` is segmented
-        as platelets, any other role as leukocytes; the role name becomes ``cell_class``.
+        as platelets, any other role as leukocytes (one such role at most); the role
+        name becomes ``cell_class``.
     pixel_size_um : µm per pixel, or None (pixel defaults tuned on BCCD frames).
     uncertain_threshold : confidence below which ``cell_class`` is ``"uncertain"``
         (None: the model's own threshold).
@@ -57,6 +58,7 @@ class AnalysisSettings:
                     f"channels map a role name to a channel index (an integer >= 0), e.g. "
                     f"{{'neutrophil': 1, 'platelet': 0}}; got {role!r}: {index!r}"
                 )
+        _segmentation_channels(self.channels)  # one leukocyte and one platelet role at most
         if self.pixel_size_um is not None and not (
             _is_real(self.pixel_size_um) and np.isfinite(self.pixel_size_um)
             and self.pixel_size_um > 0
@@ -110,12 +112,18 @@ def analyze_frame(
     settings = settings or AnalysisSettings()
     started = time.perf_counter()
     frame = checked_frame(frame)  # float32: crops are cut from it too
-    segmentation = segment_frame(
-        frame,
-        settings.modality,
-        channels=_segmentation_channels(settings.channels),
-        pixel_size_um=settings.pixel_size_um,
-    )
+    try:
+        segmentation = segment_frame(
+            frame,
+            settings.modality,
+            channels=_segmentation_channels(settings.channels),
+            pixel_size_um=settings.pixel_size_um,
+        )
+    except InputImageError as exc:
+        missing = _missing_channel_error(settings.channels, frame.shape[2])
+        if missing is None:
+            raise
+        raise missing from exc
     classes = list(classifier.classes) if classifier is not None else []
     table = _cells_table(segmentation, classes, source, frame_index)
     if segmentation.modality == "fluorescence":
@@ -229,19 +237,36 @@ def _classify_into(table, frame, segmentation, classifier, uncertain_threshold) 
 
 
 def _segmentation_channels(channels: Mapping[str, int] | None) -> dict[str, int] | None:
-    """User roles (``neutrophil``, ``platelet`` …) → segmentation roles (leukocyte/platelet)."""
+    """User roles (``neutrophil``, ``platelet`` …) → segmentation roles (leukocyte/platelet);
+    :class:`InputImageError` when two user roles are segmented alike."""
     if channels is None:
         return None
     mapped: dict[str, int] = {}
+    user_role: dict[str, str] = {}
     for role, index in channels.items():
         key = "platelet" if role.lower() in PLATELET_ROLES else "leukocyte"
         if key in mapped:
             raise InputImageError(
-                f"channels {dict(channels)} map two roles to the {key} segmentation; "
+                f"channel roles {user_role[key]!r} and {role!r} are both {key}s (a role "
+                f"named 'platelet' is segmented as platelets, any other as leukocytes); "
                 f"give one leukocyte role and at most one platelet role"
             )
-        mapped[key] = int(index)
+        mapped[key], user_role[key] = int(index), role
     return mapped
+
+
+def _missing_channel_error(
+    channels: Mapping[str, int] | None, n_channels: int
+) -> InputImageError | None:
+    """The error naming the user's role whose channel index a frame of ``n_channels``
+    channels does not have, or None when every index fits."""
+    for role, index in (channels or {}).items():
+        if index >= n_channels:
+            return InputImageError(
+                f"channel {index} of role {role!r} is out of range: the frame has "
+                f"{n_channels} channel(s), 0 to {n_channels - 1}"
+            )
+    return None
 
 
 def _fluorescence_classes(segmentation: Segmentation, channels: Mapping[str, int] | None):
