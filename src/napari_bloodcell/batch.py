@@ -19,8 +19,8 @@ streams their labels to ``.parts/<stem>/`` with its overlays and returns its tab
 rows. When every unit of an input is done its labels are copied page by page into
 ``labels/<stem>.tif``, its overlays moved and its table written. Units run here one
 after the other, or on a Dask cluster when a ``client`` is given
-(:mod:`napari_bloodcell.distributed`, which keeps only about two units per worker
-thread submitted at a time); both give the same files. On a cluster the workers must
+(:mod:`napari_bloodcell.distributed`, which keeps about two units per worker thread
+submitted at a time, at least 32); both give the same files. On a cluster the workers must
 see ``out`` and the inputs (a shared file system).
 
 **Reruns** skip inputs that are finished in ``out`` (``summary.skipped`` says so) and
