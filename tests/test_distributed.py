@@ -82,6 +82,21 @@ def test_a_cluster_gives_the_in_process_results_loading_the_model_once_per_worke
     assert run["dask"]["workers"] == 2
 
 
+def test_a_network_that_does_not_load_stops_a_cluster_run_before_it_starts(
+    tmp_path, client, inputs, tiny_model
+):
+    """On a cluster the network was first loaded by the units: every input failed with
+    the same error, after its frames were read."""
+    from napari_bloodcell.errors import ModelError
+
+    from .helpers import model_copy
+
+    broken = model_copy(tiny_model, tmp_path, input_size=48)  # the network takes 32 px
+    with pytest.raises(ModelError, match="does not match its metadata"):
+        analyze_files(inputs, tmp_path / "out", AnalysisSettings(), model=broken, client=client)
+    assert not (tmp_path / "out" / "tables").exists()
+
+
 class KillWorkerOnce(distributed.WorkerPlugin):
     """Makes the first unit of work run on any worker kill that worker's process."""
 

@@ -285,8 +285,8 @@ def analyze_files(
 
     if jobs:
         check_writable(out)
-        if classifier is not None and client is None:  # a bad network fails the run at once
-            cached_classifier(classifier.path, classifier.stamp).load()
+        if classifier is not None:  # a bad network fails the run at once, not every input
+            _load_network_once(classifier, client)
     results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
     total_frames, total_done = sum(job.n_frames for job in jobs), 0
 
@@ -519,6 +519,22 @@ def cached_classifier(model_path: Path, chosen_stamp: tuple[int, int]):
     from .classification.inference import CellClassifier
 
     return CellClassifier(model_path, chosen_stamp=chosen_stamp)
+
+
+def load_network(model_path: Path, chosen_stamp: tuple[int, int]) -> None:
+    """Load the run's network in this process (:func:`cached_classifier`: a Dask worker
+    keeps it for the units it runs)."""
+    cached_classifier(model_path, chosen_stamp).load()
+
+
+def _load_network_once(classifier, client) -> None:
+    """Load the network here, or on one worker of ``client``'s cluster, before any unit
+    runs: a network that does not load (:class:`ModelError`) stops the run before it
+    starts instead of failing every input on the workers."""
+    if client is None:
+        load_network(classifier.path, classifier.stamp)
+    else:
+        client.submit(load_network, classifier.path, classifier.stamp, pure=False).result()
 
 
 def _model_metadata(model):
