@@ -251,3 +251,14 @@ def test_an_unforeseen_error_leaves_no_work_in_progress_and_records_the_run(tmp_
     run = json.loads((out / "run.json").read_text())
     assert [Path(p).name for p in run["inputs"]] == ["a.png"]
     assert "the run stopped (RuntimeError: scheduler connection lost)" in run["failures"][str(b)]
+
+
+def test_a_file_named_twice_is_analysed_once(tmp_path, monkeypatch):
+    """Overlapping patterns (in/*.png in/a*) aborted the whole run: 'share the name'."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    monkeypatch.chdir(tmp_path)
+    inputs = [a, b, Path("in/a.png")]
+    summary = batch.analyze_files(inputs, tmp_path / "out", AnalysisSettings(), model=None)
+    assert summary.failures == {} and summary.processed == [str(a), str(b)]

@@ -167,6 +167,14 @@ def check_inputs(inputs: list[Path], out: Path) -> None:
         raise OutputExistsError(f"{out}: exists and is not a folder")
 
 
+def _once_each(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats of one file (same absolute path), in their first order."""
+    first: dict[Path, Path] = {}
+    for path in paths:
+        first.setdefault(path.absolute(), path)
+    return list(first.values())
+
+
 def recorded_input(path: Path, out: Path) -> str | None:
     """How the results in ``out`` named like ``path`` relate to it, by their record:
     None (no readable record: none yet, or an older version's results), ``"same"`` (this
@@ -254,7 +262,7 @@ def analyze_files(
     or on the Dask cluster of ``client`` (a ``distributed.Client``). Finished inputs are
     skipped unless ``overwrite``. ``on_progress`` is called after each unit of work.
     """
-    inputs = [Path(p) for p in inputs]
+    inputs = _once_each([Path(p) for p in inputs])  # overlapping patterns name files twice
     out = Path(out).absolute()  # Dask workers may run in other working folders
     check_inputs(inputs, out)
     if frames_per_unit < 1:
