@@ -22,3 +22,18 @@ def test_outlines_take_the_class_colour_with_a_dark_line_outside():
     assert tuple(out[4, 7]) == (204 // HALO_DARKENING,) * 3  # just outside, darkened
     assert tuple(out[10, 14]) == rbc and tuple(out[10, 15]) != (68, 68, 68)  # shared edge
     assert tuple(out[0, 0]) == (204, 204, 204)  # background away from cells
+
+
+def test_an_overlay_without_classified_cells_is_the_outlined_frame_itself(tmp_path):
+    """Drawn through matplotlib (as long as the analysis itself) though it had no text."""
+    import imageio.v3 as iio
+
+    from napari_bloodcell.overlays import save_overlay_png
+
+    frame = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 5:15] = 1
+    table = pd.DataFrame({"label": [1], "cell_class": ["rbc"], "confidence": [np.nan]})
+    path = save_overlay_png(tmp_path / "o.png", frame, labels, table)
+    np.testing.assert_array_equal(iio.imread(path), render_overlay(frame, labels, table))
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]

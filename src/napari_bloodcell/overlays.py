@@ -46,20 +46,32 @@ def save_overlay_png(
     path: Path, frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame
 ) -> Path:
     """Save an overlay as PNG; cells classified by the CNN get their class and confidence
-    written next to them. Small frames are enlarged so the text stays readable."""
+    written next to them (small frames are then enlarged so the text stays readable);
+    without such cells the outlined frame is written as it is (no text: no matplotlib,
+    which cost as much as the analysis)."""
+    image = render_overlay(frame, labels, table)
+    annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    if annotated.empty:
+        import imageio.v3 as iio
+
+        try:
+            iio.imwrite(tmp, image)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = render_overlay(frame, labels, table)
     height, width = image.shape[:2]
     inches_per_px = max(1.0, MIN_OVERLAY_WIDTH_PX / width) / DPI
     fig = plt.figure(figsize=(width * inches_per_px, height * inches_per_px), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(image, interpolation="nearest")
     ax.set_axis_off()
-    annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
     colours = class_colours(table["cell_class"])
     for row in annotated.itertuples():
         text = f"{row.cell_class} {row.confidence:.2f}"
@@ -74,7 +86,6 @@ def save_overlay_png(
             fontweight="bold",
             bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
         )
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
         fig.savefig(tmp, dpi=DPI)
         tmp.replace(path)
