@@ -542,7 +542,11 @@ def _load_network_once(classifier, client) -> None:
     if client is None:
         load_network(classifier.path, classifier.stamp)
     else:
-        client.submit(load_network, classifier.path, classifier.stamp, pure=False).result()
+        loaded = client.submit(load_network, classifier.path, classifier.stamp, pure=False)
+        try:
+            loaded.result()
+        finally:
+            loaded.release()  # not kept by the client (nor by the error's traceback)
 
 
 def _model_metadata(model):
