@@ -262,3 +262,19 @@ def test_a_file_named_twice_is_analysed_once(tmp_path, monkeypatch):
     inputs = [a, b, Path("in/a.png")]
     summary = batch.analyze_files(inputs, tmp_path / "out", AnalysisSettings(), model=None)
     assert summary.failures == {} and summary.processed == [str(a), str(b)]
+
+
+def test_a_finished_input_skipped_under_other_settings_says_so(tmp_path):
+    """A rerun with another pixel size or model skipped finished inputs silently:
+    cells.csv then mixed results of two settings while run.json described only the last."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    (a,) = _smears(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(pixel_size_um=0.5), model=None)
+    same = batch.analyze_files([a], out, AnalysisSettings(pixel_size_um=0.5), model=None)
+    assert "another" not in same.skipped[str(a)]
+    other = batch.analyze_files([a], out, AnalysisSettings(pixel_size_um=0.3), model=None)
+    assert other.skipped[str(a)].endswith(
+        "(they were made with another pixel_size_um: --overwrite analyses it with this run's)"
+    )

@@ -207,12 +207,43 @@ def recorded_input(path: Path, out: Path) -> str | None:
     )
 
 
-def _input_record(path: Path) -> str:
-    """What :func:`recorded_input` recognises a file by (JSON)."""
+def _input_record(path: Path, choices: dict) -> str:
+    """What :func:`recorded_input` recognises a file by, and the run's ``choices``
+    (:func:`run_choices`) its results were made with (JSON)."""
     stat = path.stat()
     return json.dumps(
-        {"input": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        {
+            "input": str(path.resolve()),
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "choices": choices,
+        }
     )
+
+
+def run_choices(settings: AnalysisSettings, classifier) -> dict:
+    """What a run was asked for that shapes an input's results (JSON-ready): the settings
+    as given (a pixel size read from a file is the file's, not a choice) and the model
+    file, by name and stamp (modification time in ns, size)."""
+    return {
+        "modality": settings.modality,
+        "channels": dict(settings.channels) if settings.channels else None,
+        "pixel_size_um": settings.pixel_size_um,
+        "uncertain_threshold": settings.uncertain_threshold,
+        "model": None
+        if classifier is None
+        else {"name": classifier.name, "stamp": list(classifier.stamp)},
+    }
+
+
+def other_choices(path: Path, out: Path, choices: dict) -> list[str]:
+    """The choices (:func:`run_choices`) that differ from those recorded with ``path``'s
+    results in ``out`` (none when nothing was recorded: results of an older version)."""
+    try:
+        recorded = json.loads(_input_record_path(out, path.stem).read_text())["choices"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name, value in choices.items() if recorded.get(name) != value]
 
 
 def finished_reason(path: Path, out: Path, recorded: str | None) -> str | None:
@@ -271,19 +302,26 @@ def analyze_files(
     started, started_ns = time.perf_counter(), time.time_ns()
     committing: tuple[InputJob, list[UnitResult]] | None = None  # the input being moved in
     summary = BatchSummary(out=out, table=pd.DataFrame())
+    choices = run_choices(settings, classifier)
     jobs, chunks, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
         try:
             recorded = recorded_input(path, out)
             reason = None if overwrite else finished_reason(path, out, recorded)
             if reason is not None:
+                differing = other_choices(path, out, choices)
+                if differing:
+                    reason += (
+                        f" (they were made with another {', '.join(differing)}: "
+                        f"--overwrite analyses it with this run's)"
+                    )
                 summary.skipped[str(path)] = reason
                 continue
             image = open_lazy(path.absolute(), axes=axes)
         except BloodcellError as exc:
             summary.failures[str(path)] = str(exc)
             continue
-        job = _input_job(path, out, image, settings, classifier, max_overlays)
+        job = _input_job(path, out, image, settings, classifier, max_overlays, choices)
         shutil.rmtree(job.parts, ignore_errors=True)  # leftovers of an interrupted run
         jobs.append(job)
         job_chunks = _chunks(image, frames_per_unit)
@@ -558,13 +596,15 @@ def _model_metadata(model):
     return CellClassifier(model)
 
 
-def _input_job(path, out, image: LazyImage, settings, classifier, max_overlays) -> InputJob:
+def _input_job(
+    path, out, image: LazyImage, settings, classifier, max_overlays, choices: dict
+) -> InputJob:
     if settings.pixel_size_um is None and image.pixel_size_um is not None:
         settings = replace(settings, pixel_size_um=image.pixel_size_um)
     return InputJob(
         source=str(path),
         stem=path.stem,
-        input_record=_input_record(path),
+        input_record=_input_record(path, choices),
         parts=out / PARTS_FOLDER / path.stem,
         n_frames=image.n_frames,
         frame_shape=tuple(image.data.shape[1:3]),
