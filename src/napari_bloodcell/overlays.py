@@ -53,10 +53,11 @@ def save_overlay_png(
     annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
     tmp = path.with_name(f".{path.name}.tmp.png")
     if annotated.empty:
-        import imageio.v3 as iio
+        from PIL import Image
 
         try:
-            iio.imwrite(tmp, image)
+            with open(tmp, "wb") as file:  # closed here also when the disk is full
+                Image.fromarray(image).save(file, format="PNG")
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
