@@ -278,3 +278,18 @@ def test_a_finished_input_skipped_under_other_settings_says_so(tmp_path):
     assert other.skipped[str(a)].endswith(
         "(they were made with another pixel_size_um: --overwrite analyses it with this run's)"
     )
+
+
+def test_each_finished_table_is_read_once_at_the_end_of_a_run(tmp_path, monkeypatch):
+    """The run's table and cells.csv each read every table (~1 ms each: 45 s a run at
+    20,000 inputs)."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b, c = _smears(tmp_path / "in", ["a", "b", "c"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    reads = []
+    read_table = batch.read_table
+    monkeypatch.setattr(batch, "read_table", lambda path: reads.append(path) or read_table(path))
+    batch.analyze_files([b, c], out, AnalysisSettings(), model=None)
+    assert sorted(p.name for p in reads) == ["a.csv", "b.csv", "c.csv"]

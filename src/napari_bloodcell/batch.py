@@ -414,9 +414,10 @@ def _record_run(summary, inputs, settings, classifier, client, out, started) -> 
     summary.processed.sort(key=order.__getitem__)  # cluster: completion order
     processed = set(summary.processed)  # (lists: quadratic in an archive's inputs)
     finished = [p.stem for p in inputs if str(p) in processed or str(p) in summary.skipped]
-    summary.table = _tables_of(finished, out)
-    if summary.processed:
-        summary.written += _write_run_tables(summary, settings, classifier, client, out)
+    tables = _read_tables(finished, out)
+    summary.table = _joined(tables)
+    if summary.processed:  # (each table read once: an archive holds thousands)
+        summary.written += _write_run_tables(summary, settings, classifier, client, out, tables)
 
 
 def check_writable(out: Path) -> None:
@@ -730,14 +731,24 @@ def _input_record_path(out: Path, stem: str) -> Path:
     return out / "tables" / f"{stem}.input.json"
 
 
-def _tables_of(stems: list[str], out: Path) -> pd.DataFrame:
-    """The rows of finished inputs (by file stem), in the order given."""
-    tables = [read_table(_table_path(out, stem)) for stem in stems]
-    return concat_tables(tables) if tables else pd.DataFrame()
+def _read_tables(stems: list[str], out: Path, known: dict | None = None) -> dict:
+    """Finished inputs' tables by file stem, in the order given (those in ``known`` not
+    read again)."""
+    known = known or {}
+    return {
+        stem: known[stem] if stem in known else read_table(_table_path(out, stem)) for stem in stems
+    }
 
 
-def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: Path):
-    """cells.csv (+ .parquet) from every finished input in ``out``, and run.json.
+def _joined(tables: dict) -> pd.DataFrame:
+    return concat_tables(list(tables.values())) if tables else pd.DataFrame()
+
+
+def _write_run_tables(
+    summary: BatchSummary, settings, classifier, client, out: Path, known_tables: dict
+):
+    """cells.csv (+ .parquet) from every finished input in ``out`` (the tables of
+    ``known_tables`` already read), and run.json.
 
     A finished input has labels beside its table (another CSV put in ``tables/`` is not
     one); a cells.parquet that cannot be rewritten (no pyarrow) is removed, never left
@@ -747,7 +758,7 @@ def _write_run_tables(summary: BatchSummary, settings, classifier, client, out: 
         for table in (out / "tables").glob("*.csv")
         if _labels_path(out, table.stem).exists()
     )
-    cells = _tables_of(finished, out)
+    cells = _joined(_read_tables(finished, out, known_tables))
     try:
         written = [write_table(cells, out / "cells.csv")]
         if parquet_available():
