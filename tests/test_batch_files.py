@@ -293,3 +293,15 @@ def test_each_finished_table_is_read_once_at_the_end_of_a_run(tmp_path, monkeypa
     monkeypatch.setattr(batch, "read_table", lambda path: reads.append(path) or read_table(path))
     batch.analyze_files([b, c], out, AnalysisSettings(), model=None)
     assert sorted(p.name for p in reads) == ["a.csv", "b.csv", "c.csv"]
+
+
+def test_run_json_records_the_axes_each_input_was_read_with(tmp_path):
+    """Whether a 3-plane stack was read as frames or channels was recorded nowhere."""
+    import json
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    (a,) = _smears(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    assert json.loads((out / "run.json").read_text())["axes"] == {str(a): "YXC"}

@@ -89,6 +89,8 @@ class BatchSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     modalities: dict[str, str] = field(default_factory=dict)
     pixel_sizes_um: dict[str, float | None] = field(default_factory=dict)
+    axes: dict[str, str] = field(default_factory=dict)
+    """The axes each analysed input was read with (given, from its file, or its shape's)."""
     """µm per pixel each analysed input was measured with (given, or from its file)."""
     n_frames: int = 0
     seconds: float = 0.0
@@ -117,6 +119,7 @@ class InputJob:
     source: str
     stem: str
     input_record: str  # what identifies the input file (see recorded_input), at the start
+    axes: str  # the input's axes as read (e.g. "TYXC")
     parts: Path
     n_frames: int
     frame_shape: tuple[int, int]
@@ -395,6 +398,7 @@ def _count_processed(summary: BatchSummary, job: InputJob, unit_results: list[Un
         sorted(set().union(*(r.modalities for r in unit_results)))
     )
     summary.pixel_sizes_um[job.source] = job.settings.pixel_size_um
+    summary.axes[job.source] = job.axes
     summary.n_frames += job.n_frames
 
 
@@ -606,6 +610,7 @@ def _input_job(
         source=str(path),
         stem=path.stem,
         input_record=_input_record(path, choices),
+        axes=image.original_axes,
         parts=out / PARTS_FOLDER / path.stem,
         n_frames=image.n_frames,
         frame_shape=tuple(image.data.shape[1:3]),
@@ -793,6 +798,7 @@ def _write_run_tables(
         "skipped": list(summary.skipped),
         "modalities": summary.modalities,
         "pixel_sizes_um": summary.pixel_sizes_um,
+        "axes": summary.axes,
         "failures": summary.failures,
         "n_frames": summary.n_frames,
         "n_cells": 0
