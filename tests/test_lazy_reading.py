@@ -252,3 +252,23 @@ def test_pages_listed_through_their_series_are_read_from_that_series(tmp_path):
         pages = reading._TiffPages.of(path, series, tif.byteorder, series_index=1)
     through_series = dataclasses.replace(pages, page_indices=None)  # as pages listed elsewhere
     np.testing.assert_array_equal(through_series[2, :, :], stack[2])
+
+
+def test_a_chunk_carries_the_tasks_of_its_frames_whatever_the_stack_length(tmp_path):
+    """Each chunk's slice was optimised over the whole stack's graph (start-up ∝ frames²);
+    the chunks built instead from the stack's graph, once, must still be culled."""
+    from napari_bloodcell.batch import _chunks
+
+    sizes = []
+    for n_frames in (12, 120):
+        path = tmp_path / f"stack{n_frames}.tif"
+        stack = np.random.default_rng(0).integers(0, 200, (n_frames, 16, 16), np.uint8)
+        tifffile.imwrite(path, stack, metadata={"axes": "TYX"})
+        image = open_lazy(path)
+        chunks = _chunks(image, 5)
+        assert [c.first for c in chunks] == list(range(0, n_frames, 5))
+        np.testing.assert_array_equal(
+            np.concatenate([c.read() for c in chunks]), np.asarray(image.data.compute())
+        )
+        sizes.append(len(dict(chunks[1].frames.__dask_graph__())))
+    assert sizes[0] == sizes[1]

@@ -623,13 +623,35 @@ def _input_job(
 
 def _chunks(image: LazyImage, frames_per_unit: int) -> list[FrameChunk]:
     """The stack cut into chunks of ``frames_per_unit`` frames, each with its own culled
-    graph (reading them stays lazy)."""
-    import dask
+    graph (reading them stays lazy).
 
-    return [
-        FrameChunk(dask.optimize(image.data[start : start + frames_per_unit])[0], start)
-        for start in range(0, image.n_frames, frames_per_unit)
-    ]
+    The stack's graph is optimised once and each chunk takes only the tasks its frames
+    depend on (optimising each chunk's slice went over the whole stack's graph every time:
+    time ∝ frames², ~9 s at 8,000 frames). Frames are single blocks along T (see
+    :func:`~napari_bloodcell.reading.lazy_image_from_array`)."""
+    import dask
+    from dask.array import Array
+    from dask.base import tokenize
+    from dask.core import get_dependencies
+
+    stack = dask.optimize(image.data.rechunk({0: 1}))[0]  # (a no-op for open_lazy's)
+    graph = dict(stack.__dask_graph__())
+    inner = (0,) * (stack.ndim - 1)
+    chunks = []
+    for start in range(0, image.n_frames, frames_per_unit):
+        n = min(frames_per_unit, image.n_frames - start)
+        name = f"frames-{tokenize(stack.name, start, n)}"
+        wanted = [(stack.name, start + i, *inner) for i in range(n)]
+        tasks = {(name, i, *inner): key for i, key in enumerate(wanted)}  # aliases
+        needed = list(wanted)
+        while needed:
+            key = needed.pop()
+            if key not in tasks:
+                tasks[key] = graph[key]
+                needed.extend(get_dependencies(graph, key))
+        frames = Array(tasks, name, ((1,) * n, *stack.chunks[1:]), meta=stack._meta)
+        chunks.append(FrameChunk(frames, start))
+    return chunks
 
 
 def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> list[Path]:
