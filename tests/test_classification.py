@@ -1222,3 +1222,22 @@ def test_a_model_without_a_platelet_class_leaves_platelets_their_segmented_type(
     assert platelets[["confidence", "p_lobed", "p_round"]].isna().all().all()
     assert set(white.cell_class) <= {"lobed", "round", UNCERTAIN}
     assert white.confidence.notna().all()
+
+
+def test_intervals_resample_whole_frames_when_crops_share_them():
+    """The intervals took crops of one frame as independent: with every frame's crops
+    all right or all wrong, the frame-level interval must be the wider one."""
+    from napari_bloodcell.classification.evaluation import add_confidence_intervals
+
+    rng = np.random.default_rng(0)
+    frame_right = rng.random(40) < 0.8  # 40 frames of 10 crops, right or wrong together
+    labels = np.zeros(400, int)
+    predicted = np.where(np.repeat(frame_right, 10), 0, 1)
+    widths = []
+    for groups in (None, np.repeat(np.arange(40), 10)):
+        metrics = classification_metrics(labels, predicted, ["a", "b"])
+        add_confidence_intervals(metrics, labels, predicted, groups=groups)
+        low, high = metrics["per_class"]["a"]["recall_ci95"]
+        assert low <= metrics["per_class"]["a"]["recall"] <= high
+        widths.append(high - low)
+    assert widths[1] > 2 * widths[0]  # ~√10 wider: 40 frames, not 400 crops

@@ -17,6 +17,7 @@ from .datasets import (
     learnt_source_names,
     parts_in_model_split,
     prepare_crop_files,
+    source_id,
     source_name,
 )
 from .inference import CellClassifier
@@ -111,7 +112,8 @@ def evaluate_classifier(
         if uncertain_threshold is None
         else uncertain_threshold
     )
-    metrics = score_probabilities(probabilities, labels, classifier.classes, threshold)
+    sources = np.array([source_id(file, data_dirs[domain]) for file, _, domain in items])
+    metrics = score_probabilities(probabilities, labels, classifier.classes, threshold, sources)
     metrics["model"] = str(classifier.path)
     metrics["test_time_views"] = classifier.metadata.test_time_views
     metrics["data_dirs"] = [str(d) for d in data_dirs]
@@ -136,13 +138,19 @@ def _counts(parts: np.ndarray) -> dict[str, int]:
 
 
 def score_probabilities(
-    probabilities: np.ndarray, labels: np.ndarray, classes: list[str], uncertain_threshold: float
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    uncertain_threshold: float,
+    groups: np.ndarray | None = None,
 ) -> dict:
-    """All evaluation figures from probabilities (N, K) and true class indices (N,)."""
+    """All evaluation figures from probabilities (N, K) and true class indices (N,);
+    ``groups``: each crop's source frame, for the intervals (see
+    :func:`add_confidence_intervals`)."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     metrics = classification_metrics(labels, predicted, classes)
-    add_confidence_intervals(metrics, labels, predicted)
+    add_confidence_intervals(metrics, labels, predicted, groups=groups)
     decided = confidence >= uncertain_threshold
     metrics["uncertain_threshold"] = float(uncertain_threshold)
     metrics["uncertain_rate"] = float(np.mean(~decided)) if len(labels) else 0.0
@@ -172,34 +180,63 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 def add_confidence_intervals(
-    metrics: dict, labels: np.ndarray, predicted: np.ndarray, n_boot: int = 1000, seed: int = 0
+    metrics: dict,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> None:
-    """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1.
-    Crops count as independent (several crops of one frame are not: narrower intervals)."""
+    """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1,
+    crops counting as independent. With ``groups`` (N,), e.g. the source frame of each
+    crop, the bootstrap resamples whole groups (crops of one frame share its stain and
+    focus) and gives all three intervals (percentiles)."""
     rng = np.random.default_rng(seed)
     labels, predicted = np.asarray(labels), np.asarray(predicted)
-    n, classes = len(labels), metrics["classes"]
+    classes = metrics["classes"]
     true = labels[:, None] == np.arange(len(classes))  # (N, K)
     pred = predicted[:, None] == np.arange(len(classes))
-    f1_resampled = np.full((n_boot, len(classes)), np.nan)
-    for start in range(0, n_boot if n else 0, BOOTSTRAP_CHUNK):  # not 1000 × N indices at once
-        resamples = rng.integers(0, n, (min(BOOTSTRAP_CHUNK, n_boot - start), n))
-        tp = (true & pred)[resamples].sum(axis=1)  # (chunk, K)
-        denominator = true[resamples].sum(axis=1) + pred[resamples].sum(axis=1)
-        f1_resampled[start : start + len(resamples)] = np.divide(
-            2 * tp, denominator, out=np.full(tp.shape, np.nan), where=denominator > 0
+    _, group = np.unique(np.arange(len(labels)) if groups is None else groups, return_inverse=True)
+    n_groups = int(group.max(initial=-1)) + 1
+    per_group = [  # (G, K) counts: true positives, true, predicted
+        np.stack(
+            [np.bincount(group, weights=w[:, k], minlength=n_groups) for k in range(len(classes))],
+            axis=1,
         )
+        for w in (true & pred, true, pred)
+    ]
+    resampled = np.full((3, n_boot, len(classes)), np.nan)  # precision, recall, F1
+    for start in range(0, n_boot if n_groups else 0, BOOTSTRAP_CHUNK):
+        draws = rng.integers(0, n_groups, (min(BOOTSTRAP_CHUNK, n_boot - start), n_groups))
+        times = np.stack([np.bincount(row, minlength=n_groups) for row in draws])  # (chunk, G)
+        tp, n_true, n_pred = (times @ counts for counts in per_group)  # (chunk, K)
+        chunk = slice(start, start + len(draws))
+        resampled[0, chunk] = _ratio(tp, n_pred)
+        resampled[1, chunk] = _ratio(tp, n_true)
+        resampled[2, chunk] = _ratio(2 * tp, n_true + n_pred)
     for k, name in enumerate(classes):
         entry = metrics["per_class"][name]
-        hits = int(np.sum(true[:, k] & pred[:, k]))
-        entry["precision_ci95"] = wilson_interval(hits, int(pred[:, k].sum()))
-        entry["recall_ci95"] = wilson_interval(hits, int(true[:, k].sum()))
-        f1 = f1_resampled[:, k]
-        entry["f1_ci95"] = (
-            tuple(float(v) for v in np.nanpercentile(f1, [2.5, 97.5]))
-            if np.isfinite(f1).any()
-            else (float("nan"), float("nan"))
-        )
+        if groups is None:
+            hits = int(np.sum(true[:, k] & pred[:, k]))
+            entry["precision_ci95"] = wilson_interval(hits, int(pred[:, k].sum()))
+            entry["recall_ci95"] = wilson_interval(hits, int(true[:, k].sum()))
+        else:
+            entry["precision_ci95"] = _percentile_interval(resampled[0, :, k])
+            entry["recall_ci95"] = _percentile_interval(resampled[1, :, k])
+        entry["f1_ci95"] = _percentile_interval(resampled[2, :, k])
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(
+        numerator, denominator, out=np.full(numerator.shape, np.nan), where=denominator > 0
+    )
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the finite resampled values (NaN without)."""
+    if not np.isfinite(values).any():
+        return (float("nan"), float("nan"))
+    return tuple(float(v) for v in np.nanpercentile(values, [2.5, 97.5]))
 
 
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> list:
