@@ -206,7 +206,7 @@ def test_an_input_rewritten_since_its_results_is_not_skipped_and_a_copy_is_the_s
     assert summary.processed == [str(a)]
     with pytest.raises(OutputExistsError, match="another file named 'a'"):
         other = _smears(tmp_path / "day2", ["a"])[0]  # another file of that name
-        batch.recorded_input(other, out)
+        batch.recorded_input(other, out, batch.read_input_record(out, "a"))
 
 
 def test_cells_csv_holds_only_finished_inputs_and_parquet_never_goes_stale(tmp_path, monkeypatch):

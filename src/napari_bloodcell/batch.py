@@ -89,9 +89,9 @@ class BatchSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     modalities: dict[str, str] = field(default_factory=dict)
     pixel_sizes_um: dict[str, float | None] = field(default_factory=dict)
+    """µm per pixel each analysed input was measured with (given, or from its file)."""
     axes: dict[str, str] = field(default_factory=dict)
     """The axes each analysed input was read with (given, from its file, or its shape's)."""
-    """µm per pixel each analysed input was measured with (given, or from its file)."""
     n_frames: int = 0
     seconds: float = 0.0
     written: list[Path] = field(default_factory=list)
@@ -178,19 +178,28 @@ def _once_each(paths: list[Path]) -> list[Path]:
     return list(first.values())
 
 
-def recorded_input(path: Path, out: Path) -> str | None:
-    """How the results in ``out`` named like ``path`` relate to it, by their record:
-    None (no readable record: none yet, or an older version's results), ``"same"`` (this
-    file, as it was: the same file, or one moved or copied — a renamed folder, another
-    mount, a staged copy — with its size and modification time) or ``"changed"`` (this file,
-    rewritten since). Raises :class:`OutputExistsError` when they are another file's of
-    that name (e.g. ``day1/movie.tif`` then ``day2/movie.tif``): they would be taken for
-    ``path``'s, or replaced by them."""
+def read_input_record(out: Path, stem: str) -> dict | None:
+    """The record of the results of ``stem`` in ``out`` (see :func:`_input_record`), or
+    None when there is none readable (none yet, or an older version's results)."""
     try:
-        record = json.loads(_input_record_path(out, path.stem).read_text())
-        recorded = Path(record["input"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(_input_record_path(out, stem).read_text())
+    except (OSError, ValueError):
         return None
+    readable = isinstance(record, dict) and isinstance(record.get("input"), str)
+    return record if readable else None
+
+
+def recorded_input(path: Path, out: Path, record: dict | None) -> str | None:
+    """How the results in ``out`` named like ``path`` relate to it, by their ``record``
+    (:func:`read_input_record`): None (no record), ``"same"`` (this file, as it was: the
+    same file, or one moved or copied — a renamed folder, another mount, a staged copy —
+    with its size and modification time) or ``"changed"`` (this file, rewritten since).
+    Raises :class:`OutputExistsError` when they are another file's of that name (e.g.
+    ``day1/movie.tif`` then ``day2/movie.tif``): they would be taken for ``path``'s, or
+    replaced by them."""
+    if record is None:
+        return None
+    recorded = Path(record["input"])
     try:
         stat = path.stat()
         as_recorded = [record.get("bytes"), record.get("mtime_ns")] == [
@@ -239,12 +248,11 @@ def run_choices(settings: AnalysisSettings, classifier) -> dict:
     }
 
 
-def other_choices(path: Path, out: Path, choices: dict) -> list[str]:
-    """The choices (:func:`run_choices`) that differ from those recorded with ``path``'s
-    results in ``out`` (none when nothing was recorded: results of an older version)."""
-    try:
-        recorded = json.loads(_input_record_path(out, path.stem).read_text())["choices"]
-    except (OSError, ValueError, KeyError, TypeError):
+def other_choices(record: dict | None, choices: dict) -> list[str]:
+    """The choices (:func:`run_choices`) that differ from those in an input's ``record``
+    (none when it records none: results of an older version)."""
+    recorded = (record or {}).get("choices")
+    if not isinstance(recorded, dict):
         return []
     return [name for name, value in choices.items() if recorded.get(name) != value]
 
@@ -309,10 +317,11 @@ def analyze_files(
     jobs, chunks, unit_jobs, n_units = [], [], [], {}
     for path in inputs:
         try:
-            recorded = recorded_input(path, out)
+            record = read_input_record(out, path.stem)
+            recorded = recorded_input(path, out, record)
             reason = None if overwrite else finished_reason(path, out, recorded)
             if reason is not None:
-                differing = other_choices(path, out, choices)
+                differing = other_choices(record, choices)
                 if differing:
                     reason += (
                         f" (they were made with another {', '.join(differing)}: "

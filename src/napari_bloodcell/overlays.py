@@ -48,20 +48,27 @@ def save_overlay_png(
     """Save an overlay as PNG; cells classified by the CNN get their class and confidence
     written next to them (small frames are then enlarged so the text stays readable);
     without such cells the outlined frame is written as it is (no text: no matplotlib,
-    which cost as much as the analysis)."""
+    which cost as much as the analysis). Written under a temporary name, then renamed."""
     image = render_overlay(frame, labels, table)
     annotated = table[np.isfinite(table["confidence"].to_numpy(dtype=float))]
     tmp = path.with_name(f".{path.name}.tmp.png")
-    if annotated.empty:
-        from PIL import Image
+    try:
+        if annotated.empty:
+            from PIL import Image
 
-        try:
             with open(tmp, "wb") as file:  # closed here also when the disk is full
                 Image.fromarray(image).save(file, format="PNG")
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        else:
+            _save_annotated(tmp, image, annotated, table)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_annotated(path: Path, image: np.ndarray, annotated: pd.DataFrame, table) -> None:
+    """``image`` (Y, X, 3) with each ``annotated`` cell's class and confidence written
+    beside it, as PNG (matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,30 +77,26 @@ def save_overlay_png(
     height, width = image.shape[:2]
     inches_per_px = max(1.0, MIN_OVERLAY_WIDTH_PX / width) / DPI
     fig = plt.figure(figsize=(width * inches_per_px, height * inches_per_px), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(image, interpolation="nearest")
-    ax.set_axis_off()
-    colours = class_colours(table["cell_class"])
-    for row in annotated.itertuples():
-        text = f"{row.cell_class} {row.confidence:.2f}"
-        near_right_edge = row.bbox_x0 > 0.75 * width
-        ax.text(
-            row.bbox_x1 if near_right_edge else row.bbox_x0,
-            max(row.bbox_y0 - 3, 8),
-            text,
-            color=colours[str(row.cell_class)],
-            fontsize=8,
-            ha="right" if near_right_edge else "left",
-            fontweight="bold",
-            bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
-        )
     try:
-        fig.savefig(tmp, dpi=DPI)
-        tmp.replace(path)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(image, interpolation="nearest")
+        ax.set_axis_off()
+        colours = class_colours(table["cell_class"])
+        for row in annotated.itertuples():
+            near_right_edge = row.bbox_x0 > 0.75 * width
+            ax.text(
+                row.bbox_x1 if near_right_edge else row.bbox_x0,
+                max(row.bbox_y0 - 3, 8),
+                f"{row.cell_class} {row.confidence:.2f}",
+                color=colours[str(row.cell_class)],
+                fontsize=8,
+                ha="right" if near_right_edge else "left",
+                fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
+            )
+        fig.savefig(path, dpi=DPI)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
