@@ -1,6 +1,7 @@
 """Lazy stacks: same values as the eager reader, bounded sampling and frame-by-frame reads."""
 
 import dataclasses
+import pickle
 
 import dask.array as da
 import numpy as np
@@ -236,7 +237,25 @@ def test_a_png_is_opened_without_keeping_its_pixels(tmp_path, picture):
     image = open_lazy(path)
     held = [v for v in dict(image.data.__dask_graph__()).values() if isinstance(v, np.ndarray)]
     assert all(v.size < picture.size for v in held)
+    assert picture.tobytes() not in pickle.dumps(image.data)  # nor sends them to a worker
     np.testing.assert_array_equal(image.data.compute(), read_image(path).data)
+
+
+def test_opening_a_png_decodes_it_once_and_each_compute_once(tmp_path, monkeypatch):
+    """Opening decoded a picture twice (to learn its shape, then again for its intensity
+    sample): most of a batch's start-up over thousands of pictures."""
+    import imageio.v3 as iio
+
+    path = tmp_path / "picture.png"
+    iio.imwrite(path, RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    decoded = []
+    read = reading._read_with_imageio
+    monkeypatch.setattr(reading, "_read_with_imageio", lambda p: decoded.append(p) or read(p))
+    image = open_lazy(path)
+    assert decoded == [path]
+    first, second = image.data.compute(), image.data.compute()
+    assert decoded == [path] * 3
+    np.testing.assert_array_equal(first, second)
 
 
 def test_pages_listed_through_their_series_are_read_from_that_series(tmp_path):

@@ -40,6 +40,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ZARR_SUFFIX = ".zarr"
 TIFF_READ_TASK = "read-tiff-page"
 """Name of the Dask tasks that read one TIFF page each."""
+PICTURE_READ_TASK = "read-picture"
+"""Name of the Dask tasks that decode one PNG/JPEG/BMP file each."""
 INTENSITY_SAMPLE_FRAMES = 16
 """At most this many frames, evenly spaced over the stack, set a lazy stack's intensity range."""
 INTENSITY_SAMPLE_VALUES = 2**24
@@ -246,12 +248,34 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyImage:
 
 def _open_picture_lazily(path: Path) -> da.Array:
     """A PNG/JPEG/BMP file as a dask array decoded when computed (decoded once here to
-    learn its shape and refuse a damaged file now)."""
-    import dask
+    learn its shape and refuse a damaged file now; that copy serves the first compute,
+    the intensity sample of :func:`lazy_image_from_array`)."""
     import dask.array as da
+    from dask.base import tokenize
 
-    decoded = _read_with_imageio(path)
-    return da.from_delayed(dask.delayed(_read_with_imageio)(path), decoded.shape, decoded.dtype)
+    picture = _Picture(path, _read_with_imageio(path))
+    name = f"{PICTURE_READ_TASK}-{tokenize(str(path), path.stat().st_mtime_ns)}"
+    return da.from_array(
+        picture, chunks=-1, name=name, asarray=False, meta=np.empty((0,), picture.dtype)
+    )
+
+
+class _Picture:
+    """Array-like PNG/JPEG/BMP file for Dask, decoded at each ``[...]`` — but the first,
+    which hands over the copy decoded when the file was opened (so that opening a file
+    decodes it once, and a batch of thousands holds none of them in memory)."""
+
+    def __init__(self, path: Path, decoded: np.ndarray):
+        self.path = path
+        self.shape, self.dtype, self.ndim = decoded.shape, decoded.dtype, decoded.ndim
+        self._decoded: np.ndarray | None = decoded
+
+    def __getitem__(self, index) -> np.ndarray:
+        decoded, self._decoded = self._decoded, None
+        return (_read_with_imageio(self.path) if decoded is None else decoded)[index]
+
+    def __getstate__(self) -> dict:  # a Dask worker decodes the file itself
+        return {**self.__dict__, "_decoded": None}
 
 
 def _image_from_file(path, axes: str | None, suffixes, read_tiff, read_picture, from_array):
