@@ -269,7 +269,7 @@ def test_pages_listed_through_their_series_are_read_from_that_series(tmp_path):
     with tifffile.TiffFile(path) as tif:
         series = tif.series[1]
         pages = reading._TiffPages.of(path, series, tif.byteorder, series_index=1)
-    through_series = dataclasses.replace(pages, page_indices=None)  # as pages listed elsewhere
+    through_series = dataclasses.replace(pages, page_offsets=None)  # as pages listed elsewhere
     np.testing.assert_array_equal(through_series[2, :, :], stack[2])
 
 
@@ -291,3 +291,20 @@ def test_a_chunk_carries_the_tasks_of_its_frames_whatever_the_stack_length(tmp_p
         )
         sizes.append(len(dict(chunks[1].frames.__dask_graph__())))
     assert sizes[0] == sizes[1]
+
+
+def test_a_page_is_read_without_walking_the_pages_before_it(tmp_path, monkeypatch):
+    """Each page was found by its index, walking the headers of every page before it:
+    reading a stack took time ∝ frames² (31 s for 8,000 pages instead of 1 s)."""
+    path = tmp_path / "long.ome.tif"
+    stack = np.arange(200 * 16 * 16, dtype=np.uint16).reshape(200, 16, 16)
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TYX"})
+    image = open_lazy(path)
+    walked = []
+    seek = tifffile.TiffPages._seek
+    monkeypatch.setattr(
+        tifffile.TiffPages, "_seek", lambda pages, i: walked.append(i) or seek(pages, i)
+    )
+    last = image.data[199].compute()
+    assert max(walked, default=0) < 2  # (opening the file reads its first page)
+    np.testing.assert_array_equal(last, image.data.compute()[199])

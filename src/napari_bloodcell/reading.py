@@ -711,10 +711,12 @@ def _single_series(path: Path, tif):
 class _TiffPages:
     """Array-like view of one TIFF series that reads one page per ``[...]`` (for Dask).
 
-    Pages are read with tifffile when the series lists them all — by their index in the
-    file when they are all in it (building the series again for every page costs ~0.1 s
-    in a 10,000-page OME-TIFF), else through the series; a contiguous series whose pages
-    are not all listed (ImageJ files over 4 GB) is read at its byte offsets.
+    Pages are read with tifffile when the series lists them all — at their header's
+    offset in the file when they are all in it (building the series again for every page
+    costs ~0.1 s in a 10,000-page OME-TIFF; finding page i by its index walks the headers
+    of the i pages before it: 31 s to read 8,000 pages one by one, 1 s at their offsets),
+    else through the series; a contiguous series whose pages are not all listed (ImageJ
+    files over 4 GB) is read at its byte offsets.
     """
 
     path: str
@@ -724,7 +726,7 @@ class _TiffPages:
     stored_dtype: np.dtype  # with the file's byte order
     listed_pages: bool
     data_offset: int | None
-    page_indices: tuple[int, ...] | None = None  # of the listed pages in the file's pages
+    page_offsets: tuple[int, ...] | None = None  # of the listed pages' headers (IFDs)
     series_index: int = 0  # of the series in the file's series (pages listed elsewhere)
 
     @classmethod
@@ -755,7 +757,7 @@ class _TiffPages:
             stored_dtype=dtype.newbyteorder(byteorder),
             listed_pages=listed,
             data_offset=series.dataoffset,
-            page_indices=tuple(int(page.index) for page in series.pages) if in_this_file else None,
+            page_offsets=tuple(int(page.offset) for page in series.pages) if in_this_file else None,
             series_index=series_index,
         )
 
@@ -776,9 +778,10 @@ class _TiffPages:
         position = [i if isinstance(i, (int, np.integer)) else (i.start or 0) for i in outer]
         page = int(np.ravel_multi_index(position, self.shape[:n_outer])) if n_outer else 0
         try:
-            if self.page_indices is not None:
+            if self.page_offsets is not None:
                 with tifffile.TiffFile(self.path) as tif:
-                    data = tif.pages[self.page_indices[page]].asarray()
+                    tif.filehandle.seek(self.page_offsets[page])
+                    data = tifffile.TiffPage(tif, index=page).asarray()
             elif self.listed_pages:
                 with tifffile.TiffFile(self.path) as tif:
                     data = tif.series[self.series_index].pages[page].asarray()
