@@ -464,6 +464,12 @@ def test_featureless_frames_give_empty_segmentation(frame, modality):
             "map no cell role",
         ),
         (np.zeros((10, 10, 3)), {"pixel_size_um": "0.5"}, "pixel_size_um"),
+        (np.zeros((3, 40, 50)), {}, "channels first"),  # was read as 3 × 40 px, 50 channels
+        (  # one signal was detected as leukocytes and as platelets
+            np.zeros((10, 10, 2)),
+            {"modality": "fluorescence", "channels": {"leukocyte": 1, "platelet": 1}},
+            "both map to channel 1",
+        ),
     ],
 )
 def test_bad_input_raises_input_image_error(frame, kwargs, message):
@@ -479,6 +485,7 @@ def test_bad_input_raises_input_image_error(frame, kwargs, message):
         ({"pixel_size_um": "0.5"}, "pixel_size_um must be a positive number"),
         ({"uncertain_threshold": float("nan")}, "probability in"),
         ({"modality": "brightfield"}, "unknown modality"),
+        ({"channels": {"neutrophil": 1, "platelet": 1}}, "'neutrophil' and 'platelet' both"),
     ],
 )
 def test_analysis_settings_refuse_what_no_frame_can_be_analysed_with(settings, message):
@@ -488,6 +495,22 @@ def test_analysis_settings_refuse_what_no_frame_can_be_analysed_with(settings, m
     with pytest.raises(InputImageError, match=message):
         AnalysisSettings(**settings)
     AnalysisSettings(channels={"neutrophil": np.int64(1)}, pixel_size_um=np.float32(0.5))
+
+
+def test_an_opaque_rgba_smear_is_segmented_as_its_rgb():
+    """A constant 4th channel (an opaque picture's alpha) sent a smear to fluorescence:
+    its stain taken for dozens of leukocytes and platelets."""
+    rgb = smear_scene()
+    rgba = np.concatenate([rgb, np.ones(rgb.shape[:2] + (1,), rgb.dtype)], axis=2)
+    segmentation = segment_frame(rgba)
+    assert segmentation.modality == "smear"
+    np.testing.assert_array_equal(segmentation.labels, segment_frame(rgb).labels)
+
+
+@pytest.mark.parametrize("image", [np.ones((20, 20)), np.ones((20, 20, 1))])
+def test_a_single_cell_image_that_is_not_rgb_is_refused_clearly(image):
+    with pytest.raises(InputImageError, match=r"RGB image \(Y, X, 3\)"):
+        central_stained_object(image)
 
 
 def test_a_frame_as_nested_lists_and_a_stack_of_no_frames_are_analysed():

@@ -17,7 +17,13 @@ import pandas as pd
 from .classification.inference import plausible_class_mask
 from .crops import crop_cells
 from .errors import InputImageError
-from .segmentation import MODALITIES, Segmentation, checked_frame, segment_frame
+from .segmentation import (
+    MODALITIES,
+    Segmentation,
+    check_one_role_per_channel,
+    checked_frame,
+    segment_frame,
+)
 from .table import BASE_COLUMNS, add_physical_units, cell_columns
 
 CNN_CELL_TYPES = ("wbc", "platelet")
@@ -35,7 +41,8 @@ class AnalysisSettings:
         ``{"neutrophil": 1, "platelet": 0}``. A role named ``platelet`` is segmented
         as platelets, any other role as leukocytes (one such role at most); the role
         name becomes ``cell_class``.
-    pixel_size_um : µm per pixel, or None (pixel defaults tuned on BCCD frames).
+    pixel_size_um : µm per pixel, or None (the modality's reference pixel size: that of
+        the BCCD frames for smears, of the flowcatchR frames for fluorescence).
     uncertain_threshold : confidence below which ``cell_class`` is ``"uncertain"``
         (None: the model's own threshold).
     """
@@ -58,6 +65,7 @@ class AnalysisSettings:
                     f"channels map a role name to a channel index (an integer >= 0), e.g. "
                     f"{{'neutrophil': 1, 'platelet': 0}}; got {role!r}: {index!r}"
                 )
+        check_one_role_per_channel(self.channels or {})
         _segmentation_channels(self.channels)  # one leukocyte and one platelet role at most
         if self.pixel_size_um is not None and not (
             _is_real(self.pixel_size_um) and np.isfinite(self.pixel_size_um)

@@ -5,7 +5,13 @@
 RGB) and fluorescence frames (dark background, one channel per cell role) are supported.
 """
 
-from ._frame import MODALITIES, checked_frame, detect_modality, segment_frame
+from ._frame import (
+    MODALITIES,
+    check_one_role_per_channel,
+    checked_frame,
+    detect_modality,
+    segment_frame,
+)
 from ._regions import CELL_TYPES, TABLE_DTYPES, Segmentation
 from .fluorescence import FLUORESCENCE_REFERENCE_PIXEL_SIZE_UM, FluorescenceParams
 from .smear import REFERENCE_PIXEL_SIZE_UM, SmearParams, central_stained_object
@@ -20,6 +26,7 @@ __all__ = [
     "Segmentation",
     "SmearParams",
     "central_stained_object",
+    "check_one_role_per_channel",
     "checked_frame",
     "detect_modality",
     "segment_frame",

@@ -76,6 +76,8 @@ def segment_frame(
     Empty, constant or 1×1 frames give an empty Segmentation.
     """
     frame = checked_frame(frame)
+    if channels is None:
+        frame = _without_constant_alpha(frame)
     detected = modality == "auto"
     if detected:
         modality = detect_modality(frame)
@@ -140,6 +142,8 @@ def _is_grey(frame: np.ndarray) -> bool:
 
 RANGE_TOLERANCE = 1e-3
 """Float frames may stray this far outside [0, 1] (rounding); beyond it they are refused."""
+MAX_CHANNELS = 16
+"""More channels than this in (Y, X, C) is taken for channels first (C, Y, X): refused."""
 
 
 def checked_frame(frame) -> np.ndarray:
@@ -149,6 +153,11 @@ def checked_frame(frame) -> np.ndarray:
         raise InputImageError(
             f"expected a (Y, X, C) image array, got {array.ndim} dimension(s) "
             f"with shape {array.shape}"
+        )
+    if array.shape[2] > MAX_CHANNELS:
+        raise InputImageError(
+            f"expected a (Y, X, C) image array with at most {MAX_CHANNELS} channels, got shape "
+            f"{array.shape}; channels first? Move them last, e.g. np.moveaxis(frame, 0, -1)"
         )
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InputImageError(f"expected a numeric image array, got dtype {array.dtype}")
@@ -216,7 +225,30 @@ def _checked_channels(channels: Mapping[str, int] | None, n_channels: int) -> di
                 f"channel index {index!r} for role {role!r} is out of range for a frame "
                 f"with {n_channels} channel(s)"
             )
+    check_one_role_per_channel(roles)
     return roles
+
+
+def check_one_role_per_channel(roles: Mapping[str, int]) -> None:
+    """Refuse (:class:`InputImageError`) two cell roles mapped to one channel: its one
+    signal would be detected as both kinds of cell."""
+    by_channel: dict[int, list[str]] = {}
+    for role, index in roles.items():
+        by_channel.setdefault(int(index), []).append(role)
+    for index, names in by_channel.items():
+        if len(names) > 1:
+            raise InputImageError(
+                f"roles {' and '.join(map(repr, names))} both map to channel {index}; each "
+                f"cell role needs its own channel (one signal would be detected as both)"
+            )
+
+
+def _without_constant_alpha(frame: np.ndarray) -> np.ndarray:
+    """An RGBA frame (Y, X, 4) whose 4th channel is constant as RGB (an opaque picture's
+    alpha, as the readers drop it); any other frame unchanged."""
+    if frame.shape[2] == 4 and frame[..., 3].size and np.ptp(frame[..., 3]) == 0:
+        return frame[..., :3]
+    return frame
 
 
 def _is_featureless(frame: np.ndarray) -> bool:

@@ -24,6 +24,7 @@ from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 from skimage.morphology import closing, disk
 from skimage.segmentation import expand_labels, watershed
 
+from ..errors import InputImageError
 from ._regions import (
     UM,
     LabelLayer,
@@ -262,6 +263,10 @@ def central_stained_object(rgb: np.ndarray) -> tuple[float, float, float] | None
     stained.
     """
     rgb = np.asarray(rgb, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputImageError(
+            f"expected a stained single-cell RGB image (Y, X, 3), got shape {rgb.shape}"
+        )
     params = SmearParams().in_pixels(None)
     score = stain_score(rgb, params.smoothing_sigma_um)
     if np.ptp(score) <= 0:
