@@ -37,3 +37,31 @@ def test_an_overlay_without_classified_cells_is_the_outlined_frame_itself(tmp_pa
     path = save_overlay_png(tmp_path / "o.png", frame, labels, table)
     np.testing.assert_array_equal(iio.imread(path), render_overlay(frame, labels, table))
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_saving_figures_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    """Annotated overlays, reports and learning curves switched the whole process to Agg
+    (a user's inline Jupyter or Qt figures stopped showing)."""
+    import matplotlib
+
+    from napari_bloodcell.classification.evaluation import plot_confusion_matrix
+    from napari_bloodcell.classification.training import write_learning_curves
+    from napari_bloodcell.overlays import save_overlay_png
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        frame = np.full((40, 60, 3), 0.8, np.float32)
+        labels = np.zeros((40, 60), np.int32)
+        labels[10:30, 10:30] = 1
+        table = pd.DataFrame(
+            {"label": [1], "cell_class": ["neutrophil"], "confidence": [0.9]}
+            | {"bbox_y0": [10], "bbox_x0": [10], "bbox_y1": [30], "bbox_x1": [30]}
+        )
+        save_overlay_png(tmp_path / "o.png", frame, labels, table)
+        plot_confusion_matrix(np.array([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "c.png")
+        write_learning_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}, tmp_path / "h")
+        assert matplotlib.get_backend() == "svg"
+        assert {p.name for p in tmp_path.iterdir()} == {"o.png", "c.png", "h.csv", "h.png"}
+    finally:
+        matplotlib.use(before)

@@ -69,34 +69,29 @@ def save_overlay_png(
 def _save_annotated(path: Path, image: np.ndarray, annotated: pd.DataFrame, table) -> None:
     """``image`` (Y, X, 3) with each ``annotated`` cell's class and confidence written
     beside it, as PNG (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     height, width = image.shape[:2]
     inches_per_px = max(1.0, MIN_OVERLAY_WIDTH_PX / width) / DPI
-    fig = plt.figure(figsize=(width * inches_per_px, height * inches_per_px), dpi=DPI)
-    try:
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(image, interpolation="nearest")
-        ax.set_axis_off()
-        colours = class_colours(table["cell_class"])
-        for row in annotated.itertuples():
-            near_right_edge = row.bbox_x0 > 0.75 * width
-            ax.text(
-                row.bbox_x1 if near_right_edge else row.bbox_x0,
-                max(row.bbox_y0 - 3, 8),
-                f"{row.cell_class} {row.confidence:.2f}",
-                color=colours[str(row.cell_class)],
-                fontsize=8,
-                ha="right" if near_right_edge else "left",
-                fontweight="bold",
-                bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
-            )
-        fig.savefig(path, dpi=DPI)
-    finally:
-        plt.close(fig)
+    # a Figure without pyplot: no backend switched in the user's process (Jupyter, napari)
+    fig = Figure(figsize=(width * inches_per_px, height * inches_per_px), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    colours = class_colours(table["cell_class"])
+    for row in annotated.itertuples():
+        near_right_edge = row.bbox_x0 > 0.75 * width
+        ax.text(
+            row.bbox_x1 if near_right_edge else row.bbox_x0,
+            max(row.bbox_y0 - 3, 8),
+            f"{row.cell_class} {row.confidence:.2f}",
+            color=colours[str(row.cell_class)],
+            fontsize=8,
+            ha="right" if near_right_edge else "left",
+            fontweight="bold",
+            bbox={"facecolor": "white", "alpha": 0.6, "pad": 1, "edgecolor": "none"},
+        )
+    fig.savefig(path, dpi=DPI, format="png")
 
 
 def _hex_to_rgb(colour: str) -> tuple[int, int, int]:

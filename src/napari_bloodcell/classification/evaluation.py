@@ -312,8 +312,10 @@ def finite_or_null(value):
 
 def plot_reliability(metrics: dict, path: Path) -> None:
     """Reliability diagram (accuracy vs confidence, with ECE) and the coverage/accuracy curve."""
-    plt = agg_pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4))
+    left, right = fig.subplots(1, 2)
     bins = metrics["reliability"]
     left.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     left.bar(
@@ -342,25 +344,16 @@ def plot_reliability(metrics: dict, path: Path) -> None:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def agg_pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path) -> None:
     """Row-normalised confusion matrix with counts, saved as PNG."""
-    plt = agg_pyplot()
+    from matplotlib.figure import Figure
 
     rows = confusion.sum(axis=1, keepdims=True)
     share = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    fig = Figure(figsize=(1.0 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -371,4 +364,3 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path)
         ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

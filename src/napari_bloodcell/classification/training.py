@@ -758,16 +758,15 @@ def _percentile_tf(values, percent: float):
 def write_learning_curves(history: dict[str, list[float]], stem: Path) -> list[Path]:
     """Loss and accuracy per epoch, train vs validation: ``<stem>.csv`` and ``<stem>.png``."""
     import pandas as pd
-
-    from .evaluation import agg_pyplot
+    from matplotlib.figure import Figure
 
     frame = pd.DataFrame(history)
     frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
     # not with_suffix: a model named "run.1" would write run.csv over another file
     csv_path, png_path = stem.with_name(f"{stem.name}.csv"), stem.with_name(f"{stem.name}.png")
     frame.to_csv(csv_path)
-    plt = agg_pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
             if prefix + metric in frame:
@@ -776,7 +775,6 @@ def write_learning_curves(history: dict[str, list[float]], stem: Path) -> list[P
         ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
     return [csv_path, png_path]
 
 
