@@ -31,3 +31,29 @@ def test_a_table_without_rows_keeps_its_column_types_through_csv_and_parquet(tmp
         pq.read_schema(tmp_path / "rows.parquet"), check_metadata=False
     )
     pd.testing.assert_series_equal(read_table(tmp_path / "none.parquet").dtypes, with_rows.dtypes)
+
+
+def test_saving_a_layer_over_its_table_leaves_a_strangers_json_beside_it(tmp_path):
+    """napari asks before replacing mine.csv only; a mine.json the plugin did not write
+    was replaced by the sidecar (and any mine.parquet beside it by a copy)."""
+    import json
+
+    from napari_bloodcell._napari._writer import export_table, write_cells_table
+    from napari_bloodcell.errors import OutputExistsError
+
+    table = _table(2).assign(label=[1, 2])
+    layer = {"name": "cells", "features": table, "metadata": {}}
+    points = table[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
+    (tmp_path / "mine.csv").write_text("x\n1\n")  # napari asked: replace it? yes
+    (tmp_path / "mine.json").write_text('{"user": "precious"}')
+    with pytest.raises(OutputExistsError, match="mine.json already exists .* not belong"):
+        write_cells_table(str(tmp_path / "mine.csv"), points, layer)
+    assert json.loads((tmp_path / "mine.json").read_text()) == {"user": "precious"}
+    assert (tmp_path / "mine.csv").read_text() == "x\n1\n"
+    # an earlier export of the same name is the plugin's own: saved over, kept in step
+    export_table(tmp_path / "ours.csv", table, {"pixel_size_um": 0.5})
+    fewer = {**layer, "features": table[:1]}
+    written = write_cells_table(str(tmp_path / "ours.csv"), points[:1], fewer)
+    assert str(tmp_path / "ours.json") in written
+    assert len(read_table(tmp_path / "ours.csv")) == 1
+    assert "napari_bloodcell_version" in json.loads((tmp_path / "ours.json").read_text())

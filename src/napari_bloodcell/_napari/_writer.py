@@ -5,7 +5,8 @@
 thresholds, pixel size …). :func:`export_table` never replaces an existing file unless
 asked; the npe2 writer (File → Save Layers) writes the ``.csv`` or ``.parquet`` napari asked
 for (after its own overwrite prompt), its JSON sidecar and the copy in the other format an
-earlier export left beside it. The table is the layer's now: points moved by hand move
+earlier export left beside it — files beside it that are not an earlier export of it (a
+JSON this plugin did not write) are refused, never replaced. The table is the layer's now: points moved by hand move
 their cells; points added by hand are refused.
 """
 
@@ -17,9 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import __version__
 from ..errors import BloodcellError, OutputExistsError
 from ..table import TABLE_SUFFIXES, check_table_path, parquet_available, write_table
 from ._layers import METADATA_KEY, cells_table
+
+VERSION_KEY = "napari_bloodcell_version"
+"""Key of the plugin's version in every sidecar it writes: how a sidecar is known as its own."""
 
 
 def export_paths(path: str | Path) -> list[Path]:
@@ -60,9 +65,18 @@ def _write(tables: list[Path], sidecar: Path, table: pd.DataFrame, parameters: d
     for table_path in tables:
         write_table(table, table_path)
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(parameters, indent=2, default=str))
+    marked = {VERSION_KEY: __version__, **parameters}  # a run's parameters name it already
+    tmp.write_text(json.dumps(marked, indent=2, default=str))
     os.replace(tmp, sidecar)
     return [*tables, sidecar]
+
+
+def _written_by_us(sidecar: Path) -> bool:
+    """Whether ``sidecar`` is a JSON sidecar this plugin wrote (it names the version)."""
+    try:
+        return VERSION_KEY in json.loads(sidecar.read_text())
+    except (OSError, ValueError, TypeError):  # absent, unreadable, not JSON, not an object
+        return False
 
 
 def write_cells_table(path: str, data, attributes: dict) -> list[str]:
@@ -81,13 +95,16 @@ def write_cells_table(path: str, data, attributes: dict) -> list[str]:
     parameters = metadata.get(METADATA_KEY, {}).get("parameters", {})
     sidecar = companion(requested, ".json")
     others = [companion(requested, s) for s in TABLE_SUFFIXES if s != requested.suffix.lower()]
-    for other in (sidecar, *others):
-        if other.exists() and not requested.exists():  # napari asked about `requested` only
-            raise OutputExistsError(
-                f"{other.name} already exists in {other.parent} and does not belong to "
-                f"{requested.name}; choose another file name"
-            )
-    copies = [other for other in others if other.exists()]  # an earlier export's copies
+    copies = [other for other in others if other.exists()]
+    # napari asked about `requested` only: the files beside it are replaced only when they
+    # are an earlier export of it (that export's sidecar, its copy in the other format)
+    earlier_export = requested.exists() and _written_by_us(sidecar)
+    strangers = [] if earlier_export else [p for p in (sidecar, *copies) if p.exists()]
+    if strangers:
+        raise OutputExistsError(
+            f"{strangers[0].name} already exists in {strangers[0].parent} and does not belong "
+            f"to {requested.name}; choose another file name"
+        )
     for copy in copies:  # must not keep the old table
         if copy.suffix.lower() == ".parquet" and not parquet_available():
             raise OutputExistsError(
