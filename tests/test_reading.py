@@ -6,7 +6,13 @@ import pytest
 import tifffile
 
 from napari_bloodcell.errors import InputImageError
-from napari_bloodcell.reading import image_from_array, infer_axes, normalise_intensity, read_image
+from napari_bloodcell.reading import (
+    image_from_array,
+    infer_axes,
+    normalise_intensity,
+    open_lazy,
+    read_image,
+)
 from napari_bloodcell.synthetic import make_smear
 
 
@@ -86,6 +92,18 @@ def test_read_png_jpeg_and_multipage_tiff(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "a.png").data[0], rgb / 255, atol=1e-6)
     assert read_image(tmp_path / "a.jpg").data.shape == (1, 24, 32, 3)
     assert read_image(tmp_path / "s.tif").data.shape == (5, 24, 32, 1)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "jpeg"])
+def test_compressed_tiffs_from_microscope_software_are_read(tmp_path, compression):
+    """LZW needs the imagecodecs package, which a fresh install did not bring."""
+    rgb = np.random.default_rng(3).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", rgb, compression=compression, photometric="rgb")
+    read = read_image(tmp_path / "c.tif").data[0]
+    lazy = open_lazy(tmp_path / "c.tif").data.compute()[0]
+    np.testing.assert_array_equal(read, lazy)
+    if compression != "jpeg":  # lossy
+        np.testing.assert_allclose(read, rgb / 255, atol=1e-6)
 
 
 def test_ome_tiff_axes_and_pixel_size(tmp_path):
