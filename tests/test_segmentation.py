@@ -578,3 +578,12 @@ def test_a_one_pixel_leukocyte_candidate_is_not_round():
     roundness = _roundness(labels, np.array([1, 2]))
     assert roundness[0] == 0.0
     assert roundness[1] < 1e-3
+
+
+def test_a_patch_of_smear_background_holds_no_cell():
+    """The background of a small cell-free frame was taken for a red-cell pallor cut open
+    by the frame edge, filled, and became one red cell covering the whole frame."""
+    rng = np.random.default_rng(0)
+    background = np.clip(0.85 + rng.normal(0, 0.02, (64, 64, 3)), 0, 1).astype(np.float32)
+    background[..., 2] += 0.03  # a faint stain tint, so the frame is not grey
+    assert segment_frame(background, "smear").cells.empty

@@ -125,14 +125,33 @@ def fill_small_holes(
     """``mask`` with enclosed background holes of at most ``max_hole_area`` px² filled.
 
     ``at_border``: also fill small holes cut open by the image border (the frame edge counts
-    as foreground), e.g. the pallor of a red cell that the frame cuts through.
+    as foreground), e.g. the pallor of a red cell that the frame cuts through — those that
+    touch ``mask`` on at least as many pixels as the edge (a patch of background with no
+    cell, or a bay between cells mostly along the edge, is no hole).
     """
     padded = np.pad(mask, 1, constant_values=True) if at_border else mask
     holes = ndi.binary_fill_holes(padded) & ~padded
     small_holes, _ = label_by_area(holes, 0, max_hole_area)
     if at_border:
         small_holes = small_holes[1:-1, 1:-1]
+        small_holes = _drop_holes_open_to_the_edge(small_holes, mask)
     return mask | (small_holes > 0)
+
+
+def _drop_holes_open_to_the_edge(holes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``holes`` (labels) without those touching the frame edge on more pixels than
+    ``mask`` (each hole's pixels beside a mask pixel, 4-connected)."""
+    n_holes = int(holes.max(initial=0))
+    if n_holes == 0:
+        return holes
+    edge = np.zeros(holes.shape, bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    beside_mask = ndi.binary_dilation(mask) & ~mask
+    index = np.arange(1, n_holes + 1)
+    on_edge = ndi.sum_labels(edge, holes, index)
+    on_mask = ndi.sum_labels(beside_mask, holes, index)
+    keep = np.concatenate([[False], on_mask >= on_edge])
+    return np.where(keep[holes], holes, 0)
 
 
 def split_touching(
