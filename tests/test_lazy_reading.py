@@ -114,10 +114,23 @@ def test_a_long_stack_takes_its_intensity_range_from_a_bounded_sample(tmp_path):
     np.testing.assert_array_equal(lazy.data[25].compute()[..., 0], lazy.intensity.apply(stack[25]))
 
 
-def test_big_frames_are_sampled_fewer(monkeypatch):
+def test_big_frames_are_sampled_over_the_whole_stack_at_a_pixel_step(monkeypatch):
+    """Big frames were sampled fewer, down to frame 0 alone (4096² px): a stack whose first
+    frame was dim saturated every later frame, or was refused as constant."""
     monkeypatch.setattr(reading, "INTENSITY_SAMPLE_VALUES", 3 * 32 * 32)
-    lazy = lazy_image_from_array(RNG.integers(0, 4000, (20, 32, 32), dtype=np.uint16))
-    assert lazy.sampled_frames == (0, 10, 19)
+    stack = np.empty((3, 64, 64), np.uint16)
+    stack[0] = RNG.integers(100, 200, (64, 64))
+    stack[1:] = RNG.integers(1000, 3000, (2, 64, 64))
+    lazy = lazy_image_from_array(stack, axes="TYX")
+    assert lazy.sampled_frames == (0, 1, 2)
+    assert lazy.intensity.high > 2900  # from the bright frames, sampled every 2 px
+    assert float(lazy.data[1].compute().mean()) < 0.9  # not saturated
+    stack[:] = 0
+    stack[2, 5, 6] = 9  # not in the sample
+    with pytest.raises(
+        InputImageError, match=r"\(frames 0, 1, 2 sampled, every 2 px\): the image is constant"
+    ):
+        lazy_image_from_array(stack, axes="TYX")
 
 
 def test_nan_in_an_unsampled_frame_is_refused_when_that_frame_is_read():

@@ -20,6 +20,7 @@ how its intensity mapping is chosen from a bounded sample of frames).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -45,7 +46,8 @@ PICTURE_READ_TASK = "read-picture"
 INTENSITY_SAMPLE_FRAMES = 16
 """At most this many frames, evenly spaced over the stack, set a lazy stack's intensity range."""
 INTENSITY_SAMPLE_VALUES = 2**24
-"""…and at most this many values (64 MB as float32): fewer frames are sampled when they are big."""
+"""…and at most this many values (64 MB as float32): every n-th pixel of each sampled frame
+(in Y and in X) when they are big."""
 
 MAX_FRAME_PIXELS_ENV = "NAPARI_BLOODCELL_MAX_FRAME_PIXELS"
 DEFAULT_MAX_FRAME_PIXELS = 64 * 2**20
@@ -315,20 +317,21 @@ def lazy_image_from_array(
 
     Memory rule: nothing but a bounded sample is computed here. The intensity mapping
     (:func:`intensity_mapping`) is chosen from up to :data:`INTENSITY_SAMPLE_FRAMES`
-    frames evenly spaced over the stack (first and last included), fewer when they would
-    hold more than :data:`INTENSITY_SAMPLE_VALUES` values; for stacks that short it is
-    exactly the whole-stack rule of :func:`read_image`. Consequences for longer stacks:
-    a 16-bit stack's percentiles come from the sample; a float stack within [0, 1] in
-    the sample is passed through clipped to [0, 1]; a constant sample is refused; NaN
-    or infinite values are refused when the frame holding them is computed.
+    frames evenly spaced over the stack (first and last included), of which every n-th
+    pixel in Y and X when all of them would hold more than :data:`INTENSITY_SAMPLE_VALUES`
+    values; for stacks that short and small it is exactly the whole-stack rule of
+    :func:`read_image`. Consequences for other stacks: a 16-bit stack's percentiles come
+    from the sample; a float stack within [0, 1] in the sample is passed through clipped
+    to [0, 1]; a constant sample is refused; NaN or infinite values are refused when the
+    frame holding them is computed.
     """
     import dask.array as da
 
     array = da.asarray(array)
     tyxc, original_axes = _canonical_layout(array, axes)
     tyxc = tyxc.rechunk({0: 1, 1: -1, 2: -1, 3: -1})
-    sampled_frames = _sample_frame_indices(tyxc.shape)
-    sample = tyxc[list(sampled_frames)].compute(scheduler="sync")
+    sampled_frames, step = _intensity_sample(tyxc.shape)
+    sample = tyxc[list(sampled_frames), ::step, ::step].compute(scheduler="sync")
     named = bool(axes) if channels_named is None else channels_named
     for t, frame in zip(sampled_frames, sample, strict=True):
         refuse_non_finite(frame, where=f"{source}: frame {t}")
@@ -337,7 +340,9 @@ def lazy_image_from_array(
     try:
         mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
     except InputImageError as exc:  # a constant sample
-        raise InputImageError(f"{source}: {exc}") from None
+        whole = len(sampled_frames) == tyxc.shape[0] and step == 1
+        where = "" if whole else f" (frames {_listed(sampled_frames)} sampled, every {step} px)"
+        raise InputImageError(f"{source}{where}: {exc}") from None
     data = tyxc.map_blocks(
         _normalise_frames, mapping, source, dtype=np.float32, meta=np.empty((0,) * 4, np.float32)
     )
@@ -352,12 +357,20 @@ def lazy_image_from_array(
     )
 
 
-def _sample_frame_indices(tyxc_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Evenly spaced frame indices (first and last included) within the sample budget."""
+def _intensity_sample(tyxc_shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """The frames that set a stack's intensity range, evenly spaced (first and last
+    included), and the pixel step in Y and X that keeps them within the sample budget."""
     n_frames, values_per_frame = tyxc_shape[0], int(np.prod(tyxc_shape[1:]))
-    budget = max(1, INTENSITY_SAMPLE_VALUES // values_per_frame)
-    n_sampled = min(n_frames, INTENSITY_SAMPLE_FRAMES, budget)
-    return tuple(int(t) for t in np.unique(np.linspace(0, n_frames - 1, n_sampled).round()))
+    n_sampled = min(n_frames, INTENSITY_SAMPLE_FRAMES)
+    frames = tuple(int(t) for t in np.unique(np.linspace(0, n_frames - 1, n_sampled).round()))
+    step = math.ceil(math.sqrt(len(frames) * values_per_frame / INTENSITY_SAMPLE_VALUES))
+    return frames, max(1, step)
+
+
+def _listed(numbers: tuple[int, ...]) -> str:
+    """``0, 10, 19`` (the first and last three beyond six numbers)."""
+    shown = numbers if len(numbers) <= 6 else (*numbers[:3], "…", *numbers[-3:])
+    return ", ".join(map(str, shown))
 
 
 def _normalise_frames(

@@ -6,8 +6,8 @@ thresholds, pixel size …). :func:`export_table` never replaces an existing fil
 asked; the npe2 writer (File → Save Layers) writes the ``.csv`` or ``.parquet`` napari asked
 for (after its own overwrite prompt), its JSON sidecar and the copy in the other format an
 earlier export left beside it — files beside it that are not an earlier export of it (a
-JSON this plugin did not write) are refused, never replaced. The table is the layer's now: points moved by hand move
-their cells; points added by hand are refused.
+JSON this plugin did not write) are refused, never replaced. The table is the layer's now:
+points moved by hand move their cells; points added by hand are refused.
 """
 
 from __future__ import annotations
