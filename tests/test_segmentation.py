@@ -228,6 +228,17 @@ def test_a_yellow_light_does_not_shrink_the_crop_window():
     assert yellow is not None and yellow[2] == pytest.approx(neutral[2], rel=0.1)
 
 
+def test_a_speck_at_the_centre_does_not_set_the_crop_window():
+    """The stained piece nearest the centre won whatever its size: a 1-px speck beside a
+    PBC neutrophil's nucleus made a window of 8 px, blown up to the network's input."""
+    image = np.full((200, 200, 3), 0.95, dtype=np.float32)
+    image[40:160, 75:195] = pale_cell_image(1.0)  # the nucleus centred at (100, 135)
+    image[99:102, 99:102] = (0.55, 0.40, 0.75)  # a speck at the centre, 15 px from it
+    found = central_stained_object(image)
+    assert found is not None
+    assert found[2] == pytest.approx(40, rel=0.1) and found[1] == pytest.approx(135, abs=2)
+
+
 def test_stain_score_is_unchanged_under_training_microscopes_light():
     from napari_bloodcell.segmentation.smear import LOWEST_BACKGROUND_SCORE, stain_score
 

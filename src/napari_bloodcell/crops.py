@@ -120,7 +120,7 @@ def crop_single_cell_image(
 ) -> np.ndarray:
     """Re-crop a single-cell image (a training crop of any magnification) the way ``analyze`` does.
 
-    The stained object nearest the centre sets the window's centre and size, measured
+    The largest stained object near the centre sets the window's centre and size, measured
     as in segmentation; if nothing stained is found, the largest square centred in the
     image is used.
 

@@ -252,8 +252,14 @@ def _rbcs(rgb: np.ndarray, taken: np.ndarray, params: SmearParams) -> np.ndarray
     return rbcs
 
 
+CENTRAL_REGION_FRACTION = 0.25
+"""A single-cell image's cell has its centroid within this fraction of the image's smaller
+side from the image centre."""
+
+
 def central_stained_object(rgb: np.ndarray) -> tuple[float, float, float] | None:
-    """(centroid_y, centroid_x, diameter_px) of the stained object nearest the image centre.
+    """(centroid_y, centroid_x, diameter_px) of the central stained object: the largest
+    near the image centre (:func:`_central_object`).
 
     For a single-cell training crop of unknown magnification (float (Y, X, 3) in [0, 1]).
     ``diameter_px`` is measured like a WBC's ``crop_diameter_px`` in :func:`segment_frame`:
@@ -282,15 +288,20 @@ def central_stained_object(rgb: np.ndarray) -> tuple[float, float, float] | None
 
 
 def _central_object(mask: np.ndarray) -> tuple[float, float, float]:
-    """(centroid_y, centroid_x, equivalent diameter) of the component nearest the centre."""
+    """(centroid_y, centroid_x, equivalent diameter) of the largest component whose centroid
+    lies within :data:`CENTRAL_REGION_FRACTION` of the image's smaller side from its centre
+    (the nearest component when none does): a speck or a lobe near the centre is not the
+    cell."""
     labels, n_labels = ndi.label(mask)
     index = np.arange(1, n_labels + 1)
     centroids = np.asarray(ndi.center_of_mass(mask, labels, index)).reshape(-1, 2)
+    areas = np.asarray(ndi.sum_labels(mask, labels, index)).reshape(-1)
     centre = (np.asarray(mask.shape) - 1) / 2.0
-    nearest = int(np.argmin(np.linalg.norm(centroids - centre, axis=1)))
-    area = np.count_nonzero(labels == nearest + 1)
+    distances = np.linalg.norm(centroids - centre, axis=1)
+    central = distances <= CENTRAL_REGION_FRACTION * min(mask.shape)
+    chosen = int(np.argmax(np.where(central, areas, -1))) if central.any() else distances.argmin()
     return (
-        float(centroids[nearest, 0]),
-        float(centroids[nearest, 1]),
-        float(equivalent_diameter(area)),
+        float(centroids[chosen, 0]),
+        float(centroids[chosen, 1]),
+        float(equivalent_diameter(areas[chosen])),
     )
