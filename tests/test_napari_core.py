@@ -49,6 +49,7 @@ def _resolve(python_name: str):
         ((5, 48, 64), False, "", "TYX"),
         ((5, 3, 48, 64), False, "", "TCYX"),
         ((3, 5, 48, 64), False, "CTYX", "CTYX"),
+        ((48, 3, 64), False, "YCX", "YCX"),  # the outputs get a size-1 axis where C is
     ],
 )
 def test_image_layout(shape, rgb, axes, expected):
@@ -63,6 +64,15 @@ def test_image_layout(shape, rgb, axes, expected):
         ((6, 8, 48, 64), False, "", "Axes field"),
         ((5, 48, 64, 3), True, "TCYX", "last axis is the colour axis"),
         ((5, 48, 64), False, "TYXC", "name 4 axes"),
+        # results would land on the wrong axes: the message says how to reorder the layer
+        (
+            (640, 480, 3),
+            True,
+            "XYC",
+            r"np.transpose\(layer.data, \(1, 0, 2\)\), rgb=True\), and give the axes 'YXC'",
+        ),
+        ((48, 64, 6), False, "YXT", r"np.transpose\(layer.data, \(2, 0, 1\)\)\), .* 'TYX'"),
+        ((2, 48, 6, 64), False, "CYTX", r"\(0, 2, 1, 3\)\)\), and give the axes 'CTYX'"),
     ],
 )
 def test_image_layout_refuses_ambiguous_or_wrong_axes(shape, rgb, axes, message):
@@ -175,7 +185,7 @@ def test_tracks_after_a_leading_channel_axis_keep_the_shear_of_their_axes(movie)
     np.testing.assert_allclose(Affine(shear=meta["shear"], ndim=3).shear, expected.shear)
 
 
-def _tracks_layer(classes: list[str]):
+def _tracks_layer(classes: list[str], parameters: dict | None = None):
     """A napari Tracks layer (no viewer) of one 3-frame track per class of ``classes``,
     each frame of a track classed as the track, the last frame without a confidence."""
     import napari
@@ -197,7 +207,7 @@ def _tracks_layer(classes: list[str]):
         for frame in range(3)
     ]
     placement = Placement(scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
-    ((data, meta, _),) = tracks_layers(pd.DataFrame(rows), "m", placement, {})
+    ((data, meta, _),) = tracks_layers(pd.DataFrame(rows), "m", placement, parameters or {})
     return napari.layers.Tracks(data, **meta)
 
 
@@ -222,6 +232,21 @@ def test_tracks_of_three_classes_or_more_are_drawn_in_their_class_colours():
     expected = [to_rgba(colours[name]) for name in track_classes]
     np.testing.assert_allclose(layer.track_colors, expected, atol=1e-6)
     assert _class_names(layer, "track_class") == track_classes
+
+
+def test_tracks_of_a_user_models_classes_have_their_colours_of_the_points():
+    """The points, labels, legend and plot colour a model's own classes by their place among
+    the model's classes; the tracks coloured them by their place among the classes tracked
+    (with no 'blast' track, 'lobed' took blast's colour)."""
+    from matplotlib.colors import to_rgba
+
+    from napari_bloodcell.classes import class_colours
+
+    model_classes = ["blast", "lobed", "round"]
+    layer = _tracks_layer(["round", "lobed"], {"model": {"classes": model_classes}})
+    colours = class_colours(model_classes)
+    expected = [to_rgba(colours[name]) for name in _class_names(layer, "track_class")]
+    np.testing.assert_allclose(layer.track_colors, expected, atol=1e-6)
 
 
 def test_every_colour_by_choice_of_a_tracks_layer_works():

@@ -215,6 +215,31 @@ def test_analyze_widget_uses_the_current_frame_of_a_stack(make_napari_viewer, qt
     assert {float(cells.data_to_world(point)[0]) for point in cells.data} == {20.0}
 
 
+def test_the_lists_follow_renamed_layers_and_new_models_in_order(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """A renamed image layer kept its old name in the list (and lost its choice); a model
+    saved from a terminal was listed after "none (segmentation only)"."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell.classification.model_files import user_models_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)), name="a")
+    second = viewer.add_image(np.zeros((32, 32)), name="b")
+    widget = AnalyzeWidget(viewer)
+    widget.image.value = second
+    widget.model.value = None
+    second.name = "renamed"
+    combo = widget.image.native
+    assert [combo.itemText(i) for i in range(combo.count())] == ["a", "renamed"]
+    assert widget.image.value is second
+    user_models_dir().mkdir(parents=True)
+    (user_models_dir() / "mylab.keras").write_bytes(b"")  # e.g. `napari-bloodcell train`
+    viewer.add_image(np.zeros((32, 32)), name="c")  # the lists are refreshed
+    assert widget.model.choices[-2:] == ("mylab", None) and widget.model.value is None
+
+
 def test_results_take_the_units_and_rotation_of_the_image(make_napari_viewer, qtbot, smear):
     """Results in pixels beside an image in µm turned napari's units off for every layer
     ("Inconsistent units across layers"); a rotated image's cells landed elsewhere."""
@@ -477,6 +502,80 @@ def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
     assert viewer.layers["movie stack instances"] is instances and instances.data.shape[0] == 6
 
 
+def test_a_cancelled_batch_rerun_keeps_the_earlier_result(make_napari_viewer, qtbot, dask_movie):
+    """A re-run writes into layers of its own until it finishes: a full result was replaced
+    by the one frame of a re-run cancelled at once (a user's result overwritten unasked)."""
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    def slow(block):  # a slow reader gives the viewer time to cancel mid-batch
+        time.sleep(0.4)
+        return block
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(dask_movie, rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.display_interval_s = 0.0
+    _run(widget, qtbot)
+    earlier = list(viewer.layers)
+    instances, _, cells = earlier[1:]
+    kept = cells.features.copy()
+    image.data = dask_movie.map_blocks(slow)
+    widget.pixel_size.value = 0.25
+    widget.run()
+    widget.worker.yielded.connect(lambda _: widget.cancel())
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    assert list(viewer.layers)[:4] == earlier and instances.data.shape[0] == 6
+    assert cells.features.equals(kept)
+    assert cells.metadata["napari_bloodcell"]["parameters"]["pixel_size_um"] is None
+    cancelled = list(viewer.layers)[4:]
+    assert [layer.name for layer in cancelled] == [
+        f"movie stack {role} (cancelled run)" for role in ("instances", "classes", "cells")
+    ]
+    assert 1 <= cancelled[0].data.shape[0] < 6 and widget._cells_layer is cancelled[-1]
+    assert all("key" not in layer.metadata["napari_bloodcell"] for layer in cancelled)
+    assert widget.status.value.startswith("cancelled") and "earlier result is kept" in (
+        widget.status.value
+    )
+    _run(widget, qtbot)  # a re-run that finishes updates the earlier result's layers
+    assert list(viewer.layers) == [*earlier, *cancelled]
+    assert instances.data.shape[0] == 6 and widget._cells_layer is cells
+    assert cells.metadata["napari_bloodcell"]["parameters"]["pixel_size_um"] == 0.25
+
+
+def test_a_slow_redraw_of_a_running_batch_is_followed_by_a_pause(make_napari_viewer):
+    """Each redraw rebuilds the layers and the plot from the whole table: one longer than
+    the display interval was followed by the next at once, leaving the viewer no time."""
+    from types import SimpleNamespace
+
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    widget = BatchWidget(make_napari_viewer())
+    redraws = []
+
+    def slow_redraw(*args):
+        time.sleep(0.2)
+        redraws.append(args)
+
+    widget._show_layers = slow_redraw  # the widget goes with the test: nothing to restore
+    widget.plot_counts = lambda *args: None
+    item = SimpleNamespace(
+        table=pd.DataFrame({"cell_class": []}),
+        model_classes=[],
+        frames_done=1,
+        n_frames=9,
+        empty_frames=[],
+        layers=[],
+    )
+    widget.display_interval_s = 0.1
+    widget._apply(item)
+    widget._apply(item)  # the next frame, finished while the first redraw ran
+    time.sleep(0.15)  # past the display interval, within 4 redraws' time
+    widget._apply(item)
+    assert len(redraws) == 1 and widget._latest is item  # shown when the batch ends
+
+
 @pytest.mark.parametrize(
     ("make_image", "axes", "channel", "message"),
     [
@@ -484,6 +583,7 @@ def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
         (lambda: np.random.default_rng(0).random((6, 8, 48, 64)), "", None, "Axes field"),
         (lambda: np.random.default_rng(0).random((3, 48, 64, 3)), "TCYX", None, "colour axis"),
         (lambda: np.random.default_rng(0).random((5, 48, 64)), "", 2, "has 1 channel"),
+        (lambda: np.random.default_rng(0).random((48, 64, 5)), "YXT", None, "order T, Y, X"),
     ],
 )
 def test_batch_bad_input_is_a_notification_and_adds_nothing(
@@ -577,6 +677,19 @@ def test_a_result_layer_edited_by_hand_is_never_replaced(
     assert instances.data[10, 10] == 999 and cells.features.equals(kept)  # theirs, untouched
     assert len(viewer.layers) == 6  # new instances and cells layers; classes updated in place
     assert viewer.layers[-1] is not cells and viewer.layers[2] is classes
+
+
+def test_a_table_that_cannot_be_written_is_a_warning(
+    make_napari_viewer, qtbot, smear, tmp_path, notifications
+):
+    """A file system error (here a name too long) is a notification, not an exception out
+    of the button's handler (which aborts a plain PyQt script)."""
+    _, widget = _analysed_smear(make_napari_viewer, qtbot, smear)
+    widget.export_file.value = tmp_path / f"{'x' * 300}.csv"
+    assert not widget.export()
+    assert notifications[-1][0] == "warning"
+    assert "cannot write the table to" in notifications[-1][1]
+    assert "File name too long" in notifications[-1][1]
 
 
 def test_a_cells_table_edited_in_place_is_never_replaced(make_napari_viewer, qtbot, smear):

@@ -20,23 +20,31 @@ from ._layers import (
     class_colours,
     layer_key,
     placement_of,
+    stack_keys,
     tracks_key,
     tracks_layers,
 )
 from ._widgets_common import (
     AnalysisWidget,
     PlotCanvas,
+    own_layers,
     release_layer,
     upsert_layers,
     while_open,
 )
+
+RUNNING = "running"
+"""Marks the layers of a re-run until it finishes (the earlier result's stay as they are)."""
 
 
 class BatchWidget(AnalysisWidget):
     """Analyse a T × Y × X (× C) image layer (also dask-backed) into T × Y × X label layers
     and a points layer with a ``frame`` column; a plot shows cells per class and frame.
 
-    Cancelling keeps the finished frames: the layers then hold exactly those frames.
+    Cancelling keeps the finished frames: the layers then hold exactly those frames. A
+    re-run of an image with result layers writes into new layers, ``… (running)``, until
+    it finishes: then it updates the earlier result's layers; cancelled or failed, it
+    leaves them as they were (its own layers stay, ``… (cancelled run)``).
     **Track cells** links the cells of the result over frames (``tracking.track_table``)
     into a Tracks layer coloured by track class; the tracking tables are exported next to
     the cells table.
@@ -46,6 +54,9 @@ class BatchWidget(AnalysisWidget):
     display_interval_s = 0.5
     """Results are shown at most this often (and when the batch ends or is cancelled):
     building the layers and the plot costs more the longer the table grows."""
+    redraw_spacing = 4.0
+    """A redraw is followed by at least this many times its own duration without one, so
+    that a long batch leaves the viewer most of its time however slow its redraws get."""
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -81,8 +92,11 @@ class BatchWidget(AnalysisWidget):
         self.tracking = None
         self._tracked_cells = None  # (layer, cells table) the last tracking linked
         self.track_worker = None  # while cells are being tracked
-        self._latest: StackProgress | None = None
-        self._shown_at = -np.inf
+        self._latest: StackProgress | None = None  # the run's last result …
+        self._shown: StackProgress | None = None  # … and the last one shown
+        self._shown_at = -np.inf  # when the last redraw ended …
+        self._redraw_gap = 0.0  # … and how long the next waits at least
+        self._rerun_of: str | None = None  # the image whose earlier result a run keeps
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
 
@@ -100,6 +114,9 @@ class BatchWidget(AnalysisWidget):
         steps = stack_steps(job)
         self.tracking = None  # the tracks of an earlier result are not this run's …
         self._release_tracks_layer(job.source)  # … nor is their layer
+        self._latest = self._shown = None
+        earlier = own_layers(self._viewer, stack_keys(job.source))
+        self._rerun_of = job.source if earlier else None
         return steps, job.layout.n_frames
 
     def _release_tracks_layer(self, source: str) -> None:
@@ -111,23 +128,50 @@ class BatchWidget(AnalysisWidget):
 
     def _apply(self, item: StackProgress) -> None:
         self._latest = item
-        if time.monotonic() - self._shown_at >= self.display_interval_s:
+        gap = max(self.display_interval_s, self._redraw_gap)
+        if time.monotonic() - self._shown_at >= gap:
             self._show(item)
 
     @while_open
     def _on_finished(self) -> None:
-        if self._latest is not None:  # the frames finished since the last display
+        if self._rerun_of is not None:
+            self._end_rerun()
+        elif self._latest is not self._shown:  # the frames finished since the last display
             self._show(self._latest)
         super()._on_finished()
 
+    def _end_rerun(self) -> None:
+        """A finished re-run replaces the earlier result in its layers (and drops its own);
+        a cancelled or failed one keeps its frames in its own layers, handed to the user."""
+        ended = self._state["cancelled"] or self._state["failed"]
+        if ended and self._latest is not self._shown:
+            self._show(self._latest)  # into its own layers
+        source, self._rerun_of = self._rerun_of, None
+        running = own_layers(self._viewer, {f"{RUNNING}-{key}" for key in stack_keys(source)})
+        if ended:
+            outcome = "cancelled" if self._state["cancelled"] else "failed"
+            for layer in running:
+                release_layer(layer)
+                layer.name = layer.name.replace(f"({RUNNING})", f"({outcome} run)")
+            summary = self._state["summary"] or "no results"
+            self._state["summary"] = f"{summary}; the earlier result is kept"
+            return
+        if self._latest is not None:
+            self._show(self._latest)  # into the earlier result's layers
+        for layer in running:
+            self._viewer.layers.remove(layer)
+
     def _show(self, item: StackProgress) -> None:
-        self._latest, self._shown_at = None, time.monotonic()
+        started = time.monotonic()
         classes = all_classes(item.table, item.model_classes)
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"
         if item.empty_frames:
             summary += f" (empty frames: {', '.join(map(str, item.empty_frames))})"
-        self._show_layers(item.layers, item.table, classes, summary)
+        layers = item.layers if self._rerun_of is None else running_layers(item.layers)
+        self._show_layers(layers, item.table, classes, summary)
         self.plot_counts(item.table, classes, item.frames_done)
+        self._shown, self._shown_at = item, time.monotonic()
+        self._redraw_gap = self.redraw_spacing * (self._shown_at - started)
 
     def plot_counts(self, table, classes: list[str], n_frames: int) -> None:
         """Cells per class and frame of the first ``n_frames`` (a frame without cells: 0)."""
@@ -263,3 +307,14 @@ class BatchWidget(AnalysisWidget):
             )
             return None
         return self.tracking
+
+
+def running_layers(layer_data: list[tuple]) -> list[tuple]:
+    """The layers of a running re-run: named ``… (running)``, with keys of their own."""
+    running = []
+    for data, meta, layer_type in layer_data:
+        own = meta["metadata"][METADATA_KEY]
+        metadata = {METADATA_KEY: {**own, "key": f"{RUNNING}-{own['key']}"}}
+        meta = {**meta, "name": f"{meta['name']} ({RUNNING})", "metadata": metadata}
+        running.append((data, meta, layer_type))
+    return running

@@ -111,6 +111,7 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
             raise InputImageError(
                 f"axes {axes!r}: this is an RGB layer, its last axis is the colour axis (C)"
             )
+        check_output_order(axes, rgb)
     elif rgb:
         if len(shape) not in (3, 4):
             raise InputImageError(
@@ -133,6 +134,30 @@ def image_layout(shape: tuple[int, ...], rgb: bool, axes: str = "") -> ImageLayo
     layout = ImageLayout(axes, shape, rgb, typed=bool(typed_axes))
     check_frame_pixels(*layout.frame_shape)  # before any frame is read
     return layout
+
+
+OUTPUT_ORDER = "TYX"
+"""The order of the outputs' axes, which napari lines up with the image's axes in order."""
+
+
+def check_output_order(axes: str, rgb: bool) -> None:
+    """Refuse typed ``axes`` whose T, Y and X are not in that order (other axes may sit
+    anywhere): the result layers would land on the wrong axes of the image. The message
+    shows how to add the layer again with its axes reordered."""
+    slots = [i for i, a in enumerate(axes) if a in OUTPUT_ORDER]
+    ordered = sorted(slots, key=lambda i: OUTPUT_ORDER.index(axes[i]))
+    if ordered == slots:
+        return
+    order = list(range(len(axes)))
+    for slot, i in zip(slots, ordered, strict=True):
+        order[slot] = i
+    fixed = "".join(axes[i] for i in order)
+    raise InputImageError(
+        f"axes {axes!r}: the time, row and column axes must come in the order T, Y, X "
+        f"(the result layers line up with the image in that order); add the layer again "
+        f"with its axes reordered, e.g. viewer.add_image(np.transpose(layer.data, "
+        f"{tuple(order)}){', rgb=True' if rgb else ''}), and give the axes {fixed!r}"
+    )
 
 
 def read_frame(data, layout: ImageLayout, t: int = 0, source: str = "<array>") -> np.ndarray | None:

@@ -188,6 +188,15 @@ def tracks_key(source: str) -> str:
     return f"{TRACKS_ROLE}:{source}"
 
 
+STACK_ROLES = ("stack-instances", "stack-classes", "stack-cells")
+"""The roles of a batch's result layers (:class:`~._compute.StackProgress`)."""
+
+
+def stack_keys(source: str) -> set[str]:
+    """The keys of the batch result layers of image ``source``."""
+    return {f"{role}:{source}" for role in STACK_ROLES}
+
+
 def layer_key(metadata: dict) -> str | None:
     """The stable key of a layer made by this plugin (None for other layers)."""
     return (metadata or {}).get(METADATA_KEY, {}).get("key")
@@ -320,7 +329,9 @@ def tracks_layers(
     tracks: pd.DataFrame, source: str, placement: Placement, parameters: dict
 ) -> list[tuple]:
     """A napari Tracks layer of ``tracks`` (``tracking.track_table``, at least one row),
-    coloured by the class of each track with the fixed class colours.
+    coloured by the class of each track with the fixed class colours (a user model's own
+    classes get the colours they have in the points, labels, legend and plot: by their
+    place among the model's classes, from ``parameters``).
 
     napari offers every ``features`` column to colour by, and fails on text: the features
     are the numeric columns of the per-point table with values, and ``<column>_code`` for
@@ -351,12 +362,15 @@ def tracks_layers(
         for column in CATEGORY_FEATURES
         if column in features
     }
+    model_classes = (parameters.get("model") or {}).get("classes", [])
     codes, colormaps = {}, {}
     for column, names in categories.items():
         index = features[column].cat.codes.to_numpy(dtype=float)
         codes[f"{column}_code"] = (index + 0.5) / max(len(names), 1)
         title = "tracks" if column == "track_class" else column
-        colormaps[f"{column}_code"] = _class_band_colormap(names, f"bloodcell {title}")
+        colormaps[f"{column}_code"] = _class_band_colormap(
+            names, f"bloodcell {title}", class_colours([*model_classes, *names])
+        )
     numbers = features.select_dtypes("number").dropna(axis="columns", how="all").assign(**codes)
     track_colormap = colormaps["track_class_code"]
     # registered, so that the layer controls show the colours in use, not napari's default
@@ -377,12 +391,11 @@ def tracks_layers(
     return [(data, meta, "tracks")]
 
 
-def _class_band_colormap(names: list[str], title: str):
-    """A napari ``Colormap`` with one band of 1 / len(names) per class, in its fixed colour
-    (white without classes), named ``"<title>: <names>"``."""
+def _class_band_colormap(names: list[str], title: str, colours: dict[str, str]):
+    """A napari ``Colormap`` with one band of 1 / len(names) per class, in its colour of
+    ``colours`` (white without classes), named ``"<title>: <names>"``."""
     from napari.utils.colormaps import Colormap
 
-    colours = class_colours(names)
     return Colormap(
         colors=[colours[name] for name in names] or ["#ffffff"],
         controls=np.linspace(0.0, 1.0, max(len(names), 1) + 1),

@@ -197,6 +197,16 @@ _UPDATED_ATTRIBUTES = (
 )
 
 
+def own_layers(viewer, keys: set[str]) -> list:
+    """The result layers this plugin made whose key is in ``keys`` (not duplicates, not
+    layers handed to the user)."""
+    return [
+        layer
+        for layer in viewer.layers
+        if layer in _RESULT_LAYERS and layer_key(layer.metadata) in keys
+    ]
+
+
 def _update_layer(layer, data, meta: dict) -> None:
     """New data and display settings for an existing layer (its name stays the user's)."""
     _UPDATING.add(layer)
@@ -391,6 +401,7 @@ class AnalysisWidget(Container):
         signals = (
             napari_viewer.layers.events.inserted,
             napari_viewer.layers.events.removed,
+            napari_viewer.layers.events.renamed,
             MODEL_EVENTS.changed,
         )
         for signal in signals:
@@ -401,6 +412,14 @@ class AnalysisWidget(Container):
         self._on_model_changed(self.model.value)
 
     # ------------------------------------------------------------------ inputs
+
+    def reset_choices(self, *_args) -> None:
+        """Refresh the lists (image layers, models), each in its order and keeping its choice
+        while it is offered: magicgui keeps the old items and appends new ones ("none" was
+        no longer the last model) and a renamed layer is a new item (the choice was lost)."""
+        for widget in self:
+            if isinstance(widget, ComboBox):
+                _rebuild_choices(widget)
 
     def _image_layers(self, _widget=None) -> list:
         from napari.layers import Image
@@ -578,8 +597,24 @@ class AnalysisWidget(Container):
         except BloodcellError as exc:
             show_warning(str(exc))
             return False
+        except OSError as exc:  # no permission, disk full, name too long …
+            show_warning(f"cannot write the table to {path}: {exc.strerror or exc}")
+            return False
         show_info(f"wrote {', '.join(p.name for p in written)} to {written[0].parent}")
         return True
+
+
+def _rebuild_choices(combo: ComboBox) -> None:
+    """Set ``combo``'s choices afresh, in their order, keeping its value if still offered
+    (``changed`` is emitted only when the value changed)."""
+    value = combo.value
+    with combo.changed.blocked():
+        combo.choices = ()
+        combo.reset_choices()
+        if value in combo.choices:
+            combo.value = value
+    if combo.value != value:
+        combo.changed.emit(combo.value)
 
 
 def release_layer(layer) -> bool:
