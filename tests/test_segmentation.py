@@ -591,6 +591,21 @@ def test_a_one_pixel_leukocyte_candidate_is_not_round():
     assert roundness[1] < 1e-3
 
 
+@pytest.mark.parametrize(("column", "radius"), [(0, 45), (10, 40)])
+def test_a_nucleus_cut_by_the_frame_edge_is_no_red_cell(column, radius):
+    """A white cell cut by the frame edge, its nucleus too small for a WBC's, was typed
+    "rbc" (red − green above Otsu's threshold): nucleus-stained pixels are never red cell."""
+    image = smear_scene()
+    paint(image, (200, column), radius, (0.62, 0.25, 0.62))  # a reddish-purple nucleus
+    segmentation = segment_frame(image, "smear")
+    assert type_at(segmentation, 200, 2) is None and type_at(segmentation, 200, 8) is None
+    assert segmentation.cells["cell_type"].value_counts().to_dict() == {
+        "wbc": 1,
+        "rbc": 2,
+        "platelet": 1,
+    }
+
+
 def test_a_patch_of_smear_background_holds_no_cell():
     """The background of a small cell-free frame was taken for a red-cell pallor cut open
     by the frame edge, filled, and became one red cell covering the whole frame."""

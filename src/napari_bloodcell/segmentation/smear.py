@@ -154,10 +154,12 @@ def segment_smear(rgb: np.ndarray, params: SmearParams) -> Segmentation:
     score = stain_score(rgb, sigma)
     blue_red = ndi.gaussian_filter(rgb[..., 2] - rgb[..., 0], sigma)
 
-    nuclei, nucleus_diameters = _wbc_nuclei(score, params)
+    nucleus_stained, nuclei, nucleus_diameters = _wbc_nuclei(score, params)
     wbcs = _grow_into_cytoplasm(nuclei, score, blue_red, params)
     platelets = _platelets(score, blue_red, wbcs > 0, params)
-    rbcs = _rbcs(rgb, (wbcs > 0) | (platelets > 0), params)
+    # nucleus-stained pixels are never red cell (e.g. a WBC cut by the frame edge, too
+    # small for a WBC nucleus)
+    rbcs = _rbcs(rgb, (wbcs > 0) | (platelets > 0) | nucleus_stained, params)
     layers = [
         LabelLayer("wbc", wbcs, crop_diameters_px=nucleus_diameters),
         LabelLayer("platelet", platelets),
@@ -166,8 +168,11 @@ def segment_smear(rgb: np.ndarray, params: SmearParams) -> Segmentation:
     return combine_layers(layers, score.shape, "smear")
 
 
-def _wbc_nuclei(score: np.ndarray, params: SmearParams) -> tuple[np.ndarray, np.ndarray]:
-    """WBC nucleus labels (lobes merged) and their equivalent diameters (px)."""
+def _wbc_nuclei(
+    score: np.ndarray, params: SmearParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nucleus-stained mask (hysteresis), WBC nucleus labels (lobes merged, of a WBC
+    nucleus's size) and their equivalent diameters (px)."""
     stained = apply_hysteresis_threshold(score, params.nucleus_score_low, params.nucleus_score_high)
     merged = merge_lobes(stained, params.nucleus_closing_radius_um)
     nuclei, areas = label_by_area(
@@ -175,7 +180,7 @@ def _wbc_nuclei(score: np.ndarray, params: SmearParams) -> tuple[np.ndarray, np.
         disk_area(params.wbc_min_nucleus_diameter_um),
         disk_area(params.wbc_max_nucleus_diameter_um),
     )
-    return nuclei, equivalent_diameter(areas)
+    return stained, nuclei, equivalent_diameter(areas)
 
 
 def _grow_into_cytoplasm(
