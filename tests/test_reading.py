@@ -195,6 +195,14 @@ def test_missing_file():
         read_image("does/not/exist.png")
 
 
+@pytest.mark.parametrize(("name", "hint"), [("frames", ""), ("stack.zarr", "read lazily")])
+def test_a_folder_is_named_a_folder(tmp_path, name, hint):
+    """A folder was reported as "no such file"."""
+    (tmp_path / name).mkdir()
+    with pytest.raises(InputImageError, match=f"is a folder, not an image file.*{hint}"):
+        read_image(tmp_path / name)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint32])
 def test_extreme_ranges_do_not_overflow_to_nan(dtype):
     """Found by hypothesis: float64 values near float32's maximum became inf, then NaN."""
@@ -277,3 +285,16 @@ def test_a_grey_tiff_with_alpha_is_read_as_grey(tmp_path, planar):
     for read in (read_image, open_lazy):
         with pytest.raises(VaryingAlphaError, match="cut.tif: a grey image with a varying"):
             read(tmp_path / "cut.tif")
+
+
+def test_a_picture_over_pillows_own_limit_says_which_limit(tmp_path, monkeypatch):
+    """The refusal read "over the pixel budget", though raising the plugin's budget
+    ($NAPARI_BLOODCELL_MAX_FRAME_PIXELS) could not help: Pillow's limit had refused it."""
+    from PIL import Image
+
+    iio.imwrite(tmp_path / "big.png", np.zeros((30, 40, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as a 180 Mpx picture meets it
+    with pytest.raises(
+        InputImageError, match="over Pillow's pixel limit .* save the frame as TIFF"
+    ):
+        read_image(tmp_path / "big.png")

@@ -33,6 +33,18 @@ def test_a_table_without_rows_keeps_its_column_types_through_csv_and_parquet(tmp
     pd.testing.assert_series_equal(read_table(tmp_path / "none.parquet").dtypes, with_rows.dtypes)
 
 
+def test_text_that_pandas_takes_for_a_gap_reads_back_as_written(tmp_path):
+    """A class or file named "NA", "None", "null" or "nan" read back from CSV as ""."""
+    table = _table(4).assign(
+        source=["NA", "None", "a.tif", ""], cell_class=["nan", "null", "NA", "x"]
+    )
+    table.loc[1, "p_x"] = float("nan")
+    read = read_table(write_table(table, tmp_path / "t.csv"))
+    assert read["source"].tolist() == ["NA", "None", "a.tif", ""]
+    assert read["cell_class"].tolist() == ["nan", "null", "NA", "x"]
+    assert read["p_x"].isna().tolist() == [False, True, False, False]
+
+
 def test_saving_a_layer_over_its_table_leaves_a_strangers_json_beside_it(tmp_path):
     """napari asks before replacing mine.csv only; a mine.json the plugin did not write
     was replaced by the sidecar (and any mine.parquet beside it by a copy)."""

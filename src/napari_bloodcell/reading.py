@@ -126,6 +126,10 @@ def _checked_image_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     path = Path(path)
     if path.suffix.lower() == ZARR_SUFFIX and ZARR_SUFFIX in suffixes and path.is_dir():
         return path
+    if path.is_dir():
+        zarr = path.suffix.lower() == ZARR_SUFFIX
+        hint = " (a Zarr store is read lazily: open_lazy, or the batch)" if zarr else ""
+        raise InputImageError(f"{path}: is a folder, not an image file{hint}")
     if not path.is_file():
         raise InputImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -593,8 +597,12 @@ def _read_with_imageio(path: Path) -> np.ndarray:
         with Image.open(path) as header:
             width, height = header.size
             mode = header.mode
-    except Image.DecompressionBombError as exc:
-        raise InputImageError(f"{path}: over the pixel budget ({_one_line(exc)})") from None
+    except Image.DecompressionBombError as exc:  # before our own budget can be checked
+        raise InputImageError(
+            f"{path}: over Pillow's pixel limit for PNG/JPEG/BMP ({_one_line(exc)}), whatever "
+            f"${MAX_FRAME_PIXELS_ENV} says; save the frame as TIFF, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS in Python"
+        ) from None
     try:
         check_frame_pixels(height, width)
     except InputImageError as exc:

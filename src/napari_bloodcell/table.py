@@ -148,16 +148,23 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a table written by :func:`write_table`.
 
-    The text columns (``source``, ``cell_type``, ``cell_class``) are read as text, an
-    empty one (e.g. the ``source`` of an array analysed without a name) as the empty text
-    written, not as a missing value; the other columns as pandas reads them (those of a
-    table without rows as the numbers they hold in a table with rows).
+    The text columns (``source``, ``cell_type``, ``cell_class``) are read as the text
+    written (categories from Parquet): an empty one (e.g. the ``source`` of an array
+    analysed without a name) as empty text, ``NA`` or ``None`` as those words, not as
+    missing values; the other columns as pandas reads them, only an empty field being a
+    missing value (those of a table without rows as the numbers they hold in a table with
+    rows).
     """
     path = Path(path)
     try:
         if path.suffix.lower() == ".parquet":
             return _typed_if_empty(pd.read_parquet(path))
-        table = pd.read_csv(path, dtype={column: str for column in CATEGORY_COLUMNS})
+        table = pd.read_csv(
+            path,
+            dtype={column: str for column in CATEGORY_COLUMNS},
+            keep_default_na=False,  # a class or file named "NA" or "None" is no gap
+            na_values=[""],  # to_csv's missing value
+        )
     except ImportError:
         raise BloodcellError(
             f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
