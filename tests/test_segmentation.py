@@ -606,6 +606,16 @@ def test_a_nucleus_cut_by_the_frame_edge_is_no_red_cell(column, radius):
     }
 
 
+@pytest.mark.parametrize("pink", [0.05, 0.08])
+def test_a_cell_free_smear_with_a_pinkish_background_holds_no_cell(pink):
+    """Otsu's threshold splits any frame in two, and the fixed red − green floor let a
+    pinkish background through: dozens of red cells in a frame without one."""
+    rng = np.random.default_rng(0)
+    frame = np.clip(0.85 + rng.normal(0, 0.02, (240, 320, 3)), 0, 1)
+    frame[..., 0] = np.clip(frame[..., 0] + pink, 0, 1)
+    assert segment_frame(frame.astype(np.float32), "smear").cells.empty
+
+
 def test_a_patch_of_smear_background_holds_no_cell():
     """The background of a small cell-free frame was taken for a red-cell pallor cut open
     by the frame edge, filled, and became one red cell covering the whole frame."""

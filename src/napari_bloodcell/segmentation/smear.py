@@ -238,9 +238,13 @@ def _platelets(
 
 def _rbcs(rgb: np.ndarray, taken: np.ndarray, params: SmearParams) -> np.ndarray:
     """RBC labels: Otsu foreground of red − green minus ``taken``, split by a distance
-    watershed seeded at the central pallors (the filled holes of the foreground)."""
+    watershed seeded at the central pallors (the filled holes of the foreground).
+
+    The threshold is at least ``rbc_red_green_min`` above a pinkish background's red −
+    green (a frame without cells has a foreground by Otsu's too)."""
     red_green = ndi.gaussian_filter(rgb[..., 0] - rgb[..., 1], params.smoothing_sigma_um)
-    threshold = max(threshold_otsu(red_green), params.rbc_red_green_min)
+    background = max(0.0, background_score(rgb, red_green))
+    threshold = max(threshold_otsu(red_green), params.rbc_red_green_min + background)
     rbc_area = disk_area(params.rbc_diameter_um)
     stained = red_green > threshold
     foreground = fill_small_holes(stained, 0.5 * rbc_area, at_border=True) & ~taken
