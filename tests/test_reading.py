@@ -298,3 +298,19 @@ def test_a_picture_over_pillows_own_limit_says_which_limit(tmp_path, monkeypatch
         InputImageError, match="over Pillow's pixel limit .* save the frame as TIFF"
     ):
         read_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path, channels):
+    """Pillow decodes 16-bit RGB(A) PNGs to 8 bits: the low byte was dropped silently and
+    the image reported as uint8."""
+    import imagecodecs
+
+    rgb = np.random.default_rng(4).integers(0, 65536, (30, 40, channels), dtype=np.uint16)
+    rgb[0, 1, :3] = [255, 256, 257]  # equal in their high byte
+    if channels == 4:
+        rgb[..., 3] = 65535  # opaque
+    (tmp_path / "c16.png").write_bytes(imagecodecs.png_encode(rgb))
+    image = read_image(tmp_path / "c16.png")
+    assert image.original_dtype == "uint16" and image.data.shape == (1, 30, 40, 3)
+    assert len(set(image.data[0, 0, 1].tolist())) == 3

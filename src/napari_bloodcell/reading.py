@@ -596,7 +596,7 @@ def _read_with_imageio(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as header:
             width, height = header.size
-            mode = header.mode
+            mode, file_format = header.mode, header.format
     except Image.DecompressionBombError as exc:  # before our own budget can be checked
         raise InputImageError(
             f"{path}: over Pillow's pixel limit for PNG/JPEG/BMP ({_one_line(exc)}), whatever "
@@ -607,6 +607,10 @@ def _read_with_imageio(path: Path) -> np.ndarray:
         check_frame_pixels(height, width)
     except InputImageError as exc:
         raise InputImageError(f"{path}: {exc}") from None
+    if file_format == "PNG" and mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+        import imagecodecs  # Pillow decodes 16-bit colour PNGs to 8 bits
+
+        return imagecodecs.png_decode(path.read_bytes())
     if mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
@@ -616,6 +620,12 @@ def _read_with_imageio(path: Path) -> np.ndarray:
     if mode == GREY_ALPHA_MODE:  # (Y, X, 2): not 2 channels, nor Y frames of X × 2 px
         return _grey_without_alpha(path, array, sample_axis=2, alpha=array[..., 1])
     return array
+
+
+def _png_bit_depth(path: Path) -> int:
+    """Bits per sample of a PNG file (its IHDR chunk, the first, holds it at byte 24)."""
+    with open(path, "rb") as file:
+        return file.read(25)[24]
 
 
 def _grey_without_alpha(path: Path, array, sample_axis: int, alpha: np.ndarray):
