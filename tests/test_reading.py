@@ -314,3 +314,11 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path, channels):
     image = read_image(tmp_path / "c16.png")
     assert image.original_dtype == "uint16" and image.data.shape == (1, 30, 40, 3)
     assert len(set(image.data[0, 0, 1].tolist())) == 3
+
+
+def test_a_tiff_of_thumbnails_only_says_so(tmp_path):
+    """It read "cannot be read as an image (list index out of range)"."""
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tif:
+        tif.write(np.zeros((32, 32), np.uint8), subfiletype=1)  # a reduced-resolution image
+    with pytest.raises(InputImageError, match="only reduced-resolution images"):
+        read_image(tmp_path / "thumb.tif")

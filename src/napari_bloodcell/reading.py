@@ -723,6 +723,11 @@ def _single_series(path: Path, tif):
     images) is refused: analysing only the first would silently drop the others.
     """
     series = [s for s in tif.series if not s.keyframe.is_reduced]
+    if not series:
+        raise InputImageError(
+            f"{path}: the TIFF holds only reduced-resolution images (thumbnails or pyramid "
+            f"levels), no full-resolution one"
+        )
     if len(series) > 1:
         shapes = ", ".join("×".join(map(str, s.shape)) for s in series[:4])
         raise InputImageError(
