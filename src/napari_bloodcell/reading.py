@@ -599,9 +599,9 @@ def _read_with_imageio(path: Path) -> np.ndarray:
             mode, file_format = header.mode, header.format
     except Image.DecompressionBombError as exc:  # before our own budget can be checked
         raise InputImageError(
-            f"{path}: over Pillow's pixel limit for PNG/JPEG/BMP ({_one_line(exc)}), whatever "
-            f"${MAX_FRAME_PIXELS_ENV} says; save the frame as TIFF, or raise "
-            f"PIL.Image.MAX_IMAGE_PIXELS in Python"
+            f"{path}: over the pixel budget of Pillow, which decodes PNG/JPEG/BMP "
+            f"({_one_line(exc)}), whatever ${MAX_FRAME_PIXELS_ENV} says; save the frame as "
+            f"TIFF, or raise PIL.Image.MAX_IMAGE_PIXELS in Python"
         ) from None
     try:
         check_frame_pixels(height, width)
