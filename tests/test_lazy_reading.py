@@ -215,10 +215,36 @@ def test_analyze_files_reads_a_stack_in_bounded_chunks(tmp_path, monkeypatch):
 
 def test_zarr_stacks_open_lazily(tmp_path):
     zarr = pytest.importorskip("zarr")
-    stack = RNG.integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    stack = RNG.integers(0, 255, (5, 40, 50), dtype=np.uint8)
     zarr.save_array(str(tmp_path / "s.zarr"), stack)
     lazy = open_lazy(tmp_path / "s.zarr")
     np.testing.assert_array_equal(lazy.data.compute()[..., 0], stack / np.float32(255))
+
+
+@pytest.mark.parametrize(
+    ("axes", "expected"),
+    [
+        (["t", "c", "y", "x"], "TCYX"),
+        ([{"name": "t", "type": "time"}, {"name": "c"}, {"name": "y"}, {"name": "x"}], "TCYX"),
+        ([{"name": "frame", "type": "time"}, {"name": "ch", "type": "channel"}, "y", "x"], "TCYX"),
+        (None, "TCYX"),  # OME-Zarr 0.3 and older name no axes: inferred from the shape
+    ],
+)
+def test_ome_zarr_levels_open_with_their_axes(tmp_path, axes, expected):
+    """Axis names other than one letter were glued into an unusable axes string, and
+    OME-Zarr without axes failed with "cannot be read as an image ('axes')"."""
+    zarr = pytest.importorskip("zarr")
+    stack = RNG.integers(0, 255, (4, 2, 40, 50), dtype=np.uint8)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    create = getattr(group, "create_array", None) or group.array  # zarr 3 / zarr 2
+    create("0", data=stack)
+    level = {"datasets": [{"path": "0"}], **({"axes": axes} if axes else {})}
+    group.attrs["multiscales"] = [level]
+    lazy = open_lazy(tmp_path / "s.zarr")
+    assert lazy.original_axes == expected and lazy.data.shape == (4, 40, 50, 2)
+    np.testing.assert_array_equal(
+        lazy.data[1].compute(), np.moveaxis(stack[1], 0, -1) / np.float32(255)
+    )
 
 
 def test_zarr_without_the_package_is_a_clear_error(tmp_path, monkeypatch):

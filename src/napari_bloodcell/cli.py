@@ -1,4 +1,5 @@
-"""Command line: ``napari-bloodcell analyze | train | evaluate | predict | demo``.
+"""Command line: ``napari-bloodcell analyze | track | train | evaluate | calibrate | predict
+| models | demo``.
 
 Every user error (bad file, bad option, existing results, incompatible model)
 prints one line ``napari-bloodcell: error: …`` naming the file and the problem

@@ -850,8 +850,24 @@ def _open_zarr_lazily(path: Path):
     if not multiscales:
         raise InputImageError(f"{path}: a Zarr group without OME multiscales metadata")
     level = multiscales[0]
-    axes = "".join(axis["name"] if isinstance(axis, dict) else axis for axis in level["axes"])
-    return da.from_zarr(node[level["datasets"][0]["path"]]), axes.upper(), None
+    array = da.from_zarr(node[level["datasets"][0]["path"]])
+    axes = "".join(_ome_zarr_axis(axis) for axis in level.get("axes", []))  # none before 0.4
+    return array, (axes if len(axes) == array.ndim else None), None
+
+
+_OME_ZARR_AXIS_TYPES = {"time": "T", "channel": "C"}
+
+
+def _ome_zarr_axis(axis) -> str:
+    """One letter for an OME-Zarr axis (a name, or a dict with ``name`` and ``type``):
+    its name when one letter (t, c, z, y, x), else by its type (time → T, channel → C),
+    else ``"?"`` (the axes are then inferred from the shape)."""
+    name, kind = (
+        (axis.get("name", ""), axis.get("type")) if isinstance(axis, dict) else (axis, None)
+    )
+    if len(str(name)) == 1:
+        return str(name).upper()
+    return _OME_ZARR_AXIS_TYPES.get(kind, "?")
 
 
 def _tiff_axes(tiff_axes: str, shape: tuple[int, ...]) -> str | None:
