@@ -109,6 +109,7 @@ def _job(data, axes="", rgb=True, scale=(2.0, 0.5, 0.5)):
         settings=AnalysisSettings(modality="fluorescence"),
         classifier=None,
         source="movie",
+        image_id="movie-id",
         scale=scale,
         translate=(0.0,) * (len(scale) - 2) + (10.0, 20.0),
     )
@@ -160,7 +161,7 @@ def test_tracks_take_the_channel_axis_only_after_time(movie, axes, columns):
     layout = image_layout(tuple(shape[a] for a in axes), False, axes)
     placement = layout.placement((1.0, 1.0, 0.5, 0.5), (0.0,) * 4, "TYX")
     tracks = track_table(movie.tracks[movie.tracks["visible"]].drop(columns="visible")).tracks
-    ((data, meta, _),) = tracks_layers(tracks, "m", placement, {})
+    ((data, meta, _),) = tracks_layers(tracks, "m", "m-id", placement, {})
     # napari's Tracks: id, then time, then space; with C first, (t, y, x) already line up
     assert data.shape[1] == columns and len(meta["scale"]) == columns - 1
     ordered = tracks.sort_values(["track_id", "frame"])
@@ -180,7 +181,7 @@ def test_tracks_after_a_leading_channel_axis_keep_the_shear_of_their_axes(movie)
     shear = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # napari's upper triangle, row by row
     placement = layout.placement((1.0,) * 4, (0.0,) * 4, "TYX", transform={"shear": shear})
     tracks = track_table(movie.tracks[movie.tracks["visible"]].drop(columns="visible")).tracks
-    ((_, meta, _),) = tracks_layers(tracks, "m", placement, {})
+    ((_, meta, _),) = tracks_layers(tracks, "m", "m-id", placement, {})
     expected = Affine(shear=[0.4, 0.5, 0.6], ndim=3)  # T, Y, X rows and columns
     np.testing.assert_allclose(Affine(shear=meta["shear"], ndim=3).shear, expected.shear)
 
@@ -207,7 +208,7 @@ def _tracks_layer(classes: list[str], parameters: dict | None = None):
         for frame in range(3)
     ]
     placement = Placement(scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
-    ((data, meta, _),) = tracks_layers(pd.DataFrame(rows), "m", placement, parameters or {})
+    ((data, meta, _),) = tracks_layers(pd.DataFrame(rows), "m", "m-id", placement, parameters or {})
     return napari.layers.Tracks(data, **meta)
 
 
@@ -306,7 +307,7 @@ def test_a_singleton_z_axis_is_analysed_and_kept_in_the_outputs(movie):
     pd.testing.assert_frame_equal(cells_table(points, meta["features"], meta["metadata"]),
                                   meta["features"])  # fmt: skip
     tracks = track_table(result.table).tracks
-    ((data, _, _),) = tracks_layers(tracks, "m", result.placement, {})
+    ((data, _, _),) = tracks_layers(tracks, "m", "m-id", result.placement, {})
     assert data.shape[1] == 5  # id, t, z, y, x
     with pytest.raises(InputImageError, match="the Z axis has 2 planes"):
         image_layout((4, 2, 64, 96, 3), True, "TZYXC")
@@ -315,7 +316,7 @@ def test_a_singleton_z_axis_is_analysed_and_kept_in_the_outputs(movie):
     placement = five_d.placement((1.0,) * 5, (0.0,) * 5, "TYX")
     assert placement.extra_axes == (1, 2)
     with pytest.raises(BloodcellError, match="at most one axis besides T, Y and X"):
-        tracks_layers(tracks, "m", placement, {})
+        tracks_layers(tracks, "m", "m-id", placement, {})
 
 
 def test_stack_of_another_axis_order_gives_the_same_cells(movie):

@@ -283,6 +283,28 @@ def test_one_cell_type_left_out_keeps_the_other_and_pixel_sizes_keep_their_digit
     assert len(classes) > 0 and set(classes) == {"platelet"}
 
 
+def test_the_channel_lists_offer_every_channel_of_the_image(make_napari_viewer):
+    """The channel lists offered channels 0–7 only: channel 8 and up of a hyperstack could
+    not be chosen."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._compute import NO_CHANNEL
+
+    viewer = make_napari_viewer()
+    widget = AnalyzeWidget(viewer)
+    at_least = (None, NO_CHANNEL, *range(8))
+    assert widget.leukocyte_channel.choices == at_least  # no image
+    viewer.add_image(np.zeros((2, 12, 32, 32), np.float32), name="hyperstack")
+    assert widget.leukocyte_channel.choices == at_least  # its axes are not known yet
+    widget.axes.value = "TCYX"
+    assert widget.platelet_channel.choices == (None, NO_CHANNEL, *range(12))
+    widget.leukocyte_channel.value = 11
+    assert widget.settings(12).channels["leukocyte"] == 11
+    viewer.add_image(np.zeros((32, 32, 3), np.float32), rgb=True, name="rgb")
+    widget.image.value, widget.axes.value = viewer.layers["rgb"], ""
+    assert widget.leukocyte_channel.choices == at_least
+    assert widget.leukocyte_channel.value is None  # channel 11 is gone: back to the default
+
+
 @pytest.fixture
 def dask_movie():
     import dask.array as da
@@ -657,6 +679,44 @@ def _analysed_smear(make_napari_viewer, qtbot, smear):
     return viewer, widget
 
 
+@pytest.mark.parametrize("stack", [False, True])
+def test_an_image_of_the_same_name_never_updates_the_results_of_another(
+    make_napari_viewer, qtbot, stack
+):
+    """Result layers were keyed by the image layer's name: an image added under the name of
+    a removed one (patient2/image.tif after patient1/image.tif) replaced its kept results
+    in place, and a renamed image got new result layers."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    movies = [
+        make_timelapse(n_frames=2, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=seed).image
+        for seed in (1, 2)
+    ]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(movies[0] if stack else movies[0][0], rgb=True, name="image")
+    widget = (BatchWidget if stack else AnalyzeWidget)(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    if stack:
+        _track(widget, qtbot)
+    first = list(viewer.layers)[1:]
+    kept = [np.array(layer.data) for layer in first]
+    viewer.layers.remove(image)  # its results stay
+    image = viewer.add_image(movies[1] if stack else movies[1][0], rgb=True, name="image")
+    widget.image.value = image
+    _run(widget, qtbot)
+    if stack:
+        _track(widget, qtbot)
+    layers = list(viewer.layers)
+    assert layers[: len(first)] == first and len(layers) == 2 * len(first) + 1
+    for layer, data in zip(first, kept, strict=True):
+        np.testing.assert_array_equal(layer.data, data)
+    image.name = "renamed"  # its results follow it
+    _run(widget, qtbot)
+    assert list(viewer.layers) == layers
+
+
 def test_a_result_layer_edited_by_hand_is_never_replaced(
     make_napari_viewer, qtbot, smear, tmp_path, notifications
 ):
@@ -822,6 +882,59 @@ def test_closing_the_widget_while_a_batch_runs_stops_it(make_napari_viewer, qtbo
     qtbot.wait(200)
     labels = [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert labels and max(layer.data.shape[0] for layer in labels) < 8
+
+
+def test_closing_the_widget_while_it_tracks_drops_the_tracking(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    """Closing the widget stopped a batch but not Track cells: its worker was never told
+    to quit and handed its tracks to the closed widget."""
+    from napari.layers import Tracks
+
+    from napari_bloodcell import tracking
+
+    track_table = tracking.track_table
+
+    def slow_tracking(*args):
+        time.sleep(2.0)
+        return track_table(*args)
+
+    monkeypatch.setattr(tracking, "track_table", slow_tracking)
+    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image, rgb=True)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-bloodcell", "Batch time-lapse")
+    widget.model.value = None
+    _run(widget, qtbot)
+    widget.track()
+    ended = []
+    widget.track_worker.returned.connect(lambda _: ended.append("returned"))
+    widget.track_worker.finished.connect(lambda: ended.append("finished"))
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: "finished" in ended, timeout=WAIT_MS)
+    assert ended == ["finished"]  # quit: its result is never handed over
+    assert not any(isinstance(layer, Tracks) for layer in viewer.layers)
+
+
+def test_a_widget_destroyed_after_its_viewer_was_torn_down_closes_quietly(
+    make_napari_viewer, qtbot
+):
+    """An undocked widget can outlive its viewer: destroyed after the viewer's emitters
+    were torn down (their ``_callbacks`` gone), it raised an AttributeError in a Qt slot,
+    which aborts a plain PyQt script."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    widget = AnalyzeWidget(viewer)
+    emitter = viewer.layers.events.inserted
+    viewer.close()
+    callbacks = emitter._callbacks
+    del emitter._callbacks  # as left by the teardown of the viewer
+    try:
+        with qtbot.waitSignal(widget.native.destroyed):
+            widget.native.deleteLater()
+    finally:
+        emitter._callbacks = callbacks
 
 
 # --------------------------------------------------------------------------- training

@@ -69,3 +69,39 @@ def test_saving_a_layer_over_its_table_leaves_a_strangers_json_beside_it(tmp_pat
     assert str(tmp_path / "ours.json") in written
     assert len(read_table(tmp_path / "ours.csv")) == 1
     assert "napari_bloodcell_version" in json.loads((tmp_path / "ours.json").read_text())
+
+
+@pytest.mark.parametrize("failing", [".parquet", ".json"])
+def test_a_failed_export_leaves_no_new_file_behind(tmp_path, monkeypatch, failing):
+    """The CSV of an export whose Parquet copy or JSON sidecar failed stayed, and the next
+    export to that name was refused: the file existed."""
+    from types import SimpleNamespace
+
+    from napari_bloodcell._napari import _writer
+
+    if failing == ".parquet":
+        pytest.importorskip("pyarrow")
+    table = _table(2).assign(label=[1, 2])
+    layer = {"name": "cells", "features": table, "metadata": {}}
+    points = table[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
+    _writer.export_table(tmp_path / "earlier.csv", table, {})
+    before = sorted(tmp_path.iterdir())
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    write_table = _writer.write_table
+    monkeypatch.setattr(
+        _writer,
+        "write_table",
+        lambda table, path: disk_full() if path.suffix == failing else write_table(table, path),
+    )
+    if failing == ".json":
+        monkeypatch.setattr(_writer, "os", SimpleNamespace(replace=disk_full))
+    with pytest.raises(OSError, match="No space"):
+        _writer.export_table(tmp_path / "cells.csv", table, {})
+    with pytest.raises(OSError, match="No space"):  # over an earlier export: it stays
+        _writer.write_cells_table(str(tmp_path / "earlier.csv"), points, layer)
+    assert sorted(tmp_path.iterdir()) == before
+    monkeypatch.undo()
+    assert _writer.export_table(tmp_path / "cells.csv", table, {})  # not refused

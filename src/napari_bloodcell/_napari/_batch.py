@@ -91,14 +91,20 @@ class BatchWidget(AnalysisWidget):
         self.track_button.clicked.connect(self.track)
         self.tracking = None
         self._tracked_cells = None  # (layer, cells table) the last tracking linked
-        self.track_worker = None  # while cells are being tracked
+        self._state["track_worker"] = None  # while cells are being tracked (see track_worker)
         self._latest: StackProgress | None = None  # the run's last result …
         self._shown: StackProgress | None = None  # … and the last one shown
         self._shown_at = -np.inf  # when the last redraw ended …
         self._redraw_gap = 0.0  # … and how long the next waits at least
-        self._rerun_of: str | None = None  # the image whose earlier result a run keeps
+        self._rerun_of: str | None = None  # the image (id) whose earlier result a run keeps
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
+
+    @property
+    def track_worker(self):
+        """The worker tracking cells now (None when not tracking); closing the widget
+        stops it, like the batch's."""
+        return self._state["track_worker"]
 
     def run(self) -> None:
         """Start a batch, unless cells are being tracked (their tracks would be taken for
@@ -113,17 +119,17 @@ class BatchWidget(AnalysisWidget):
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
         steps = stack_steps(job)
         self.tracking = None  # the tracks of an earlier result are not this run's …
-        self._release_tracks_layer(job.source)  # … nor is their layer
+        self._release_tracks_layer(job.image_id)  # … nor is their layer
         self._latest = self._shown = None
-        earlier = own_layers(self._viewer, stack_keys(job.source))
-        self._rerun_of = job.source if earlier else None
+        earlier = own_layers(self._viewer, stack_keys(job.image_id))
+        self._rerun_of = job.image_id if earlier else None
         return steps, job.layout.n_frames
 
-    def _release_tracks_layer(self, source: str) -> None:
-        """Keep the tracks layer of image ``source``, named ``… (earlier run)``, but never
+    def _release_tracks_layer(self, image_id: str) -> None:
+        """Keep the tracks layer of image ``image_id``, named ``… (earlier run)``, but never
         update it again."""
         for layer in self._viewer.layers:
-            if layer_key(layer.metadata) == tracks_key(source) and release_layer(layer):
+            if layer_key(layer.metadata) == tracks_key(image_id) and release_layer(layer):
                 layer.name = f"{layer.name} (earlier run)"
 
     def _apply(self, item: StackProgress) -> None:
@@ -146,8 +152,8 @@ class BatchWidget(AnalysisWidget):
         ended = self._state["cancelled"] or self._state["failed"]
         if ended and self._latest is not self._shown:
             self._show(self._latest)  # into its own layers
-        source, self._rerun_of = self._rerun_of, None
-        running = own_layers(self._viewer, {f"{RUNNING}-{key}" for key in stack_keys(source)})
+        image_id, self._rerun_of = self._rerun_of, None
+        running = own_layers(self._viewer, {f"{RUNNING}-{key}" for key in stack_keys(image_id)})
         if ended:
             outcome = "cancelled" if self._state["cancelled"] else "failed"
             for layer in running:
@@ -207,7 +213,9 @@ class BatchWidget(AnalysisWidget):
         except BloodcellError as exc:
             self._show_error(f"cannot track {layer.name!r}: {exc}")
             return
-        parameters = layer.metadata.get(METADATA_KEY, {}).get("parameters", {})
+        own = layer.metadata.get(METADATA_KEY, {})
+        parameters = own.get("parameters", {})
+        image_id = own.get("image_id", str(layer.unique_id))  # metadata replaced by hand
         placement = placement_of(layer)
         worker = create_worker(
             track_table,
@@ -220,26 +228,31 @@ class BatchWidget(AnalysisWidget):
             _progress={"desc": "napari-bloodcell: tracking"},
             _start_thread=False,
             _connect={  # an "errored" handler of ours: superqt re-raises errors otherwise
-                "returned": partial(self._show_tracks, placement, parameters, layer, table),
+                "returned": partial(
+                    self._show_tracks, placement, parameters, image_id, layer, table
+                ),
                 "errored": self._tracking_failed,
                 "finished": self._tracking_finished,
             },
         )
-        self.track_worker = worker
+        self._state["track_worker"] = worker
         self.track_button.enabled = False
         self.status.value = "tracking…"
         worker.start()
 
     @while_open
-    def _show_tracks(self, placement, parameters: dict, cells, table, result) -> None:
+    def _show_tracks(
+        self, placement, parameters: dict, image_id: str, cells, table, result
+    ) -> None:
         source = parameters.get("source", cells.name)
         if result.tracks.empty:  # napari cannot make a Tracks layer without points
-            self._release_tracks_layer(source)  # not this tracking's tracks
+            self._release_tracks_layer(image_id)  # not this tracking's tracks
             self.tracking, self._tracked_cells = result, (cells, table)  # empty tables
             self.status.value = "no leukocytes or platelets to track"
             return
         try:
-            upsert_layers(self._viewer, tracks_layers(result.tracks, source, placement, parameters))
+            layer_data = tracks_layers(result.tracks, source, image_id, placement, parameters)
+            upsert_layers(self._viewer, layer_data)
         except BloodcellError as exc:
             self._show_error(str(exc))
             return
@@ -258,7 +271,7 @@ class BatchWidget(AnalysisWidget):
 
     @while_open
     def _tracking_finished(self) -> None:
-        self.track_worker = None
+        self._state["track_worker"] = None
         self.track_button.enabled = True
 
     def export(self) -> bool:

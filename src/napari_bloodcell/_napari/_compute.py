@@ -297,6 +297,7 @@ class StackProgress:
     classes_image: LabelFramesView
     model_classes: list[str]
     source: str
+    image_id: str
     placement: Placement
     parameters: dict
     empty_frames: list[int] = field(default_factory=list)
@@ -313,6 +314,7 @@ class StackProgress:
             self.table,
             model_classes=self.model_classes,
             source=self.source,
+            image_id=self.image_id,
             placement=self.placement,
             parameters=self.parameters,
             role_prefix="stack-",
@@ -340,6 +342,9 @@ class AnalysisJob:
     settings: AnalysisSettings
     classifier: object
     source: str
+    image_id: str
+    """The image layer's ``unique_id`` (as text): the key of its result layers, which no
+    other image, of the same name or not, updates."""
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     transform: dict = field(default_factory=dict)
@@ -377,6 +382,7 @@ def frame_steps(job: AnalysisJob, t: int) -> Iterator[list[tuple] | Failure]:
         result.table,
         model_classes=job.model_classes,
         source=job.source,
+        image_id=job.image_id,
         placement=job.layout.placement(
             job.scale, job.translate, "YX", frame=t, transform=job.transform
         ),
@@ -433,6 +439,7 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
             classes_image=classes_image.view(t + 1),
             model_classes=seen_classes,
             source=job.source,
+            image_id=job.image_id,
             placement=placement,
             parameters={**parameters, "frames": t + 1, "n_frames": n},
             empty_frames=list(empty),

@@ -1,8 +1,9 @@
 """Core results → napari ``LayerDataTuple``s (no viewer, no Qt).
 
 Every layer made here carries ``metadata["napari_bloodcell"]`` with a stable ``key``
-(role + source layer name), so a second run updates the same layers instead of adding
-new ones, and the ``parameters`` of the run (written next to exported tables).
+(role + the image layer's ``unique_id``, never its name: another image of the same name
+must not update them), so a second run of the image updates the same layers instead of
+adding new ones, and the ``parameters`` of the run (written next to exported tables).
 """
 
 from __future__ import annotations
@@ -116,13 +117,15 @@ def all_classes(table: pd.DataFrame, model_classes: list[str]) -> list[str]:
 
 
 def layer_metadata(
-    role: str, source: str, parameters: dict, extra_axes: tuple[int, ...] = ()
+    role: str, image_id: str, parameters: dict, extra_axes: tuple[int, ...] = ()
 ) -> dict:
-    """Metadata marking a layer as this plugin's output ``role`` for image ``source``, with
-    the run's ``parameters`` and the positions of its extra axes (see :class:`Placement`)."""
+    """Metadata marking a layer as this plugin's output ``role`` for the image layer of
+    ``unique_id`` ``image_id``, with the run's ``parameters`` and the positions of its extra
+    axes (see :class:`Placement`)."""
     return {
         METADATA_KEY: {
-            "key": f"{role}:{source}",
+            "key": f"{role}:{image_id}",
+            "image_id": image_id,
             "parameters": parameters,
             "extra_axes": list(extra_axes),
         }
@@ -183,18 +186,18 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
 TRACKS_ROLE = "tracks"
 
 
-def tracks_key(source: str) -> str:
-    """The key of the tracks layer of image ``source`` (see :func:`layer_metadata`)."""
-    return f"{TRACKS_ROLE}:{source}"
+def tracks_key(image_id: str) -> str:
+    """The key of the tracks layer of image ``image_id`` (see :func:`layer_metadata`)."""
+    return f"{TRACKS_ROLE}:{image_id}"
 
 
 STACK_ROLES = ("stack-instances", "stack-classes", "stack-cells")
 """The roles of a batch's result layers (:class:`~._compute.StackProgress`)."""
 
 
-def stack_keys(source: str) -> set[str]:
-    """The keys of the batch result layers of image ``source``."""
-    return {f"{role}:{source}" for role in STACK_ROLES}
+def stack_keys(image_id: str) -> set[str]:
+    """The keys of the batch result layers of image ``image_id``."""
+    return {f"{role}:{image_id}" for role in STACK_ROLES}
 
 
 def layer_key(metadata: dict) -> str | None:
@@ -233,11 +236,13 @@ def result_layers(
     *,
     model_classes: list[str],
     source: str,
+    image_id: str,
     placement: Placement,
     parameters: dict,
     role_prefix: str = "",
 ) -> list[tuple]:
-    """Instance labels, class labels and class-coloured points of one analysis.
+    """Instance labels, class labels and class-coloured points of one analysis of image
+    layer ``source`` (its name) of ``unique_id`` ``image_id``.
 
     ``instances`` / ``classes_image`` are (Y, X) or (T, Y, X); points are (y, x) or
     (frame, y, x) at the cell centroids, with ``features`` = the per-cell table (class
@@ -259,7 +264,7 @@ def result_layers(
         return {
             "name": f"{source} {name}",
             "metadata": layer_metadata(
-                f"{role_prefix}{role}", source, parameters, placement.extra_axes
+                f"{role_prefix}{role}", image_id, parameters, placement.extra_axes
             ),
             **place,
             **kwargs,
@@ -326,9 +331,10 @@ def legend_html(table: pd.DataFrame, model_classes: list[str]) -> str:
 
 
 def tracks_layers(
-    tracks: pd.DataFrame, source: str, placement: Placement, parameters: dict
+    tracks: pd.DataFrame, source: str, image_id: str, placement: Placement, parameters: dict
 ) -> list[tuple]:
-    """A napari Tracks layer of ``tracks`` (``tracking.track_table``, at least one row),
+    """A napari Tracks layer of ``tracks`` (``tracking.track_table``, at least one row) of
+    image layer ``source`` of ``unique_id`` ``image_id`` (see :func:`result_layers`),
     coloured by the class of each track with the fixed class colours (a user model's own
     classes get the colours they have in the points, labels, legend and plot: by their
     place among the model's classes, from ``parameters``).
@@ -376,7 +382,7 @@ def tracks_layers(
     # registered, so that the layer controls show the colours in use, not napari's default
     # "turbo" (which ``color_by`` with ``colormaps_dict`` overrides)
     ensure_colormap(track_colormap)
-    metadata = layer_metadata(TRACKS_ROLE, source, parameters, placement.extra_axes)
+    metadata = layer_metadata(TRACKS_ROLE, image_id, parameters, placement.extra_axes)
     metadata[METADATA_KEY]["categories"] = categories
     meta = {
         "name": f"{source} tracks",

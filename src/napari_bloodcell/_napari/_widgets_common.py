@@ -7,6 +7,7 @@ import atexit
 import warnings
 import weakref
 from collections.abc import Iterator
+from contextlib import suppress
 from functools import partial, wraps
 from pathlib import Path
 
@@ -313,8 +314,16 @@ class PlotCanvas:
         self.canvas.draw()
 
 
-def channel_choices(_widget=None) -> list[tuple[str, int | None]]:
-    return [("default", None), ("none", NO_CHANNEL)] + [(str(i), i) for i in range(8)]
+MIN_CHANNEL_CHOICES = 8
+"""Channels 0–7 are offered at least (also when the image's channel count is unknown); a
+channel the image does not have is refused, with its channel count, when a run starts."""
+
+
+def channel_choices(n_channels: int | None) -> list[tuple[str, int | None]]:
+    """The choices: default, none and each channel of an image of ``n_channels`` channels
+    (None: unknown), at least :data:`MIN_CHANNEL_CHOICES`."""
+    n = max(n_channels or 0, MIN_CHANNEL_CHOICES)
+    return [("default", None), ("none", NO_CHANNEL)] + [(str(i), i) for i in range(n)]
 
 
 def while_open(handler):
@@ -353,8 +362,8 @@ class AnalysisWidget(Container):
             "TCYX; empty = inferred (RGB layers: (T)YXC)",
         )  # fmt: skip
         self.modality = ComboBox(label="modality", choices=["auto", "smear", "fluorescence"])
-        self.leukocyte_channel = ComboBox(label="leukocyte channel", choices=channel_choices)
-        self.platelet_channel = ComboBox(label="platelet channel", choices=channel_choices)
+        self.leukocyte_channel = ComboBox(label="leukocyte channel", choices=self._channels)
+        self.platelet_channel = ComboBox(label="platelet channel", choices=self._channels)
         self.model = ComboBox(label="model", choices=model_choices)
         self.pixel_size = FloatSpinBox(
             label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
@@ -394,6 +403,8 @@ class AnalysisWidget(Container):
             ]
         )
         self.model.changed.connect(self._on_model_changed)
+        self.image.changed.connect(self._reset_channel_choices)
+        self.axes.changed.connect(self._reset_channel_choices)
         self.uncertain_threshold.changed.connect(self._on_threshold_edited)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -425,6 +436,18 @@ class AnalysisWidget(Container):
         from napari.layers import Image
 
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _channels(self, _widget=None) -> list[tuple[str, int | None]]:
+        """The channel choices for the chosen image layer and axes."""
+        layer, n_channels = self.image.value, None
+        with suppress(BloodcellError):  # axes unknown or unusable: a run says why
+            if layer is not None:
+                n_channels = image_layout(layer.data.shape, layer.rgb, self.axes.value).n_channels
+        return channel_choices(n_channels)
+
+    def _reset_channel_choices(self, *_args) -> None:
+        for combo in (self.leukocyte_channel, self.platelet_channel):
+            _rebuild_choices(combo)
 
     def _on_model_changed(self, model: str | None) -> None:
         if model is None:
@@ -477,6 +500,7 @@ class AnalysisWidget(Container):
             settings=settings,
             classifier=classifier,
             source=layer.name,
+            image_id=str(layer.unique_id),
             scale=tuple(layer.scale),
             translate=tuple(layer.translate),
             transform=transform_of(layer),
@@ -664,13 +688,25 @@ def _dock_of(widget):
 
 
 def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
-    """When a widget is destroyed: stop its worker (its results are dropped), disconnect it
-    from the viewer and model events, and release its classifier processes."""
+    """When a widget is destroyed: stop its workers (the analysis and a batch's tracking;
+    their results are dropped), disconnect it from the viewer and model events, and release
+    its classifier processes."""
     if state.get("closed"):  # the dock widget went first (see DockWatcher)
         return
     state["closed"] = True
-    if state["worker"] is not None:
-        state["worker"].quit()
+    for worker in (state["worker"], state.get("track_worker")):
+        if worker is not None:
+            worker.quit()
     for signal in signals:
-        signal.disconnect(callback)
+        _disconnect(signal, callback)
     CLASSIFIERS.release(owner)
+
+
+def _disconnect(signal, callback) -> None:
+    """``signal.disconnect(callback)``, also for an emitter of a viewer already torn down
+    (its ``_callbacks`` gone): an undocked widget can outlive its viewer."""
+    try:
+        signal.disconnect(callback)
+    except AttributeError as exc:
+        if exc.name != "_callbacks":
+            raise

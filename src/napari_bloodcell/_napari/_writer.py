@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 
 import pandas as pd
@@ -62,13 +63,24 @@ def export_table(
 
 
 def _write(tables: list[Path], sidecar: Path, table: pd.DataFrame, parameters: dict) -> list[Path]:
-    for table_path in tables:
-        write_table(table, table_path)
+    """Write the table files and the sidecar. If one fails, the files this call created are
+    removed again (a next export is not refused for them); files that were there before
+    are never removed."""
+    paths = [*tables, sidecar]
+    created = [p for p in paths if not p.exists()]
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    marked = {VERSION_KEY: __version__, **parameters}  # a run's parameters name it already
-    tmp.write_text(json.dumps(marked, indent=2, default=str))
-    os.replace(tmp, sidecar)
-    return [*tables, sidecar]
+    try:
+        for table_path in tables:
+            write_table(table, table_path)
+        marked = {VERSION_KEY: __version__, **parameters}  # a run's parameters name it already
+        tmp.write_text(json.dumps(marked, indent=2, default=str))
+        os.replace(tmp, sidecar)
+    except BaseException:  # also an interrupted export
+        for path in [*created, tmp]:
+            with suppress(OSError):  # must not hide the error that stopped the export
+                path.unlink(missing_ok=True)
+        raise
+    return paths
 
 
 def _written_by_us(sidecar: Path) -> bool:
