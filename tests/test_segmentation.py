@@ -616,6 +616,18 @@ def test_a_cell_free_smear_with_a_pinkish_background_holds_no_cell(pink):
     assert segment_frame(frame.astype(np.float32), "smear").cells.empty
 
 
+def test_a_wide_smear_tile_with_one_cell_is_no_grey_image():
+    """A smear tile with colour in under 1 % of its pixels (one red cell on a wide
+    background, e.g. the thin edge of a slide scan) was refused as "a grey image"."""
+    tile = np.empty((1400, 1400, 3), np.float32)
+    tile[:] = BACKGROUND
+    paint(tile, (700, 700), 50, RBC_PINK)
+    assert segment_frame(tile, "smear").cells["cell_type"].tolist() == ["rbc"]
+    grey = np.repeat(tile.mean(axis=2, keepdims=True), 3, axis=2)
+    with pytest.raises(InputImageError, match="must hold the stain's colours"):
+        segment_frame(grey, "smear")
+
+
 def test_a_patch_of_smear_background_holds_no_cell():
     """The background of a small cell-free frame was taken for a red-cell pallor cut open
     by the frame edge, filled, and became one red cell covering the whole frame."""
