@@ -612,6 +612,26 @@ def test_temperature_scaling_fixes_overconfidence_and_lowers_ece():
     np.testing.assert_array_equal(calibrated.argmax(axis=1), overconfident.argmax(axis=1))
 
 
+def test_a_few_confidently_wrong_crops_do_not_drive_the_temperature_to_its_bound():
+    """The NLL clipped calibrated probabilities at 1e-12, capping the loss of confidently
+    wrong crops: 2 such crops in 400 gave T = 0.05 (every confidence ~1, nothing ever
+    uncertain) where the NLL's minimum is at T ≈ 0.55."""
+    from napari_bloodcell.classification.calibration import fit_temperature
+
+    probabilities = np.tile([0.85, 0.15], (400, 1))
+    labels = np.zeros(400, int)
+    labels[-2:] = 1
+    probabilities[-2:] = [1 - 1e-6, 1e-6]
+
+    def nll(temperature: float) -> float:
+        calibrated = apply_temperature(probabilities, temperature)
+        return -float(np.mean(np.log(calibrated[np.arange(400), labels])))
+
+    grid = np.geomspace(0.05, 20, 2000)
+    best = grid[np.argmin([nll(t) for t in grid])]
+    assert fit_temperature(probabilities, labels) == pytest.approx(best, rel=0.01)
+
+
 def test_a_validation_without_an_error_keeps_the_temperature_at_one():
     from napari_bloodcell.classification.calibration import calibration_record, fit_temperature
 
@@ -1241,3 +1261,22 @@ def test_intervals_resample_whole_frames_when_crops_share_them():
         assert low <= metrics["per_class"]["a"]["recall"] <= high
         widths.append(high - low)
     assert widths[1] > 2 * widths[0]  # ~√10 wider: 40 frames, not 400 crops
+
+
+def test_intervals_of_a_class_from_one_frame_are_never_narrower_than_by_crops():
+    """Resampling whole frames gave a zero-width interval for a class whose crops all came
+    from one frame (every resample holding it reproduced the same ratio)."""
+    from napari_bloodcell.classification.evaluation import (
+        add_confidence_intervals,
+        wilson_interval,
+    )
+
+    labels = np.r_[np.zeros(40, int), np.ones(200, int)]
+    predicted = np.r_[np.tile([0, 1], 20), np.ones(200, int)]  # class a: 20 of 40 right
+    groups = np.r_[np.zeros(40, int), np.repeat(np.arange(1, 51), 4)]  # a from one frame
+    metrics = classification_metrics(labels, predicted, ["a", "b"])
+    add_confidence_intervals(metrics, labels, predicted, groups=groups)
+    low, high = metrics["per_class"]["a"]["recall_ci95"]
+    assert (low, high) == pytest.approx(wilson_interval(20, 40))  # 0.35–0.65, not 0.5–0.5
+    f1_low, f1_high = metrics["per_class"]["a"]["f1_ci95"]
+    assert f1_high - f1_low > 0.1

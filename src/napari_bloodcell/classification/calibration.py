@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
 
-from .inference import apply_temperature
+from .inference import PROBABILITY_FLOOR, apply_temperature
 
 ECE_BINS = 15
 
@@ -39,11 +40,14 @@ def temperature_fit(probabilities: np.ndarray, labels: np.ndarray) -> float | No
     if len(np.unique(labels)) < 2 or np.all(probabilities.argmax(axis=1) == labels):
         return None
 
+    # the NLL in the log domain: a clip of the calibrated probabilities capped the loss of
+    # confidently wrong crops, and the fit ran to the lower bound (every confidence ~1)
+    log_p = np.log(np.clip(probabilities, PROBABILITY_FLOOR, 1.0))
+    truth = log_p[np.arange(len(labels)), labels]
+
     def nll(log_t: float) -> float:
-        calibrated = apply_temperature(probabilities, float(np.exp(log_t)))
-        return -float(
-            np.mean(np.log(np.clip(calibrated[np.arange(len(labels)), labels], 1e-12, 1)))
-        )
+        temperature = float(np.exp(log_t))
+        return float(np.mean(logsumexp(log_p / temperature, axis=1) - truth / temperature))
 
     result = minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded")
     return float(np.exp(result.x))

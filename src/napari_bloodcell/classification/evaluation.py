@@ -189,23 +189,43 @@ def add_confidence_intervals(
 ) -> None:
     """Add 95 % intervals per class: Wilson for precision and recall, bootstrap for F1,
     crops counting as independent. With ``groups`` (N,), e.g. the source frame of each
-    crop, the bootstrap resamples whole groups (crops of one frame share its stain and
-    focus) and gives all three intervals (percentiles)."""
+    crop, a bootstrap of whole groups (crops of one frame share its stain and focus) widens
+    them: each interval is then the span of both (resampling a class's few frames alone
+    gives intervals too narrow, down to none at all for a class from one frame)."""
     rng = np.random.default_rng(seed)
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     classes = metrics["classes"]
     true = labels[:, None] == np.arange(len(classes))  # (N, K)
     pred = predicted[:, None] == np.arange(len(classes))
-    _, group = np.unique(np.arange(len(labels)) if groups is None else groups, return_inverse=True)
-    n_groups = int(group.max(initial=-1)) + 1
+    by_crop = _bootstrap(true, pred, np.arange(len(labels)), n_boot, rng)
+    by_group = None
+    if groups is not None:
+        by_group = _bootstrap(true, pred, np.unique(groups, return_inverse=True)[1], n_boot, rng)
+    for k, name in enumerate(classes):
+        entry = metrics["per_class"][name]
+        hits = int(np.sum(true[:, k] & pred[:, k]))
+        entry["precision_ci95"] = wilson_interval(hits, int(pred[:, k].sum()))
+        entry["recall_ci95"] = wilson_interval(hits, int(true[:, k].sum()))
+        entry["f1_ci95"] = _percentile_interval(by_crop[2, :, k])
+        if by_group is not None:
+            for i, key in enumerate(("precision_ci95", "recall_ci95", "f1_ci95")):
+                entry[key] = _span(entry[key], _percentile_interval(by_group[i, :, k]))
+
+
+def _bootstrap(
+    true: np.ndarray, pred: np.ndarray, group: np.ndarray, n_boot: int, rng
+) -> np.ndarray:
+    """(3, n_boot, K) precision, recall and F1 per class over ``n_boot`` resamples of whole
+    groups (``group``: (N,) indices 0 … G − 1; one group per crop: a crop bootstrap)."""
+    n_groups, n_classes = int(group.max(initial=-1)) + 1, true.shape[1]
     per_group = [  # (G, K) counts: true positives, true, predicted
         np.stack(
-            [np.bincount(group, weights=w[:, k], minlength=n_groups) for k in range(len(classes))],
+            [np.bincount(group, weights=w[:, k], minlength=n_groups) for k in range(n_classes)],
             axis=1,
         )
         for w in (true & pred, true, pred)
     ]
-    resampled = np.full((3, n_boot, len(classes)), np.nan)  # precision, recall, F1
+    resampled = np.full((3, n_boot, n_classes), np.nan)
     for start in range(0, n_boot if n_groups else 0, BOOTSTRAP_CHUNK):
         draws = rng.integers(0, n_groups, (min(BOOTSTRAP_CHUNK, n_boot - start), n_groups))
         times = np.stack([np.bincount(row, minlength=n_groups) for row in draws])  # (chunk, G)
@@ -214,16 +234,16 @@ def add_confidence_intervals(
         resampled[0, chunk] = _ratio(tp, n_pred)
         resampled[1, chunk] = _ratio(tp, n_true)
         resampled[2, chunk] = _ratio(2 * tp, n_true + n_pred)
-    for k, name in enumerate(classes):
-        entry = metrics["per_class"][name]
-        if groups is None:
-            hits = int(np.sum(true[:, k] & pred[:, k]))
-            entry["precision_ci95"] = wilson_interval(hits, int(pred[:, k].sum()))
-            entry["recall_ci95"] = wilson_interval(hits, int(true[:, k].sum()))
-        else:
-            entry["precision_ci95"] = _percentile_interval(resampled[0, :, k])
-            entry["recall_ci95"] = _percentile_interval(resampled[1, :, k])
-        entry["f1_ci95"] = _percentile_interval(resampled[2, :, k])
+    return resampled
+
+
+def _span(first: tuple[float, float], second: tuple[float, float]) -> tuple[float, float]:
+    """The smallest interval holding both (NaN ends ignored; NaN when both are)."""
+    lows, highs = (
+        [v for v in (first[0], second[0]) if np.isfinite(v)],
+        [v for v in (first[1], second[1]) if np.isfinite(v)],
+    )
+    return (min(lows, default=float("nan")), max(highs, default=float("nan")))
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -321,11 +321,15 @@ def decide(
     return table
 
 
+PROBABILITY_FLOOR = 1e-12
+"""Probabilities are taken as at least this before their log (a float32 softmax gives 0)."""
+
+
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """Rescale softmax probabilities by a temperature (T > 1 softens, T = 1 leaves them)."""
     if temperature == 1.0:
         return probabilities
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logits = np.log(np.clip(probabilities, PROBABILITY_FLOOR, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=1, keepdims=True)
