@@ -49,6 +49,19 @@ def test_every_training_microscope_is_familiar_and_a_new_one_is_not():
     assert np.mean(shifted > 1) > 0.95
 
 
+def test_at_most_1_percent_of_a_microscopes_validation_crops_are_novel():
+    """With fewer than 100 validation crops the interpolated 99th percentile lay below the
+    largest distance: 1 of 51 (2 %) was beyond 1 on the microscope's own crops."""
+    rng = np.random.default_rng(1)
+    train, labels = _clusters(rng, 400)
+    for per_class in (17, 50):  # 51 and 150 validation crops
+        validation = _clusters(rng, per_class)[0]
+        reference = fit_novelty_reference(
+            train, labels, np.zeros(len(train)), validation, np.zeros(len(validation))
+        )
+        assert np.mean(novelty(validation, reference) > 1) <= 0.01
+
+
 def test_too_few_crops_give_no_reference():
     rng = np.random.default_rng(2)
     features, labels = _clusters(rng, 300)  # 900 training crops: fewer than 1,000

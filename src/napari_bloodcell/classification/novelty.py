@@ -5,9 +5,11 @@ mostly wrong there (docs/benchmarks.md: Zheng 2018). Its confidence does not war
 the distance of a crop's pooled CNN features from the training crops does (Lee et
 al., NeurIPS 2018): the Mahalanobis distance to the nearest mean of a class of one
 training microscope, with one shared covariance. It is reported relative to the
-distance that at most 1 % of each training microscope's validation crops exceed (exactly
-1 % of the least familiar microscope's, the largest of their 99th percentiles), so
-``novelty > 1`` reads "less familiar than 99 % of the crops the model was checked on".
+distance that at most 1 % of each training microscope's validation crops exceed (the
+largest of their 99th percentiles, each taken as a crop's own distance, rounded up: the
+largest of fewer than 100 crops), so ``novelty > 1`` reads "less familiar than 99 % of the
+crops the model was checked on". On new crops of a microscope with few validation crops
+the share beyond 1 is somewhat higher (the tail is estimated from few crops).
 
 One cell beyond 1 means little (up to 1 % of familiar cells are); many do mean the images
 differ from the training ones (another microscope, stain or magnification), and the
@@ -124,7 +126,9 @@ def fit_novelty_reference(
     distances = mahalanobis_distances(validation_features, reference)
     reference.threshold = float(  # (a validation folder without training crops: ignored)
         max(
-            np.percentile(distances[validation_domains == domain], REFERENCE_PERCENTILE)
+            np.percentile(  # "higher": an interpolated one left 1/n of n < 100 crops beyond
+                distances[validation_domains == domain], REFERENCE_PERCENTILE, method="higher"
+            )
             for domain in domains
         )
     )
@@ -158,8 +162,9 @@ def novelty_warning(novelty_values, cells: str = "classified cells") -> str | No
 
     Warned when at least :data:`WARNING_SHARE` of the cells are novel and a binomial test
     against 1 % gives p < :data:`WARNING_P_VALUE` (so a handful of cells never warns by
-    chance; familiar cells pass 1 at most 1 % of the time, so the test errs on the side of
-    not warning). NaN values (cells not classified by the CNN) are ignored.
+    chance; the share of 5 % is what keeps a microscope with few validation crops, whose
+    familiar cells pass 1 somewhat more than 1 % of the time, from warning on its own
+    images). NaN values (cells not classified by the CNN) are ignored.
     """
     from scipy.stats import binomtest  # not at import: the widgets import this module
 
