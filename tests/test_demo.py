@@ -17,10 +17,27 @@ def test_demo_refuses_a_folder_of_other_results(tmp_path):
     with pytest.raises(OutputExistsError, match="holds other files, not an earlier demo"):
         demo.run_demo(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.csv"]  # nothing written
-    (tmp_path / "inputs").mkdir()  # the user's own inputs, not an interrupted demo's
-    (tmp_path / "inputs" / "frame_001.png").write_bytes(b"")
+    (tmp_path / "inputs").mkdir()  # an empty inputs/ beside a user's cells.csv was taken
+    with pytest.raises(OutputExistsError, match="not an earlier demo"):  # for a demo's
+        demo.run_demo(tmp_path)
+    (tmp_path / "inputs" / "frame_001.png").write_bytes(b"")  # the user's own inputs
     with pytest.raises(OutputExistsError, match="not an earlier demo"):
         demo.run_demo(tmp_path)
+    assert (tmp_path / "cells.csv").read_text() == "source,label\nmine.png,1\n"
+
+
+def test_demo_refuses_a_users_results_beside_a_demos_inputs(tmp_path):
+    """The folder counted as an earlier demo whenever inputs/ held only demo inputs,
+    whatever else it held: the analysis then ran with overwrite on."""
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / demo.SMEAR_NAME).write_bytes(b"")
+    (tmp_path / "my_notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not an earlier demo"):
+        demo.run_demo(tmp_path)
+    assert demo._earlier_demo(tmp_path) is False
+    (tmp_path / "my_notes.txt").unlink()
+    (tmp_path / "labels").mkdir()  # what an interrupted demo leaves
+    assert demo._earlier_demo(tmp_path) is True
 
 
 def test_demo_refuses_to_score_a_failed_analysis(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .batch import analyze_files
+from .batch import PARTS_FOLDER, analyze_files
 from .errors import BloodcellError, OutputExistsError
 from .metrics import detection_by_type, match_instances, scores_from_counts
 from .pipeline import AnalysisSettings
@@ -23,6 +23,36 @@ from .synthetic import SyntheticSmear, SyntheticTimelapse, make_smear, make_time
 
 SMEAR_NAME = "synthetic_smear.png"
 TIMELAPSE_NAME = "synthetic_timelapse.tif"
+
+
+DEMO_OUTPUTS = frozenset(
+    {
+        "inputs",
+        "labels",
+        "overlays",
+        "tables",
+        "cells.csv",
+        "cells.parquet",
+        "run.json",
+        PARTS_FOLDER,
+    }
+)
+"""What a demo run writes into its folder (its report last)."""
+
+
+def _earlier_demo(out: Path) -> bool:
+    """Whether ``out`` holds an interrupted demo: its inputs (at least one, nothing else in
+    ``inputs/``) and nothing but what a demo writes (a user's cells.csv beside an empty
+    ``inputs/`` folder is not one)."""
+    inputs = out / "inputs"
+    if not inputs.is_dir():
+        return False
+    names = {p.name for p in inputs.iterdir()}
+    return (
+        bool(names)
+        and names <= {SMEAR_NAME, TIMELAPSE_NAME}
+        and all(p.name in DEMO_OUTPUTS for p in out.iterdir())
+    )
 
 
 def run_demo(
@@ -38,9 +68,7 @@ def run_demo(
     inputs = out / "inputs"
     if not overwrite and report_path.exists():
         raise OutputExistsError(f"{out} already holds a demo run; pass --overwrite to replace it")
-    demo_inputs = {SMEAR_NAME, TIMELAPSE_NAME}
-    earlier_demo = inputs.is_dir() and {p.name for p in inputs.iterdir()} <= demo_inputs
-    if not overwrite and out.is_dir() and not earlier_demo and any(out.iterdir()):
+    if not overwrite and out.is_dir() and any(out.iterdir()) and not _earlier_demo(out):
         raise OutputExistsError(
             f"{out} holds other files, not an earlier demo; choose a new or empty folder, or "
             "pass --overwrite to write the demo's results among them"

@@ -3,14 +3,16 @@
 Two generators, both deterministic for a given ``seed`` (``numpy.random.default_rng``):
 
 * :func:`make_smear`: a brightfield Giemsa/Wright blood-smear frame at BCCD scale
-  (640 x 480 px, RBC ~100 px across, WBC 140-230 px), composed by Beer-Lambert absorption so
+  (640 x 480 px, RBC ~100 px across, WBC 128-228 px: lymphocytes the smallest), composed by
+  Beer-Lambert absorption so
   overlapping cells darken like real ones, then blurred, noised and JPEG-compressed.
 * :func:`make_timelapse`: an intravital fluorescence time-lapse like flowcatchR's mesentery
   sequence: dim green leukocytes on random walks and bright red, mostly adherent platelets on a
   dark, streaky background.
 
 Ground-truth labels hold exactly the visible pixels of each object: an object drawn later
-occludes the objects under it.
+occludes the objects under it, except that white cells (drawn first) stay on top of
+everything drawn after them.
 """
 
 from __future__ import annotations
