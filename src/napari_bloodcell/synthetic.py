@@ -4,8 +4,8 @@ Two generators, both deterministic for a given ``seed`` (``numpy.random.default_
 
 * :func:`make_smear`: a brightfield Giemsa/Wright blood-smear frame at BCCD scale
   (640 x 480 px, RBC ~100 px across, WBC 128-228 px: lymphocytes the smallest), composed by
-  Beer-Lambert absorption so
-  overlapping cells darken like real ones, then blurred, noised and JPEG-compressed.
+  Beer-Lambert absorption so overlapping cells darken like real ones, then blurred, noised
+  and JPEG-compressed.
 * :func:`make_timelapse`: an intravital fluorescence time-lapse like flowcatchR's mesentery
   sequence: dim green leukocytes on random walks and bright red, mostly adherent platelets on a
   dark, streaky background.
