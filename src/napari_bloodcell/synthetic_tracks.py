@@ -8,7 +8,8 @@ touching aggregates, with sub-µm jitter. Objects are occasionally out of focus 
 absent from the ground truth, so a tracker must bridge the gap). Renderings: ``fluorescence``
 (dim green leukocytes, bright red platelets on a dark streaky background, like flowcatchR's
 mesentery) or ``smear`` (purple cells absorbing light on a pale background). Noise, blur,
-gain drift, density, speed and out-of-focus rate grow with the difficulty level.
+density, speed and out-of-focus rate grow with the difficulty level; every level has the
+same gain drift (−15 % to +35 % over the sequence).
 
 Everything is deterministic for a given ``seed``. Axis order: (T, Y, X[, C]); positions (y, x)
 in px; the pixel size is :data:`PIXEL_SIZE_UM` and the frame interval :data:`FRAME_INTERVAL_S`.
@@ -52,7 +53,7 @@ _PLATELET_JITTER_UM = 0.15
 _AGGREGATE_SIZES = (3, 6)  # platelets per aggregate, [low, high)
 _WALK_STEP_UM = 4.0  # mean step per 24 s of the real neutrophils (celltrackR)
 _WALK_TURN_SD_RAD = 0.6
-_WALK_MEAN_FRAMES = 13  # mean track length of the real neutrophils
+_WALK_MEAN_POINTS = 13.3  # mean time points per track of the real neutrophils
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def load_trajectories(path: str | Path) -> list[np.ndarray]:
 
 def _random_walk(rng: np.random.Generator) -> np.ndarray:
     """Displacements (n, 2) in µm of a persistent random walk like a real neutrophil track."""
-    n_steps = 3 + int(rng.geometric(1.0 / _WALK_MEAN_FRAMES))
+    n_steps = 1 + int(rng.geometric(1.0 / (_WALK_MEAN_POINTS - 2)))  # n_steps + 1 points
     heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, _WALK_TURN_SD_RAD, n_steps))
     steps = rng.gamma(2.0, _WALK_STEP_UM / 2.0, n_steps)[:, None]
     moves = steps * np.stack([np.sin(heading), np.cos(heading)], axis=1)
@@ -194,16 +195,45 @@ def _platelet_sites(
     sites: list[np.ndarray] = []
     n_in_aggregates = int(round(aggregate_fraction * n_platelets))
     while len(sites) < n_in_aggregates:  # a central platelet ringed by touching ones
-        centre = rng.uniform(8.0, np.array(shape) - 8.0)
+        ring = _AGGREGATE_RING_DIAMETERS * diameters[len(sites)]  # the ring's reach
+        centre = _free_site(rng, np.array(sites), diameters, len(sites), shape, ring)
         size = min(int(rng.integers(*_AGGREGATE_SIZES)), n_in_aggregates - len(sites))
         sites.append(centre)
         for k in range(1, size):
             angle = 2 * np.pi * k / (size - 1) + rng.normal(0, 0.2)
             spacing = diameters[len(sites)] * rng.uniform(0.85, 1.05)
             sites.append(centre + spacing * np.array([np.sin(angle), np.cos(angle)]))
-    while len(sites) < n_platelets:
-        sites.append(rng.uniform(4.0, np.array(shape) - 4.0))
+    while len(sites) < n_platelets:  # a single apart from every earlier platelet
+        sites.append(_free_site(rng, np.array(sites), diameters, len(sites), shape))
     return np.array(sites[:n_platelets]).reshape(-1, 2), diameters
+
+
+_SITE_ATTEMPTS = 100
+_AGGREGATE_RING_DIAMETERS = 1.6  # an aggregate's ring reaches this far beyond its centre's edge
+
+
+def _free_site(
+    rng: np.random.Generator,
+    sites: np.ndarray,
+    diameters: np.ndarray,
+    index: int,
+    shape: tuple[int, int],
+    reach: float = 0.0,
+) -> np.ndarray:
+    """A random site (px) for platelet ``index`` at least 1 px from every one of ``sites``
+    (one drawn on another showed one spot for two objects of the ground truth), also
+    ``reach`` px beyond its own edge (an aggregate's ring); the last draw when
+    :data:`_SITE_ATTEMPTS` draws all touch one (a crowded field)."""
+    margin = 4.0 + reach
+    for _ in range(_SITE_ATTEMPTS):
+        site = rng.uniform(margin, np.array(shape) - margin)
+        if not len(sites):
+            return site
+        distances = np.linalg.norm(sites - site, axis=1)
+        gaps = distances - (diameters[: len(sites)] + diameters[index]) / 2 - reach
+        if gaps.min() >= 1.0:
+            return site
+    return site
 
 
 def simulate_tracks(
@@ -434,13 +464,18 @@ def detections_from_ground_truth(
     )
 
 
-def write_ground_truth_ctc(timelapse: TrackingTimelapse, folder: str | Path) -> Path:
-    """Write the ground truth in CTC layout: ``folder/TRA/man_track###.tif`` + ``man_track.txt``.
+def write_ground_truth_ctc(
+    timelapse: TrackingTimelapse, folder: str | Path, cell_type: str | None = None
+) -> Path:
+    """Write the ground truth in CTC layout: ``folder/TRA/man_track###.tif`` + ``man_track.txt``
+    (only the objects of ``cell_type``, e.g. ``"wbc"``, when given).
 
     Objects hidden in a frame (out of focus or fully covered) split their track; the piece
     after the gap has the piece before it as parent, as in the challenge's format.
     """
     visible = timelapse.tracks[timelapse.tracks["visible"]]
+    if cell_type is not None:
+        visible = visible[visible["cell_type"] == cell_type]
     return write_ctc(
         folder, timelapse.labels, visible.assign(label=visible["track_id"]), ground_truth=True
     )
