@@ -921,6 +921,13 @@ def test_evaluation_reports_calibration_intervals_and_coverage(tiny_model, tiny_
     assert metrics["test_time_views"] == 8
 
 
+@pytest.mark.parametrize("threshold", [1.5, -0.1, float("nan"), True])
+def test_evaluate_refuses_a_threshold_that_is_no_probability(tiny_heldout, threshold):
+    """From Python (the CLI checked it) a threshold of 1.5 made every crop uncertain."""
+    with pytest.raises(ModelError, match=r"probability in \[0, 1\]"):
+        evaluate_classifier([tiny_heldout], "no-such-model", uncertain_threshold=threshold)
+
+
 def test_wilson_interval_matches_known_values():
     from napari_bloodcell.classification.evaluation import wilson_interval
 

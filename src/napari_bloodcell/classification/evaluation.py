@@ -20,7 +20,7 @@ from .datasets import (
     source_id,
     source_name,
 )
-from .inference import CellClassifier
+from .inference import CellClassifier, check_uncertain_threshold
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -90,6 +90,8 @@ def evaluate_classifier(
     ``accuracy_when_decided`` use the uncertain threshold (default: the model's);
     ``ece`` and ``coverage_curve`` describe calibration and the coverage/accuracy trade-off.
     """
+    if uncertain_threshold is not None:  # before any crop is read
+        check_uncertain_threshold(uncertain_threshold)
     classifier = CellClassifier(model)
     data_dirs = [Path(d) for d in data_dirs]
     found, _ = find_labelled_files(data_dirs, classifier.classes, ignore_unknown=ignore_unknown)

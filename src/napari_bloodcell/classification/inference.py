@@ -105,10 +105,7 @@ class ModelFileClassifier:
             if uncertain_threshold is None
             else uncertain_threshold
         )
-        if not (isinstance(threshold, (int, float, np.number)) and 0 <= threshold <= 1):
-            raise ModelError(
-                f"the uncertain threshold is a probability in [0, 1], got {threshold!r}"
-            )
+        check_uncertain_threshold(threshold)
         if cell_types is not None and len(cell_types) != len(crops):
             raise ModelError(
                 f"{len(cell_types)} cell types for {len(crops)} crops; give one per crop"
@@ -319,6 +316,16 @@ def decide(
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]
     return table
+
+
+def check_uncertain_threshold(threshold) -> None:
+    """Refuse (:class:`ModelError`) an uncertain threshold that is not a probability."""
+    if not (
+        isinstance(threshold, (int, float, np.number))
+        and not isinstance(threshold, (bool, np.bool_))
+        and 0 <= threshold <= 1
+    ):
+        raise ModelError(f"the uncertain threshold is a probability in [0, 1], got {threshold!r}")
 
 
 PROBABILITY_FLOOR = 1e-12
