@@ -626,6 +626,10 @@ def test_a_wide_smear_tile_with_one_cell_is_no_grey_image():
     grey = np.repeat(tile.mean(axis=2, keepdims=True), 3, axis=2)
     with pytest.raises(InputImageError, match="must hold the stain's colours"):
         segment_frame(grey, "smear")
+    small = np.empty((8, 8, 3), np.float32)  # 4 sampled pixels: a count alone called it grey
+    small[:] = BACKGROUND
+    small[::4, ::4] = RBC_PINK
+    assert segment_frame(small, "smear").modality == "smear"
 
 
 def test_a_patch_of_smear_background_holds_no_cell():

@@ -139,13 +139,14 @@ by rounding at most), a smear tile with a single cell on a wide background has h
 
 
 def _is_grey(frame: np.ndarray) -> bool:
-    """Whether an RGB frame (Y, X, 3) is a grey image: fewer than
-    :data:`MIN_COLOURED_SAMPLES` pixels whose channels differ by :data:`GREY_SPREAD` or
-    more, judged on every 4th row and column. (Coloured pixels are counted, not a share: a
-    share refused a wide smear tile holding one cell.)"""
+    """Whether an RGB frame (Y, X, 3) is a grey image: fewer pixels whose channels differ
+    by :data:`GREY_SPREAD` or more than :data:`MIN_COLOURED_SAMPLES` or 1 % of them,
+    whichever is fewer, judged on every 4th row and column. (A share alone refused a wide
+    smear tile holding one cell; a count alone, a small frame.)"""
     sample = frame[::4, ::4]
     spread = sample.max(axis=2) - sample.min(axis=2)
-    return int(np.count_nonzero(spread >= GREY_SPREAD)) < MIN_COLOURED_SAMPLES
+    needed = min(MIN_COLOURED_SAMPLES, np.ceil(0.01 * spread.size))
+    return int(np.count_nonzero(spread >= GREY_SPREAD)) < needed
 
 
 RANGE_TOLERANCE = 1e-3
