@@ -14,7 +14,12 @@ from napari_bloodcell import reading
 from napari_bloodcell.batch import analyze_files
 from napari_bloodcell.errors import InputImageError
 from napari_bloodcell.pipeline import AnalysisSettings, iter_analyze_stack
-from napari_bloodcell.reading import lazy_image_from_array, open_lazy, read_image
+from napari_bloodcell.reading import (
+    image_from_array,
+    lazy_image_from_array,
+    open_lazy,
+    read_image,
+)
 from napari_bloodcell.synthetic import make_timelapse
 
 RNG = np.random.default_rng(0)
@@ -112,6 +117,16 @@ def test_a_long_stack_takes_its_intensity_range_from_a_bounded_sample(tmp_path):
     low, high = np.percentile(sample, [0.1, 99.9])
     assert (lazy.intensity.low, lazy.intensity.high) == pytest.approx((low, high))
     np.testing.assert_array_equal(lazy.data[25].compute()[..., 0], lazy.intensity.apply(stack[25]))
+
+
+def test_a_single_big_frame_is_mapped_as_the_eager_reader_maps_it(monkeypatch):
+    """A single frame over the sample budget was sampled at a pixel step: its mapping
+    differed from read_image's (napari's Analyze widget), by up to half the range."""
+    monkeypatch.setattr(reading, "INTENSITY_SAMPLE_VALUES", 32 * 32)
+    frame = RNG.integers(100, 200, (64, 64), dtype=np.uint16)
+    frame[1::2, 1::2] = 60000  # off any even pixel step
+    lazy = lazy_image_from_array(frame)
+    np.testing.assert_array_equal(lazy.data.compute(), image_from_array(frame).data)
 
 
 def test_big_frames_are_sampled_over_the_whole_stack_at_a_pixel_step(monkeypatch):
@@ -228,6 +243,7 @@ def test_zarr_stacks_open_lazily(tmp_path):
         ([{"name": "t", "type": "time"}, {"name": "c"}, {"name": "y"}, {"name": "x"}], "TCYX"),
         ([{"name": "frame", "type": "time"}, {"name": "ch", "type": "channel"}, "y", "x"], "TCYX"),
         (None, "TCYX"),  # OME-Zarr 0.3 and older name no axes: inferred from the shape
+        (["angle", "c", "y", "x"], "TCYX"),  # an axis it cannot name: inferred (was "?CYX")
     ],
 )
 def test_ome_zarr_levels_open_with_their_axes(tmp_path, axes, expected):

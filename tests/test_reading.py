@@ -314,6 +314,25 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path, channels):
     assert len(set(image.data[0, 0, 1].tolist())) == 3
 
 
+def test_16_bit_grey_alpha_and_transparent_colour_pngs_read_as_before(tmp_path):
+    """Pillow calls them RGB/RGBA too: the 16-bit colour path gave 2 or 4 channels."""
+    import zlib
+
+    import imagecodecs
+
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 65536, (32, 40), dtype=np.uint16)
+    grey_alpha = np.dstack([grey, np.full((32, 40), 65535, np.uint16)])
+    (tmp_path / "la16.png").write_bytes(imagecodecs.png_encode(grey_alpha))
+    assert read_image(tmp_path / "la16.png").data.shape == (1, 32, 40, 3)  # as Pillow reads it
+    rgb = rng.integers(0, 65536, (32, 40, 3), dtype=np.uint16)
+    data = imagecodecs.png_encode(rgb)
+    trns = b"tRNS" + rgb[0, 0].astype(">u2").tobytes()  # one colour transparent
+    chunk = (len(trns) - 4).to_bytes(4, "big") + trns + zlib.crc32(trns).to_bytes(4, "big")
+    (tmp_path / "t16.png").write_bytes(data[:33] + chunk + data[33:])  # after IHDR
+    assert read_image(tmp_path / "t16.png").data.shape == (1, 32, 40, 3)
+
+
 def test_a_tiff_of_thumbnails_only_says_so(tmp_path):
     """It read "cannot be read as an image (list index out of range)"."""
     with tifffile.TiffWriter(tmp_path / "thumb.tif") as tif:

@@ -367,6 +367,8 @@ def _intensity_sample(tyxc_shape: tuple[int, ...]) -> tuple[tuple[int, ...], int
     n_frames, values_per_frame = tyxc_shape[0], int(np.prod(tyxc_shape[1:]))
     n_sampled = min(n_frames, INTENSITY_SAMPLE_FRAMES)
     frames = tuple(int(t) for t in np.unique(np.linspace(0, n_frames - 1, n_sampled).round()))
+    if len(frames) == 1:  # a single frame whole, as read_image maps it
+        return frames, 1
     step = math.ceil(math.sqrt(len(frames) * values_per_frame / INTENSITY_SAMPLE_VALUES))
     return frames, max(1, step)
 
@@ -607,10 +609,11 @@ def _read_with_imageio(path: Path) -> np.ndarray:
         check_frame_pixels(height, width)
     except InputImageError as exc:
         raise InputImageError(f"{path}: {exc}") from None
-    if file_format == "PNG" and mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+    if file_format == "PNG" and _png_header(path) in PNG_16_BIT_COLOUR:
         import imagecodecs  # Pillow decodes 16-bit colour PNGs to 8 bits
 
-        return imagecodecs.png_decode(path.read_bytes())
+        channels = PNG_16_BIT_COLOUR[_png_header(path)]  # a tRNS chunk would add an alpha
+        return imagecodecs.png_decode(path.read_bytes())[..., :channels]
     if mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
@@ -622,10 +625,16 @@ def _read_with_imageio(path: Path) -> np.ndarray:
     return array
 
 
-def _png_bit_depth(path: Path) -> int:
-    """Bits per sample of a PNG file (its IHDR chunk, the first, holds it at byte 24)."""
+PNG_16_BIT_COLOUR = {(16, 2): 3, (16, 6): 4}
+"""(bit depth, colour type) of 16-bit RGB and RGBA PNGs → their channels."""
+
+
+def _png_header(path: Path) -> tuple[int, int]:
+    """(bit depth, colour type) of a PNG file (its IHDR chunk, the first, holds them at
+    bytes 24 and 25)."""
     with open(path, "rb") as file:
-        return file.read(25)[24]
+        header = file.read(26)
+    return (header[24], header[25]) if len(header) == 26 else (0, 0)
 
 
 def _grey_without_alpha(path: Path, array, sample_axis: int, alpha: np.ndarray):
@@ -852,7 +861,8 @@ def _open_zarr_lazily(path: Path):
     level = multiscales[0]
     array = da.from_zarr(node[level["datasets"][0]["path"]])
     axes = "".join(_ome_zarr_axis(axis) for axis in level.get("axes", []))  # none before 0.4
-    return array, (axes if len(axes) == array.ndim else None), None
+    known = len(axes) == array.ndim and "?" not in axes
+    return array, (axes if known else None), None
 
 
 _OME_ZARR_AXIS_TYPES = {"time": "T", "channel": "C"}
