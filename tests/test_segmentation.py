@@ -508,6 +508,14 @@ def test_analysis_settings_refuse_what_no_frame_can_be_analysed_with(settings, m
     AnalysisSettings(channels={"neutrophil": np.int64(1)}, pixel_size_um=np.float32(0.5))
 
 
+def test_a_frame_of_many_channels_is_not_taken_for_channels_first():
+    """The channels-first check refused every frame of more than 16 channels."""
+    frame = np.zeros((64, 64, 20), np.float32)
+    frame[20:40, 20:40, 3] = 0.6
+    cells = segment_frame(frame, "fluorescence", channels={"leukocyte": 3}).cells
+    assert cells["cell_type"].tolist() == ["wbc"]
+
+
 def test_an_opaque_rgba_smear_is_segmented_as_its_rgb():
     """A constant 4th channel (an opaque picture's alpha) sent a smear to fluorescence:
     its stain taken for dozens of leukocytes and platelets."""

@@ -152,7 +152,8 @@ def _is_grey(frame: np.ndarray) -> bool:
 RANGE_TOLERANCE = 1e-3
 """Float frames may stray this far outside [0, 1] (rounding); beyond it they are refused."""
 MAX_CHANNELS = 16
-"""More channels than this in (Y, X, C) is taken for channels first (C, Y, X): refused."""
+"""An array (Y, X, C) with more channels than this but no more rows is taken for channels
+first (C, Y, X) and refused; a real frame of many channels has more rows than that."""
 
 
 def checked_frame(frame) -> np.ndarray:
@@ -163,7 +164,7 @@ def checked_frame(frame) -> np.ndarray:
             f"expected a (Y, X, C) image array, got {array.ndim} dimension(s) "
             f"with shape {array.shape}"
         )
-    if array.shape[2] > MAX_CHANNELS:
+    if array.shape[2] > MAX_CHANNELS >= array.shape[0]:
         raise InputImageError(
             f"expected a (Y, X, C) image array with at most {MAX_CHANNELS} channels, got shape "
             f"{array.shape}; channels first? Move them last, e.g. np.moveaxis(frame, 0, -1)"
