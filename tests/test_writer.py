@@ -43,6 +43,10 @@ def test_text_that_pandas_takes_for_a_gap_reads_back_as_written(tmp_path):
     assert read["source"].tolist() == ["NA", "None", "a.tif", ""]
     assert read["cell_class"].tolist() == ["nan", "null", "NA", "x"]
     assert read["p_x"].isna().tolist() == [False, True, False, False]
+    (tmp_path / "r.csv").write_text("source,cell_class,confidence\nNA,x,NA\nb,y,0.5\n")
+    from_r = read_table(tmp_path / "r.csv")  # R's write.csv writes NA for a missing number
+    assert from_r["confidence"].isna().tolist() == [True, False]
+    assert from_r["source"].tolist() == ["NA", "b"]
 
 
 def test_saving_a_layer_over_its_table_leaves_a_strangers_json_beside_it(tmp_path):

@@ -145,6 +145,13 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+PANDAS_NA_TEXT = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+"""The texts pandas reads as missing by default (``read_csv``'s ``na_values``)."""
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a table written by :func:`write_table`.
 
@@ -159,11 +166,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".parquet":
             return _typed_if_empty(pd.read_parquet(path))
+        columns = pd.read_csv(path, nrows=0).columns
         table = pd.read_csv(
             path,
             dtype={column: str for column in CATEGORY_COLUMNS},
-            keep_default_na=False,  # a class or file named "NA" or "None" is no gap
-            na_values=[""],  # to_csv's missing value
+            keep_default_na=False,  # a class or file named "NA" or "None" is no gap …
+            na_values={  # … but "NA" in a number column (R's write.csv) is one
+                column: [""] if column in CATEGORY_COLUMNS else PANDAS_NA_TEXT for column in columns
+            },
         )
     except ImportError:
         raise BloodcellError(
