@@ -38,6 +38,9 @@ def test_demo_refuses_a_users_results_beside_a_demos_inputs(tmp_path):
     (tmp_path / "my_notes.txt").unlink()
     (tmp_path / "labels").mkdir()  # what an interrupted demo leaves
     assert demo._earlier_demo(tmp_path) is True
+    stopped_early = tmp_path / "early"
+    (stopped_early / "inputs").mkdir(parents=True)  # Ctrl-C before its first input
+    assert demo._earlier_demo(stopped_early) is True
 
 
 def test_demo_refuses_to_score_a_failed_analysis(tmp_path, monkeypatch):

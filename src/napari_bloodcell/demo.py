@@ -41,17 +41,17 @@ DEMO_OUTPUTS = frozenset(
 
 
 def _earlier_demo(out: Path) -> bool:
-    """Whether ``out`` holds an interrupted demo: its inputs (at least one, nothing else in
-    ``inputs/``) and nothing but what a demo writes (a user's cells.csv beside an empty
-    ``inputs/`` folder is not one)."""
+    """Whether ``out`` holds an interrupted demo: its inputs (nothing else in ``inputs/``)
+    and nothing but what a demo writes, or only an empty ``inputs/`` (stopped before its
+    first input; a user's cells.csv beside an empty ``inputs/`` folder is no demo)."""
     inputs = out / "inputs"
     if not inputs.is_dir():
         return False
     names = {p.name for p in inputs.iterdir()}
-    return (
-        bool(names)
-        and names <= {SMEAR_NAME, TIMELAPSE_NAME}
-        and all(p.name in DEMO_OUTPUTS for p in out.iterdir())
+    if not names:
+        return [p.name for p in out.iterdir()] == ["inputs"]
+    return names <= {SMEAR_NAME, TIMELAPSE_NAME} and all(
+        p.name in DEMO_OUTPUTS for p in out.iterdir()
     )
 
 
