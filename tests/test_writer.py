@@ -65,6 +65,9 @@ def test_saving_a_layer_over_its_table_leaves_a_strangers_json_beside_it(tmp_pat
     with pytest.raises(OutputExistsError, match="mine.json already exists .* not belong"):
         write_cells_table(str(tmp_path / "mine.csv"), points, layer)
     assert json.loads((tmp_path / "mine.json").read_text()) == {"user": "precious"}
+    (tmp_path / "mine.json").write_text('"notes on napari_bloodcell_version 1"')  # JSON text
+    with pytest.raises(OutputExistsError, match="mine.json already exists"):
+        write_cells_table(str(tmp_path / "mine.csv"), points, layer)
     assert (tmp_path / "mine.csv").read_text() == "x\n1\n"
     # an earlier export of the same name is the plugin's own: saved over, kept in step
     export_table(tmp_path / "ours.csv", table, {"pixel_size_um": 0.5})

@@ -86,9 +86,11 @@ def _write(tables: list[Path], sidecar: Path, table: pd.DataFrame, parameters: d
 def _written_by_us(sidecar: Path) -> bool:
     """Whether ``sidecar`` is a JSON sidecar this plugin wrote (it names the version)."""
     try:
-        return VERSION_KEY in json.loads(sidecar.read_text())
-    except (OSError, ValueError, TypeError):  # absent, unreadable, not JSON, not an object
+        content = json.loads(sidecar.read_text())
+    except (OSError, ValueError):  # absent, unreadable, not JSON
         return False
+    # an object naming the version (a JSON text that merely holds the key's name is not)
+    return isinstance(content, dict) and VERSION_KEY in content
 
 
 def write_cells_table(path: str, data, attributes: dict) -> list[str]:
