@@ -641,7 +641,7 @@ def _chunks(image: LazyImage, frames_per_unit: int) -> list[FrameChunk]:
     import dask
     from dask.array import Array
     from dask.base import tokenize
-    from dask.core import get_dependencies
+    from dask.optimization import cull
 
     stack = dask.optimize(image.data.rechunk({0: 1}))[0]  # (a no-op for open_lazy's)
     graph = dict(stack.__dask_graph__())
@@ -651,13 +651,8 @@ def _chunks(image: LazyImage, frames_per_unit: int) -> list[FrameChunk]:
         n = min(frames_per_unit, image.n_frames - start)
         name = f"frames-{tokenize(stack.name, start, n)}"
         wanted = [(stack.name, start + i, *inner) for i in range(n)]
-        tasks = {(name, i, *inner): key for i, key in enumerate(wanted)}  # aliases
-        needed = list(wanted)
-        while needed:
-            key = needed.pop()
-            if key not in tasks:
-                tasks[key] = graph[key]
-                needed.extend(get_dependencies(graph, key))
+        tasks, _ = cull(graph, wanted)
+        tasks.update({(name, i, *inner): key for i, key in enumerate(wanted)})  # aliases
         frames = Array(tasks, name, ((1,) * n, *stack.chunks[1:]), meta=stack._meta)
         chunks.append(FrameChunk(frames, start))
     return chunks

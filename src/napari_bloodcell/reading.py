@@ -609,11 +609,11 @@ def _read_with_imageio(path: Path) -> np.ndarray:
         check_frame_pixels(height, width)
     except InputImageError as exc:
         raise InputImageError(f"{path}: {exc}") from None
-    if file_format == "PNG" and _png_header(path) in PNG_16_BIT_COLOUR:
+    channels = PNG_16_BIT_COLOUR.get(_png_header(path)) if file_format == "PNG" else None
+    if channels is not None:
         import imagecodecs  # Pillow decodes 16-bit colour PNGs to 8 bits
 
-        channels = PNG_16_BIT_COLOUR[_png_header(path)]  # a tRNS chunk would add an alpha
-        return imagecodecs.png_decode(path.read_bytes())[..., :channels]
+        return imagecodecs.png_decode(path.read_bytes())[..., :channels]  # (tRNS: an alpha)
     if mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))

@@ -153,7 +153,7 @@ class BatchWidget(AnalysisWidget):
         if ended and self._latest is not self._shown:
             self._show(self._latest)  # into its own layers
         image_id, self._rerun_of = self._rerun_of, None
-        running = own_layers(self._viewer, {f"{RUNNING}-{key}" for key in stack_keys(image_id)})
+        running = own_layers(self._viewer, {running_key(key) for key in stack_keys(image_id)})
         if ended:
             outcome = "cancelled" if self._state["cancelled"] else "failed"
             for layer in running:
@@ -322,12 +322,17 @@ class BatchWidget(AnalysisWidget):
         return self.tracking
 
 
+def running_key(key: str) -> str:
+    """The key of a running re-run's layer standing for the result layer of ``key``."""
+    return f"{RUNNING}-{key}"
+
+
 def running_layers(layer_data: list[tuple]) -> list[tuple]:
     """The layers of a running re-run: named ``… (running)``, with keys of their own."""
     running = []
     for data, meta, layer_type in layer_data:
         own = meta["metadata"][METADATA_KEY]
-        metadata = {METADATA_KEY: {**own, "key": f"{RUNNING}-{own['key']}"}}
+        metadata = {METADATA_KEY: {**own, "key": running_key(own["key"])}}
         meta = {**meta, "name": f"{meta['name']} ({RUNNING})", "metadata": metadata}
         running.append((data, meta, layer_type))
     return running
