@@ -47,13 +47,21 @@ def nearest_platelets(
 ) -> pd.DataFrame:
     """Per leukocyte track and frame: nearest platelet and platelet aggregate.
 
-    Columns: ``track_id, frame, t_s, platelet_distance_<u>, platelet_track_id`` (-1 when the
-    frame has no platelet), ``aggregate_distance_<u>, aggregate_size`` (0 when none),
+    A platelet missed in a frame that its track bridges (gap closing) counts there at the
+    position interpolated between its detections on either side: a platelet out of focus
+    for a frame has not left (a contact no longer ends when the platelet, rather than the
+    leukocyte, blinks).
+
+    Columns: ``track_id, frame, t_s, platelet_distance_<u>, platelet_track_id`` (-1 when
+    the frame has no platelet), ``aggregate_distance_<u>, aggregate_size`` (0 when none),
     ``in_contact`` (platelet distance ≤ ``contact_distance``), ``aggregate_in_contact``
     (aggregate distance ≤ ``contact_distance``). Rows sorted by track, then frame.
     """
     length = units.length_unit
     tracked = tracks[tracks["cell_type"].isin(("wbc", "platelet"))]
+    bridged = _bridged_platelets(tracked)
+    if len(bridged):
+        tracked = pd.concat([tracked, bridged], ignore_index=True)
     by_frame = np.argsort(tracked["frame"].to_numpy(), kind="stable")  # a frame: row order
     frames = tracked["frame"].to_numpy(dtype=np.int64)[by_frame]
     track_ids = tracked["track_id"].to_numpy(dtype=np.int64)[by_frame]
@@ -95,6 +103,33 @@ def nearest_platelets(
         }
     )
     return table.sort_values(["track_id", "frame"]).reset_index(drop=True)
+
+
+def _bridged_platelets(tracked: pd.DataFrame) -> pd.DataFrame:
+    """Rows (``track_id, frame, centroid_y, centroid_x, cell_type``) of the platelets in the
+    frames their tracks bridge, at positions interpolated linearly between the detections
+    before and after each gap."""
+    columns = ["track_id", "frame", "centroid_y", "centroid_x"]
+    platelets = tracked.loc[tracked["cell_type"] == "platelet", columns]
+    platelets = platelets.sort_values(["track_id", "frame"], kind="stable")
+    ids, frames = platelets["track_id"].to_numpy(), platelets["frame"].to_numpy(dtype=np.int64)
+    yx = platelets[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
+    before = np.flatnonzero((ids[1:] == ids[:-1]) & (frames[1:] - frames[:-1] > 1))
+    missed = frames[before + 1] - frames[before] - 1  # frames missed in each gap
+    gap = np.repeat(np.arange(len(before)), missed)
+    step = np.arange(len(gap)) - np.repeat(np.cumsum(missed) - missed, missed) + 1  # 1, 2, …
+    fraction = (step / (missed[gap] + 1))[:, None]
+    start, end = yx[before[gap]], yx[before[gap] + 1]
+    positions = start + fraction * (end - start)
+    return pd.DataFrame(
+        {
+            "track_id": ids[before[gap]],
+            "frame": frames[before[gap]] + step,
+            "centroid_y": positions[:, 0],
+            "centroid_x": positions[:, 1],
+            "cell_type": "platelet",
+        }
+    )
 
 
 def contact_events(
