@@ -16,6 +16,7 @@ from napari_bloodcell.tracking import (
     ctc_segments,
     track_table,
     tracks_layer_data,
+    vote_track_classes,
     write_ctc,
     write_tracking,
 )
@@ -90,6 +91,24 @@ def test_vote_is_confidence_weighted_and_ignores_uncertain():
     assert first["track_class_agreement"] == pytest.approx(0.5)
     assert first["track_class_confidence"] == pytest.approx(1.7 / 2.65, rel=1e-6)
     assert second["track_class"] == "lymphocyte"  # 0.99 outweighs 2 x 0.3
+
+
+def test_vote_gives_uncertain_only_to_tracks_without_a_class():
+    table = pd.DataFrame(
+        {
+            "track_id": [1, 1, 1, 1, 2, 2, 3, 3, 3],
+            "cell_class": ["neutrophil"] * 3
+            + ["uncertain"]
+            + ["uncertain"] * 2
+            # a tie of weights: the class of more frames wins, whatever the names
+            + ["monocyte", "lymphocyte", "lymphocyte"],
+            "confidence": [0.0, 0.0, 0.0, 0.3, 0.2, 0.4, 0.5, 0.25, 0.25],
+        }
+    )
+    votes = vote_track_classes(table)
+    assert votes["track_class"].tolist() == ["neutrophil", "uncertain", "lymphocyte"]
+    assert votes["track_class_confidence"].tolist() == pytest.approx([0.0, 1.0, 0.5])
+    assert votes["track_class_agreement"].tolist() == pytest.approx([0.75, 1.0, 2 / 3])
 
 
 def test_contact_events_on_a_two_object_scene():

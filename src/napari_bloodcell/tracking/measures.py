@@ -13,7 +13,6 @@ import pandas as pd
 from ..classification.inference import UNCERTAIN
 from ._common import Units, empty_table
 
-_UNCERTAIN_WEIGHT = 1e-9  # an "uncertain" frame only decides a track with no other class
 VOTE_COLUMNS = ("track_class", "track_class_confidence", "track_class_agreement")
 
 
@@ -21,9 +20,11 @@ def vote_track_classes(tracks: pd.DataFrame) -> pd.DataFrame:
     """Class of each track by a confidence-weighted vote over its frames.
 
     Each frame votes for its ``cell_class`` with weight ``confidence`` (1 where NaN or absent);
-    ``uncertain`` frames count only when a track has nothing else. Returns one row per
+    ``uncertain`` frames count only when a track has nothing else (then they win with share
+    1). Ties go to the class of more frames, then to the first name. Returns one row per
     ``track_id``: ``track_class``, ``track_class_confidence`` (the winner's share of the
-    weight, 0..1) and ``track_class_agreement`` (fraction of frames whose class is the winner).
+    weight of the track's classes, 0..1) and ``track_class_agreement`` (fraction of frames
+    whose class is the winner).
     """
     columns = list(VOTE_COLUMNS)
     if tracks.empty:
@@ -35,16 +36,29 @@ def vote_track_classes(tracks: pd.DataFrame) -> pd.DataFrame:
         if "confidence" in tracks
         else pd.Series(1.0, index=tracks.index)
     )
-    weights = weights.where(classes != UNCERTAIN, weights * _UNCERTAIN_WEIGHT)
-    votes = weights.groupby([tracks["track_id"], classes]).sum()
-    winners = votes.groupby(level="track_id").idxmax().map(lambda key: key[1])
-    share = votes.groupby(level="track_id").max() / votes.groupby(level="track_id").sum()
+    frame_votes = pd.DataFrame(
+        {"track_id": tracks["track_id"], "cell_class": classes, "weight": weights}
+    )
+    votes = frame_votes.groupby(["track_id", "cell_class"], as_index=False).agg(
+        weight=("weight", "sum"), frames=("weight", "size")
+    )
+    votes["decides"] = votes["cell_class"] != UNCERTAIN
+    # a track with a class: the uncertain votes drop out; without one they are all it has
+    votes = votes[votes["decides"] | ~votes.groupby("track_id")["decides"].transform("any")]
+    ranked = votes.sort_values(
+        ["track_id", "weight", "frames", "cell_class"], ascending=[True, False, False, True]
+    )
+    winner = ranked.groupby("track_id").first()
+    total = votes.groupby("track_id")["weight"].sum()
+    share = (winner["weight"] / total).where(total > 0, 0.0)
+    share = share.where(winner["decides"], 1.0)
+    winners = winner["cell_class"]
     agrees = classes.to_numpy() == tracks["track_id"].map(winners).to_numpy()
     agreement = pd.Series(agrees, index=tracks.index).groupby(tracks["track_id"]).mean()
     result = pd.DataFrame(
         {
             "track_class": winners,
-            "track_class_confidence": share.fillna(0.0),
+            "track_class_confidence": share.astype(float),
             "track_class_agreement": agreement,
         }
     )
