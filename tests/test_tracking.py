@@ -377,6 +377,31 @@ def test_tables_that_are_not_one_time_lapse_of_frame_indices_are_refused(table, 
         track_table(table)
 
 
+def _two_frames(**columns) -> pd.DataFrame:
+    return cells([(0, 1, 1.0, 1.0, "wbc"), (1, 1, 1.0, 2.0, "wbc")]).assign(**columns)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (_two_frames(confidence=["high", 0.9]), r"1 row\(s\) have a confidence that is not a num"),
+        (_two_frames(confidence=[0.9, 90.0]), r"confidence that is not in \[0, 1\].*90\.0"),
+        (_two_frames(diameter_px=["12 px", 12.0]), "diameter_px that is not a number"),
+        (_two_frames(diameter_px=[0.0, 12.0]), "diameter_px that is not a positive number"),
+        (_two_frames(diameter_px=[-12.0, 12.0]), "diameter_px that is not a positive number"),
+        (_two_frames(label=[1.0, np.nan]), r"1 row\(s\) have no label \(rows \[1\]\)"),
+    ],
+)
+def test_cells_with_unusable_numbers_are_refused_naming_the_rows(table, message):
+    with pytest.raises(TrackingError, match=message):
+        track_table(table)
+
+
+def test_missing_confidences_and_diameters_are_allowed():
+    table = _two_frames(confidence=[np.nan, 1.0 + 1e-7], diameter_px=[np.nan, 12.0])
+    assert track_table(table).summary["n_detections"].tolist() == [2]
+
+
 def test_ctc_export_needs_the_labels_of_the_tracked_cells(tmp_path):
     tracks = track_table(cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(2)])).tracks
     stack = np.zeros((2, 16, 16), np.uint16)

@@ -28,6 +28,7 @@ DEFAULT_MAX_STEP_DIAMETERS = {"wbc": 1.0, "platelet": 0.5}
 # (a neutrophil ~10 µm, a platelet ~3 µm), else in px.
 FALLBACK_DIAMETER_UM = {"wbc": 10.0, "platelet": 3.0}
 FALLBACK_DIAMETER_PX = {"wbc": 15.0, "platelet": 4.0}
+_ROUNDING = 1e-6  # tolerance of the [0, 1] check of confidences
 JITTER_DIAMETERS = 0.5
 """The reach of a link is never below this many median diameters: the centroid of a cell
 that does not move wanders by segmentation noise, and speed × a short frame interval (2 s:
@@ -195,6 +196,13 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
             f"(rows {np.flatnonzero(bad_centroids)[:5].tolist()})"
         )
     if "label" in cells:
+        missing_labels = cells["label"].isna().to_numpy()
+        if missing_labels.any():
+            raise TrackingError(
+                f"{int(missing_labels.sum())} row(s) have no label "
+                f"(rows {np.flatnonzero(missing_labels)[:5].tolist()}); give every row its "
+                f"cell's label in the frame's label image, or drop the label column"
+            )
         key = [c for c in ("source", "frame", "label") if c in cells]
         duplicated = cells.duplicated(key, keep=False).to_numpy()
         if duplicated.any():
@@ -203,6 +211,9 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
                 f"(rows {np.flatnonzero(duplicated)[:5].tolist()}); each label must be one cell"
             )
     cells = cells.copy()
+    for column, low, high in (("confidence", 0.0, 1.0), ("diameter_px", 0.0, np.inf)):
+        if column in cells:
+            cells[column] = _checked_numbers(cells[column], column, low, high)
     cells["frame"] = frames.astype(np.int64)
     cells[["centroid_y", "centroid_x"]] = centroids.astype(float)
     cells["cell_type"] = cells["cell_type"].astype(str).str.strip().str.lower()  # "WBC"
@@ -212,3 +223,26 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
     else:
         cells["cell_class"] = cells["cell_type"]
     return cells
+
+
+def _checked_numbers(values: pd.Series, column: str, low: float, high: float) -> pd.Series:
+    """``values`` as floats (NaN where missing) or TrackingError naming the rows that are
+    not numbers or lie outside (``low``, ``high``] (``[low, high]`` for a confidence)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    not_numbers = (numbers.isna() & values.notna()).to_numpy()
+    if not_numbers.any():
+        raise TrackingError(
+            f"{int(not_numbers.sum())} row(s) have a {column} that is not a number "
+            f"(rows {np.flatnonzero(not_numbers)[:5].tolist()}, e.g. "
+            f"{values[not_numbers].iloc[0]!r})"
+        )
+    too_low = numbers <= low if column == "diameter_px" else numbers < low
+    too_high = numbers > high + _ROUNDING  # a float32 probability may be 1 + 1e-7
+    outside = (too_low | too_high | np.isinf(numbers)).to_numpy()
+    if outside.any():
+        wanted = "in [0, 1]" if column == "confidence" else "a positive number of pixels"
+        raise TrackingError(
+            f"{int(outside.sum())} row(s) have a {column} that is not {wanted} "
+            f"(rows {np.flatnonzero(outside)[:5].tolist()}, e.g. {float(numbers[outside].iloc[0])})"
+        )
+    return numbers
