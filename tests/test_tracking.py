@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from scipy.spatial.distance import cdist
 
 from napari_bloodcell.errors import BloodcellError, OutputExistsError, TrackingError
@@ -409,6 +410,51 @@ def test_ctc_export_needs_the_labels_of_the_tracked_cells(tmp_path):
         write_ctc(tmp_path, stack, tracks.drop(columns="label"))
     with pytest.raises(TrackingError, match="needs its label"):
         write_ctc(tmp_path, stack, tracks.assign(label=[1.0, np.nan]))
+
+
+def _one_track_export(tmp_path, n_frames: int = 3, **options):
+    stack = np.zeros((n_frames, 8, 8), np.uint16)
+    stack[:, 2:4, 2:4] = 5
+    tracks = pd.DataFrame({"frame": range(n_frames), "label": 5, "track_id": 1})
+    return write_ctc(tmp_path, stack, tracks, **options), stack, tracks
+
+
+def test_ctc_export_refuses_rows_that_are_not_cells_of_the_label_images(tmp_path):
+    _, stack, tracks = _one_track_export(tmp_path / "ok")
+    with pytest.raises(TrackingError, match=r"frame 1: label\(s\) \[7\] .* not in the label"):
+        write_ctc(tmp_path / "a", stack, tracks.assign(label=[5, 7, 5]))
+    with pytest.raises(TrackingError, match="share a frame and label"):
+        write_ctc(tmp_path / "b", stack, pd.concat([tracks, tracks.iloc[:1]]))
+    with pytest.raises(TrackingError, match="whole numbers"):
+        write_ctc(tmp_path / "c", stack + 0.5, tracks)
+    folder = write_ctc(tmp_path / "d", stack.astype(np.float32), tracks)  # whole floats: fine
+    assert tifffile.imread(folder / "mask001.tif").max() == 1
+
+
+def test_ctc_export_never_mixes_with_an_earlier_one(tmp_path):
+    _one_track_export(tmp_path, n_frames=6)
+    with pytest.raises(OutputExistsError, match="already holds a CTC export"):
+        _one_track_export(tmp_path, n_frames=3)
+    assert len(list(tmp_path.glob("mask*.tif"))) == 6  # the earlier export untouched
+    _one_track_export(tmp_path, n_frames=3, overwrite=True)
+    assert sorted(p.name for p in tmp_path.glob("mask*.tif")) == [
+        f"mask00{t}.tif" for t in range(3)
+    ]
+    assert (tmp_path / "res_track.txt").read_text().split() == ["1", "0", "2", "0"]
+
+
+@pytest.mark.filterwarnings("ignore:(Label|Empty frame):UserWarning")  # py-ctcmetrics' own
+def test_ctc_scores_refuse_results_they_cannot_score(tmp_path):
+    pytest.importorskip("ctc_metrics")
+    folder, stack, tracks = _one_track_export(tmp_path / "res")
+    write_ctc(tmp_path / "gt", stack, tracks, ground_truth=True)
+    assert ctc_scores(tmp_path / "gt", folder)["TRA"] == pytest.approx(1.0)
+    write_ctc(tmp_path / "empty", stack, tracks.iloc[:0])
+    with pytest.raises(TrackingError, match="holds no tracks to score"):
+        ctc_scores(tmp_path / "gt", tmp_path / "empty")
+    (folder / "res_track.txt").write_text("1 0 1 0\n")  # the masks contradict it
+    with pytest.raises(TrackingError, match="not a valid CTC result"):
+        ctc_scores(tmp_path / "gt", folder)
 
 
 def test_assumed_diameters_are_cell_sized_at_any_magnification():

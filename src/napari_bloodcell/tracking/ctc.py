@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from ..errors import TrackingError
+from ..errors import OutputExistsError, TrackingError
 
 LBEP_COLUMNS = ["L", "B", "E", "P"]
 
@@ -51,6 +51,13 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise TrackingError(f"labels must be a (T, Y, X) stack; got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        whole = labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels))
+        if not whole or labels.min(initial=0) < 0:
+            raise TrackingError(
+                f"labels must hold whole numbers >= 0 (a label image); got {labels.dtype}"
+            )
+        labels = labels.astype(np.int64)
     dtype = np.uint16 if len(new_labels) == 0 or new_labels.max() < 2**16 else np.uint32
     result = np.zeros(labels.shape, dtype=dtype)
     frames = tracks["frame"].to_numpy()
@@ -59,6 +66,12 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
         if not 0 <= t < len(labels):
             raise TrackingError(f"tracks refer to frame {t}; the label stack has {len(labels)}")
         here = frames == t
+        absent = np.setdiff1d(old[here], labels[t])
+        if len(absent):
+            raise TrackingError(
+                f"frame {t}: label(s) {absent[:5].tolist()} of the tracks are not in the "
+                f"label image of that frame"
+            )
         lookup = np.zeros(max(int(labels[t].max()), int(old[here].max())) + 1, dtype=dtype)
         lookup[old[here]] = new_labels[here]
         result[t] = lookup[labels[t]]
@@ -66,12 +79,20 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
 
 
 def write_ctc(
-    folder: str | Path, labels: np.ndarray, tracks: pd.DataFrame, *, ground_truth: bool = False
+    folder: str | Path,
+    labels: np.ndarray,
+    tracks: pd.DataFrame,
+    *,
+    ground_truth: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``labels`` (T, Y, X) and ``tracks`` (``frame, label, track_id``) in CTC layout.
 
     Results go to ``folder/mask###.tif`` + ``res_track.txt``; ground truth (``ground_truth``)
     to ``folder/TRA/man_track###.tif`` + ``man_track.txt``. Returns the folder written.
+    Each row must be one cell (``frame``, ``label`` unique) of its frame's label image.
+    A folder already holding such files raises :class:`OutputExistsError` unless
+    ``overwrite``, which removes them first (masks of a longer stack would stay behind).
     """
     folder = Path(folder)
     target = folder / "TRA" if ground_truth else folder
@@ -84,6 +105,17 @@ def write_ctc(
     labels_of_rows = pd.to_numeric(tracks["label"], errors="coerce").to_numpy(dtype=float)
     if not (np.isfinite(labels_of_rows) & (labels_of_rows >= 1)).all():
         raise TrackingError("every tracked cell needs its label (an integer >= 1) for CTC masks")
+    if tracks.duplicated(["frame", "label"]).any():
+        raise TrackingError("two rows of the tracks share a frame and label; each is one cell")
+    earlier = sorted(target.glob(f"{prefix}*.tif")) + [target / track_file]
+    earlier = [path for path in earlier if path.exists()]
+    if earlier and not overwrite:
+        raise OutputExistsError(
+            f"{target} already holds a CTC export ({earlier[0].name}, …); pass overwrite=True "
+            f"to replace it"
+        )
+    for path in earlier:
+        path.unlink()
     target.mkdir(parents=True, exist_ok=True)
     new_labels, lbep = ctc_segments(tracks)
     stack = relabel_stack(labels, tracks, new_labels)
@@ -103,6 +135,11 @@ def ctc_scores(ground_truth: str | Path, result: str | Path) -> dict[str, float]
         from ctc_metrics.scripts.evaluate import evaluate_sequence
     except ImportError as exc:
         raise TrackingError("CTC scores need py-ctcmetrics (pip install py-ctcmetrics)") from exc
+    track_file = Path(result) / "res_track.txt"
+    if not track_file.is_file() or not track_file.read_text().strip():
+        raise TrackingError(f"{result} holds no tracks to score (res_track.txt missing or empty)")
     scores = evaluate_sequence(str(result), str(ground_truth), metrics=["DET", "TRA"], threads=1)
+    if scores.get("Valid", 1) == 0 or scores.get("DET") is None or scores.get("TRA") is None:
+        raise TrackingError(f"{result} is not a valid CTC result (py-ctcmetrics: {scores})")
     keys = ("DET", "TRA", "AOGM", "AOGM_NS", "AOGM_FN", "AOGM_FP", "AOGM_ED", "AOGM_EA", "AOGM_EC")
     return {key: float(scores[key]) for key in keys if scores.get(key) is not None}
