@@ -8,6 +8,7 @@ from napari_bloodcell.errors import InputImageError
 from napari_bloodcell.synthetic_tracks import (
     default_trajectories_path,
     detections_from_ground_truth,
+    load_trajectories,
     make_tracking_timelapse,
     render_timelapse,
     simulate_tracks,
@@ -51,6 +52,15 @@ def test_real_trajectories_from_an_explicit_csv(tmp_path):
     np.testing.assert_allclose(step, 0.75 * 3.0 / 0.75)  # easy: speed x 0.75, 0.75 µm/px
     with pytest.raises(InputImageError, match="not found"):
         make_tracking_timelapse("easy", **SMALL, trajectories=tmp_path / "missing.csv")
+
+
+def test_trajectories_with_missing_time_points_keep_one_step_per_frame(tmp_path):
+    csv = tmp_path / "raw.csv"
+    times = 24.0 * np.array([0, 1, 3, 4, 5])  # the point at 48 s is missing
+    pd.DataFrame({"track_id": 1, "t_s": times, "x_um": times / 8.0, "y_um": 0.0}).to_csv(csv)
+    (displacements,) = load_trajectories(csv)
+    np.testing.assert_allclose(displacements[:, 1], 3.0 * np.arange(6))  # 3 µm per 24 s
+    np.testing.assert_allclose(displacements[:, 0], 0.0)
 
 
 def test_trajectory_csv_without_usable_tracks_is_refused(tmp_path):

@@ -102,22 +102,34 @@ def default_trajectories_path() -> Path:
 
 
 def load_trajectories(path: str | Path) -> list[np.ndarray]:
-    """Displacements (n_steps + 1, 2) (y, x) in µm from each track's start, one per track.
+    """Displacements (n_steps + 1, 2) (y, x) in µm from each track's start, one per track,
+    one row per time step.
 
-    ``path`` is a CSV with ``track_id, t_s, x_um, y_um`` (celltrackR layout).
+    ``path`` is a CSV with ``track_id, t_s, x_um, y_um`` (celltrackR layout). The time step
+    is the file's median step; a track with missing time points (celltrackR's raw tracks
+    skip some) is interpolated linearly onto that grid, so a gap is not one long step.
     """
     table = pd.read_csv(path)
     missing = {"track_id", "t_s", "x_um", "y_um"} - set(table.columns)
     if missing:
         raise InputImageError(f"{path}: trajectory CSV lacks columns {sorted(missing)}")
     table = table.sort_values(["track_id", "t_s"])
-    displacements = [
-        track[["y_um", "x_um"]].to_numpy(float) - track[["y_um", "x_um"]].to_numpy(float)[0]
-        for _, track in table.groupby("track_id")
-        if len(track) >= 2
-    ]
-    if not displacements:
+    steps = table.groupby("track_id")["t_s"].diff()
+    steps = steps[steps > 0]
+    if steps.empty:
         raise InputImageError(f"{path}: no track has 2 or more time points")
+    step = float(steps.median())
+    displacements = []
+    for _, track in table.groupby("track_id"):
+        times = track["t_s"].to_numpy(float)
+        if len(track) < 2 or times[-1] - times[0] < step:
+            continue
+        grid = times[0] + step * np.arange(int(round((times[-1] - times[0]) / step)) + 1)
+        grid = np.minimum(grid, times[-1])
+        yx = np.stack([np.interp(grid, times, track[c].to_numpy(float)) for c in ("y_um", "x_um")])
+        displacements.append(yx.T - yx[:, :1].T)
+    if not displacements:
+        raise InputImageError(f"{path}: no track spans one time step ({step} s)")
     return displacements
 
 
