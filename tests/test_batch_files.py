@@ -305,3 +305,50 @@ def test_run_json_records_the_axes_each_input_was_read_with(tmp_path):
     out = tmp_path / "out"
     batch.analyze_files([a], out, AnalysisSettings(), model=None)
     assert json.loads((out / "run.json").read_text())["axes"] == {str(a): "YXC"}
+
+
+def test_a_finished_input_whose_labels_were_deleted_is_not_said_to_be_in_cells_csv(tmp_path):
+    """It was skipped as finished ("its results are there") while cells.csv, which counts
+    only inputs with labels, silently lost its cells."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.table import read_table
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    (out / "labels" / "a.tif").unlink()
+    summary = batch.analyze_files([a, b], out, AnalysisSettings(), model=None)
+    assert str(a) not in summary.skipped
+    assert "holds tables/a.csv without labels/a.tif" in summary.failures[str(a)]
+    assert "--overwrite" in summary.failures[str(a)]
+    assert read_table(out / "cells.csv")["source"].unique().tolist() == ["b.png"]
+    again = batch.analyze_files([a], out, AnalysisSettings(), model=None, overwrite=True)
+    assert again.processed == [str(a)] and (out / "labels" / "a.tif").is_file()
+
+
+def test_an_unreadable_finished_table_is_left_out_and_reported_not_fatal(tmp_path):
+    """One damaged table failed every later run (exit 2 before cells.csv and run.json
+    were written, whatever the inputs) and replaced Ctrl-C's exit with its own error."""
+    import json
+
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.table import read_table
+
+    a, b, c = _smears(tmp_path / "in", ["a", "b", "c"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    (out / "tables" / "a.csv").write_text("")  # truncated by a full disk
+    summary = batch.analyze_files([b], out, AnalysisSettings(), model=None)
+    assert summary.processed == [str(b)]
+    message = summary.failures[str(out / "tables" / "a.csv")]
+    assert "not a readable CSV table" in message and "left out of cells.csv" in message
+    assert read_table(out / "cells.csv")["source"].unique().tolist() == ["b.png"]
+    assert json.loads((out / "run.json").read_text())["inputs"] == [str(b)]
+
+    def interrupt(_progress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.analyze_files([c], out, AnalysisSettings(), model=None, on_progress=interrupt)

@@ -53,6 +53,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .errors import BloodcellError, InputImageError, OutputExistsError
+from .errors import BloodcellError, InputImageError, OutputExistsError, one_line
 from .overlays import save_overlay_png
 from .pipeline import AnalysisSettings, concat_tables, iter_analyze_stack
 from .reading import LazyImage, open_lazy
@@ -272,6 +273,12 @@ def finished_reason(path: Path, out: Path, recorded: str | None) -> str | None:
             f"{path} changed after {out} got its results (its size or modification time "
             f"differ); pass --overwrite to analyse it again"
         )
+    if table.exists() and not labels.exists():
+        raise OutputExistsError(
+            f"{out} holds {table.relative_to(out)} without {labels.relative_to(out)} "
+            f"(deleted?), so its cells are not in cells.csv; pass --overwrite to analyse it "
+            f"again"
+        )
     if table.exists():
         return (
             f"skipped: {out} already holds its results ({labels.relative_to(out)}, "
@@ -391,7 +398,10 @@ def analyze_files(
             else f"the run stopped ({type(exc).__name__}: {exc})"
         )
         summary.failures.update(dict.fromkeys(unfinished, stopped))
-        _record_run(summary, inputs, settings, classifier, client, out, started)
+        try:
+            _record_run(summary, inputs, settings, classifier, client, out, started)
+        except (BloodcellError, OSError) as record_error:  # the interrupt stays what is raised
+            warnings.warn(f"the run could not be recorded: {record_error}", stacklevel=2)
         raise
     for job in jobs:
         if job.source in summary.failures:  # its units that ran have all finished by now
@@ -427,7 +437,7 @@ def _record_run(summary, inputs, settings, classifier, client, out, started) -> 
     summary.processed.sort(key=order.__getitem__)  # cluster: completion order
     processed = set(summary.processed)  # (lists: quadratic in an archive's inputs)
     finished = [p.stem for p in inputs if str(p) in processed or str(p) in summary.skipped]
-    tables = _read_tables(finished, out)
+    tables = _read_tables(finished, out, summary.failures)
     summary.table = _joined(tables)
     if summary.processed:  # (each table read once: an archive holds thousands)
         summary.written += _write_run_tables(summary, settings, classifier, client, out, tables)
@@ -762,13 +772,27 @@ def _input_record_path(out: Path, stem: str) -> Path:
     return out / "tables" / f"{stem}.input.json"
 
 
-def _read_tables(stems: list[str], out: Path, known: dict | None = None) -> dict:
+def _read_tables(
+    stems: list[str], out: Path, failures: dict[str, str], known: dict | None = None
+) -> dict:
     """Finished inputs' tables by file stem, in the order given (those in ``known`` not
-    read again)."""
+    read again). A table that cannot be read is left out and reported in ``failures``
+    (by its path): one damaged file must not stop every later run of the folder."""
     known = known or {}
-    return {
-        stem: known[stem] if stem in known else read_table(_table_path(out, stem)) for stem in stems
-    }
+    tables = {}
+    for stem in stems:
+        if stem in known:
+            tables[stem] = known[stem]
+            continue
+        path = _table_path(out, stem)
+        try:
+            tables[stem] = read_table(path)
+        except (BloodcellError, OSError) as exc:
+            failures[str(path)] = (
+                f"{one_line(exc) or type(exc).__name__}: left out of cells.csv; pass "
+                f"--overwrite with its input to analyse {stem!r} again"
+            )
+    return tables
 
 
 def _joined(tables: dict) -> pd.DataFrame:
@@ -789,7 +813,7 @@ def _write_run_tables(
         for table in (out / "tables").glob("*.csv")
         if _labels_path(out, table.stem).exists()
     )
-    cells = _joined(_read_tables(finished, out, known_tables))
+    cells = _joined(_read_tables(finished, out, summary.failures, known_tables))
     try:
         written = [write_table(cells, out / "cells.csv")]
         if parquet_available():

@@ -29,3 +29,8 @@ class OutputExistsError(BloodcellError, FileExistsError):
 
 class TrackingError(BloodcellError, ValueError):
     """A cells table or tracking request cannot be used (missing columns, bad values)."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (decoders and libraries write several)."""
+    return " ".join(str(error).split())

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputImageError
+from .errors import InputImageError, one_line
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -111,7 +111,7 @@ def _decode(path: Path, read_tiff, read_picture) -> tuple:
     except InputImageError:
         raise
     except Exception as exc:  # any decoder failure means a corrupt or foreign file
-        raise InputImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
+        raise InputImageError(f"{path}: cannot be read as an image ({one_line(exc)})") from exc
 
 
 def _naming_file(path: Path, error: InputImageError) -> InputImageError:
@@ -585,11 +585,6 @@ class VaryingAlphaError(InputImageError):
     transparent part, or 4 channels?"""
 
 
-def _one_line(exc: Exception) -> str:
-    """An exception's message on one line (decoders write several)."""
-    return " ".join(str(exc).split())
-
-
 def _read_with_imageio(path: Path) -> np.ndarray:
     """Decode a PNG/JPEG/BMP file after checking its header's size against the budget."""
     import imageio.v3 as iio
@@ -602,7 +597,7 @@ def _read_with_imageio(path: Path) -> np.ndarray:
     except Image.DecompressionBombError as exc:  # before our own budget can be checked
         raise InputImageError(
             f"{path}: over the pixel budget of Pillow, which decodes PNG/JPEG/BMP "
-            f"({_one_line(exc)}), whatever ${MAX_FRAME_PIXELS_ENV} says; save the frame as "
+            f"({one_line(exc)}), whatever ${MAX_FRAME_PIXELS_ENV} says; save the frame as "
             f"TIFF, or raise PIL.Image.MAX_IMAGE_PIXELS in Python"
         ) from None
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, one_line
 from .inference import ModelFileClassifier
 
 MAIN_GUARD_ADVICE = (
@@ -68,7 +68,7 @@ def _predict_in_worker(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _described(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 class WorkerCallError(ModelError):
