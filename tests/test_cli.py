@@ -794,3 +794,83 @@ def test_an_uncertain_threshold_outside_0_1_is_refused(tmp_path, capsys):
     args = ["--out", tmp_path / "out", "--uncertain-threshold", "50"]
     assert run_cli("analyze", frame, *args) == 2
     assert "probability in [0, 1]" in capsys.readouterr().err
+
+
+def test_an_empty_scheduler_address_setting_means_no_cluster(tmp_path, smear_png, monkeypatch):
+    """DASK_SCHEDULER_ADDRESS="" (a common way to unset it) failed every analyze."""
+    import dask
+
+    with dask.config.set({"scheduler-address": ""}):
+        assert run_cli("analyze", smear_png, "--out", tmp_path / "o", "--no-classify") == 0
+    assert (tmp_path / "o" / "cells.csv").is_file()
+
+
+def test_inputs_that_clash_are_refused_before_a_cluster_starts(tmp_path, smear_png, monkeypatch):
+    from napari_bloodcell import distributed
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(distributed, "open_client", no_cluster)
+    other = tmp_path / "d2" / smear_png.name
+    other.parent.mkdir()
+    shutil.copy(smear_png, other)
+    assert run_cli("analyze", smear_png, other, "--out", tmp_path / "o", "--workers", "2") == 2
+
+
+def test_a_model_given_by_a_relative_path_is_loaded_once_as_one_file(
+    tmp_path, smear_png, tiny_model, monkeypatch
+):
+    """The run's first load used the relative path and its units the absolute one: the
+    network was built twice here, and a cluster whose workers run elsewhere refused it."""
+    from napari_bloodcell import batch
+
+    shutil.copy(tiny_model, tmp_path / "my.keras")
+    monkeypatch.chdir(tmp_path)
+    batch.cached_classifier.cache_clear()
+    assert run_cli("analyze", smear_png, "--out", "o", "--model", "my.keras") == 0
+    assert batch.cached_classifier.cache_info().currsize == 1
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["model"]["path"] == str(tmp_path / "my.keras")
+
+
+def test_the_progress_bar_ends_its_line_when_an_input_fails_partway(tmp_path, monkeypatch):
+    from napari_bloodcell import batch
+    from napari_bloodcell.errors import BloodcellError
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    movie = make_timelapse(3, (48, 64), n_leukocytes=1, n_platelets=2, seed=0).image
+    tifffile.imwrite(tmp_path / "movie.tif", movie, photometric="rgb", metadata={"axes": "TYXC"})
+    analyze_unit = batch.analyze_unit
+
+    def failing_at_frame_1(chunk, job):
+        if chunk.first == 1:
+            raise BloodcellError(f"{job.source}: frame 1: broken")
+        return analyze_unit(chunk, job)
+
+    monkeypatch.setattr(batch, "analyze_unit", failing_at_frame_1)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run_cli("analyze", tmp_path / "movie.tif", "--out", tmp_path / "o", "--no-classify",
+            "--frames-per-task", "1")  # fmt: skip
+    text = terminal.getvalue()
+    bar_end = text.index("1/3 frames")
+    assert "\n" in text[bar_end : text.index("napari-bloodcell: error")]
+
+
+def test_a_frame_without_cells_is_summarised_in_words(tmp_path, capsys):
+    blank = np.zeros((64, 64, 3), np.uint8) + np.array([236, 226, 232], np.uint8)  # background
+    blank[::7, ::5] += 3  # not constant
+    iio.imwrite(tmp_path / "blank.png", blank)
+    assert run_cli("analyze", tmp_path / "blank.png", "--out", tmp_path / "o", "--no-classify") == 0
+    out = capsys.readouterr().out
+    assert "no cells found" in out and "Empty DataFrame" not in out
+
+
+def test_a_refused_training_leaves_no_folder_behind(tmp_path, tiny_heldout):
+    target = tmp_path / "new" / "sub" / "m.keras"
+    assert run_cli("train", tiny_heldout, "--out", target, "--head-only") == 2
+    assert not (tmp_path / "new").exists()

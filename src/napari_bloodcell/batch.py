@@ -154,8 +154,10 @@ class UnitResult:
     seconds: float
 
 
-def check_inputs(inputs: list[Path], out: Path) -> None:
-    """Refuse an empty input list, colliding input names and an ``out`` that is a file."""
+def check_inputs(inputs: list[str | Path], out: Path) -> list[Path]:
+    """The inputs, each file once (overlapping patterns name files twice), or an error for
+    an empty list, colliding input names and an ``out`` that is a file."""
+    inputs = _once_each([Path(p) for p in inputs])
     if not inputs:
         raise InputImageError("no input files given")
     stems: dict[str, Path] = {}
@@ -169,6 +171,7 @@ def check_inputs(inputs: list[Path], out: Path) -> None:
         stems[key] = path
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder")
+    return inputs
 
 
 def _once_each(paths: list[Path]) -> list[Path]:
@@ -311,9 +314,8 @@ def analyze_files(
     or on the Dask cluster of ``client`` (a ``distributed.Client``). Finished inputs are
     skipped unless ``overwrite``. ``on_progress`` is called after each unit of work.
     """
-    inputs = _once_each([Path(p) for p in inputs])  # overlapping patterns name files twice
     out = Path(out).absolute()  # Dask workers may run in other working folders
-    check_inputs(inputs, out)
+    inputs = check_inputs(inputs, out)
     if frames_per_unit < 1:
         raise BloodcellError(f"frames per unit must be at least 1, got {frames_per_unit}")
     classifier = _model_metadata(model)

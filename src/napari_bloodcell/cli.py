@@ -400,11 +400,15 @@ def _run_analyze(args) -> int:
         uncertain_threshold=args.uncertain_threshold,
     )
     check_not_folders(args.inputs)
+    from .batch import check_inputs
+
+    check_inputs(args.inputs, Path(args.out).absolute())  # before a cluster is started
     scheduler, scheduler_origin = args.scheduler, ""
     if scheduler is None and args.workers is None:
         import dask
 
-        scheduler = dask.config.get("scheduler-address", None)
+        # an empty value (DASK_SCHEDULER_ADDRESS="", a common way to unset it) is none
+        scheduler = dask.config.get("scheduler-address", None) or None
         scheduler_origin = SCHEDULER_FROM_DASK_CONFIG
     if scheduler is None and args.workers is None:
         return _analyze_and_report(args, settings, client=None)
@@ -432,18 +436,22 @@ def _analyze_and_report(args, settings, client) -> int:
     from .batch import analyze_files
     from .table import summarise
 
-    summary = analyze_files(
-        args.inputs,
-        args.out,
-        settings,
-        model=None if args.no_classify else args.model,
-        axes=args.axes,
-        overwrite=args.overwrite,
-        max_overlays=args.max_overlays,
-        frames_per_unit=args.frames_per_task,
-        client=client,
-        on_progress=TerminalProgress(sys.stderr),
-    )
+    progress = TerminalProgress(sys.stderr)
+    try:
+        summary = analyze_files(
+            args.inputs,
+            args.out,
+            settings,
+            model=None if args.no_classify else args.model,
+            axes=args.axes,
+            overwrite=args.overwrite,
+            max_overlays=args.max_overlays,
+            frames_per_unit=args.frames_per_task,
+            client=client,
+            on_progress=progress,
+        )
+    finally:
+        progress.finish()
     for path, message in summary.skipped.items():
         print(f"napari-bloodcell: {path}: {message}", file=sys.stderr)
     for path, message in summary.failures.items():
@@ -462,7 +470,7 @@ def _analyze_and_report(args, settings, client) -> int:
             f"{len(analysed)} cells, {1000 * summary.seconds_per_frame:.0f} ms/frame "
             f"({', '.join(sorted(set(summary.modalities.values())))})"
         )
-        print(summarise(analysed).to_string(index=False))
+        print(summarise(analysed).to_string(index=False) if len(analysed) else "no cells found")
         skipped = len(summary.table) - len(analysed)
         if skipped:
             print(f"(and {skipped} cells of inputs finished before, in cells.csv)")
@@ -492,6 +500,7 @@ class TerminalProgress:
     def __init__(self, stream):
         self._stream = stream
         self._started = time.perf_counter()
+        self._drawn = False  # a bar is on the line, not yet ended
 
     def __call__(self, progress) -> None:
         if not self._stream.isatty() or progress.total_frames == 0:
@@ -504,8 +513,14 @@ class TerminalProgress:
             f"{progress.total_frames} frames, {rate:.1f}/s · {Path(progress.source).name} "
             f"{progress.frames_done}/{progress.n_frames}"
         )
-        end = "\n" if progress.total_done == progress.total_frames else ""
-        print(line, end=end, file=self._stream, flush=True)
+        self._drawn = progress.total_done < progress.total_frames
+        print(line, end="" if self._drawn else "\n", file=self._stream, flush=True)
+
+    def finish(self) -> None:
+        """End a bar left unfinished (an input failed partway, Ctrl-C) before other output."""
+        if self._drawn:
+            print(file=self._stream, flush=True)
+            self._drawn = False
 
 
 def _run_train(args) -> int:
@@ -522,7 +537,6 @@ def _run_train(args) -> int:
         raise BloodcellError(f"{out} exists; pass --overwrite to replace it")
     if out.suffix != ".keras":
         raise BloodcellError(f"{out}: the model file must end in .keras")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if args.head_only and not args.init:
         raise BloodcellError("--head-only needs --init MODEL (the body to keep)")
     network_options = {"--arch": args.arch, "--normalization": args.normalization}
@@ -557,6 +571,7 @@ def _run_train(args) -> int:
         config = TrainingConfig(architecture=args.arch or "compact", **given)
     # trained in a work folder beside the target and moved there at the end: a model saved
     # under the same name meanwhile is kept (this one becomes <name>-2) unless --overwrite
+    out.parent.mkdir(parents=True, exist_ok=True)  # (after every check: a refusal makes none)
     workdir = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
     try:
         result = train_classifier(args.data_dirs, workdir / out.name, config)

@@ -294,7 +294,8 @@ def check_not_packaged(path: Path) -> None:
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """Turn ``"default"``, a user model name or a path into a model file path."""
+    """Turn ``"default"``, a user model name or a path into a model file path (absolute:
+    a run's units and its Dask workers, in other working folders, load the same file)."""
     if str(model) == DEFAULT_MODEL_NAME:
         path = packaged_models_dir() / f"{DEFAULT_MODEL_NAME}.keras"
         if not path.is_file():
@@ -304,7 +305,7 @@ def resolve_model_path(model: str | Path) -> Path:
         return path
     path = Path(model)
     if path.is_file():
-        return path
+        return path.absolute()
     user_path = user_models_dir() / f"{model}.keras"
     if user_path.is_file():
         return user_path
