@@ -352,3 +352,22 @@ def test_an_unreadable_finished_table_is_left_out_and_reported_not_fatal(tmp_pat
 
     with pytest.raises(KeyboardInterrupt):
         batch.analyze_files([c], out, AnalysisSettings(), model=None, on_progress=interrupt)
+
+
+def test_a_unit_still_running_after_the_run_stopped_writes_nothing(tmp_path):
+    """On a cluster, Ctrl-C cancels the queued units but not the running ones, which
+    re-created .parts/<input> after the run had removed it."""
+    import pytest
+
+    from napari_bloodcell.errors import BloodcellError
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.reading import open_lazy
+
+    (a,) = _smears(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    image = open_lazy(a)
+    job = batch._input_job(a, out, image, AnalysisSettings(), None, 10, {})
+    (chunk,) = batch._chunks(image, batch.FRAMES_PER_UNIT)
+    with pytest.raises(BloodcellError, match="the run was stopped"):
+        batch.analyze_unit(chunk, job)  # its work folder removed by the stopped run
+    assert not out.exists()

@@ -343,7 +343,6 @@ def analyze_files(
             summary.failures[str(path)] = str(exc)
             continue
         job = _input_job(path, out, image, settings, classifier, max_overlays, choices)
-        shutil.rmtree(job.parts, ignore_errors=True)  # leftovers of an interrupted run
         jobs.append(job)
         job_chunks = _chunks(image, frames_per_unit)
         chunks += job_chunks
@@ -352,6 +351,9 @@ def analyze_files(
 
     if jobs:
         check_writable(out)
+        for job in jobs:  # made here, never by a unit: one still running after a stop
+            shutil.rmtree(job.parts, ignore_errors=True)  # (leftovers of an interrupted run)
+            job.parts.mkdir(parents=True)  # … finds it gone and writes nothing
         if classifier is not None:  # a bad network fails the run at once, not every input
             _load_network_once(classifier, client)
     results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
@@ -524,8 +526,9 @@ def analyze_unit(chunk: FrameChunk, job: InputJob) -> UnitResult:
                 save_overlay_png(overlay, frames[t - first_frame], result.labels, result.table)
             yield result.labels
 
+    if not job.parts.is_dir():
+        raise BloodcellError(f"{job.source}: the run was stopped (its work folder is gone)")
     try:
-        job.parts.mkdir(parents=True, exist_ok=True)
         write_label_stack(
             job.parts / f"labels_{first_frame:06d}.tif",
             labels_of_each_frame(),
@@ -557,10 +560,9 @@ def write_label_stack(
     path: Path, frames: Iterator[np.ndarray], *, n_frames: int, frame_shape: tuple[int, int]
 ) -> Path:
     """Write uint32 (Y, X) label frames page by page (never all in memory), atomically,
-    as (Y, X) when there is one frame, else (T, Y, X)."""
+    as (Y, X) when there is one frame, else (T, Y, X), into ``path``'s existing folder."""
     import tifffile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.tif")
     shape = tuple(frame_shape) if n_frames == 1 else (n_frames, *frame_shape)
     raw_bytes = int(np.prod(shape)) * np.dtype(np.uint32).itemsize
