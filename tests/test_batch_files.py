@@ -371,3 +371,12 @@ def test_a_unit_still_running_after_the_run_stopped_writes_nothing(tmp_path):
     with pytest.raises(BloodcellError, match="the run was stopped"):
         batch.analyze_unit(chunk, job)  # its work folder removed by the stopped run
     assert not out.exists()
+
+
+def test_overlays_of_frames_past_9999_are_replaced_with_the_others(tmp_path):
+    frames = tmp_path / "overlays" / "movie"
+    frames.mkdir(parents=True)
+    for name in ("t0000.png", "t9999.png", "t10000.png", "notes.png", "t12.png"):
+        (frames / name).write_bytes(b"")
+    old = sorted(p.name for p in batch._old_overlays("movie", tmp_path) if p.parent == frames)
+    assert old == ["t0000.png", "t10000.png", "t9999.png"]

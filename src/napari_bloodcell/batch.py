@@ -750,7 +750,7 @@ def _old_overlays(stem: str, out: Path) -> list[Path]:
     folder = out / "overlays"
     if not folder.is_dir():
         return []
-    frame_name = re.compile(r"t[0-9]{4}\.png")
+    frame_name = re.compile(r"t[0-9]{4,}\.png")  # t0000 … t9999, t10000 …
     own = [folder / f"{stem}.png"]
     if (folder / stem).is_dir():
         own += [p for p in (folder / stem).iterdir() if frame_name.fullmatch(p.name)]
