@@ -874,3 +874,11 @@ def test_a_refused_training_leaves_no_folder_behind(tmp_path, tiny_heldout):
     target = tmp_path / "new" / "sub" / "m.keras"
     assert run_cli("train", tiny_heldout, "--out", target, "--head-only") == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_options_that_do_nothing_in_this_run_are_warned_about(tmp_path, smear_png, capsys):
+    args = ["--out", tmp_path / "o", "--no-classify", "--channel", "neutrophil=1"]
+    assert run_cli("analyze", smear_png, *args, "--frame-interval", "10") == 0
+    err = capsys.readouterr().err
+    assert "warning: --frame-interval: used by --track only; ignored" in err
+    assert "warning: --channel was ignored for 1 input(s) analysed as smears" in err

@@ -400,6 +400,20 @@ def _run_analyze(args) -> int:
         uncertain_threshold=args.uncertain_threshold,
     )
     check_not_folders(args.inputs)
+    tracking_only = [
+        option
+        for option, value in (
+            ("--frame-interval", args.frame_interval),
+            ("--wbc-max-speed", args.wbc_max_speed),
+            ("--platelet-max-speed", args.platelet_max_speed),
+        )
+        if value is not None
+    ]
+    if tracking_only and not args.track:
+        print(
+            f"napari-bloodcell: warning: {', '.join(tracking_only)}: used by --track only; ignored",
+            file=sys.stderr,
+        )
     from .batch import check_inputs
 
     check_inputs(args.inputs, Path(args.out).absolute())  # before a cluster is started
@@ -478,6 +492,16 @@ def _analyze_and_report(args, settings, client) -> int:
         _warn_if_novel(white_cell_novelty(analysed), "these images", "white cells")
     elif summary.skipped and not summary.failures:
         print(f"nothing to do: every input is finished in {summary.out}/")
+    smears = [p for p in summary.processed if "smear" in summary.modalities.get(p, "")]
+    if settings.channels and smears:
+        print(
+            f"napari-bloodcell: warning: --channel was ignored for {len(smears)} input(s) "
+            f"analysed as smears (e.g. {Path(smears[0]).name}); --modality fluorescence "
+            f"analyses them by channel",
+            file=sys.stderr,
+        )
+    if args.track and not len(summary.table):
+        print("napari-bloodcell: --track: no cells to track", file=sys.stderr)
     if args.track and len(summary.table):
         _track_each_source(
             summary.table,
