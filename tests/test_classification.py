@@ -1287,3 +1287,29 @@ def test_intervals_of_a_class_from_one_frame_are_never_narrower_than_by_crops():
     assert (low, high) == pytest.approx(wilson_interval(20, 40))  # 0.35–0.65, not 0.5–0.5
     f1_low, f1_high = metrics["per_class"]["a"]["f1_ci95"]
     assert f1_high - f1_low > 0.1
+
+
+def test_fine_tuning_validates_only_on_crops_the_starting_model_did_not_train_on(
+    tiny_model, tmp_path
+):
+    """Re-splitting from scratch put crops the body had trained on into the fine-tuning's
+    validation: early stopping, temperature and novelty were fitted on seen crops."""
+    import shutil
+
+    from napari_bloodcell.classification.model_files import read_metadata
+    from napari_bloodcell.classification.training import fine_tuning_config, split_training_data
+
+    from .helpers import write_crop_folder
+
+    data = shutil.copytree(tiny_model.parent / "data", tmp_path / "data")  # the same folder …
+    added = write_crop_folder(tmp_path / "added", n_per_class=6, seed=5)
+    for crop in added.rglob("*.png"):  # … with crops added since
+        shutil.copy(crop, data / crop.parent.name / f"new_{crop.name}")
+    trained_on = set(read_metadata(tiny_model).training["train_sources"])
+    for seed in range(5):
+        config = fine_tuning_config(str(tiny_model), seed=seed).resolved()
+        split = split_training_data([data], config)
+        validation = set(split.dataset.sources[split.validation])
+        train = set(split.dataset.sources[split.train])
+        assert validation and not validation & trained_on
+        assert trained_on <= train

@@ -40,6 +40,7 @@ from .datasets import (
     LoadingStopped,
     find_crop_dataset,
     folder_name,
+    parts_in_model_split,
     split_by_source,
     with_images,
 )
@@ -364,9 +365,19 @@ def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> Traini
             f"{', '.join(map(str, data_dirs))}: found only the class {found.classes[0]!r}; "
             f"training needs at least two class sub-folders"
         )
-    train, validation, test = split_by_source(
-        found, (config.validation_fraction, config.test_fraction), config.seed
+    learnt = _learnt_by_init_model(found, data_dirs, config.init_model)
+    fresh = np.flatnonzero(~learnt)
+    fractions = (config.validation_fraction, config.test_fraction)
+    train, validation, test = (
+        fresh[part] for part in split_by_source(found.subset(fresh), fractions, config.seed)
     )
+    train = np.sort(np.r_[train, np.flatnonzero(learnt)])
+    if len(validation) == 0 and learnt.any():
+        raise DatasetError(
+            f"nothing to validate the fine-tuning on: {config.init_model} was trained on "
+            f"{int(learnt.sum())} of these {len(learnt)} crops (kept for training), and the "
+            f"others come from too few source images; add crops it has not seen"
+        )
     if len(validation) == 0:
         counts = ", ".join(
             f"{name} {len(np.unique(found.sources[found.labels == i]))}"
@@ -382,6 +393,25 @@ def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> Traini
     validated = set(found.labels[validation].tolist())
     not_validated = [name for i, name in enumerate(found.classes) if i not in validated]
     return TrainingSplit(found, train, validation, test, not_validated)
+
+
+def _learnt_by_init_model(
+    found: CropDataset, data_dirs: list[Path], init_model: str | None
+) -> np.ndarray:
+    """(N,) bool: crops of sources the model fine-tuned from (or its own base models)
+    trained on, and crops of sources so named in other folders. Fine-tuning trains on
+    them and splits only the others: on its validation crops the body would look better
+    than it is (early stopping, temperature and novelty reference fitted on them)."""
+    if init_model is None:
+        return np.zeros(len(found.labels), dtype=bool)
+    training = read_metadata(resolve_model_path(init_model)).training
+    files = [
+        (Path(file), found.classes[label], int(domain))
+        for file, label, domain in zip(found.files, found.labels, found.domains, strict=True)
+    ]
+    trained = parts_in_model_split(files, [Path(d) for d in data_dirs], training) == "train"
+    names = np.array([source.split("/", 1)[-1] for source in found.sources])
+    return np.isin(names, names[trained])  # one name, one part (as split_by_source keeps)
 
 
 def training_notes(metadata: ModelMetadata) -> list[str]:
