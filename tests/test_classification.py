@@ -580,6 +580,44 @@ def test_truncated_model_file_is_refused(tiny_model, tmp_path):
         CellClassifier(cut).predict_proba(np.zeros((1, 32, 32, 3)))
 
 
+def _with_member(model: Path, path: Path, member: str, data: bytes, deflate: bool) -> Path:
+    """A copy of ``model`` whose ``member`` holds ``data`` (compressed when ``deflate``)."""
+    compression = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(path, "w", compression) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, data if item.filename == member else source.read(item))
+    return path
+
+
+def _damaged_compressed_member(model: Path, path: Path, member: str) -> Path:
+    """``member`` compressed, its compressed bytes overwritten (as a disk error would)."""
+    _with_member(model, path, member, zipfile.ZipFile(model).read(member), deflate=True)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start : start + 8] = b"\xff" * 8
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("member", ["napari_bloodcell.json", "config.json"])
+@pytest.mark.parametrize("damage", ["latin-1", "deep", "compressed"])
+def test_damaged_model_members_are_a_clear_model_error(tiny_model, tmp_path, member, damage):
+    """A damaged member raised zlib.error, UnicodeDecodeError or RecursionError (and
+    `napari-bloodcell models` stopped listing at the first such file)."""
+    from napari_bloodcell.classification.model_files import refuse_custom_code
+
+    path = tmp_path / "damaged.keras"
+    if damage == "compressed":
+        _damaged_compressed_member(tiny_model, path, member)
+    else:
+        data = '{"a": "é"}'.encode("latin-1") if damage == "latin-1" else b"[" * 100_000
+        _with_member(tiny_model, path, member, data, deflate=False)
+    with pytest.raises(ModelError, match="damaged.keras"):
+        read_metadata(path) if member == "napari_bloodcell.json" else refuse_custom_code(path)
+
+
 def test_unknown_model_name_lists_the_choices():
     with pytest.raises(ModelError, match="expected 'default'"):
         resolve_model_path("no-such-model")

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -152,6 +153,18 @@ def update_metadata(
     return path
 
 
+DAMAGED_MEMBER_ERRORS = (
+    OSError,
+    EOFError,  # a member cut short
+    zlib.error,  # compressed bytes damaged (calibrate writes compressed members)
+    zipfile.BadZipFile,  # including a member whose CRC does not match
+    NotImplementedError,  # a compression method zipfile does not know
+    ValueError,  # JSON that is not JSON (JSONDecodeError), text that is not UTF-8
+    RecursionError,  # JSON nested beyond Python's limit
+)
+"""What reading and parsing a member of a damaged model archive raises."""
+
+
 def read_novelty_reference(path: str | Path) -> NoveltyReference | None:
     """The novelty reference stored in a model file, or None for a model without one."""
     try:
@@ -159,7 +172,7 @@ def read_novelty_reference(path: str | Path) -> NoveltyReference | None:
             data = archive.read(NOVELTY_MEMBER)
     except KeyError:
         return None
-    except (zipfile.BadZipFile, OSError) as exc:
+    except DAMAGED_MEMBER_ERRORS as exc:
         raise ModelError(f"{path}: not a Keras .keras model file ({exc})") from None
     try:
         return NoveltyReference.from_bytes(data)
@@ -182,8 +195,9 @@ def read_metadata(path: str | Path) -> ModelMetadata:
             f"{path}: a Keras file without napari-bloodcell metadata (classes, input size); "
             f"train it with `napari-bloodcell train`"
         ) from None
-    except (json.JSONDecodeError, OSError) as exc:
-        raise ModelError(f"{path}: unreadable model metadata ({exc})") from None
+    except DAMAGED_MEMBER_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ModelError(f"{path}: unreadable model metadata ({reason})") from None
     try:
         metadata = ModelMetadata(**raw)
         check_metadata(metadata)
@@ -250,7 +264,7 @@ def refuse_custom_code(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read(CONFIG_MEMBER))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
+    except (KeyError, *DAMAGED_MEMBER_ERRORS) as exc:
         raise ModelError(f"{path}: not a Keras .keras model file ({exc})") from None
     custom = sorted(set(_custom_objects(config)))
     if custom:
