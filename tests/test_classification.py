@@ -1351,3 +1351,19 @@ def test_fine_tuning_validates_only_on_crops_the_starting_model_did_not_train_on
         train = set(split.dataset.sources[split.train])
         assert validation and not validation & trained_on
         assert trained_on <= train
+
+
+def test_library_training_requests_fail_before_training_not_after(tiny_model, tmp_path):
+    """An init model given as a Path failed json.dumps when the result was saved, and an
+    output not ending in .keras was refused once trained."""
+    from napari_bloodcell.classification.training import (
+        TrainingConfig,
+        fine_tuning_config,
+        train_classifier,
+    )
+
+    config = fine_tuning_config(tiny_model).resolved()  # a Path
+    assert config.init_model == str(tiny_model)
+    json.dumps(config.__dict__)
+    with pytest.raises(ModelError, match="model.h5: model files must end in .keras"):
+        train_classifier([tmp_path / "no-data-read"], tmp_path / "model.h5", TrainingConfig())

@@ -80,6 +80,12 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
 
 
+def check_model_file_name(path: Path) -> None:
+    """Refuse (:class:`ModelError`) a model file name without the ``.keras`` suffix."""
+    if Path(path).suffix != ".keras":
+        raise ModelError(f"{path}: model files must end in .keras")
+
+
 def save_model(
     model, path: str | Path, metadata: ModelMetadata, novelty: NoveltyReference | None = None
 ) -> Path:
@@ -90,8 +96,7 @@ def save_model(
     fine-tuning starts a fresh optimizer anyway.
     """
     path = Path(path)
-    if path.suffix != ".keras":
-        raise ModelError(f"{path}: model files must end in .keras")
+    check_model_file_name(path)
     check_metadata(metadata)
     if getattr(model, "optimizer", None) is not None:
         model = _without_optimizer(model)

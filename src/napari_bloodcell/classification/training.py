@@ -47,6 +47,7 @@ from .datasets import (
 from .inference import predict_over_views, with_features
 from .model_files import (
     ModelMetadata,
+    check_model_file_name,
     checked_views,
     load_keras_model,
     read_metadata,
@@ -208,6 +209,8 @@ class TrainingConfig:
             )
         if self.init_model is None:
             return replace(self, test_time_views=self.test_time_views or DEFAULT_TEST_TIME_VIEWS)
+        if isinstance(self.init_model, Path):  # recorded in the model file's JSON
+            return replace(self, init_model=str(self.init_model)).resolved()
         init = read_metadata(resolve_model_path(self.init_model))
         init_config = init.training.get("config", {})
         kept = {
@@ -280,6 +283,7 @@ def train_classifier(
     """
     config = (config or TrainingConfig()).resolved()
     out = Path(out)
+    check_model_file_name(out)  # before the training, not when saving its result
     stop_requested = stop_requested or (lambda: False)
     started = time.perf_counter()
     split = split_training_data(data_dirs, config)
