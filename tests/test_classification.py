@@ -1367,3 +1367,18 @@ def test_library_training_requests_fail_before_training_not_after(tiny_model, tm
     json.dumps(config.__dict__)
     with pytest.raises(ModelError, match="model.h5: model files must end in .keras"):
         train_classifier([tmp_path / "no-data-read"], tmp_path / "model.h5", TrainingConfig())
+
+
+def test_a_class_named_uncertain_is_refused(tmp_path):
+    """It made a confident answer of that class and a cell below the threshold the same."""
+    from napari_bloodcell.classification.datasets import find_labelled_files
+    from napari_bloodcell.classification.model_files import ModelMetadata, check_metadata
+
+    from .helpers import write_crop_folder
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=2, seed=0)
+    (data / "round").rename(data / "Uncertain")
+    with pytest.raises(DatasetError, match="Uncertain: 'uncertain' is the answer of a class"):
+        find_labelled_files([data])
+    with pytest.raises(ModelError, match="'uncertain' cannot be a class"):
+        check_metadata(ModelMetadata(["lobed", "uncertain"], 32, 2.2, "compact"))

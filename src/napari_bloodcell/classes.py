@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+UNCERTAIN = "uncertain"
+"""The answer of a classifier that should not decide (confidence below its threshold); no
+model class may bear this name."""
+
 CLASS_COLOURS: dict[str, str] = {
     "neutrophil": "#1f77b4",
     "eosinophil": "#ff7f0e",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..classes import UNCERTAIN
 from ..errors import DatasetError
 from ..reading import IMAGE_SUFFIXES
 
@@ -92,6 +93,11 @@ def find_labelled_files(
             )
         for class_dir in class_dirs:
             name = class_dir.name.lower()
+            if name == UNCERTAIN:
+                raise DatasetError(
+                    f"{class_dir}: {UNCERTAIN!r} is the answer of a classifier that should "
+                    f"not decide, not a class to learn; rename the folder (e.g. unclassified)"
+                )
             if classes is not None and name not in classes:
                 if ignore_unknown:
                     skipped.append(class_dir.name)

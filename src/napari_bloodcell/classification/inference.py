@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..classes import UNCERTAIN
 from ..errors import ModelError
 from .model_files import (
     ModelMetadata,
@@ -20,7 +21,6 @@ from .model_files import (
 )
 from .novelty import novelty
 
-UNCERTAIN = "uncertain"
 PREDICT_BATCH = 256
 
 

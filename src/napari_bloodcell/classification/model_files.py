@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..classes import UNCERTAIN
 from ..errors import ModelError, OutputExistsError
 from .novelty import NoveltyReference
 
@@ -226,6 +227,8 @@ def check_metadata(metadata: ModelMetadata) -> None:
         or len(set(classes)) != len(classes)
     ):
         raise ModelError(f"classes must be distinct non-empty names, got {classes!r}")
+    if UNCERTAIN in classes:
+        raise ModelError(f"{UNCERTAIN!r} cannot be a class: it is the answer below the threshold")
     if any(c != c.lower() for c in classes):
         raise ModelError(
             f"class names must be lower case (class folders are matched by their lower-case "
