@@ -1382,3 +1382,23 @@ def test_a_class_named_uncertain_is_refused(tmp_path):
         find_labelled_files([data])
     with pytest.raises(ModelError, match="'uncertain' cannot be a class"):
         check_metadata(ModelMetadata(["lobed", "uncertain"], 32, 2.2, "compact"))
+
+
+def test_fine_tuning_a_network_unlike_its_metadata_is_a_clear_error(tiny_model, tmp_path):
+    """It fine-tuned until TensorFlow failed in the loss (or raised 'No such layer')."""
+    import keras
+
+    from napari_bloodcell.classification.model_files import METADATA_MEMBER, save_model
+    from napari_bloodcell.classification.training import model_to_fine_tune
+
+    metadata = json.loads(zipfile.ZipFile(tiny_model).read(METADATA_MEMBER))
+    three = json.dumps(metadata | {"classes": ["lobed", "round", "third"]}).encode()
+    edited = _with_member(tiny_model, tmp_path / "edited.keras", METADATA_MEMBER, three, False)
+    with pytest.raises(ModelError, match=r"edited.keras: network shape .* 3 classes\)"):
+        model_to_fine_tune(str(edited), ["lobed", "round"])
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    foreign = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    path = save_model(foreign, tmp_path / "foreign.keras", read_metadata(tiny_model))
+    with pytest.raises(ModelError, match="cannot be fine-tuned: its last layer"):
+        model_to_fine_tune(str(path), ["lobed", "round", "new"])

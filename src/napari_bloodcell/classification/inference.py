@@ -13,6 +13,7 @@ from ..classes import UNCERTAIN
 from ..errors import ModelError
 from .model_files import (
     ModelMetadata,
+    check_network_shape,
     checked_views,
     load_keras_model,
     read_metadata,
@@ -149,13 +150,7 @@ class CellClassifier(ModelFileClassifier):
         if self._model is None:
             self.check_unchanged()
             model = load_keras_model(self.path)
-            expected = (None, self.input_size, self.input_size, 3)
-            if tuple(model.input_shape) != expected or model.output_shape[-1] != len(self.classes):
-                raise ModelError(
-                    f"{self.path}: network shape {model.input_shape} → {model.output_shape} "
-                    f"does not match its metadata ({self.input_size} px input, "
-                    f"{len(self.classes)} classes)"
-                )
+            check_network_shape(model, self.path, self.metadata)
             self._model = model, with_features(model)
         return self._model
 

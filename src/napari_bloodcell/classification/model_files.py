@@ -266,6 +266,18 @@ def load_keras_model(path: str | Path):
         raise ModelError(f"{path}: the Keras model cannot be loaded ({exc})") from None
 
 
+def check_network_shape(model, path: Path, metadata: ModelMetadata) -> None:
+    """Refuse (:class:`ModelError`) a network whose input or output does not match its
+    file's metadata (RGB crops of ``input_size`` px in, one probability per class out)."""
+    expected = (None, metadata.input_size, metadata.input_size, 3)
+    if tuple(model.input_shape) != expected or model.output_shape[-1] != len(metadata.classes):
+        raise ModelError(
+            f"{path}: network shape {model.input_shape} → {model.output_shape} does not "
+            f"match its metadata ({metadata.input_size} px input, {len(metadata.classes)} "
+            f"classes)"
+        )
+
+
 def refuse_custom_code(path: Path) -> None:
     """Raise :class:`ModelError` unless the network config of ``path`` names only built-in
     Keras objects: Lambda layers and custom (registered or not) objects run code."""

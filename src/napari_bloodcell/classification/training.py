@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..crops import COLOUR_PERCENTILES, CROP_SCALE, MIN_DIVISOR
-from ..errors import DatasetError
+from ..errors import DatasetError, ModelError
 from .architectures import (
     ARCHITECTURES,
     DEFAULT_INPUT_SIZE,
@@ -48,6 +48,7 @@ from .inference import predict_over_views, with_features
 from .model_files import (
     ModelMetadata,
     check_model_file_name,
+    check_network_shape,
     checked_views,
     load_keras_model,
     read_metadata,
@@ -607,10 +608,18 @@ def model_to_fine_tune(init_model: str, classes: list[str]):
 
     path = resolve_model_path(init_model)
     model = load_keras_model(path)
-    known = read_metadata(path).classes
+    metadata = read_metadata(path)
+    check_network_shape(model, path, metadata)
+    head = model.layers[-1]
+    if head.name != HEAD_LAYER or not isinstance(head, keras.layers.Dense):
+        raise ModelError(
+            f"{path}: cannot be fine-tuned: its last layer ({head.name!r}) is not the softmax "
+            f"head ({HEAD_LAYER!r}) of a network trained by napari-bloodcell"
+        )
+    known = metadata.classes
     if known == list(classes):
         return model
-    old_head = model.get_layer(HEAD_LAYER)
+    old_head = head
     features = old_head.input
     new_head = keras.layers.Dense(len(classes), activation="softmax", name=HEAD_LAYER)
     tuned = keras.Model(model.input, new_head(features), name=model.name)
