@@ -229,8 +229,13 @@ def test_crops_are_read_without_forking_a_process_that_runs_tensorflow(monkeypat
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
     with _worker_pool(2) as pool:
         assert isinstance(pool, ProcessPoolExecutor)
+        assert pool._mp_context.get_start_method() == "fork"  # whatever Python's default
     monkeypatch.setitem(sys.modules, "tensorflow", object())
     with _worker_pool(2) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    monkeypatch.setattr(sys, "platform", "darwin")  # processes spawned: a script's main
+    with _worker_pool(2) as pool:  # guard would be needed
         assert isinstance(pool, ThreadPoolExecutor)
 
 

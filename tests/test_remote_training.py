@@ -122,3 +122,30 @@ def test_training_stops_and_cleans_up_when_napari_dies(tmp_path):
         time.sleep(0.2)
     assert not running(child), "the training process outlived its parent"
     assert list(models.iterdir()) == []  # no model, no work folder
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """The spawned child re-ran the script, failed in start() ('bootstrapping phase'),
+    left a work folder behind, and the parent said only 'ended unexpectedly'."""
+    import subprocess
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=4, seed=0)
+    models = tmp_path / "models"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from napari_bloodcell.classification.remote_training import TrainingJob\n"
+        "from napari_bloodcell.classification.training import TrainingConfig\n"
+        f"job = TrainingJob([{str(data)!r}], 'm', TrainingConfig(input_size=32, epochs=1),\n"
+        f"                  models_dir=__import__('pathlib').Path({str(models)!r}))\n"
+        "job.start()\n"
+        "print('EVENTS', ' | '.join(type(e).__name__ + ': ' + getattr(e, 'message', '')\n"
+        "                           for e in job.events()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    events = [line for line in result.stdout.splitlines() if line.startswith("EVENTS")]
+    assert len(events) == 1 and "TrainingFailed" in events[0]  # the parent's report
+    assert 'put the script\'s code under `if __name__ == "__main__":`' in events[0]
+    assert 'put the script\'s code under `if __name__ == "__main__":`' in result.stderr  # child
+    assert not list(models.glob(".training-*"))

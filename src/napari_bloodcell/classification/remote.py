@@ -23,7 +23,7 @@ from ..errors import ModelError, one_line
 from .inference import ModelFileClassifier
 
 MAIN_GUARD_ADVICE = (
-    "the classifier runs in a spawned worker process, which imports the main script again: "
+    "the network runs in a spawned worker process, which imports the main script again: "
     'put the script\'s code under `if __name__ == "__main__":` (see the Python '
     "multiprocessing guidelines, 'Safe importing of main module')"
 )

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import BloodcellError
 from .model_files import check_model_name, install_model, user_models_dir
+from .remote import MAIN_GUARD_ADVICE
 from .training import TrainingConfig, split_training_data
 
 
@@ -161,6 +162,12 @@ class TrainingJob:
             raise BloodcellError(
                 f"cannot start training in {self.models_dir} ({exc.strerror or exc})"
             ) from None
+        except RuntimeError as exc:
+            self._process = None
+            self.close()  # (its work folder too)
+            if "bootstrapping phase" in str(exc):  # a spawned child re-running a script
+                raise BloodcellError(MAIN_GUARD_ADVICE) from None
+            raise
 
     def cancel(self) -> None:
         """Ask the training to stop after the current batch or crop read (nothing is saved;
@@ -180,7 +187,7 @@ class TrainingJob:
         """
         if self._process is None:
             raise RuntimeError("start() the job before reading its events")
-        cancelled_at = None
+        cancelled_at, started = None, False
         try:
             while True:
                 try:
@@ -192,12 +199,15 @@ class TrainingJob:
                             yield TrainingCancelled()
                             return
                     if not self._process.is_alive() and self._events.empty():
+                        # before any event: most often a script without the main guard
+                        advice = f"; if a script started it: {MAIN_GUARD_ADVICE}"
                         yield TrainingFailed(
                             f"the training process ended unexpectedly "
-                            f"(exit code {self._process.exitcode})"
+                            f"(exit code {self._process.exitcode}){'' if started else advice}"
                         )
                         return
                     continue
+                started = True
                 if isinstance(event, TrainingDone):  # cancelled while saving: not installed
                     event = TrainingCancelled() if self._stop.is_set() else self._install(event)
                 yield event
