@@ -180,6 +180,25 @@ def test_motility_measures_in_physical_units():
     assert msd.loc[1] == pytest.approx(25.0) and msd.loc[3] == pytest.approx(225.0)
 
 
+def test_motility_measures_of_a_bent_track_use_both_axes():
+    # (y, x) px: (0, 0) → (3, 4) → (3, 0): steps 5 and 4 px, net 3 px
+    rows = [(0, 1, 0.0, 0.0, "wbc"), (1, 1, 3.0, 4.0, "wbc"), (2, 1, 3.0, 0.0, "wbc")]
+    result = track_table(
+        cells(rows),
+        pixel_size_um=0.5,
+        frame_interval_s=60.0,
+        params=TrackingParams(wbc_max_speed=5.0),
+    )
+    row = result.summary.iloc[0]
+    assert row["path_length_um"] == pytest.approx(4.5)
+    assert row["net_displacement_um"] == pytest.approx(1.5)
+    assert row["straightness"] == pytest.approx(1 / 3)
+    assert row["mean_speed_um_per_min"] == pytest.approx(4.5 / 2)
+    msd = result.msd.set_index("lag_frames")["msd_um2"]
+    assert msd.loc[1] == pytest.approx((25 + 16) / 2 * 0.25)
+    assert msd.loc[2] == pytest.approx(9 * 0.25)
+
+
 def test_tracks_layer_data():
     rows = [(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]
     rows += [(t, 2, 40.0, 40.0, "platelet") for t in range(2)]
