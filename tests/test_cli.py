@@ -472,6 +472,30 @@ def test_demo_runs_on_generated_data_and_scores_it(tmp_path, capsys):
     scored = [row["cell_type"] for row in report["timelapse"]["detection"]]
     assert scored == ["wbc", "platelet", "all"]  # no red cells in a fluorescence movie
     assert "precision" in capsys.readouterr().out
+    # the scores are those of the written results against the generated truth
+    from napari_bloodcell.metrics import detection_by_type
+    from napari_bloodcell.table import read_table
+
+    truth = make_smear(seed=0)
+    cells = read_table(out / "cells.csv")
+    smear_cells = cells[cells["source"] == "synthetic_smear.png"]
+    expected = detection_by_type(
+        truth.labels,
+        dict(zip(truth.cells["label"], truth.cells["cell_type"], strict=True)),
+        tifffile.imread(out / "labels" / "synthetic_smear.tif"),
+        dict(zip(smear_cells["label"], smear_cells["cell_type"], strict=True)),
+    )
+    for row in report["smear"]["detection"]:
+        counts = expected.loc[row["cell_type"], ["tp", "fp", "fn"]].tolist()
+        assert [row["tp"], row["fp"], row["fn"]] == counts, row["cell_type"]
+    assert expected.loc["wbc", "tp"] > 0 and expected.loc["rbc", "fp"] < expected.loc["rbc", "tp"]
+    # the packaged default model classified every white cell (the only CI run of it here)
+    wbc = smear_cells[smear_cells["cell_type"] == "wbc"]
+    model_classes = CellClassifier("default").classes
+    assert len(wbc) and wbc["cell_class"].isin([*model_classes, "uncertain"]).all()
+    assert (wbc["confidence"] > 0).all()
+    p_columns = [f"p_{name}" for name in model_classes]
+    np.testing.assert_allclose(wbc[p_columns].sum(axis=1), 1.0, atol=1e-3)
     assert run_cli("demo", "--out", out) == 2
 
 
