@@ -1294,6 +1294,38 @@ def test_a_model_without_a_platelet_class_leaves_platelets_their_segmented_type(
     assert white.confidence.notna().all()
 
 
+def test_each_cells_answer_is_the_classification_of_its_own_crop(tiny_model):
+    """Answers written to the wrong rows (e.g. reversed) passed every test: each was
+    checked on frames of one white cell, or as sets."""
+    from napari_bloodcell.classification.inference import ModelFileClassifier
+    from napari_bloodcell.crops import crop_cells
+    from napari_bloodcell.pipeline import analyze_frame
+    from napari_bloodcell.segmentation import segment_frame
+    from napari_bloodcell.synthetic import make_smear
+
+    class MeanBrightness(ModelFileClassifier):
+        """p_round = the crop's mean value: a probability that tells the crops apart."""
+
+        def predict(self, crops):
+            mean = np.asarray(crops, np.float64).reshape(len(crops), -1).mean(axis=1)
+            mean = mean / 255 if np.asarray(crops).dtype == np.uint8 else mean
+            return np.stack([1 - mean, mean], axis=1), np.zeros((len(crops), 1))
+
+    classifier = MeanBrightness(tiny_model)
+    frame = make_smear(shape=(360, 480), n_rbc=4, n_wbc=4, n_platelets=2, seed=6).image / 255
+    table = analyze_frame(frame, classifier).table.set_index("label")
+    cells = segment_frame(frame, "smear").cells.set_index("label")
+    white = cells[cells["cell_type"] == "wbc"]
+    assert len(white) >= 3
+    crops = crop_cells(
+        frame, white[["centroid_y", "centroid_x"]].to_numpy(), white["crop_diameter_px"].to_numpy(),
+        size=classifier.input_size, scale=classifier.crop_scale,
+    )  # fmt: skip
+    expected = classifier.predict(crops)[0][:, 1]
+    assert np.ptp(expected) > 0.01  # the crops differ
+    np.testing.assert_allclose(table.loc[white.index, "p_round"], expected, rtol=1e-6)
+
+
 def test_intervals_resample_whole_frames_when_crops_share_them():
     """The intervals took crops of one frame as independent: with every frame's crops
     all right or all wrong, the frame-level interval must be the wider one."""
