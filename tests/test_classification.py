@@ -211,12 +211,16 @@ def test_unusable_crop_files_are_named_together(tmp_path, workers):
     data = write_crop_folder(tmp_path, n_per_class=40, seed=0)
     (data / "round" / "round3.png").write_bytes(b"not a png")
     iio.imwrite(data / "lobed" / "blank.png", np.full((30, 30, 3), 200, np.uint8))
+    speck = np.full((40, 40, 3), 250, np.uint8)
+    speck[0, 5] = 200  # all black once cropped and normalised
+    iio.imwrite(data / "lobed" / "speck.png", speck)
     files = sorted(data.rglob("*.png"))
     with pytest.raises(DatasetError) as error:
-        prepare_crop_files(files, size=16, scale=2.2, workers=workers)
+        prepare_crop_files(files, size=32, scale=2.2, workers=workers)
     message = str(error.value)
-    assert message.startswith("2 of 81 files cannot be used as single-cell crops")
+    assert message.startswith("3 of 82 files cannot be used as single-cell crops")
     assert "round3.png: cannot be read" in message and "blank.png: the image is constant" in message
+    assert "speck.png: nearly uniform" in message
     assert not running_children()
 
 

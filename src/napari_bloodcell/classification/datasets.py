@@ -268,6 +268,11 @@ def folder_name(data_dir: Path) -> str:
     return Path(data_dir).resolve().name
 
 
+MIN_CROP_CONTRAST = 32
+"""Grey levels (of 255) a normalised crop must span: a blank image with a speck became an
+all-black crop (every PBC and BCCD crop spans all 255)."""
+
+
 def _prepare_file(job: tuple[str, int, float]) -> np.ndarray | str:
     """One file's crop (size, size, 3) uint8, or what makes the file unusable."""
     from ..crops import crop_single_cell_image
@@ -286,7 +291,10 @@ def _prepare_file(job: tuple[str, int, float]) -> np.ndarray | str:
         crop = crop_single_cell_image(frame[..., :3], size=size, scale=scale)
     except BloodcellError as exc:
         return str(exc) if path in str(exc) else f"{path}: {exc}"
-    return np.round(crop * 255).astype(np.uint8)
+    crop = np.round(crop * 255).astype(np.uint8)
+    if int(crop.max()) - int(crop.min()) < MIN_CROP_CONTRAST:
+        return f"{path}: nearly uniform (no cell left after colour normalisation)"
+    return crop
 
 
 def split_by_source(
