@@ -355,11 +355,19 @@ def test_a_page_is_read_without_walking_the_pages_before_it(tmp_path, monkeypatc
     stack = np.arange(200 * 16 * 16, dtype=np.uint16).reshape(200, 16, 16)
     tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TYX"})
     image = open_lazy(path)
-    walked = []
+    walked, headers = [], []
     seek = tifffile.TiffPages._seek
     monkeypatch.setattr(
         tifffile.TiffPages, "_seek", lambda pages, i: walked.append(i) or seek(pages, i)
     )
+    for kind in (tifffile.TiffPage, tifffile.TiffFrame):  # any other walk reads each header
+        init = kind.__init__
+        monkeypatch.setattr(
+            kind,
+            "__init__",
+            lambda self, *a, init=init, **k: headers.append(1) or init(self, *a, **k),
+        )
     last = image.data[199].compute()
     assert max(walked, default=0) < 2  # (opening the file reads its first page)
+    assert len(headers) <= 2  # the page asked for (and the first)
     np.testing.assert_array_equal(last, image.data.compute()[199])
