@@ -140,6 +140,8 @@ def test_split_is_by_source_and_seeded(tmp_path):
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     again = split_by_source(dataset, (0.2, 0.2), seed=3)
     assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    others = [split_by_source(dataset, (0.2, 0.2), seed=seed)[1] for seed in range(4, 8)]
+    assert any(not np.array_equal(val, other) for other in others)  # the seed is used
 
 
 @pytest.mark.parametrize(
