@@ -112,3 +112,13 @@ def test_a_failed_export_leaves_no_new_file_behind(tmp_path, monkeypatch, failin
     assert sorted(tmp_path.iterdir()) == before
     monkeypatch.undo()
     assert _writer.export_table(tmp_path / "cells.csv", table, {})  # not refused
+
+
+def test_physical_units_scale_lengths_once_and_areas_twice():
+    table = pd.DataFrame(
+        {"centroid_y": [10.0], "centroid_x": [4.0], "diameter_px": [8.0], "area_px": [50.0]}
+    )
+    measured = add_physical_units(table, 0.5).iloc[0]
+    assert measured[["centroid_y_um", "centroid_x_um", "diameter_um"]].tolist() == [5.0, 2.0, 4.0]
+    assert measured["area_um2"] == 12.5
+    assert "area_um2" not in add_physical_units(table, None)
