@@ -151,3 +151,17 @@ def test_no_platelet_is_drawn_on_a_platelet_outside_its_aggregate(seed):
     touching = (diameters[:, None] + diameters[None]) / 2
     np.fill_diagonal(apart, np.inf)
     assert (apart > 0.5 * touching).all()  # aggregates touch; nothing lies on another
+
+
+def test_auto_trajectories_are_the_shared_csv_when_present_else_random_walks(tmp_path, monkeypatch):
+    """(The shared-data test skips in CI: there nothing showed what "auto" resolves to.)"""
+    from napari_bloodcell import synthetic_tracks
+
+    csv = tmp_path / "Neutrophils.csv"
+    pd.DataFrame(
+        {"track_id": 1, "t_s": 24.0 * np.arange(8), "x_um": 3.0 * np.arange(8), "y_um": 0.0}
+    ).to_csv(csv, index=False)
+    monkeypatch.setattr(synthetic_tracks, "default_trajectories_path", lambda: csv)
+    assert make_tracking_timelapse("easy", **SMALL).trajectory_source == str(csv)
+    monkeypatch.setattr(synthetic_tracks, "default_trajectories_path", lambda: tmp_path / "no")
+    assert make_tracking_timelapse("easy", **SMALL).trajectory_source == "random_walk"
