@@ -148,12 +148,12 @@ def huge_png_bytes(side: int = HUGE_SIDE) -> bytes:
 
 
 CASES: tuple[Case, ...] = (
-    Case("empty file", "empty.png", _write_bytes(b""), "empty"),
+    Case("empty file", "empty.png", _write_bytes(b""), "the file is empty"),
     Case(
         "truncated JPEG",
         "truncated.jpg",
         _write_bytes(lambda: _jpeg_bytes()[:400]),
-        "cannot be read",
+        "cannot be read as an image (Truncated File Read)",
     ),
     Case(
         "truncated TIFF",
@@ -161,30 +161,30 @@ CASES: tuple[Case, ...] = (
         _write_bytes(lambda: _tiff_bytes(smear_rgb())[:5000]),
         "cannot be read",
     ),
-    Case("zero-size image", "zero.tif", _write_zero_size, "size"),
+    Case("zero-size image", "zero.tif", _write_zero_size, "the image has zero size"),
     Case(
         "1×1 image",
         "one_pixel.png",
         _write_image(lambda: np.full((1, 1, 3), 9, np.uint8)),
-        "need at least",
+        "need at least 8×8 px",
     ),
     Case(
         "constant frame",
         "constant.png",
         _write_image(lambda: np.full((64, 64, 3), 200, np.uint8)),
-        "constant",
+        "the image is constant",
     ),
     Case(
         "NaN values",
         "nan.tif",
         _write_tiff(_with_bad(np.nan), photometric="rgb"),
-        "NaN or infinite",
+        "NaN or infinite value(s)",
     ),
     Case(
         "infinite values",
         "inf.tif",
         _write_tiff(_with_bad(np.inf), photometric="rgb"),
-        "NaN or infinite",
+        "NaN or infinite value(s)",
     ),
     Case(
         "negative floats", "negative.tif", _write_tiff(lambda: _grey(np.float32, 2.0, -1.0)), None
@@ -196,21 +196,26 @@ CASES: tuple[Case, ...] = (
         "5-D array",
         "five_d.tif",
         _write_tiff(lambda: np.random.default_rng(0).integers(0, 255, (2, 3, 4, 16, 16), np.uint8)),
-        "axes",
+        "cannot tell the axes of a 5-D image",
     ),
     Case(
         "2 channels, axes inferred",
         "two_channels.tif",
         _write_tiff(_channels(2)),
-        "give them explicitly",
+        "give them explicitly, e.g. 'YXC'",
     ),
     Case("2 channels, --axes YXC", "two_channels_yxc.tif", _write_tiff(_channels(2)), None, "YXC"),
-    Case("4 channels, varying 4th", "rgba_varying.png", _write_image(_varying_alpha), "4 channels"),
+    Case(
+        "4 channels, varying 4th",
+        "rgba_varying.png",
+        _write_image(_varying_alpha),
+        "4 channels with a varying 4th channel",
+    ),
     Case(
         "RGBA TIFF, varying alpha (axes YXS in its metadata, not the user's)",
         "rgba_varying.tif",
         _write_tiff(_varying_alpha, photometric="rgb", extrasamples=["unassalpha"]),
-        "4 channels",
+        "4 channels with a varying 4th channel",
     ),
     Case(
         "4 channels, --axes YXC",
@@ -223,7 +228,7 @@ CASES: tuple[Case, ...] = (
         "7 channels, axes inferred",
         "seven_channels.tif",
         _write_tiff(_channels(7)),
-        "give them explicitly",
+        "give them explicitly, e.g. 'YXC'",
     ),
     Case(
         "7 channels, --axes YXC", "seven_channels_yxc.tif", _write_tiff(_channels(7)), None, "YXC"
@@ -241,21 +246,26 @@ CASES: tuple[Case, ...] = (
         None,
         "XYC",
     ),
-    Case("one page of another shape", "ragged.tif", _write_ragged_stack, "page"),
+    Case(
+        "one page of another shape",
+        "ragged.tif",
+        _write_ragged_stack,
+        "(the second starts at page 1)",
+    ),
     Case(
         "text file named .png",
         "text.png",
         _write_bytes(b"hello, not an image\n" * 20),
-        "cannot be read",
+        "cannot be read as an image",
     ),
     Case(
         "HTML named .tif",
         "page.tif",
         _write_bytes(b"<html><body>404</body></html>"),
-        "cannot be read",
+        "cannot be read as an image",
     ),
-    Case("huge TIFF header", "huge.tif", _write_bytes(huge_tiff_bytes), "pixel budget"),
-    Case("huge PNG header", "huge.png", _write_bytes(huge_png_bytes), "pixel budget"),
+    Case("huge TIFF header", "huge.tif", _write_bytes(huge_tiff_bytes), "exceed the pixel budget"),
+    Case("huge PNG header", "huge.png", _write_bytes(huge_png_bytes), "over the pixel budget"),
     Case("unicode and spaces in the path", "smear ü 血 x.png", _write_image(smear_rgb), None),
 )
 

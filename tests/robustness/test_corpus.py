@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def _files_under(folder: Path) -> list[Path]:
 @pytest.mark.parametrize("case", BAD, ids=[c.name for c in BAD])
 def test_the_api_refuses_each_bad_file_with_an_input_image_error(corpus, case: Case):
     path = corpus[case.name]
-    with pytest.raises(InputImageError, match=case.expect) as eager:
+    with pytest.raises(InputImageError, match=re.escape(case.expect)) as eager:
         read_image(path, axes=case.axes)
-    with pytest.raises(InputImageError, match=case.expect) as lazy:
+    with pytest.raises(InputImageError, match=re.escape(case.expect)) as lazy:
         open_lazy(path, axes=case.axes).data.compute(scheduler="sync")
     for error in (eager.value, lazy.value):
         assert str(path) in str(error) and "\n" not in str(error)
