@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,6 @@ class AnalysisSettings:
     channels: Mapping[str, int] | None = None
     pixel_size_um: float | None = None
     uncertain_threshold: float | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse (:class:`InputImageError`) settings no frame can be analysed with."""

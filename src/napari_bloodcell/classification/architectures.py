@@ -19,8 +19,8 @@ from __future__ import annotations
 
 ARCHITECTURES = ("compact", "coursework")
 DEFAULT_INPUT_SIZE = {"compact": 80, "coursework": 224}
-NORMALIZATIONS = ("batch", "group")
 """Input side (px) when none is given; the compact one is the default model's."""
+NORMALIZATIONS = ("batch", "group")
 HEAD_LAYER = "class_probabilities"
 MIXSTYLE_PREFIX = "mixstyle_"
 """Names of the MixStyle layers of a network being trained (``mixstyle_1`` …)."""

@@ -156,7 +156,7 @@ def load_crop_dataset(
     ignore_unknown: bool = False,
     workers: int = 2,
 ) -> CropDataset:
-    """Read and prepare every labelled crop of the data folders (in ``workers`` processes)."""
+    """Read and prepare every labelled crop of the data folders (see :func:`prepare_crop_files`)."""
     found = find_crop_dataset(data_dirs, classes, ignore_unknown=ignore_unknown)
     return with_images(found, size=size, scale=scale, workers=workers)
 

@@ -47,11 +47,11 @@ class TrackingParams:
       with full units, else 1 / 0.5 median cell diameters per frame. The reach of a link
       is never below :data:`JITTER_DIAMETERS` median diameters (segmentation noise).
     * ``max_gap_frames``: missed frames that gap closing may bridge (0 disables it).
-    * ``contact_distance``: centre distance below which a leukocyte touches a platelet;
+    * ``contact_distance``: centre distance at which (or below) a leukocyte touches a platelet;
       None: half the sum of the median leukocyte and platelet diameters (touching outlines).
     * ``min_contact_frames``: consecutive frames in contact that make a contact event.
-    * ``aggregate_distance``: platelets closer than this (centre to centre) belong to the same
-      aggregate (single linkage); None: 1.5 median platelet diameters.
+    * ``aggregate_distance``: platelets at most this far apart (centre to centre) belong to
+      the same aggregate (single linkage); None: 1.5 median platelet diameters.
     * ``min_aggregate_size``: platelets in a cluster for it to count as an aggregate.
     * ``msd_max_lag_frames``: largest lag of the mean-squared displacement.
     """

@@ -1,7 +1,7 @@
 """Leukocyte–platelet interactions: nearest platelet and aggregate per frame, contact events.
 
 Distances are centre to centre, in µm with a pixel size (else px). Platelet aggregates are
-the connected components of platelets closer than ``aggregate_distance`` in one frame
+the connected components of platelets at most ``aggregate_distance`` apart in one frame
 (single linkage, scipy k-d tree + connected components) with at least ``min_aggregate_size``
 members; the distance to an aggregate is the distance to its nearest member.
 """
