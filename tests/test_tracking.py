@@ -162,41 +162,36 @@ def test_platelet_aggregates_are_single_linkage_clusters():
     assert aggregate_sizes(points, 3.5).tolist() == [3, 3, 3, 1]
 
 
-def test_motility_measures_in_physical_units():
-    rows = [(t, 1, 0.0, 10.0 * t, "wbc") for t in range(4)]  # 10 px per frame along x
-    result = track_table(
-        cells(rows),
-        pixel_size_um=0.5,
-        frame_interval_s=30.0,
-        params=TrackingParams(wbc_max_speed=20.0),
-    )
+@pytest.mark.parametrize(
+    ("points", "interval_s", "expected", "expected_msd"),
+    [
+        (  # 10 px per frame along x, at 0.5 µm/px
+            [(0.0, 10.0 * t) for t in range(4)],
+            30.0,
+            {"path": 15.0, "net": 15.0, "speed": 10.0, "straightness": 1.0, "duration": 90.0},
+            {1: 25.0, 3: 225.0},
+        ),
+        (  # bent: (0, 0) → (3, 4) → (3, 0) px, steps 5 and 4 px, net 3 px (y counts too)
+            [(0.0, 0.0), (3.0, 4.0), (3.0, 0.0)],
+            60.0,
+            {"path": 4.5, "net": 1.5, "speed": 2.25, "straightness": 1 / 3, "duration": 120.0},
+            {1: (25 + 16) / 2 * 0.25, 2: 9 * 0.25},
+        ),
+    ],
+)
+def test_motility_measures_in_physical_units(points, interval_s, expected, expected_msd):
+    rows = [(t, 1, y, x, "wbc") for t, (y, x) in enumerate(points)]
+    params = TrackingParams(wbc_max_speed=20.0)
+    result = track_table(cells(rows), pixel_size_um=0.5, frame_interval_s=interval_s, params=params)
     row = result.summary.iloc[0]
-    assert row["path_length_um"] == pytest.approx(15.0)
-    assert row["net_displacement_um"] == pytest.approx(15.0)
-    assert row["mean_speed_um_per_min"] == pytest.approx(10.0)
-    assert row["straightness"] == pytest.approx(1.0)
-    assert row["duration_s"] == pytest.approx(90.0)
+    assert row["path_length_um"] == pytest.approx(expected["path"])
+    assert row["net_displacement_um"] == pytest.approx(expected["net"])
+    assert row["mean_speed_um_per_min"] == pytest.approx(expected["speed"])
+    assert row["straightness"] == pytest.approx(expected["straightness"])
+    assert row["duration_s"] == pytest.approx(expected["duration"])
     msd = result.msd.set_index("lag_frames")["msd_um2"]
-    assert msd.loc[1] == pytest.approx(25.0) and msd.loc[3] == pytest.approx(225.0)
-
-
-def test_motility_measures_of_a_bent_track_use_both_axes():
-    # (y, x) px: (0, 0) → (3, 4) → (3, 0): steps 5 and 4 px, net 3 px
-    rows = [(0, 1, 0.0, 0.0, "wbc"), (1, 1, 3.0, 4.0, "wbc"), (2, 1, 3.0, 0.0, "wbc")]
-    result = track_table(
-        cells(rows),
-        pixel_size_um=0.5,
-        frame_interval_s=60.0,
-        params=TrackingParams(wbc_max_speed=5.0),
-    )
-    row = result.summary.iloc[0]
-    assert row["path_length_um"] == pytest.approx(4.5)
-    assert row["net_displacement_um"] == pytest.approx(1.5)
-    assert row["straightness"] == pytest.approx(1 / 3)
-    assert row["mean_speed_um_per_min"] == pytest.approx(4.5 / 2)
-    msd = result.msd.set_index("lag_frames")["msd_um2"]
-    assert msd.loc[1] == pytest.approx((25 + 16) / 2 * 0.25)
-    assert msd.loc[2] == pytest.approx(9 * 0.25)
+    for lag, value in expected_msd.items():
+        assert msd.loc[lag] == pytest.approx(value)
 
 
 def test_tracks_layer_data():
