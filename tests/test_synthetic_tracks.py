@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_bloodcell.errors import InputImageError
+from napari_bloodcell.errors import InputImageError, OutputExistsError
 from napari_bloodcell.synthetic_tracks import (
     default_trajectories_path,
     detections_from_ground_truth,
@@ -93,6 +93,9 @@ def test_ground_truth_ctc_files(tmp_path):
     lbep = np.loadtxt(folder / "man_track.txt", dtype=int, ndmin=2)
     assert (lbep[:, 1] <= lbep[:, 2]).all()
     assert set(lbep[:, 3]) <= set(lbep[:, 0]) | {0}
+    with pytest.raises(OutputExistsError, match="already holds a CTC export"):
+        write_ground_truth_ctc(timelapse, tmp_path)
+    assert write_ground_truth_ctc(timelapse, tmp_path, "wbc", overwrite=True) == folder
 
 
 def test_detections_with_class_noise():

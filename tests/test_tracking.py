@@ -450,10 +450,14 @@ def test_ctc_export_never_mixes_with_an_earlier_one(tmp_path):
     with pytest.raises(OutputExistsError, match="already holds a CTC export"):
         _one_track_export(tmp_path, n_frames=3)
     assert len(list(tmp_path.glob("mask*.tif"))) == 6  # the earlier export untouched
+    (tmp_path / "mask_vessels.tif").write_bytes(b"a user's file")
+    _, stack, tracks = _one_track_export(tmp_path / "other")
+    with pytest.raises(TrackingError, match="not in the label image"):  # refused: nothing
+        write_ctc(tmp_path, stack, tracks.assign(label=7), overwrite=True)  # removed
+    assert len(list(tmp_path.glob("mask0*.tif"))) == 6
     _one_track_export(tmp_path, n_frames=3, overwrite=True)
-    assert sorted(p.name for p in tmp_path.glob("mask*.tif")) == [
-        f"mask00{t}.tif" for t in range(3)
-    ]
+    masks = sorted(path.name for path in tmp_path.glob("mask*.tif"))
+    assert masks == [f"mask00{t}.tif" for t in range(3)] + ["mask_vessels.tif"]
     assert (tmp_path / "res_track.txt").read_text().split() == ["1", "0", "2", "0"]
 
 

@@ -477,10 +477,15 @@ def detections_from_ground_truth(
 
 
 def write_ground_truth_ctc(
-    timelapse: TrackingTimelapse, folder: str | Path, cell_type: str | None = None
+    timelapse: TrackingTimelapse,
+    folder: str | Path,
+    cell_type: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write the ground truth in CTC layout: ``folder/TRA/man_track###.tif`` + ``man_track.txt``
-    (only the objects of ``cell_type``, e.g. ``"wbc"``, when given).
+    (only the objects of ``cell_type``, e.g. ``"wbc"``, when given; an earlier ground truth
+    there is replaced only with ``overwrite``).
 
     Objects hidden in a frame (out of focus or fully covered) split their track; the piece
     after the gap has the piece before it as parent, as in the challenge's format.
@@ -489,5 +494,9 @@ def write_ground_truth_ctc(
     if cell_type is not None:
         visible = visible[visible["cell_type"] == cell_type]
     return write_ctc(
-        folder, timelapse.labels, visible.assign(label=visible["track_id"]), ground_truth=True
+        folder,
+        timelapse.labels,
+        visible.assign(label=visible["track_id"]),
+        ground_truth=True,
+        overwrite=overwrite,
     )

@@ -8,6 +8,7 @@ challenge's own evaluation software).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +67,15 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
         if not 0 <= t < len(labels):
             raise TrackingError(f"tracks refer to frame {t}; the label stack has {len(labels)}")
         here = frames == t
-        absent = np.setdiff1d(old[here], labels[t])
+        size = max(int(labels[t].max()), int(old[here].max())) + 1
+        present = np.bincount(labels[t].ravel(), minlength=size) > 0  # (no sort of the frame)
+        absent = old[here][~present[old[here]]]
         if len(absent):
             raise TrackingError(
                 f"frame {t}: label(s) {absent[:5].tolist()} of the tracks are not in the "
                 f"label image of that frame"
             )
-        lookup = np.zeros(max(int(labels[t].max()), int(old[here].max())) + 1, dtype=dtype)
+        lookup = np.zeros(size, dtype=dtype)
         lookup[old[here]] = new_labels[here]
         result[t] = lookup[labels[t]]
     return result
@@ -107,18 +110,19 @@ def write_ctc(
         raise TrackingError("every tracked cell needs its label (an integer >= 1) for CTC masks")
     if tracks.duplicated(["frame", "label"]).any():
         raise TrackingError("two rows of the tracks share a frame and label; each is one cell")
-    earlier = sorted(target.glob(f"{prefix}*.tif")) + [target / track_file]
-    earlier = [path for path in earlier if path.exists()]
+    mask_name = re.compile(rf"{prefix}[0-9]{{3,}}\.tif")  # only the names written here
+    earlier = [path for path in sorted(target.glob("*.tif")) if mask_name.fullmatch(path.name)]
+    earlier += [target / track_file] if (target / track_file).exists() else []
     if earlier and not overwrite:
         raise OutputExistsError(
             f"{target} already holds a CTC export ({earlier[0].name}, …); pass overwrite=True "
             f"to replace it"
         )
+    new_labels, lbep = ctc_segments(tracks)
+    stack = relabel_stack(labels, tracks, new_labels)  # checked before anything is removed
     for path in earlier:
         path.unlink()
     target.mkdir(parents=True, exist_ok=True)
-    new_labels, lbep = ctc_segments(tracks)
-    stack = relabel_stack(labels, tracks, new_labels)
     digits = max(3, len(str(len(stack) - 1)))
     for t, frame in enumerate(stack):
         tifffile.imwrite(target / f"{prefix}{t:0{digits}d}.tif", frame, compression="zlib")
