@@ -1423,6 +1423,11 @@ def test_a_class_named_uncertain_is_refused(tmp_path):
     (data / "round").rename(data / "Uncertain")
     with pytest.raises(DatasetError, match="Uncertain: 'uncertain' is the answer of a class"):
         find_labelled_files([data])
+    # scoring a model: an annotators' "uncertain" folder is another class's, skippable
+    with pytest.raises(DatasetError, match="not one of the model's classes"):
+        find_labelled_files([data], ["lobed", "round"])
+    found, _ = find_labelled_files([data], ["lobed", "round"], ignore_unknown=True)
+    assert {name for _, name, _ in found} == {"lobed"}
     with pytest.raises(ModelError, match="'uncertain' cannot be a class"):
         check_metadata(ModelMetadata(["lobed", "uncertain"], 32, 2.2, "compact"))
 

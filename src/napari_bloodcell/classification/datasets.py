@@ -94,7 +94,7 @@ def find_labelled_files(
             )
         for class_dir in class_dirs:
             name = class_dir.name.lower()
-            if name == UNCERTAIN:
+            if name == UNCERTAIN and classes is None:  # (a model's classes never hold it)
                 raise DatasetError(
                     f"{class_dir}: {UNCERTAIN!r} is the answer of a classifier that should "
                     f"not decide, not a class to learn; rename the folder (e.g. unclassified)"

@@ -228,7 +228,10 @@ def check_metadata(metadata: ModelMetadata) -> None:
     ):
         raise ModelError(f"classes must be distinct non-empty names, got {classes!r}")
     if UNCERTAIN in classes:
-        raise ModelError(f"{UNCERTAIN!r} cannot be a class: it is the answer below the threshold")
+        raise ModelError(
+            f"{UNCERTAIN!r} cannot be a class: it is the answer below the threshold (train the "
+            f"model again with that class folder renamed, e.g. unclassified)"
+        )
     if any(c != c.lower() for c in classes):
         raise ModelError(
             f"class names must be lower case (class folders are matched by their lower-case "
