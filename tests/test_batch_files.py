@@ -346,6 +346,12 @@ def test_an_unreadable_finished_table_is_left_out_and_reported_not_fatal(tmp_pat
     assert "not a readable CSV table" in message and "left out of cells.csv" in message
     assert read_table(out / "cells.csv")["source"].unique().tolist() == ["b.png"]
     assert json.loads((out / "run.json").read_text())["inputs"] == [str(b)]
+    (out / "tables" / "b.csv").write_text("")  # a run that rebuilds no cells.csv says so
+    rows_before = len(read_table(out / "cells.csv"))
+    nothing_new = batch.analyze_files([b], out, AnalysisSettings(), model=None)
+    message = nothing_new.failures[str(out / "tables" / "b.csv")]
+    assert "cannot be read; pass --overwrite" in message and "left out" not in message
+    assert len(read_table(out / "cells.csv")) == rows_before  # kept, not emptied
 
     def interrupt(_progress) -> None:
         raise KeyboardInterrupt

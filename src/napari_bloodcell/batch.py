@@ -353,7 +353,7 @@ def analyze_files(
         check_writable(out)
         for job in jobs:  # made here, never by a unit: one still running after a stop
             shutil.rmtree(job.parts, ignore_errors=True)  # (leftovers of an interrupted run)
-            job.parts.mkdir(parents=True)  # … finds it gone and writes nothing
+            job.parts.mkdir(parents=True, exist_ok=True)  # … finds it gone, writes nothing
         if classifier is not None:  # a bad network fails the run at once, not every input
             _load_network_once(classifier, client)
     results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
@@ -777,11 +777,17 @@ def _input_record_path(out: Path, stem: str) -> Path:
 
 
 def _read_tables(
-    stems: list[str], out: Path, failures: dict[str, str], known: dict | None = None
+    stems: list[str],
+    out: Path,
+    failures: dict[str, str],
+    known: dict | None = None,
+    *,
+    for_cells_csv: bool = False,
 ) -> dict:
     """Finished inputs' tables by file stem, in the order given (those in ``known`` not
     read again). A table that cannot be read is left out and reported in ``failures``
-    (by its path): one damaged file must not stop every later run of the folder."""
+    (by its path; ``for_cells_csv``: read to rebuild cells.csv, which it is left out of):
+    one damaged file must not stop every later run of the folder."""
     known = known or {}
     tables = {}
     for stem in stems:
@@ -792,9 +798,10 @@ def _read_tables(
         try:
             tables[stem] = read_table(path)
         except (BloodcellError, OSError) as exc:
+            consequence = "left out of cells.csv" if for_cells_csv else "cannot be read"
             failures[str(path)] = (
-                f"{one_line(exc) or type(exc).__name__}: left out of cells.csv; pass "
-                f"--overwrite with its input to analyse {stem!r} again"
+                f"{one_line(exc) or type(exc).__name__}: {consequence}; pass --overwrite "
+                f"with its input to analyse {stem!r} again"
             )
     return tables
 
@@ -817,7 +824,7 @@ def _write_run_tables(
         for table in (out / "tables").glob("*.csv")
         if _labels_path(out, table.stem).exists()
     )
-    cells = _joined(_read_tables(finished, out, summary.failures, known_tables))
+    cells = _joined(_read_tables(finished, out, summary.failures, known_tables, for_cells_csv=True))
     try:
         written = [write_table(cells, out / "cells.csv")]
         if parquet_available():
