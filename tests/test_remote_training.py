@@ -149,3 +149,19 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
     assert 'put the script\'s code under `if __name__ == "__main__":`' in events[0]
     assert 'put the script\'s code under `if __name__ == "__main__":`' in result.stderr  # child
     assert not list(models.glob(".training-*"))
+
+
+@pytest.mark.parametrize(("exit_code", "advised"), [(1, True), (-9, False)])
+def test_the_main_guard_advice_is_given_for_an_early_exit_1_only(tmp_path, exit_code, advised):
+    """A training killed (out of memory) while reading its crops was told to add a main
+    guard."""
+    from napari_bloodcell.classification.remote_training import TrainingFailed
+
+    data = write_crop_folder(tmp_path / "crops", n_per_class=4, seed=0)
+    job = TrainingJob([data], "mine", models_dir=tmp_path / "models")
+    job._process = _EndedProcess()
+    job._process.exitcode = exit_code
+    (event,) = list(job.events(poll_s=0.01))
+    assert isinstance(event, TrainingFailed)
+    assert f"(exit code {exit_code})" in event.message
+    assert ("__main__" in event.message) == advised

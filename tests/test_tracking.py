@@ -417,6 +417,15 @@ def test_missing_confidences_and_diameters_are_allowed():
     assert track_table(table).summary["n_detections"].tolist() == [2]
 
 
+def test_checked_numbers_keep_their_float32(tmp_path):
+    """Checking made napari's float32 features float64: 0.9 was written 0.8999999761581421."""
+    table = _two_frames(
+        confidence=np.array([0.9, 0.8], np.float32), diameter_px=np.array([15.3, 15.0], np.float32)
+    )
+    tracks = track_table(table).tracks
+    assert tracks["confidence"].dtype == np.float32 and tracks["diameter_px"].dtype == np.float32
+
+
 def test_ctc_export_needs_the_labels_of_the_tracked_cells(tmp_path):
     tracks = track_table(cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(2)])).tracks
     stack = np.zeros((2, 16, 16), np.uint16)

@@ -199,11 +199,13 @@ class TrainingJob:
                             yield TrainingCancelled()
                             return
                     if not self._process.is_alive() and self._events.empty():
-                        # before any event: most often a script without the main guard
+                        # exit 1 before any event: most often a script without the main
+                        # guard (a signal, e.g. out of memory, gives a negative code)
+                        code = self._process.exitcode
                         advice = f"; if a script started it: {MAIN_GUARD_ADVICE}"
                         yield TrainingFailed(
-                            f"the training process ended unexpectedly "
-                            f"(exit code {self._process.exitcode}){'' if started else advice}"
+                            f"the training process ended unexpectedly (exit code {code})"
+                            f"{advice if code == 1 and not started else ''}"
                         )
                         return
                     continue

@@ -245,4 +245,4 @@ def _checked_numbers(values: pd.Series, column: str, low: float, high: float) ->
             f"{int(outside.sum())} row(s) have a {column} that is not {wanted} "
             f"(rows {np.flatnonzero(outside)[:5].tolist()}, e.g. {float(numbers[outside].iloc[0])})"
         )
-    return numbers
+    return numbers.astype(values.dtype) if values.dtype.kind == "f" else numbers  # (float32)
