@@ -218,11 +218,13 @@ def test_unusable_crop_files_are_named_together(tmp_path, workers):
     iio.imwrite(data / "lobed" / "speck.png", speck)
     files = sorted(data.rglob("*.png"))
     with pytest.raises(DatasetError) as error:
-        prepare_crop_files(files, size=32, scale=2.2, workers=workers)
+        prepare_crop_files(files, size=32, scale=2.2, workers=workers, min_contrast=32)
     message = str(error.value)
     assert message.startswith("3 of 82 files cannot be used as single-cell crops")
     assert "round3.png: cannot be read" in message and "blank.png: the image is constant" in message
     assert "speck.png: nearly uniform" in message
+    # classifying (predict, evaluate) takes such a crop as it is
+    assert prepare_crop_files([data / "lobed" / "speck.png"], size=32, scale=2.2).shape[0] == 1
     assert not running_children()
 
 
@@ -1450,3 +1452,15 @@ def test_fine_tuning_a_network_unlike_its_metadata_is_a_clear_error(tiny_model, 
     path = save_model(foreign, tmp_path / "foreign.keras", read_metadata(tiny_model))
     with pytest.raises(ModelError, match="cannot be fine-tuned: its last layer"):
         model_to_fine_tune(str(path), ["lobed", "round", "new"])
+
+
+def test_training_refuses_a_nearly_uniform_crop_before_it_trains(tmp_path):
+    from napari_bloodcell.classification.training import TrainingConfig, train_classifier
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=4, seed=0)
+    speck = np.full((40, 40, 3), 250, np.uint8)
+    speck[0, 5] = 200
+    iio.imwrite(data / "lobed" / "speck.png", speck)
+    with pytest.raises(DatasetError, match="speck.png: nearly uniform"):
+        train_classifier([data], tmp_path / "m.keras", TrainingConfig(input_size=32))
+    assert not (tmp_path / "m.keras").exists()

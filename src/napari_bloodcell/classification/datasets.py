@@ -184,10 +184,16 @@ def with_images(
     scale: float,
     workers: int = 2,
     stop_requested: Callable[[], bool] | None = None,
+    min_contrast: int = 0,
 ) -> CropDataset:
     """``dataset`` with its files read and cropped (see :func:`prepare_crop_files`)."""
     images = prepare_crop_files(
-        list(dataset.files), size=size, scale=scale, workers=workers, stop_requested=stop_requested
+        list(dataset.files),
+        size=size,
+        scale=scale,
+        workers=workers,
+        stop_requested=stop_requested,
+        min_contrast=min_contrast,
     )
     return replace(dataset, images=images)
 
@@ -199,15 +205,19 @@ def prepare_crop_files(
     scale: float,
     workers: int = 2,
     stop_requested: Callable[[], bool] | None = None,
+    min_contrast: int = 0,
 ) -> np.ndarray:
     """Read single-cell images and crop them as ``analyze`` would: (N, size, size, 3) uint8.
+
+    ``min_contrast``: a crop spanning fewer grey levels is unusable (training passes
+    :data:`MIN_CROP_CONTRAST`; classifying a blank crop is the user's choice).
 
     Every file is tried; files that cannot be used (unreadable, constant …) are listed
     together in one :class:`DatasetError`. ``stop_requested()`` is asked after every
     image: when true, the images not started are dropped, the worker processes end, and
     :class:`LoadingStopped` is raised.
     """
-    jobs = [(str(f), size, scale) for f in files]
+    jobs = [(str(f), size, scale, min_contrast) for f in files]
     stop_requested = stop_requested or (lambda: False)
     results = []
     if workers > 1 and len(jobs) > 64:
@@ -269,17 +279,17 @@ def folder_name(data_dir: Path) -> str:
 
 
 MIN_CROP_CONTRAST = 32
-"""Grey levels (of 255) a normalised crop must span: a blank image with a speck became an
-all-black crop (every PBC and BCCD crop spans all 255)."""
+"""Grey levels (of 255) a normalised training crop must span: a blank image with a speck
+became an all-black crop (every PBC and BCCD crop spans all 255)."""
 
 
-def _prepare_file(job: tuple[str, int, float]) -> np.ndarray | str:
+def _prepare_file(job: tuple[str, int, float, int]) -> np.ndarray | str:
     """One file's crop (size, size, 3) uint8, or what makes the file unusable."""
     from ..crops import crop_single_cell_image
     from ..errors import BloodcellError
     from ..reading import VaryingAlphaError, read_image
 
-    path, size, scale = job
+    path, size, scale, min_contrast = job
     try:
         try:
             frame = read_image(path).data[0]
@@ -292,7 +302,7 @@ def _prepare_file(job: tuple[str, int, float]) -> np.ndarray | str:
     except BloodcellError as exc:
         return str(exc) if path in str(exc) else f"{path}: {exc}"
     crop = np.round(crop * 255).astype(np.uint8)
-    if int(crop.max()) - int(crop.min()) < MIN_CROP_CONTRAST:
+    if int(crop.max()) - int(crop.min()) < min_contrast:
         return f"{path}: nearly uniform (no cell left after colour normalisation)"
     return crop
 

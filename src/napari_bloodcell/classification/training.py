@@ -34,6 +34,7 @@ from .architectures import (
 )
 from .calibration import calibration_record
 from .datasets import (
+    MIN_CROP_CONTRAST,
     SOURCE_SEPARATOR,
     SPLIT_RECORD_KEYS,
     CropDataset,
@@ -290,7 +291,11 @@ def train_classifier(
     split = split_training_data(data_dirs, config)
     try:
         dataset = with_images(
-            split.dataset, size=config.size, scale=config.crop_scale, stop_requested=stop_requested
+            split.dataset,
+            size=config.size,
+            scale=config.crop_scale,
+            stop_requested=stop_requested,
+            min_contrast=MIN_CROP_CONTRAST,  # (a blank crop teaches nothing)
         )
     except LoadingStopped:
         raise TrainingStopped from None
