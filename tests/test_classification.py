@@ -164,6 +164,20 @@ def test_small_classes_get_a_validation_source_and_keep_one_to_train_on(
     assert sources_set_aside(n_sources, *fractions) == expected
 
 
+@pytest.mark.parametrize(
+    "n_sources, fractions, expected",
+    [
+        (1, (0.2, 0.0), (1, 0)),  # trained on elsewhere: its one source validates
+        (2, (0.2, 0.0), (1, 0)),
+        (3, (0.5, 0.4), (2, 1)),  # none need be left to train on
+    ],
+)
+def test_a_class_trained_on_elsewhere_may_set_all_its_sources_aside(n_sources, fractions, expected):
+    from napari_bloodcell.classification.datasets import sources_set_aside
+
+    assert sources_set_aside(n_sources, *fractions, keep_one_to_train=False) == expected
+
+
 def test_a_class_of_two_source_images_is_validated(tmp_path):
     """round(0.15 × 2) = 0 left such a class out of validation and calibration."""
     labels = np.array([0] * 20 + [1] * 4)
@@ -1396,6 +1410,16 @@ def test_fine_tuning_validates_only_on_crops_the_starting_model_did_not_train_on
         train = set(split.dataset.sources[split.train])
         assert validation and not validation & trained_on
         assert trained_on <= train
+    # one new crop per class is enough: the learnt crops train every class
+    for crop in data.rglob("*.png"):
+        learnt = f"data/{crop.stem}" in trained_on
+        if not learnt and crop.name not in ("new_round0.png", "new_lobed0.png"):
+            crop.unlink()
+    split = split_training_data([data], fine_tuning_config(str(tiny_model)).resolved())
+    assert sorted(Path(f).name for f in split.dataset.files[split.validation]) == [
+        "new_lobed0.png",
+        "new_round0.png",
+    ]
 
 
 def test_library_training_requests_fail_before_training_not_after(tiny_model, tmp_path):

@@ -308,7 +308,10 @@ def _prepare_file(job: tuple[str, int, float, int]) -> np.ndarray | str:
 
 
 def split_by_source(
-    dataset: CropDataset, fractions: tuple[float, float], seed: int
+    dataset: CropDataset,
+    fractions: tuple[float, float],
+    seed: int,
+    trained_elsewhere: frozenset[int] = frozenset(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split item indices into train / validation / test by source image, per class.
 
@@ -316,7 +319,9 @@ def split_by_source(
     class of the source's first item; see :func:`sources_set_aside` for small classes).
     Every class keeps training items: a class whose crops all come from sources drawn for
     validation or test (frames counted under another class's first item) gets one of its
-    sources, drawn, back for training.
+    sources, drawn, back for training — but the classes of ``trained_elsewhere`` (labels
+    with training crops outside ``dataset``, e.g. those a model fine-tuned from learnt),
+    whose one source may go to validation.
     Seeded; no source is in two parts, and sources of one name in several data folders go
     to the same part.
     """
@@ -331,33 +336,41 @@ def split_by_source(
     part_of_unit = np.zeros(len(unit_names), dtype=np.int64)  # 0 train, 1 val, 2 test
     for label in np.unique(unit_class):
         members = rng.permutation(np.flatnonzero(unit_class == label))
-        n_val, n_test = sources_set_aside(len(members), *fractions)
+        keep = int(label) not in trained_elsewhere
+        n_val, n_test = sources_set_aside(len(members), *fractions, keep_one_to_train=keep)
         part_of_unit[members[:n_val]] = 1
         part_of_unit[members[n_val : n_val + n_test]] = 2
     part_of_name = part_of_unit[np.argsort(unit_names)]  # aligned with unique_names
     part = part_of_name[np.searchsorted(unique_names, names)]
     for label in np.unique(dataset.labels):
         of_class = dataset.labels == label
-        if not (part[of_class] == 0).any():
+        if int(label) not in trained_elsewhere and not (part[of_class] == 0).any():
             part[names == rng.choice(np.unique(names[of_class]))] = 0
     return tuple(np.flatnonzero(part == k) for k in range(3))
 
 
 def sources_set_aside(
-    n_sources: int, validation_fraction: float, test_fraction: float
+    n_sources: int,
+    validation_fraction: float,
+    test_fraction: float,
+    *,
+    keep_one_to_train: bool = True,
 ) -> tuple[int, int]:
     """How many of a class's ``n_sources`` source images go to validation and to test:
     the rounded fractions, but at least one to validation from 2 sources, at least one to
     test (when asked for) from 4, and always at least one left to train on (of the sources
-    counted under this class; :func:`split_by_source` sees to classes counted under none)."""
+    counted under this class; :func:`split_by_source` sees to classes counted under none).
+    Without ``keep_one_to_train`` (a class trained on elsewhere) one source is enough for
+    validation and none need be left."""
+    kept = 1 if keep_one_to_train else 0
     n_val = round(validation_fraction * n_sources)
     n_test = round(test_fraction * n_sources)
-    if n_sources >= 2 and validation_fraction > 0:
+    if n_sources >= 1 + kept and validation_fraction > 0:
         n_val = max(n_val, 1)
     if n_sources >= 4 and test_fraction > 0:
         n_test = max(n_test, 1)
-    n_val = min(n_val, max(n_sources - 1, 0))
-    n_test = min(n_test, max(n_sources - 1 - n_val, 0))
+    n_val = min(n_val, max(n_sources - kept, 0))
+    n_test = min(n_test, max(n_sources - kept - n_val, 0))
     return n_val, n_test
 
 

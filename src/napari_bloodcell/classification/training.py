@@ -378,8 +378,10 @@ def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> Traini
     learnt = _learnt_by_init_model(found, data_dirs, config.init_model)
     fresh = np.flatnonzero(~learnt)
     fractions = (config.validation_fraction, config.test_fraction)
+    trained = frozenset(found.labels[learnt].tolist())  # classes with learnt crops to train on
     train, validation, test = (
-        fresh[part] for part in split_by_source(found.subset(fresh), fractions, config.seed)
+        fresh[part]
+        for part in split_by_source(found.subset(fresh), fractions, config.seed, trained)
     )
     train = np.sort(np.r_[train, np.flatnonzero(learnt)])
     if len(validation) == 0 and learnt.any():
