@@ -1420,6 +1420,13 @@ def test_fine_tuning_validates_only_on_crops_the_starting_model_did_not_train_on
         "new_lobed0.png",
         "new_round0.png",
     ]
+    # … but only when nothing else can validate: then a class's one new crop is trained on
+    for crop in added.glob("round/*.png"):
+        shutil.copy(crop, data / "round" / f"new_{crop.name}")
+    split = split_training_data([data], fine_tuning_config(str(tiny_model)).resolved())
+    validation = {Path(f).name for f in split.dataset.files[split.validation]}
+    assert validation and validation <= {f"new_round{i}.png" for i in range(6)}
+    assert "new_lobed0.png" in {Path(f).name for f in split.dataset.files[split.train]}
 
 
 def test_library_training_requests_fail_before_training_not_after(tiny_model, tmp_path):

@@ -321,7 +321,7 @@ def split_by_source(
     validation or test (frames counted under another class's first item) gets one of its
     sources, drawn, back for training — but the classes of ``trained_elsewhere`` (labels
     with training crops outside ``dataset``, e.g. those a model fine-tuned from learnt),
-    whose one source may go to validation.
+    which keep no source back: one source goes to validation, more may all be set aside.
     Seeded; no source is in two parts, and sources of one name in several data folders go
     to the same part.
     """

@@ -378,11 +378,15 @@ def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> Traini
     learnt = _learnt_by_init_model(found, data_dirs, config.init_model)
     fresh = np.flatnonzero(~learnt)
     fractions = (config.validation_fraction, config.test_fraction)
-    trained = frozenset(found.labels[learnt].tolist())  # classes with learnt crops to train on
     train, validation, test = (
-        fresh[part]
-        for part in split_by_source(found.subset(fresh), fractions, config.seed, trained)
+        fresh[part] for part in split_by_source(found.subset(fresh), fractions, config.seed)
     )
+    if len(validation) == 0 and learnt.any():  # the learnt crops train their classes: a
+        trained = frozenset(found.labels[learnt].tolist())  # new source of one may validate
+        train, validation, test = (
+            fresh[part]
+            for part in split_by_source(found.subset(fresh), fractions, config.seed, trained)
+        )
     train = np.sort(np.r_[train, np.flatnonzero(learnt)])
     if len(validation) == 0 and learnt.any():
         raise DatasetError(

@@ -226,8 +226,9 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _checked_numbers(values: pd.Series, column: str, low: float, high: float) -> pd.Series:
-    """``values`` as floats (NaN where missing) or TrackingError naming the rows that are
-    not numbers or lie outside (``low``, ``high``] (``[low, high]`` for a confidence)."""
+    """``values`` as numbers (of their float type, else float64; missing where they were)
+    or TrackingError naming the rows that are not numbers or lie outside (``low``, ``high``]
+    (``[low, high]`` for a confidence)."""
     numbers = pd.to_numeric(values, errors="coerce").astype(float)
     not_numbers = (numbers.isna() & values.notna()).to_numpy()
     if not_numbers.any():

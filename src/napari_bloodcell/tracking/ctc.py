@@ -52,12 +52,14 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise TrackingError(f"labels must be a (T, Y, X) stack; got shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        whole = labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels))
-        if not whole or labels.min(initial=0) < 0:
-            raise TrackingError(
-                f"labels must hold whole numbers >= 0 (a label image); got {labels.dtype}"
-            )
+    whole = labels.dtype.kind in "iu" or (
+        labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels))
+    )
+    if not whole or labels.min(initial=0) < 0:
+        raise TrackingError(
+            f"labels must hold whole numbers >= 0 (a label image); got {labels.dtype}"
+        )
+    if labels.dtype.kind == "f":
         labels = labels.astype(np.int64)
     dtype = np.uint16 if len(new_labels) == 0 or new_labels.max() < 2**16 else np.uint32
     result = np.zeros(labels.shape, dtype=dtype)
@@ -68,7 +70,8 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
             raise TrackingError(f"tracks refer to frame {t}; the label stack has {len(labels)}")
         here = frames == t
         size = max(int(labels[t].max()), int(old[here].max())) + 1
-        present = np.bincount(labels[t].ravel(), minlength=size) > 0  # (no sort of the frame)
+        present = np.zeros(size, dtype=bool)  # (1 byte per label value; no sort of the frame)
+        present[labels[t].ravel()] = True
         absent = old[here][~present[old[here]]]
         if len(absent):
             raise TrackingError(
@@ -95,7 +98,8 @@ def write_ctc(
     to ``folder/TRA/man_track###.tif`` + ``man_track.txt``. Returns the folder written.
     Each row must be one cell (``frame``, ``label`` unique) of its frame's label image.
     A folder already holding such files raises :class:`OutputExistsError` unless
-    ``overwrite``, which removes them first (masks of a longer stack would stay behind).
+    ``overwrite``, which removes them (masks of a longer stack would stay behind) once the
+    new export has been checked; other files there are left alone.
     """
     folder = Path(folder)
     target = folder / "TRA" if ground_truth else folder
