@@ -26,6 +26,12 @@ from scipy import ndimage as ndi
 
 from .errors import InputImageError
 from .synthetic import (
+    _FLUORESCENCE_BACKGROUND_RGB,
+    _LEUKOCYTE_RGB,
+    _NUCLEUS_OD,
+    _PLATELET_OD,
+    _PLATELET_RGB,
+    _SMEAR_BACKGROUND_RGB,
     WBC_CLASSES,
     _check_count,
     _low_frequency_field,
@@ -333,15 +339,15 @@ def _object_mask(
 
 # Per style: background RGB, leukocyte and platelet colours, nucleus colour (smear).
 _FLUORESCENCE = {
-    "background": np.array([24.0, 22.0, 10.0]),
-    "wbc": np.array([0.6, 1.0, 0.3]) * 35.0,
-    "platelet": np.array([1.0, 0.08, 0.15]) * 190.0,
+    "background": _FLUORESCENCE_BACKGROUND_RGB,
+    "wbc": _LEUKOCYTE_RGB * 35.0,
+    "platelet": _PLATELET_RGB * 190.0,
 }
 _SMEAR_OD = {
-    "background": np.array([205.0, 207.0, 204.0]),
+    "background": _SMEAR_BACKGROUND_RGB,
     "wbc": np.array([0.05, 0.10, 0.02]),
-    "nucleus": np.array([0.45, 0.6, 0.0]),
-    "platelet": np.array([0.38, 0.50, 0.06]),
+    "nucleus": _NUCLEUS_OD,
+    "platelet": _PLATELET_OD,
 }
 
 
