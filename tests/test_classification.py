@@ -1485,6 +1485,23 @@ def test_fine_tuning_a_network_unlike_its_metadata_is_a_clear_error(tiny_model, 
         model_to_fine_tune(str(path), ["lobed", "round", "new"])
 
 
+def test_crops_that_are_not_one_grey_or_rgb_image_say_so(tmp_path):
+    """A multi-page TIFF was used by its first page silently; a 2-channel crop was told
+    to 'give the axes', which no training command takes."""
+    import tifffile
+
+    from .helpers import draw_cell
+
+    cell = draw_cell("round", np.random.default_rng(0))
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([cell, cell]), photometric="rgb")
+    tifffile.imwrite(tmp_path / "two.tif", cell[..., :2])
+    with pytest.raises(DatasetError) as error:
+        prepare_crop_files(sorted(tmp_path.glob("*.tif")), size=32, scale=2.2, workers=1)
+    message = str(error.value)
+    assert "pages.tif: holds 2 frames; a crop is one image" in message
+    assert "two.tif" in message and "a crop must be a grey or RGB(A) image" in message
+
+
 def test_training_refuses_a_nearly_uniform_crop_before_it_trains(tmp_path):
     from napari_bloodcell.classification.training import TrainingConfig, train_classifier
 

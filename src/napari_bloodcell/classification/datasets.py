@@ -278,6 +278,8 @@ def folder_name(data_dir: Path) -> str:
     return Path(data_dir).resolve().name
 
 
+CROP_IMAGES = "a crop must be a grey or RGB(A) image of one cell, e.g. a PNG"
+
 MIN_CROP_CONTRAST = 32
 """Grey levels (of 255) a normalised training crop must span: a blank image with a speck
 became an all-black crop (every PBC and BCCD crop spans all 255)."""
@@ -292,15 +294,21 @@ def _prepare_file(job: tuple[str, int, float, int]) -> np.ndarray | str:
     path, size, scale, min_contrast = job
     try:
         try:
-            frame = read_image(path).data[0]
+            stack = read_image(path).data
         except VaryingAlphaError:  # a cut-out cell: its transparent part is slide background
-            rgba = read_image(path, axes="YXC").data[0]
-            frame = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # over white
+            rgba = read_image(path, axes="YXC").data
+            stack = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # over white
+        if len(stack) > 1:
+            return f"{path}: holds {len(stack)} frames; a crop is one image (one file per cell)"
+        frame = stack[0]
+        if frame.shape[-1] not in (1, 3):
+            return f"{path}: {frame.shape[-1]} channels; {CROP_IMAGES}"
         if frame.shape[-1] == 1:
             frame = np.repeat(frame, 3, axis=-1)
-        crop = crop_single_cell_image(frame[..., :3], size=size, scale=scale)
+        crop = crop_single_cell_image(frame, size=size, scale=scale)
     except BloodcellError as exc:
-        return str(exc) if path in str(exc) else f"{path}: {exc}"
+        message = str(exc) if path in str(exc) else f"{path}: {exc}"
+        return f"{message} ({CROP_IMAGES})" if "give them explicitly" in message else message
     crop = np.round(crop * 255).astype(np.uint8)
     if int(crop.max()) - int(crop.min()) < min_contrast:
         return f"{path}: nearly uniform (no cell left after colour normalisation)"
