@@ -1,9 +1,10 @@
 """Detection benchmark of the segmentation stage on real data.
 
 BCCD smears: segment every frame and compare with the VOC boxes of ``bccd_objects.csv``.
-A ground-truth box is found when a detected centroid of the same type lies inside it; a
-detection is correct when its centroid lies inside some box of its type (a lower bound for
-platelets and red cells, whose boxes are incomplete: unboxed cells count as wrong). Frames
+Detections and boxes of one type are matched one to one (a detection may match a box that
+holds its centroid; the most pairs): recall = matches / boxes, precision = matches /
+detections (a lower bound for platelets and red cells, whose boxes are incomplete:
+unboxed cells count as wrong; so do fragments and merged cells beyond one match). Frames
 with an even ``image_index`` form the "tune" half (the only one used for tuning), odd ones
 the "check" half.
 WBC outline: for each VOC WBC box found by a detected WBC, the IoU of that WBC's bounding box
@@ -11,7 +12,7 @@ with the VOC box (the best one when several WBC centroids lie in the box); repor
 median and the share with IoU ≥ 0.5.
 
 flowcatchR fluorescence: platelet recall against flowcatchR's own automatic detections
-(a candidate is found when a detected platelet centroid is within 3 px).
+(candidates and detected platelets within 3 px matched one to one).
 
 Usage: ``python benchmarks/bench_detection.py [--data DIR] [--limit N] [--out JSON]``.
 """
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import skimage
 import skimage.io
+from scipy.optimize import linear_sum_assignment
 
 from napari_bloodcell.segmentation import segment_frame
 
@@ -80,8 +82,19 @@ def wbc_box_ious(cells: pd.DataFrame, objects: pd.DataFrame) -> list[float]:
     return [float(iou) for iou in ious[inside.any(axis=0)]]
 
 
+def one_to_one_matches(allowed: np.ndarray) -> int:
+    """Largest number of (row, column) pairs, each row and column used once, among the
+    ``allowed`` (n_rows, n_columns) bool pairs (Hungarian algorithm on 0/1 costs)."""
+    if not allowed.any():
+        return 0
+    rows, columns = linear_sum_assignment(~allowed)
+    return int(allowed[rows, columns].sum())
+
+
 def score_frame(cells: pd.DataFrame, objects: pd.DataFrame) -> dict[str, int]:
-    """Per-type counts of found boxes, correct detections, boxes and detections."""
+    """Per-type counts of boxes, detections and matches: a detection matches a box of its
+    type that holds its centroid, each box and each detection at most once (one merged
+    blob over three red cells finds one of them; two fragments of one cell count once)."""
     counts: dict[str, int] = {}
     for cell_type, voc_type in BOX_TYPES.items():
         detected = cells.loc[cells.cell_type == cell_type, ["centroid_y", "centroid_x"]]
@@ -89,8 +102,7 @@ def score_frame(cells: pd.DataFrame, objects: pd.DataFrame) -> dict[str, int]:
         inside = centroids_in_boxes(detected.to_numpy(), boxes.to_numpy())
         counts[f"{cell_type}_boxes"] = len(boxes)
         counts[f"{cell_type}_detections"] = len(detected)
-        counts[f"{cell_type}_found"] = int(inside.any(axis=0).sum())
-        counts[f"{cell_type}_correct"] = int(inside.any(axis=1).sum())
+        counts[f"{cell_type}_matched"] = one_to_one_matches(inside)
     return counts
 
 
@@ -99,10 +111,9 @@ def summarise(per_frame: pd.DataFrame) -> dict[str, float]:
     totals = per_frame.sum(numeric_only=True)
     summary: dict[str, float] = {"frames": len(per_frame)}
     for cell_type in BOX_TYPES:
-        summary[f"{cell_type}_recall"] = totals[f"{cell_type}_found"] / totals[f"{cell_type}_boxes"]
-        summary[f"{cell_type}_precision"] = totals[f"{cell_type}_correct"] / max(
-            totals[f"{cell_type}_detections"], 1
-        )
+        matched = totals[f"{cell_type}_matched"]
+        summary[f"{cell_type}_recall"] = matched / totals[f"{cell_type}_boxes"]
+        summary[f"{cell_type}_precision"] = matched / max(totals[f"{cell_type}_detections"], 1)
         summary[f"{cell_type}_boxes"] = int(totals[f"{cell_type}_boxes"])
         summary[f"{cell_type}_detections"] = int(totals[f"{cell_type}_detections"])
     ious = np.asarray([iou for frame_ious in per_frame.wbc_ious for iou in frame_ious])
@@ -173,7 +184,7 @@ def bench_flowcatchr(flow_dir: Path, channels: dict[str, int] | None = None) -> 
             distances = np.linalg.norm(
                 frame_candidates[:, None, :] - platelets.to_numpy()[None, :, :], axis=2
             )
-            found += int((distances.min(axis=1) <= MATCH_RADIUS_PX).sum())
+            found += one_to_one_matches(distances <= MATCH_RADIUS_PX)
     return {
         "frames": len(frames),
         "candidates": len(candidates),
