@@ -65,3 +65,18 @@ def test_saving_figures_leaves_the_users_matplotlib_backend_alone(tmp_path):
         assert {p.name for p in tmp_path.iterdir()} == {"o.png", "c.png", "h.csv", "h.png"}
     finally:
         matplotlib.use(before)
+
+
+def test_a_user_models_classes_keep_their_colours_on_every_frame():
+    """Colours of a model's own classes followed their order in each frame's table: one
+    class changed colour from frame to frame, unlike in the napari layers."""
+    frame = np.full((20, 40, 3), 0.9, np.float32)
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 5:15], labels[5:15, 25:35] = 1, 2
+    probabilities = {"p_blast": [0.9, 0.1], "p_promyelocyte": [0.1, 0.9]}  # the model's order
+    expected = class_colours(["blast", "promyelocyte"])  # as the napari layers colour them
+    for classes in (["blast", "promyelocyte"], ["promyelocyte", "blast"]):
+        table = pd.DataFrame({"label": [1, 2], "cell_class": classes, **probabilities})
+        out = render_overlay(frame, labels, table)
+        for (y, x), name in zip([(5, 5), (5, 25)], classes, strict=True):
+            assert "#" + bytes(out[y, x]).hex() == expected[name]

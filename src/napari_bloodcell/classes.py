@@ -43,3 +43,11 @@ def class_colours(classes) -> dict[str, str]:
     others = [c for c in classes if c.lower() not in CLASS_COLOURS]
     extra = {c: EXTRA_COLOURS[i % len(EXTRA_COLOURS)] for i, c in enumerate(others)}
     return {c: extra.get(c) or class_colour(c) for c in classes}
+
+
+def table_class_colours(table) -> dict[str, str]:
+    """Colour per ``cell_class`` of a per-cell table (pandas): the model's own classes in
+    the model's order (its ``p_<class>`` columns), then the others, as the napari layers
+    colour them (a user model's classes kept their colours only within one frame)."""
+    model_classes = [str(c).removeprefix("p_") for c in table.columns if str(c).startswith("p_")]
+    return class_colours([*model_classes, *table["cell_class"].astype(str)])

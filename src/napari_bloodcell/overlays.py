@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from skimage.segmentation import find_boundaries
 
-from .classes import class_colours
+from .classes import table_class_colours
 
 MIN_OVERLAY_WIDTH_PX = 640
 DPI = 100
@@ -27,7 +27,7 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -
     out = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     if table.empty:
         return out
-    colours = class_colours(table["cell_class"])
+    colours = table_class_colours(table)
     colour_of_label = np.zeros((int(labels.max()) + 1, 3), dtype=np.uint8)
     for label, cell_class in zip(table["label"], table["cell_class"], strict=True):
         colour_of_label[int(label)] = _hex_to_rgb(colours[str(cell_class)])
@@ -78,7 +78,7 @@ def _save_annotated(path: Path, image: np.ndarray, annotated: pd.DataFrame, tabl
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(image, interpolation="nearest")
     ax.set_axis_off()
-    colours = class_colours(table["cell_class"])
+    colours = table_class_colours(table)
     for row in annotated.itertuples():
         near_right_edge = row.bbox_x0 > 0.75 * width
         ax.text(
