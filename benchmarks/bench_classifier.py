@@ -26,6 +26,7 @@ from napari_bloodcell.classification.datasets import (
     find_labelled_files,
     prepare_crop_files,
     source_id,
+    source_name,
 )
 from napari_bloodcell.classification.evaluation import score_probabilities
 from napari_bloodcell.classification.inference import CellClassifier
@@ -35,6 +36,8 @@ TARGET_CLASSES = ["neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophi
 
 
 def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> dict:
+    """``evaluate``'s figures for these crop files; the per-class intervals resample whole
+    source frames (crops named ``<frame>__<n>`` share a frame), as ``evaluate``'s do."""
     crops = prepare_crop_files(files, size=classifier.input_size, scale=classifier.crop_scale)
     probabilities, features = classifier.predict(crops)
     lookup = {c: i for i, c in enumerate(classifier.classes)}
@@ -42,7 +45,11 @@ def score(classifier: CellClassifier, files: list[Path], truth: list[str]) -> di
     # as `evaluate` scores: accuracy of the most probable class, and the uncertain rate and
     # accuracy of the decided crops at the model's stored threshold
     metrics = score_probabilities(
-        probabilities, y_true, classifier.classes, classifier.metadata.uncertain_threshold
+        probabilities,
+        y_true,
+        classifier.classes,
+        classifier.metadata.uncertain_threshold,
+        groups=np.array([f"{Path(f).parent.parent}/{source_name(Path(f))}" for f in files]),
     )
     for curve in ("reliability", "coverage_curve"):  # `evaluate` plots them
         metrics.pop(curve)
