@@ -182,3 +182,15 @@ def test_scores_from_counts_follow_the_matching_conventions():
         ], name
     with pytest.raises(ValueError, match="fn"):
         scores_from_counts(counts[["tp", "fp"]])
+
+
+def test_low_thresholds_keep_the_most_matches():
+    """Maximising the total IoU kept A-X (0.54) alone where A-Y (0.30) and B-X (0.18) are
+    two matches above a threshold of 0.15."""
+    gt = np.zeros((1, 30), np.int64)
+    pred = np.zeros_like(gt)
+    gt[0, 0:10], gt[0, 10:20] = 1, 2  # A, B
+    pred[0, 3:13], pred[0, 0:3] = 1, 2  # X (IoU with A 0.54, with B 0.18), Y (with A 0.30)
+    result = match_instances(gt, pred, 0.15)
+    assert result["tp"] == 2 and [m[:2] for m in result["matches"]] == [(1, 2), (2, 1)]
+    assert match_instances(gt, pred, 0.5)["matches"][0][:2] == (1, 1)  # the one above 0.5

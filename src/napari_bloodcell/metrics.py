@@ -73,8 +73,9 @@ def match_instances(
     """Match ground-truth to predicted instances one-to-one by intersection over union.
 
     The IoU of every overlapping pair comes from a sparse contingency table of the two label
-    images; pairs are assigned by maximum total IoU (Hungarian algorithm) and kept when
-    IoU >= ``iou_threshold`` (in (0, 1]).
+    images; among the pairs with IoU >= ``iou_threshold`` (in (0, 1]) the assignment
+    (Hungarian algorithm) maximises the number of matches, then their total IoU (below 0.5
+    an object may overlap two partners that much).
 
     Returns ``tp, fp, fn`` (object counts), ``precision, recall, f1`` (1.0 when both images
     are empty; 0.0 when only one is), ``mean_matched_iou`` (NaN without matches) and
@@ -109,7 +110,9 @@ def match_instances(
         candidate_cols, col_pos = np.unique(cols, return_inverse=True)
         iou_matrix = np.zeros((candidate_rows.size, candidate_cols.size))
         iou_matrix[row_pos, col_pos] = iou
-        assigned_rows, assigned_cols = linear_sum_assignment(iou_matrix, maximize=True)
+        # each allowed pair weighs 1 + IoU / (2 m): one match more outweighs any IoU gain
+        weight = np.where(iou_matrix > 0, 1.0 + iou_matrix / (2.0 * min(iou_matrix.shape)), 0.0)
+        assigned_rows, assigned_cols = linear_sum_assignment(weight, maximize=True)
         for r, c in zip(assigned_rows, assigned_cols, strict=True):
             if iou_matrix[r, c] >= iou_threshold:
                 matches.append(
