@@ -61,6 +61,10 @@ class CompressedLabelFrames:
         if frame.shape != self.frame_shape:
             raise ValueError(f"label frame of shape {frame.shape}, expected {self.frame_shape}")
         data = np.ascontiguousarray(frame, dtype=self.dtype)
+        if frame.dtype != self.dtype and not np.array_equal(data, frame):  # 2**32 + 5 → 5
+            raise ValueError(
+                f"label values outside {self.dtype} (found {frame.min()}…{frame.max()})"
+            )
         return zlib.compress(data.tobytes(), COMPRESSION_LEVEL)
 
     def _decoded(self, t: int) -> np.ndarray:
