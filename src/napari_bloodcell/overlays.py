@@ -19,7 +19,8 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -
     just outside it on the background (a pale pink red-cell outline on a pink red cell
     was invisible).
 
-    frame : (Y, X, C) float in [0, 1] (C = 1 or 3; other channel counts use the first 3 / grey).
+    frame : (Y, X, C) float in [0, 1]: C ≥ 3 drawn from its first 3 channels as RGB, C = 1
+        or 2 from its first channel as grey (a second channel is not shown).
     labels : (Y, X) instance labels; table : rows of this frame (``label``, ``cell_class``).
     Returns (Y, X, 3) uint8 RGB.
     """
