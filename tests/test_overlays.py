@@ -80,3 +80,11 @@ def test_a_user_models_classes_keep_their_colours_on_every_frame():
         out = render_overlay(frame, labels, table)
         for (y, x), name in zip([(5, 5), (5, 25)], classes, strict=True):
             assert "#" + bytes(out[y, x]).hex() == expected[name]
+
+
+def test_both_channels_of_a_two_channel_frame_are_drawn():
+    """Only the first channel was drawn (as grey): a leukocyte channel never showed."""
+    frame = np.zeros((10, 10, 2), np.float32)
+    frame[..., 0], frame[..., 1] = 0.2, 0.6
+    out = render_overlay(frame, np.zeros((10, 10), np.int32), pd.DataFrame())
+    assert tuple(out[5, 5]) == (51, 153, 0)

@@ -19,12 +19,17 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, table: pd.DataFrame) -
     just outside it on the background (a pale pink red-cell outline on a pink red cell
     was invisible).
 
-    frame : (Y, X, C) float in [0, 1]: C ≥ 3 drawn from its first 3 channels as RGB, C = 1
-        or 2 from its first channel as grey (a second channel is not shown).
+    frame : (Y, X, C) float in [0, 1]: C ≥ 3 drawn from its first 3 channels as RGB, C = 2
+        as red and green (both channels of a two-channel time-lapse shown), C = 1 as grey.
     labels : (Y, X) instance labels; table : rows of this frame (``label``, ``cell_class``).
     Returns (Y, X, 3) uint8 RGB.
     """
-    rgb = frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame[..., :1], 3, axis=-1)
+    if frame.shape[-1] >= 3:
+        rgb = frame[..., :3]
+    elif frame.shape[-1] == 2:
+        rgb = np.concatenate([frame, np.zeros_like(frame[..., :1])], axis=-1)
+    else:
+        rgb = np.repeat(frame[..., :1], 3, axis=-1)
     out = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     if table.empty:
         return out
