@@ -42,13 +42,25 @@ DATASET = "wbc_seg_zheng2018/dataset1"
 
 def split_by_image(labels: pd.DataFrame, per_class: int, seed: int):
     """(fine-tuning rows, test rows): per class up to ``per_class`` images, at most half
-    of the class, drawn at random; every other image is a test image."""
+    of the class, drawn at random; every other image is a test image — but for those
+    identical to a fine-tuning image (``labels["pixels"]``, a hash of the decoded image:
+    dataset 1 holds one image twice), left out."""
     rng = np.random.default_rng(seed)
     chosen = []
     for _, rows in labels.groupby("label"):
         n = min(per_class, len(rows) // 2)
         chosen += list(rng.choice(rows.index.to_numpy(), size=n, replace=False))
-    return labels.loc[sorted(chosen)], labels.drop(index=chosen)
+    tune, test = labels.loc[sorted(chosen)], labels.drop(index=chosen)
+    return tune, test[~test["pixels"].isin(tune["pixels"])]
+
+
+def pixel_hashes(root: Path, images: pd.Series) -> list[str]:
+    """A hash of each image's decoded pixels (the same picture saved twice hashes alike)."""
+    import hashlib
+
+    import imageio.v3 as iio
+
+    return [hashlib.sha1(iio.imread(root / image).tobytes()).hexdigest() for image in images]
 
 
 def link_class_folders(rows: pd.DataFrame, root: Path, folder: Path) -> Path:
@@ -81,6 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     root = require(args.data / DATASET)
     labels = pd.read_csv(root / "labels.csv")
+    labels["pixels"] = pixel_hashes(root, labels["image"])
     runs = [fine_tune_run(args, root, labels, seed) for seed in args.seeds]
     result = {
         "dataset": DATASET,
