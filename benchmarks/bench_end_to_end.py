@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from _common import model_benchmark_arguments, require, write_result
 
+from napari_bloodcell.classification.datasets import split_records
 from napari_bloodcell.classification.inference import CellClassifier
 from napari_bloodcell.classification.novelty import novelty_warning, white_cell_novelty
 from napari_bloodcell.pipeline import AnalysisSettings, analyze_frame
@@ -26,24 +27,28 @@ from napari_bloodcell.reading import read_image
 
 def frames_never_learnt(training: dict, frames: set[str], folder: str) -> set[str]:
     """The BCCD frames (``*.jpg`` names) a model neither trained nor was selected on, from
-    its recorded split of the crops folder named ``folder`` (no file needed): its test
-    frames, and, when it records its training frames, the frames of no part. Validation
-    frames drove early stopping and calibration, so they are not scored; a model that
-    records no training frames (older files, like the default) learnt every unlisted one.
-    """
-    parts = {
-        part: {
-            source.split("/", 1)[1] + ".jpg"
-            for source in training.get(f"{part}_sources") or []
-            if source.startswith(f"{folder}/")
+    the recorded splits of the crops folder named ``folder`` (no file needed) — its own and
+    those of the models it was fine-tuned from: in each, its test frames, and, when it
+    records its training frames, the frames of no part. Validation frames drove early
+    stopping and calibration, so they are not scored; a model that records no training
+    frames (older files, like the default) learnt every unlisted one."""
+    never_learnt = set(frames)
+    for record in split_records(training):
+        parts = {
+            part: {
+                source.split("/", 1)[1] + ".jpg"
+                for source in record.get(f"{part}_sources") or []
+                if source.startswith(f"{folder}/")
+            }
+            for part in ("train", "validation", "test")
         }
-        for part in ("train", "validation", "test")
-    }
-    if not any(parts.values()):  # never trained on this folder
-        return set(frames)
-    if training.get("train_sources") is None:
-        return parts["test"] & frames
-    return frames - parts["train"] - parts["validation"]
+        if not any(parts.values()):  # this model never trained on the folder
+            continue
+        if record.get("train_sources") is None:
+            never_learnt &= parts["test"]
+        else:
+            never_learnt -= parts["train"] | parts["validation"]
+    return never_learnt
 
 
 def main() -> None:

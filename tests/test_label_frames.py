@@ -71,13 +71,13 @@ def test_wrong_frame_shape_is_refused(stack):
         _store(stack).append(np.zeros((3, 3), np.uint32))
 
 
-@pytest.mark.parametrize("value", [2**32 + 5, -1])
+@pytest.mark.parametrize("value", [2**32 + 5, -1, 1.5, np.nan])
 def test_label_values_the_store_cannot_hold_are_refused_not_wrapped(stack, value):
-    frame = np.zeros(stack.shape[1:], np.int64)
-    frame[0, 0] = value  # was stored as 5 (merged with label 5) or as 4294967295
-    with pytest.raises(ValueError, match="label values outside uint32"):
+    frame = np.zeros(stack.shape[1:], np.float64 if isinstance(value, float) else np.int64)
+    frame[0, 0] = value  # was stored as 5 (merged with label 5), as 4294967295, or as 1
+    with pytest.raises(ValueError, match="whole numbers that uint32 holds"):
         _store(stack).append(frame)
-    _store(stack).append(frame.clip(0, 7))  # values that fit: fine whatever the dtype
+    _store(stack).append(np.nan_to_num(frame).clip(0, 7).round())  # values that fit: fine
 
 
 @pytest.mark.parametrize("axis", [1, 3])  # T C Y X and T Y X C layers

@@ -452,6 +452,8 @@ def test_ctc_export_refuses_rows_that_are_not_cells_of_the_label_images(tmp_path
         write_ctc(tmp_path / "c", stack + 0.5, tracks)
     with pytest.raises(TrackingError, match="whole numbers >= 0"):
         write_ctc(tmp_path / "c", stack.astype(np.int32) - 1, tracks)
+    with pytest.raises(TrackingError, match="whole numbers"):
+        write_ctc(tmp_path / "c", np.where(stack > 0, np.inf, 0.0), tracks)
     folder = write_ctc(tmp_path / "d", stack.astype(np.float32), tracks)  # whole floats: fine
     assert tifffile.imread(folder / "mask001.tif").max() == 1
 

@@ -60,10 +60,12 @@ class CompressedLabelFrames:
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape:
             raise ValueError(f"label frame of shape {frame.shape}, expected {self.frame_shape}")
-        data = np.ascontiguousarray(frame, dtype=self.dtype)
+        with np.errstate(invalid="ignore"):  # (NaN: refused below)
+            data = np.ascontiguousarray(frame, dtype=self.dtype)
         if frame.dtype != self.dtype and not np.array_equal(data, frame):  # 2**32 + 5 → 5
             raise ValueError(
-                f"label values outside {self.dtype} (found {frame.min()}…{frame.max()})"
+                f"label values must be whole numbers that {self.dtype} holds (found "
+                f"{np.nanmin(frame)}…{np.nanmax(frame)}{', NaN' if np.isnan(frame).any() else ''})"
             )
         return zlib.compress(data.tobytes(), COMPRESSION_LEVEL)
 

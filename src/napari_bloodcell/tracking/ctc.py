@@ -53,7 +53,9 @@ def relabel_stack(labels: np.ndarray, tracks: pd.DataFrame, new_labels: np.ndarr
     if labels.ndim != 3:
         raise TrackingError(f"labels must be a (T, Y, X) stack; got shape {labels.shape}")
     whole = labels.dtype.kind in "iu" or (
-        labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels))
+        labels.dtype.kind == "f"
+        and np.isfinite(labels).all()
+        and np.array_equal(labels, np.round(labels))
     )
     if not whole or labels.min(initial=0) < 0:
         raise TrackingError(
