@@ -386,3 +386,19 @@ def test_overlays_of_frames_past_9999_are_replaced_with_the_others(tmp_path):
         (frames / name).write_bytes(b"")
     old = sorted(p.name for p in batch._old_overlays("movie", tmp_path) if p.parent == frames)
     assert old == ["t0000.png", "t10000.png", "t9999.png"]
+
+
+def test_a_network_that_does_not_load_leaves_no_work_folders(tmp_path, tiny_model):
+    import pytest
+
+    from napari_bloodcell.errors import ModelError
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    from .helpers import model_copy
+
+    (a,) = _smears(tmp_path / "in", ["a"])
+    bad = model_copy(tiny_model, tmp_path, classes=["lobed", "round", "third"])
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match="does not match its metadata"):
+        batch.analyze_files([a], out, AnalysisSettings(), model=bad)
+    assert not (out / ".parts").exists()

@@ -351,11 +351,11 @@ def analyze_files(
 
     if jobs:
         check_writable(out)
+        if classifier is not None:  # a bad network fails the run at once, not every input
+            _load_network_once(classifier, client)
         for job in jobs:  # made here, never by a unit: one still running after a stop
             shutil.rmtree(job.parts, ignore_errors=True)  # (leftovers of an interrupted run)
             job.parts.mkdir(parents=True, exist_ok=True)  # … finds it gone, writes nothing
-        if classifier is not None:  # a bad network fails the run at once, not every input
-            _load_network_once(classifier, client)
     results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
     total_frames, total_done = sum(job.n_frames for job in jobs), 0
 
