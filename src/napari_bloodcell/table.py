@@ -158,9 +158,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     The text columns (``source``, ``cell_type``, ``cell_class``) are read as the text
     written (categories from Parquet): an empty one (e.g. the ``source`` of an array
     analysed without a name) as empty text, ``NA`` or ``None`` as those words, not as
-    missing values; the other columns as pandas reads them, only an empty field being a
-    missing value (those of a table without rows as the numbers they hold in a table with
-    rows).
+    missing values; the other columns as pandas reads them, its usual missing-value texts
+    (:data:`PANDAS_NA_TEXT`, e.g. R's ``NA``) missing (those of a table without rows as the
+    numbers they hold in a table with rows).
     """
     path = Path(path)
     try:

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..classes import CLASS_COLOURS, OTHER_COLOUR, class_colours
-from ..classification.inference import UNCERTAIN
+from ..classes import CLASS_COLOURS, OTHER_COLOUR, UNCERTAIN, class_colours
 from ..errors import BloodcellError
 from ..table import as_categories
 

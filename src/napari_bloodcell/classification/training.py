@@ -377,16 +377,16 @@ def split_training_data(data_dirs: list[Path], config: TrainingConfig) -> Traini
         )
     learnt = _learnt_by_init_model(found, data_dirs, config.init_model)
     fresh = np.flatnonzero(~learnt)
-    fractions = (config.validation_fraction, config.test_fraction)
-    train, validation, test = (
-        fresh[part] for part in split_by_source(found.subset(fresh), fractions, config.seed)
-    )
-    if len(validation) == 0 and learnt.any():  # the learnt crops train their classes: a
-        trained = frozenset(found.labels[learnt].tolist())  # new source of one may validate
-        train, validation, test = (
-            fresh[part]
-            for part in split_by_source(found.subset(fresh), fractions, config.seed, trained)
-        )
+
+    def split_fresh(trained_elsewhere: frozenset[int] = frozenset()):
+        fractions = (config.validation_fraction, config.test_fraction)
+        parts = split_by_source(found.subset(fresh), fractions, config.seed, trained_elsewhere)
+        return (fresh[part] for part in parts)
+
+    train, validation, test = split_fresh()
+    if len(validation) == 0 and learnt.any():
+        # the learnt crops train their classes: a new source of one may validate
+        train, validation, test = split_fresh(frozenset(found.labels[learnt].tolist()))
     train = np.sort(np.r_[train, np.flatnonzero(learnt)])
     if len(validation) == 0 and learnt.any():
         raise DatasetError(
@@ -630,11 +630,10 @@ def model_to_fine_tune(init_model: str, classes: list[str]):
     known = metadata.classes
     if known == list(classes):
         return model
-    old_head = head
-    features = old_head.input
+    features = head.input
     new_head = keras.layers.Dense(len(classes), activation="softmax", name=HEAD_LAYER)
     tuned = keras.Model(model.input, new_head(features), name=model.name)
-    old_kernel, old_bias = old_head.get_weights()
+    old_kernel, old_bias = head.get_weights()
     kernel, bias = new_head.get_weights()
     for column, name in enumerate(classes):
         if name in known:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..classification.inference import UNCERTAIN
+from ..classes import UNCERTAIN
 from ..errors import TrackingError
 
 TRACKED_CELL_TYPES = ("wbc", "platelet")
@@ -211,9 +211,9 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
                 f"(rows {np.flatnonzero(duplicated)[:5].tolist()}); each label must be one cell"
             )
     cells = cells.copy()
-    for column, low, high in (("confidence", 0.0, 1.0), ("diameter_px", 0.0, np.inf)):
+    for column, (wanted, valid) in CHECKED_NUMBERS.items():
         if column in cells:
-            cells[column] = _checked_numbers(cells[column], column, low, high)
+            cells[column] = _checked_numbers(cells[column], column, wanted, valid)
     cells["frame"] = frames.astype(np.int64)
     cells[["centroid_y", "centroid_x"]] = centroids.astype(float)
     cells["cell_type"] = cells["cell_type"].astype(str).str.strip().str.lower()  # "WBC"
@@ -225,10 +225,16 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return cells
 
 
-def _checked_numbers(values: pd.Series, column: str, low: float, high: float) -> pd.Series:
+CHECKED_NUMBERS = {
+    "confidence": ("in [0, 1]", lambda v: (v >= 0) & (v <= 1 + _ROUNDING)),  # float32 1+1e-7
+    "diameter_px": ("a positive number of pixels", lambda v: (v > 0) & np.isfinite(v)),
+}
+"""Number columns of the cells table that tracking uses: (what they must be, the test)."""
+
+
+def _checked_numbers(values: pd.Series, column: str, wanted: str, valid) -> pd.Series:
     """``values`` as numbers (of their float type, else float64; missing where they were)
-    or TrackingError naming the rows that are not numbers or lie outside (``low``, ``high``]
-    (``[low, high]`` for a confidence)."""
+    or TrackingError naming the rows that are not numbers or fail ``valid``."""
     numbers = pd.to_numeric(values, errors="coerce").astype(float)
     not_numbers = (numbers.isna() & values.notna()).to_numpy()
     if not_numbers.any():
@@ -237,11 +243,8 @@ def _checked_numbers(values: pd.Series, column: str, low: float, high: float) ->
             f"(rows {np.flatnonzero(not_numbers)[:5].tolist()}, e.g. "
             f"{values[not_numbers].iloc[0]!r})"
         )
-    too_low = numbers <= low if column == "diameter_px" else numbers < low
-    too_high = numbers > high + _ROUNDING  # a float32 probability may be 1 + 1e-7
-    outside = (too_low | too_high | np.isinf(numbers)).to_numpy()
+    outside = (numbers.notna() & ~valid(numbers)).to_numpy()
     if outside.any():
-        wanted = "in [0, 1]" if column == "confidence" else "a positive number of pixels"
         raise TrackingError(
             f"{int(outside.sum())} row(s) have a {column} that is not {wanted} "
             f"(rows {np.flatnonzero(outside)[:5].tolist()}, e.g. {float(numbers[outside].iloc[0])})"

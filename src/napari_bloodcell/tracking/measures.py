@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..classification.inference import UNCERTAIN
+from ..classes import UNCERTAIN
 from ._common import Units, empty_table
 
 VOTE_COLUMNS = ("track_class", "track_class_confidence", "track_class_agreement")
