@@ -372,7 +372,7 @@ def test_a_unit_still_running_after_the_run_stopped_writes_nothing(tmp_path):
     (a,) = _smears(tmp_path / "in", ["a"])
     out = tmp_path / "out"
     image = open_lazy(a)
-    job = batch._input_job(a, out, image, AnalysisSettings(), None, 10, {})
+    job = batch._input_job(a, a, out, image, AnalysisSettings(), None, 10, {})
     (chunk,) = batch._chunks(image, batch.FRAMES_PER_UNIT)
     with pytest.raises(BloodcellError, match="the run was stopped"):
         batch.analyze_unit(chunk, job)  # its work folder removed by the stopped run
@@ -402,3 +402,55 @@ def test_a_network_that_does_not_load_leaves_no_work_folders(tmp_path, tiny_mode
     with pytest.raises(ModelError, match="does not match its metadata"):
         batch.analyze_files([a], out, AnalysisSettings(), model=bad)
     assert not (out / ".parts").exists()
+
+
+def test_inputs_are_opened_as_the_run_reaches_them(tmp_path, monkeypatch):
+    """All inputs were opened (a TIFF stack read for its intensity sample) before the
+    first unit started: an archive of thousands of stacks waited minutes for nothing."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    paths = _smears(tmp_path / "in", ["a", "b", "c"])
+    opened, seen = [], []
+    open_lazy = batch.open_lazy
+
+    def recording_open(path, axes=None):
+        opened.append(Path(path).stem)
+        return open_lazy(path, axes=axes)
+
+    def at_each_unit(progress) -> None:
+        seen.append((Path(progress.source).stem, list(opened), progress))
+
+    monkeypatch.setattr(batch, "open_lazy", recording_open)
+    batch.analyze_files(paths, tmp_path / "out", AnalysisSettings(), model=None,
+                        on_progress=at_each_unit)  # fmt: skip
+    assert [(source, names) for source, names, _ in seen] == [
+        ("a", ["a"]),
+        ("b", ["a", "b"]),
+        ("c", ["a", "b", "c"]),
+    ]
+    first, last = seen[0][2], seen[-1][2]
+    assert (first.inputs_opened, first.inputs_to_open, first.total_frames) == (1, 3, 1)
+    assert first.fraction == 1 / 3 and last.fraction == 1
+
+
+def test_an_interrupted_run_reports_the_inputs_it_had_not_opened_yet(tmp_path):
+    import json
+
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b, c = _smears(tmp_path / "in", ["a", "b", "c"])
+    out = tmp_path / "out"
+
+    def ctrl_c_in_b(progress) -> None:
+        if progress.source == str(b):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.analyze_files([a, b, c], out, AnalysisSettings(), model=None,
+                            on_progress=ctrl_c_in_b)  # fmt: skip
+    run = json.loads((out / "run.json").read_text())
+    assert run["inputs"] == [str(a)]
+    assert run["failures"] == {str(b): "interrupted", str(c): "interrupted"}
+    assert not (out / batch.PARTS_FOLDER).exists()

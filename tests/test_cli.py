@@ -885,6 +885,25 @@ def test_the_progress_bar_ends_its_line_when_an_input_fails_partway(tmp_path, mo
     assert "\n" in text[bar_end : text.index("napari-bloodcell: error")]
 
 
+def test_the_progress_bar_counts_the_inputs_not_yet_opened():
+    from napari_bloodcell.batch import BatchProgress
+    from napari_bloodcell.cli import TerminalProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    bar = TerminalProgress(terminal)
+    bar(BatchProgress("a.tif", 10, 10, 10, 10, inputs_opened=1, inputs_to_open=4))
+    first = terminal.getvalue()
+    assert "10/10 frames · inputs opened 1/4" in first and "[" + "#" * 7 + "." in first
+    assert not first.endswith("\n")  # three inputs to go: the bar is not finished
+    bar(BatchProgress("d.tif", 5, 5, 40, 40, inputs_opened=4, inputs_to_open=4))
+    last = terminal.getvalue()[len(first) :]
+    assert "inputs opened" not in last and "#" * 30 in last and last.endswith("\n")
+
+
 def test_a_frame_without_cells_is_summarised_in_words(tmp_path, capsys):
     blank = np.zeros((64, 64, 3), np.uint8) + np.array([236, 226, 232], np.uint8)  # background
     blank[::7, ::5] += 3  # not constant

@@ -172,13 +172,33 @@ def test_units_are_submitted_a_bounded_number_at_a_time(client, monkeypatch):
     in_flight = []
     results = {}
     held_before = len(client.futures)  # by earlier tests on this module's client
-    for index, result in on_cluster.compute_on_cluster(
-        _square, [(i,) for i in range(12)], client, skip=lambda i: i == 5
+    for (i,), result in on_cluster.compute_on_cluster(
+        _square, [(i,) for i in range(12)], client, skip=lambda call: call == (5,)
     ):
         in_flight.append(len(client.futures) - held_before)
-        results[index] = result
+        results[i] = result
     assert results == {i: i * i for i in range(12) if i != 5}  # 5 was skipped, not run
     assert max(in_flight) == backlog < 12
+
+
+def test_units_are_drawn_from_their_generator_only_as_they_are_submitted(client, monkeypatch):
+    """A batch opens each input when its units' turn comes: the cluster must not drain
+    the generator of units before the first one finishes."""
+    from napari_bloodcell import distributed as on_cluster
+
+    monkeypatch.setattr(on_cluster, "MIN_UNITS_IN_FLIGHT", 3)
+    monkeypatch.setattr(on_cluster, "TASKS_PER_THREAD", 0)
+    drawn = []
+
+    def calls():
+        for i in range(10):
+            drawn.append(i)
+            yield (i,)
+
+    results = on_cluster.compute_on_cluster(_square, calls(), client, skip=lambda c: False)
+    first = next(results)
+    assert len(drawn) == 3 and first[0] in [(0,), (1,), (2,)]
+    assert sorted(i for (i,), _ in [first, *results]) == list(range(10))
 
 
 def test_a_few_units_per_worker_thread_are_in_flight_and_a_backlog_for_scaling_up():
@@ -225,9 +245,9 @@ def test_a_unit_cancelled_by_the_scheduler_fails_alone():
     ):
         canceller = threading.Thread(target=cancel_unit_zero, args=(client,))
         canceller.start()
-        results = dict(
-            compute_on_cluster(_hold_unit_zero, [(i,) for i in range(4)], client, lambda i: False)
-        )
+        units = [(i,) for i in range(4)]
+        calls = compute_on_cluster(_hold_unit_zero, units, client, skip=lambda c: False)
+        results = {i: result for (i,), result in calls}
         canceller.join()
     assert {i: results[i] for i in (1, 2, 3)} == {1: 1, 2: 2, 3: 3}
     assert isinstance(results[0], BloodcellError)

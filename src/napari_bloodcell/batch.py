@@ -11,7 +11,9 @@ Layout of ``out``::
     run.json                the last run: parameters, model, inputs analysed, skipped, failed
     .parts/<stem>/          one input's work in progress, removed when it is finished
 
-**Units of work** are (input, chunk of frames): one task each. A unit reads its frames
+**Units of work** are (input, chunk of frames): one task each. Each input is opened
+when the run reaches its first unit (an archive's thousands of stacks are not all
+opened before the first unit starts). A unit reads its frames
 from the lazy stack (:func:`~napari_bloodcell.reading.open_lazy`; it carries the
 stack's dask graph culled to its own frames, so only the chunk is ever in memory and
 sending a unit costs the same whatever the stack's length), analyses them one by one,
@@ -104,13 +106,26 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class BatchProgress:
-    """Progress after a unit of work: this input's frames and all inputs' frames."""
+    """Progress after a unit of work: this input's frames, and the frames of the inputs
+    opened so far (inputs are opened as the run reaches them: ``total_frames`` grows
+    until ``inputs_opened == inputs_to_open``)."""
 
     source: str
     frames_done: int
     n_frames: int
     total_done: int
     total_frames: int
+    inputs_opened: int
+    inputs_to_open: int
+
+    @property
+    def fraction(self) -> float:
+        """The run's estimated fraction done (the inputs not yet opened counted as long as
+        the average opened one)."""
+        if self.total_frames == 0:
+            return 0.0
+        opened = max(self.inputs_opened, 1)
+        return self.total_done / self.total_frames * opened / max(self.inputs_to_open, opened)
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ class InputJob:
 
     source: str
     stem: str
-    input_record: str  # what identifies the input file (see recorded_input), at the start
+    input_record: str  # what identifies the input file (see recorded_input), when opened
     axes: str  # the input's axes as read (e.g. "TYXC")
     parts: Path
     n_frames: int
@@ -180,6 +195,30 @@ def _once_each(paths: list[Path]) -> list[Path]:
     for path in paths:
         first.setdefault(path.absolute(), path)
     return list(first.values())
+
+
+def _skipped_or_failed(
+    path: Path, out: Path, overwrite: bool, choices: dict, summary: BatchSummary
+) -> bool:
+    """Whether ``path`` is finished in ``out`` (recorded in ``summary.skipped``) or its
+    record cannot be read (``summary.failures``); else it is to be analysed."""
+    try:
+        record = read_input_record(out, path.stem)
+        recorded = recorded_input(path, out, record)
+        reason = None if overwrite else finished_reason(path, out, recorded)
+    except BloodcellError as exc:
+        summary.failures[str(path)] = str(exc)
+        return True
+    if reason is None:
+        return False
+    differing = other_choices(record, choices)
+    if differing:
+        reason += (
+            f" (they were made with another {', '.join(differing)}: "
+            f"--overwrite analyses it with this run's)"
+        )
+    summary.skipped[str(path)] = reason
+    return True
 
 
 def read_input_record(out: Path, stem: str) -> dict | None:
@@ -323,49 +362,49 @@ def analyze_files(
     committing: tuple[InputJob, list[UnitResult]] | None = None  # the input being moved in
     summary = BatchSummary(out=out, table=pd.DataFrame())
     choices = run_choices(settings, classifier)
-    jobs, chunks, unit_jobs, n_units = [], [], [], {}
-    for path in inputs:
-        try:
-            record = read_input_record(out, path.stem)
-            recorded = recorded_input(path, out, record)
-            reason = None if overwrite else finished_reason(path, out, recorded)
-            if reason is not None:
-                differing = other_choices(record, choices)
-                if differing:
-                    reason += (
-                        f" (they were made with another {', '.join(differing)}: "
-                        f"--overwrite analyses it with this run's)"
-                    )
-                summary.skipped[str(path)] = reason
-                continue
-            image = open_lazy(path.absolute(), axes=axes)
-        except BloodcellError as exc:
-            summary.failures[str(path)] = str(exc)
-            continue
-        job = _input_job(path, out, image, settings, classifier, max_overlays, choices)
-        jobs.append(job)
-        job_chunks = _chunks(image, frames_per_unit)
-        chunks += job_chunks
-        unit_jobs += [job] * len(job_chunks)
-        n_units[job.source] = len(job_chunks)
-
-    if jobs:
+    to_open = {  # each input and its absolute path (the working folder may change)
+        path: path.absolute()
+        for path in inputs
+        if not _skipped_or_failed(path, out, overwrite, choices, summary)
+    }
+    if to_open:
         check_writable(out)
         if classifier is not None:  # a bad network fails the run at once, not every input
             _load_network_once(classifier, client)
-        for job in jobs:  # made here, never by a unit: one still running after a stop
+    jobs: list[InputJob] = []
+    results: dict[str, list[UnitResult]] = {}
+    n_units: dict[str, int] = {}
+    opened, total_frames, total_done = 0, 0, 0
+
+    def units() -> Iterator[tuple[FrameChunk, InputJob]]:
+        """Each input opened when its first unit's turn comes (an archive's thousands of
+        stacks are not all read before the first unit starts), then its units."""
+        nonlocal opened, total_frames
+        for path, absolute in to_open.items():
+            opened += 1
+            try:
+                image = open_lazy(absolute, axes=axes)
+                job = _input_job(path, absolute, out, image, settings, classifier, max_overlays,
+                                 choices)  # fmt: skip
+            except BloodcellError as exc:
+                summary.failures[str(path)] = str(exc)
+                continue
+            job_chunks = _chunks(image, frames_per_unit)
+            # made here, never by a unit: one still running after a stop finds it gone
             shutil.rmtree(job.parts, ignore_errors=True)  # (leftovers of an interrupted run)
-            job.parts.mkdir(parents=True, exist_ok=True)  # … finds it gone, writes nothing
-    results: dict[str, list[UnitResult]] = {job.source: [] for job in jobs}
-    total_frames, total_done = sum(job.n_frames for job in jobs), 0
+            job.parts.mkdir(parents=True, exist_ok=True)
+            jobs.append(job)
+            results[job.source], n_units[job.source] = [], len(job_chunks)
+            total_frames += job.n_frames
+            for chunk in job_chunks:
+                yield chunk, job
 
-    def failed_unit(index: int) -> bool:
-        return unit_jobs[index].source in summary.failures
+    def failed_unit(unit: tuple[FrameChunk, InputJob]) -> bool:
+        return unit[1].source in summary.failures
 
-    computed = _computed(chunks, unit_jobs, client, skip=failed_unit)
+    computed = _computed(units(), client, skip=failed_unit)
     try:
-        for index, outcome in computed:
-            job = unit_jobs[index]
+        for (_, job), outcome in computed:
             if job.source in summary.failures:
                 continue
             if isinstance(outcome, BaseException):
@@ -375,7 +414,17 @@ def analyze_files(
             total_done += outcome.n_frames
             if on_progress is not None:
                 done = sum(r.n_frames for r in results[job.source])
-                on_progress(BatchProgress(job.source, done, job.n_frames, total_done, total_frames))
+                on_progress(
+                    BatchProgress(
+                        job.source,
+                        done,
+                        job.n_frames,
+                        total_done,
+                        total_frames,
+                        opened,
+                        len(to_open),
+                    )
+                )
             if len(results[job.source]) == n_units[job.source]:
                 unit_results = sorted(results.pop(job.source), key=lambda r: r.first_frame)
                 committing = job, unit_results
@@ -395,7 +444,7 @@ def analyze_files(
         if job and job.source not in summary.processed and _committed(job, out, started_ns):
             _count_processed(summary, *committing)  # interrupted just after its table moved in
         ended = {*summary.processed, *summary.failures}
-        unfinished = [job.source for job in jobs if job.source not in ended]
+        unfinished = [str(path) for path in to_open if str(path) not in ended]
         stopped = (
             "interrupted"
             if isinstance(exc, KeyboardInterrupt)
@@ -472,25 +521,25 @@ def _unexpected(error: BaseException) -> str:
 
 
 def _computed(
-    chunks: list[FrameChunk], jobs: list[InputJob], client, skip: Callable[[int], bool]
-) -> Iterator[tuple[int, object]]:
-    """``(index, result or the exception raised)`` per unit as each finishes: here one
-    after the other, or on the cluster of ``client``. Units for which ``skip(index)`` is
-    true when their turn comes are not run (those of an input that failed)."""
-    arguments = list(zip(chunks, jobs, strict=True))
+    units: Iterator[tuple[FrameChunk, InputJob]], client, skip: Callable[[tuple], bool]
+) -> Iterator[tuple[tuple[FrameChunk, InputJob], object]]:
+    """``(unit, result or the exception raised)`` per unit as each finishes: here one
+    after the other, or on the cluster of ``client``. ``units`` is drawn from only as
+    units are started; those for which ``skip(unit)`` is true when their turn comes are
+    not run (those of an input that failed)."""
     if client is not None:
         from .distributed import compute_on_cluster
 
-        yield from compute_on_cluster(analyze_unit, arguments, client, skip)
+        yield from compute_on_cluster(analyze_unit, units, client, skip)
         return
-    for index, (chunk, job) in enumerate(arguments):
-        if skip(index):
+    for unit in units:
+        if skip(unit):
             continue
         try:
-            result = analyze_unit(chunk, job)
+            result = analyze_unit(*unit)
         except Exception as exc:  # the unit's input fails, not the run (failure_message)
             result = exc
-        yield index, result
+        yield unit, result
 
 
 def analyze_unit(chunk: FrameChunk, job: InputJob) -> UnitResult:
@@ -625,14 +674,15 @@ def _model_metadata(model):
 
 
 def _input_job(
-    path, out, image: LazyImage, settings, classifier, max_overlays, choices: dict
+    path, absolute, out, image: LazyImage, settings, classifier, max_overlays, choices: dict
 ) -> InputJob:
+    """The job of input ``path`` (as given; ``absolute`` is where it is)."""
     if settings.pixel_size_um is None and image.pixel_size_um is not None:
         settings = replace(settings, pixel_size_um=image.pixel_size_um)
     return InputJob(
         source=str(path),
         stem=path.stem,
-        input_record=_input_record(path, choices),
+        input_record=_input_record(absolute, choices),
         axes=image.original_axes,
         parts=out / PARTS_FOLDER / path.stem,
         n_frames=image.n_frames,

@@ -529,15 +529,19 @@ class TerminalProgress:
     def __call__(self, progress) -> None:
         if not self._stream.isatty() or progress.total_frames == 0:
             return
-        fraction = progress.total_done / progress.total_frames
-        filled = int(self.WIDTH * fraction)
+        filled = int(self.WIDTH * progress.fraction)
         rate = progress.total_done / max(time.perf_counter() - self._started, 1e-9)
+        inputs = (
+            f" · inputs opened {progress.inputs_opened}/{progress.inputs_to_open}"
+            if progress.inputs_opened < progress.inputs_to_open
+            else ""
+        )
         line = (
             f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.total_done}/"
-            f"{progress.total_frames} frames, {rate:.1f}/s · {Path(progress.source).name} "
-            f"{progress.frames_done}/{progress.n_frames}"
+            f"{progress.total_frames} frames{inputs}, {rate:.1f}/s · "
+            f"{Path(progress.source).name} {progress.frames_done}/{progress.n_frames}"
         )
-        self._drawn = progress.total_done < progress.total_frames
+        self._drawn = progress.fraction < 1
         print(line, end="" if self._drawn else "\n", file=self._stream, flush=True)
 
     def finish(self) -> None:

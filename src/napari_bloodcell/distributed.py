@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import dask
@@ -196,38 +196,40 @@ def unit_failure(future) -> BaseException:
 
 
 def compute_on_cluster(
-    function: Callable, arguments: list[tuple], client: Client, skip: Callable[[int], bool]
-) -> Iterator[tuple[int, object]]:
-    """Run ``function(*arguments[i])`` on the cluster for every ``i``; yield ``(i, result)``
-    as each finishes, the result being the exception for a call that failed (a
-    :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying).
+    function: Callable, arguments: Iterable[tuple], client: Client, skip: Callable[[tuple], bool]
+) -> Iterator[tuple[tuple, object]]:
+    """Run ``function(*a)`` on the cluster for every ``a`` of ``arguments``; yield
+    ``(a, result)`` as each finishes, the result being the exception for a call that
+    failed (a :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying).
 
     At most :func:`units_in_flight` calls are submitted at a time, so the client's and
     the scheduler's memory do not grow with the number of units (a long stack is many
-    units). A call that did not finish (failed, or cancelled by the scheduler) yields
-    its exception (:func:`unit_failure`). A call for which ``skip(i)`` is true when its turn to be
-    submitted comes is not submitted (e.g. the other units of an input that failed).
+    units); ``arguments`` is drawn from only as calls are submitted (it may be a
+    generator that opens inputs). A call that did not finish (failed, or cancelled by the
+    scheduler) yields its exception (:func:`unit_failure`). A call for which ``skip(a)``
+    is true when its turn to be submitted comes is not submitted (e.g. the other units
+    of an input that failed).
     """
-    # a generator: skip(index) is asked when the unit's turn to be submitted comes
-    waiting = (index for index in range(len(arguments)) if not skip(index))
+    # a generator: skip(a) is asked when the call's turn to be submitted comes
+    waiting = (a for a in arguments if not skip(a))
     running = as_completed()
-    index_of: dict[str, int] = {}
+    arguments_of: dict[str, tuple] = {}
 
     def submit_more() -> None:
         limit = units_in_flight(sum(client.nthreads().values()))
-        while running.count() < limit and (index := next(waiting, None)) is not None:
-            future = client.submit(function, *arguments[index], pure=False)
-            index_of[future.key] = index
+        while running.count() < limit and (call := next(waiting, None)) is not None:
+            future = client.submit(function, *call, pure=False)
+            arguments_of[future.key] = call
             running.add(future)
 
-    submit_more()
     try:
+        submit_more()
         for future in running:
-            index = index_of.pop(future.key)
+            call = arguments_of.pop(future.key)
             if future.status == "finished":
-                yield index, future.result()
+                yield call, future.result()
             else:
-                yield index, unit_failure(future)
+                yield call, unit_failure(future)
             future.release()
             submit_more()
     finally:  # closed early (interrupted): the calls still queued or running are not wanted
