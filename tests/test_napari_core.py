@@ -11,7 +11,7 @@ import pytest
 
 from napari_bloodcell.errors import BloodcellError, InputImageError, OutputExistsError
 from napari_bloodcell.pipeline import AnalysisSettings
-from napari_bloodcell.synthetic import make_timelapse
+from napari_bloodcell.synthetic import make_smear, make_timelapse
 from napari_bloodcell.table import read_table
 
 pytestmark = pytest.mark.napari
@@ -408,6 +408,20 @@ def test_a_varying_4th_channel_is_a_channel_only_when_the_axes_are_typed():
     with pytest.raises(InputImageError, match="varying 4th channel"):
         read_frame(rgba, image_layout(rgba.shape, True))  # an RGBA layer, axes inferred
     assert read_frame(rgba, image_layout(rgba.shape, False, "YXC")).shape == (48, 64, 4)
+
+
+def test_a_16_bit_rgb_layer_keeps_its_colours_and_three_channels_are_stretched():
+    from napari_bloodcell._napari._compute import image_layout, read_frame
+
+    rgb = make_smear(shape=(240, 320), n_rbc=6, n_wbc=1, n_platelets=2, seed=2).image
+    deep = rgb.astype(np.uint16) * 257
+    expected = rgb / np.float32(255)
+    np.testing.assert_allclose(read_frame(deep, image_layout(deep.shape, True)), expected)
+    movie = np.stack([deep, deep])  # as a time-lapse layer: the stack's mapping
+    colours = read_frame(movie, image_layout(movie.shape, True, "TYXC"), 1)
+    np.testing.assert_allclose(colours, expected)
+    channels = read_frame(deep, image_layout(deep.shape, False, "YXC"))  # not an RGB layer
+    assert channels.max() == 1 and channels.min() == 0
 
 
 def test_missing_channel_is_refused():

@@ -66,6 +66,47 @@ def test_intensity_rules_are_explicit():
     assert wide_float.min() >= 0 and wide_float.max() <= 1
 
 
+def test_colour_intensities_are_mapped_by_bit_depth_never_stretched():
+    values = np.array([3000, 2000, 100], np.uint16)  # a 12-bit camera's maximum
+    np.testing.assert_allclose(normalise_intensity(values, colour=True), values / 4095)
+    np.testing.assert_allclose(normalise_intensity(values[1:], colour=True), values[1:] / 4095)
+    assert normalise_intensity(np.array([9, 200], np.uint16), colour=True).max() == 200 / 255
+    assert normalise_intensity(np.array([9.0, 70000.0]), colour=True).max() == np.float32(70000 / (2**18 - 1))
+    np.testing.assert_allclose(normalise_intensity(np.array([0.2, 1.04]), colour=True), [0.2, 1])
+    stretched = normalise_intensity(values)  # fluorescence channels: the percentile stretch
+    assert stretched.min() == 0 and stretched.max() == 1
+
+
+@pytest.mark.parametrize(
+    ("bits", "write"),
+    [(16, lambda rgb: rgb.astype(np.uint16) * 257), (12, lambda rgb: rgb.astype(np.uint16) * 16),
+     (8, lambda rgb: rgb.astype(np.float32))],  # fmt: skip
+)
+def test_a_deep_colour_smear_keeps_the_colours_of_its_8_bit_version(tmp_path, bits, write):
+    """A 16-bit export of a smear was stretched from its percentiles: hues shifted and the
+    smear detector (which reads colours) found three times the platelets."""
+    from napari_bloodcell.pipeline import analyze_frame
+
+    rgb = make_smear(shape=(240, 320), n_rbc=12, n_wbc=1, n_platelets=3, seed=4).image
+    tifffile.imwrite(tmp_path / "deep.tif", write(rgb), photometric="rgb")
+    eight_bit = image_from_array(rgb).data
+    deep = read_image(tmp_path / "deep.tif").data
+    np.testing.assert_allclose(deep, eight_bit, atol=0.004 if bits == 12 else 1e-6)  # 4080/4095
+    np.testing.assert_allclose(open_lazy(tmp_path / "deep.tif").data.compute(), deep)
+    labels, expected = (analyze_frame(frame[0], None).labels for frame in (deep, eight_bit))
+    assert labels.max() == expected.max() > 5
+    assert np.mean((labels > 0) == (expected > 0)) > (0.995 if bits == 12 else 1 - 1e-9)
+
+
+def test_channels_named_by_metadata_are_stretched_even_three_of_them(tmp_path):
+    channels = np.zeros((3, 40, 50), np.uint16)
+    channels[:, 10:20, 10:20] = [[[400]], [[1200]], [[3000]]]
+    channels += 100
+    tifffile.imwrite(tmp_path / "c3.ome.tif", channels, metadata={"axes": "CYX"})
+    image = read_image(tmp_path / "c3.ome.tif").data
+    assert image.max() == 1 and image.min() == 0  # stretched: 100 → 0, 3000 → 1
+
+
 @pytest.mark.parametrize(
     ("array", "message"),
     [

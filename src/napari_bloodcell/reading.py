@@ -150,13 +150,15 @@ def image_from_array(
     pixel_size_um: float | None = None,
     channels_named: bool | None = None,
     alpha_possible: bool = True,
+    colour: bool | None = None,
 ) -> LoadedImage:
     """Bring an in-memory array to canonical (T, Y, X, C) float32 in [0, 1].
 
     ``channels_named``: the user named the axes, so a varying 4th channel is a channel,
     not an RGBA alpha (default: whether ``axes`` is given). ``alpha_possible=False``: the
     file's metadata names its channels (OME, ImageJ), so a constant 4th channel is an
-    empty channel, kept, not an alpha to drop.
+    empty channel, kept, not an alpha to drop. ``colour``: an RGB picture, mapped by its
+    bit depth (:func:`intensity_mapping`); default: 3 channels, none named by metadata.
     """
     array = np.asarray(array)
     tyxc, original_axes = _canonical_layout(array, axes)
@@ -164,7 +166,7 @@ def image_from_array(
     if alpha_possible:
         tyxc = _drop_constant_alpha(tyxc, tyxc, named)
     return LoadedImage(
-        data=normalise_intensity(tyxc),
+        data=normalise_intensity(tyxc, _is_colour(colour, alpha_possible, tyxc.shape)),
         source=source,
         original_axes=original_axes,
         original_dtype=str(array.dtype),
@@ -314,10 +316,11 @@ def lazy_image_from_array(
     pixel_size_um: float | None = None,
     channels_named: bool | None = None,
     alpha_possible: bool = True,
+    colour: bool | None = None,
 ) -> LazyImage:
     """Bring a numpy or dask array to a lazy canonical (T, Y, X, C) float32 stack in [0, 1].
 
-    ``channels_named`` and ``alpha_possible`` as in :func:`image_from_array`.
+    ``channels_named``, ``alpha_possible`` and ``colour`` as in :func:`image_from_array`.
 
     Memory rule: nothing but a bounded sample is computed here. The intensity mapping
     (:func:`intensity_mapping`) is chosen from up to :data:`INTENSITY_SAMPLE_FRAMES`
@@ -342,7 +345,8 @@ def lazy_image_from_array(
     if alpha_possible:
         tyxc = _drop_constant_alpha(tyxc, sample, named)
     try:
-        mapping = intensity_mapping(sample[..., : tyxc.shape[-1]])
+        colour = _is_colour(colour, alpha_possible, tyxc.shape)
+        mapping = intensity_mapping(sample[..., : tyxc.shape[-1]], colour)
     except InputImageError as exc:  # a constant sample
         whole = len(sampled_frames) == tyxc.shape[0] and step == 1
         where = "" if whole else f" (frames {_listed(sampled_frames)} sampled, every {step} px)"
@@ -506,13 +510,18 @@ def _needs_float64(dtype: np.dtype) -> bool:
     )
 
 
-def intensity_mapping(values: np.ndarray) -> IntensityMapping:
+def intensity_mapping(values: np.ndarray, colour: bool = False) -> IntensityMapping:
     """Choose the mapping of stored values to [0, 1] from ``values`` by an explicit rule.
 
     * ``bool`` → 0 / 1.
     * ``uint8`` → value / 255 (the file's own scale: brightfield colours stay comparable).
-    * other integers (e.g. 12/16-bit cameras) and floats outside [0, 1] → linear stretch
-      of the 0.1–99.9 percentile range of ``values`` to [0, 1], clipped.
+    * ``colour`` (an RGB picture) in other integers or floats above 2 → value / the
+      largest value of the bit depth that holds the maximum (even bits, at least 8:
+      255, 1023, 4095, 16383, 65535 …), so that a 16-bit or 12-bit export of a smear has
+      the colours of its 8-bit version (a stretch shifts hues, and the smear detector
+      reads colours); colour floats up to 2 → clipped to [0, 1].
+    * other integers (e.g. 12/16-bit fluorescence cameras) and floats outside [0, 1] →
+      linear stretch of the 0.1–99.9 percentile range of ``values`` to [0, 1], clipped.
     * floats already within [0, 1] → unchanged.
 
     Raises :class:`InputImageError` for NaN/inf values or constant values.
@@ -530,6 +539,8 @@ def intensity_mapping(values: np.ndarray) -> IntensityMapping:
         raise _constant_image_error(values)
     if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
         return IntensityMapping(0.0, 1.0)
+    if colour:
+        return IntensityMapping(0.0, _bit_depth_maximum(high))
     percentiles = (float(v) for v in np.percentile(as_float, [0.1, 99.9]))
     low_percentile, high_percentile = percentiles
     if high_percentile <= low_percentile:  # nearly constant with rare outliers: full range
@@ -537,12 +548,25 @@ def intensity_mapping(values: np.ndarray) -> IntensityMapping:
     return IntensityMapping(low_percentile, high_percentile)
 
 
-def normalise_intensity(array: np.ndarray) -> np.ndarray:
+COLOUR_FLOAT_TOLERANCE = 2.0
+"""Colour floats up to this are on the [0, 1] scale (overshoot of processing, clipped)."""
+
+
+def _bit_depth_maximum(high: float) -> float:
+    """The largest value of the smallest even bit depth (at least 8) that holds ``high``
+    (1 for colour floats up to :data:`COLOUR_FLOAT_TOLERANCE`)."""
+    if high <= COLOUR_FLOAT_TOLERANCE:
+        return 1.0
+    bits = max(8, math.ceil(math.log2(high + 1)))
+    return float(2 ** (bits + bits % 2) - 1)
+
+
+def normalise_intensity(array: np.ndarray, colour: bool = False) -> np.ndarray:
     """Map stored values to float32 in [0, 1] by the rule of :func:`intensity_mapping`.
 
     The range comes from the whole array, so that all frames of a stack share one mapping.
     """
-    return intensity_mapping(array).apply(array)
+    return intensity_mapping(array, colour).apply(array)
 
 
 def refuse_non_finite(values: np.ndarray, where: str = "the image") -> None:
@@ -578,6 +602,12 @@ def _drop_constant_alpha(tyxc, sample: np.ndarray, channels_named: bool):
             "channels give the axes explicitly (e.g. YXC) and a channel mapping"
         )
     return tyxc[..., :3]
+
+
+def _is_colour(colour: bool | None, alpha_possible: bool, tyxc_shape: tuple) -> bool:
+    """``colour`` if given, else whether a (T, Y, X, C) image is an RGB picture: 3
+    channels that no metadata named as channels (``alpha_possible``)."""
+    return colour if colour is not None else alpha_possible and tyxc_shape[-1] == 3
 
 
 class VaryingAlphaError(InputImageError):

@@ -173,13 +173,18 @@ def read_frame(data, layout: ImageLayout, t: int = 0, source: str = "<array>") -
         return None
     frame_axes = layout.axes.replace("T", "")
     alone = partial(
-        image_from_array, raw, axes=frame_axes, source=source, channels_named=layout.typed
+        image_from_array,
+        raw,
+        axes=frame_axes,
+        source=source,
+        channels_named=layout.typed,
+        colour=layout.rgb,
     )
     if "T" not in layout.axes:
         return alone().data[0]
     try:
         stack = lazy_image_from_array(
-            data, layout.axes, source=source, channels_named=layout.typed
+            data, layout.axes, source=source, channels_named=layout.typed, colour=layout.rgb
         ).data
     except InputImageError:  # the stack's frame sample is unusable (NaN in another frame …)
         return alone().data[0]  # this frame on its own terms (a batch would refuse the stack)
@@ -422,7 +427,11 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     seen_classes: list[str] = list(job.model_classes)
     # one intensity mapping for the whole stack, from a bounded frame sample (as the CLI)
     stack = lazy_image_from_array(
-        job.data, job.layout.axes, source=job.source, channels_named=job.layout.typed
+        job.data,
+        job.layout.axes,
+        source=job.source,
+        channels_named=job.layout.typed,
+        colour=job.layout.rgb,
     ).data
     for t in range(n):
         frame = np.asarray(stack[t].compute(scheduler="sync"))
