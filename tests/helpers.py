@@ -1,4 +1,5 @@
-"""Generated single-cell images for classifier tests."""
+"""Generated test inputs: single-cell images for classifier tests, model copies, a multi-file
+OME-TIFF."""
 
 from __future__ import annotations
 
@@ -82,3 +83,42 @@ def model_copy(model: Path, folder: Path, **changes) -> Path:
         setattr(metadata, name, value)
     update_metadata(copy, metadata)
     return copy
+
+
+OME_NS = 'xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"'
+
+
+def write_ome_set(folder, frames, binary_only: bool) -> list:
+    """Micro-Manager's multi-file OME-TIFF: ``exp_MMStack.ome.tif`` with the first half of
+    ``frames`` (T, Y, X) and the metadata of all, ``exp_MMStack_1.ome.tif`` with the
+    rest and a ``BinaryOnly`` pointer to the first (or, ``binary_only=False``, the whole
+    metadata again, as some writers do)."""
+    import uuid
+
+    import tifffile
+
+    n, height, width = frames.shape
+    names = ["exp_MMStack.ome.tif", "exp_MMStack_1.ome.tif"]
+    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
+    half = n // 2
+    planes = "".join(
+        f'<TiffData FirstT="{t}" FirstC="0" FirstZ="0" IFD="{t % half}" PlaneCount="1">'
+        f'<UUID FileName="{names[t >= half]}">{uuids[t >= half]}</UUID></TiffData>'
+        for t in range(n)
+    )
+    pixels = (
+        f'<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" '
+        f'SizeX="{width}" SizeY="{height}" SizeC="1" SizeZ="1" SizeT="{n}">'
+        f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{planes}</Pixels></Image>'
+    )
+    whole = [f'<?xml version="1.0"?><OME {OME_NS} UUID="{u}">{pixels}</OME>' for u in uuids]
+    pointer = (
+        f'<?xml version="1.0"?><OME {OME_NS} UUID="{uuids[1]}">'
+        f'<BinaryOnly MetadataFile="{names[0]}" UUID="{uuids[0]}"/></OME>'
+    )
+    descriptions = [whole[0], pointer if binary_only else whole[1]]
+    for part, (name, description) in enumerate(zip(names, descriptions, strict=True)):
+        with tifffile.TiffWriter(folder / name) as writer:
+            for i, frame in enumerate(frames[part * half : (part + 1) * half]):
+                writer.write(frame, description=description if i == 0 else None, metadata=None)
+    return [folder / name for name in names]

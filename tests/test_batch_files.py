@@ -454,3 +454,23 @@ def test_an_interrupted_run_reports_the_inputs_it_had_not_opened_yet(tmp_path):
     assert run["inputs"] == [str(a)]
     assert run["failures"] == {str(b): "interrupted", str(c): "interrupted"}
     assert not (out / batch.PARTS_FOLDER).exists()
+
+
+def test_the_parts_of_a_multi_file_ome_tiff_are_analysed_once_with_its_first_file(tmp_path):
+    """`analyze dir/*.ome.tif` analysed Micro-Manager's second file again: its frames
+    counted twice (as frames 0… of a stack of its own, or as the whole acquisition)."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.synthetic import make_timelapse
+
+    from .helpers import write_ome_set
+
+    movie = make_timelapse(4, (64, 80), n_leukocytes=1, n_platelets=0, seed=3).image
+    frames = (movie[..., 1].astype(np.uint16) * 16) + 100  # the leukocyte channel, 12-bit
+    first, part = write_ome_set(tmp_path, frames, binary_only=True)
+    summary = batch.analyze_files([first, part], tmp_path / "out", AnalysisSettings(),
+                                  model=None)  # fmt: skip
+    assert summary.processed == [str(first)] and not summary.failures
+    assert "part of the multi-file OME-TIFF exp_MMStack.ome.tif" in summary.parts[str(part)]
+    assert sorted(summary.table["frame"].unique()) == [0, 1, 2, 3]
+    alone = batch.analyze_files([part], tmp_path / "out2", AnalysisSettings(), model=None)
+    assert "analyse exp_MMStack.ome.tif" in alone.failures[str(part)]

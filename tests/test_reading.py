@@ -15,6 +15,8 @@ from napari_bloodcell.reading import (
 )
 from napari_bloodcell.synthetic import make_smear
 
+from .helpers import write_ome_set
+
 
 @pytest.mark.parametrize(
     ("shape", "axes"),
@@ -71,7 +73,8 @@ def test_colour_intensities_are_mapped_by_bit_depth_never_stretched():
     np.testing.assert_allclose(normalise_intensity(values, colour=True), values / 4095)
     np.testing.assert_allclose(normalise_intensity(values[1:], colour=True), values[1:] / 4095)
     assert normalise_intensity(np.array([9, 200], np.uint16), colour=True).max() == 200 / 255
-    assert normalise_intensity(np.array([9.0, 70000.0]), colour=True).max() == np.float32(70000 / (2**18 - 1))
+    beyond_16_bits = normalise_intensity(np.array([9.0, 70000.0]), colour=True)
+    assert beyond_16_bits.max() == np.float32(70000 / (2**18 - 1))
     np.testing.assert_allclose(normalise_intensity(np.array([0.2, 1.04]), colour=True), [0.2, 1])
     stretched = normalise_intensity(values)  # fluorescence channels: the percentile stretch
     assert stretched.min() == 0 and stretched.max() == 1
@@ -79,8 +82,11 @@ def test_colour_intensities_are_mapped_by_bit_depth_never_stretched():
 
 @pytest.mark.parametrize(
     ("bits", "write"),
-    [(16, lambda rgb: rgb.astype(np.uint16) * 257), (12, lambda rgb: rgb.astype(np.uint16) * 16),
-     (8, lambda rgb: rgb.astype(np.float32))],  # fmt: skip
+    [
+        (16, lambda rgb: rgb.astype(np.uint16) * 257),
+        (12, lambda rgb: rgb.astype(np.uint16) * 16),
+        (8, lambda rgb: rgb.astype(np.float32)),
+    ],  # fmt: skip
 )
 def test_a_deep_colour_smear_keeps_the_colours_of_its_8_bit_version(tmp_path, bits, write):
     """A 16-bit export of a smear was stretched from its percentiles: hues shifted and the
@@ -380,3 +386,45 @@ def test_a_tiff_of_thumbnails_only_says_so(tmp_path):
         tif.write(np.zeros((32, 32), np.uint8), subfiletype=1)  # a reduced-resolution image
     with pytest.raises(InputImageError, match="only reduced-resolution images"):
         read_image(tmp_path / "thumb.tif")
+
+
+def _frames_with_a_cell(n: int = 6) -> np.ndarray:
+    frames = np.random.default_rng(2).normal(100, 5, (n, 64, 80))
+    for t in range(n):
+        frames[t, 20:42, 5 + 5 * t : 27 + 5 * t] += 3000
+    return frames.astype(np.uint16)
+
+
+@pytest.mark.parametrize("binary_only", [True, False])
+def test_a_multi_file_ome_tiff_is_read_from_its_first_file_and_its_parts_refused(
+    tmp_path, binary_only
+):
+    """The second file of a Micro-Manager acquisition was analysed as a stack of its own
+    (its frames renumbered from 0) or as the whole acquisition again: frames twice."""
+    import warnings
+
+    from napari_bloodcell.reading import PartOfAnotherFileError
+
+    frames = _frames_with_a_cell()
+    first, part = write_ome_set(tmp_path, frames, binary_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tifffile's "reading array from closed file"
+        eager, lazy = read_image(first).data, open_lazy(first).data.compute()
+    np.testing.assert_array_equal(eager, lazy)
+    assert eager.shape == (6, 64, 80, 1)
+    assert np.corrcoef(eager[..., 0].ravel(), frames.ravel())[0, 1] > 0.9999
+    for read in (read_image, open_lazy):
+        with pytest.raises(PartOfAnotherFileError, match="analyse exp_MMStack.ome.tif") as error:
+            read(part)
+        assert error.value.first_file == first
+
+
+def test_an_ome_tiff_missing_some_of_its_pages_says_so(tmp_path):
+    """An acquisition stopped early: its metadata lists 6 frames, the file holds 3. The
+    missing frames were read as zeros (read_image) or failed with a library message."""
+    frames = _frames_with_a_cell()
+    first, _ = write_ome_set(tmp_path, frames, binary_only=True)
+    (tmp_path / "exp_MMStack_1.ome.tif").unlink()  # the second file lost
+    for read in (read_image, open_lazy):
+        with pytest.raises(InputImageError, match="lists 6 pages but 3 of them .* stopped early"):
+            read(first)

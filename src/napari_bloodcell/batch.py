@@ -67,7 +67,7 @@ from . import __version__
 from .errors import BloodcellError, InputImageError, OutputExistsError, one_line
 from .overlays import save_overlay_png
 from .pipeline import AnalysisSettings, concat_tables, iter_analyze_stack
-from .reading import LazyImage, open_lazy
+from .reading import LazyImage, PartOfAnotherFileError, open_lazy
 from .table import parquet_available, read_table, write_table
 
 MAX_OVERLAYS_PER_INPUT = 10
@@ -90,6 +90,9 @@ class BatchSummary:
     processed: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, str] = field(default_factory=dict)
+    """Later files of a multi-file OME-TIFF whose first file is an input too (its frames
+    are that input's rows): input → why it was left out."""
     modalities: dict[str, str] = field(default_factory=dict)
     pixel_sizes_um: dict[str, float | None] = field(default_factory=dict)
     """µm per pixel each analysed input was measured with (given, or from its file)."""
@@ -371,6 +374,7 @@ def analyze_files(
         check_writable(out)
         if classifier is not None:  # a bad network fails the run at once, not every input
             _load_network_once(classifier, client)
+    input_files = {path.resolve() for path in inputs}  # (a multi-file OME-TIFF's first file?)
     jobs: list[InputJob] = []
     results: dict[str, list[UnitResult]] = {}
     n_units: dict[str, int] = {}
@@ -386,6 +390,15 @@ def analyze_files(
                 image = open_lazy(absolute, axes=axes)
                 job = _input_job(path, absolute, out, image, settings, classifier, max_overlays,
                                  choices)  # fmt: skip
+            except PartOfAnotherFileError as exc:
+                if exc.first_file.resolve() in input_files:
+                    summary.parts[str(path)] = (
+                        f"part of the multi-file OME-TIFF {exc.first_file.name}, analysed "
+                        f"with it (the frames of all its files are its rows)"
+                    )
+                else:
+                    summary.failures[str(path)] = str(exc)
+                continue
             except BloodcellError as exc:
                 summary.failures[str(path)] = str(exc)
                 continue
@@ -907,6 +920,7 @@ def _write_run_tables(
         "dask": None if client is None else _cluster_record(client),
         "inputs": summary.processed,
         "skipped": list(summary.skipped),
+        "parts_of_other_inputs": list(summary.parts),
         "modalities": summary.modalities,
         "pixel_sizes_um": summary.pixel_sizes_um,
         "axes": summary.axes,

@@ -466,7 +466,7 @@ def _analyze_and_report(args, settings, client) -> int:
         )
     finally:
         progress.finish()
-    for path, message in summary.skipped.items():
+    for path, message in {**summary.skipped, **summary.parts}.items():
         print(f"napari-bloodcell: {path}: {message}", file=sys.stderr)
     for path, message in summary.failures.items():
         print(

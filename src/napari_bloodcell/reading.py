@@ -20,10 +20,12 @@ how its intensity mapping is chosen from a bounded sample of frames).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -689,7 +691,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
                 f"{path}: cannot be read as an image (the TIFF holds no image series)"
             )
         series = _single_series(path, tif)
-        array = series.asarray()
+        with _reopening_other_files():
+            array = series.asarray()
         series_axes = series.axes
         if (alpha_axis := _tiff_alpha_sample_axis(series)) is not None:
             alpha = array.take(1, axis=alpha_axis)  # all pages' alpha: the array is read
@@ -729,7 +732,7 @@ def _open_tiff_lazily(path: Path):
                 f"{path}: cannot be read as an image (the TIFF holds no image series)"
             )
         series = _single_series(path, tif)
-        pages = _TiffPages.of(path, series, tif.byteorder, tif.series.index(series))
+        pages = _TiffPages.of(path, series, tif.byteorder)
         series_axes, shape = series.axes, pages.shape
         if (alpha_axis := _tiff_alpha_sample_axis(series)) is not None:
             # the first page's alpha decides, as a stack's sampled frames do for RGBA
@@ -769,6 +772,7 @@ def _single_series(path: Path, tif):
             f"{' …' if len(series) > 4 else ''} (the second starts at page "
             f"{series[1].pages[0].index}); save one stack of same-shape pages per file"
         )
+    _check_whole_ome_set(path, tif, series[0])
     keyframe = series[0].keyframe
     try:
         check_frame_pixels(keyframe.imagelength, keyframe.imagewidth)
@@ -777,16 +781,63 @@ def _single_series(path: Path, tif):
     return series[0]
 
 
+@contextlib.contextmanager
+def _reopening_other_files() -> Iterator[None]:
+    """Silence tifffile's warning that it reopens a closed file: it does so reading a
+    multi-file OME-TIFF's series at once (correctly: the same frames as page by page)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*reading array from closed file")
+        yield
+
+
+class PartOfAnotherFileError(InputImageError):
+    """The file is a later part of a multi-file OME-TIFF (e.g. Micro-Manager's
+    ``…_MMStack_1.ome.tif``): its frames are read, with the others, from ``first_file``."""
+
+    def __init__(self, path: Path, first_file: Path):
+        super().__init__(
+            f"{path}: part of the multi-file OME-TIFF {first_file.name}, which holds its "
+            f"metadata and reads all its files: analyse {first_file.name} (analysing this "
+            f"part too would count its frames twice)"
+        )
+        self.first_file = first_file
+
+
+def _check_whole_ome_set(path: Path, tif, series) -> None:
+    """Refuse a later file of a multi-file OME-TIFF (:class:`PartOfAnotherFileError`)
+    and an OME series whose files lack some of its pages (an acquisition stopped early, or
+    a file of the set missing): its frames would be zeros, or fail one by one."""
+    ome = tif.ome_metadata or ""
+    if "<BinaryOnly" in ome:
+        found = re.search(r'MetadataFile="([^"]+)"', ome)
+        first = path.with_name(found.group(1)) if found else Path("(not named)")
+        raise PartOfAnotherFileError(path, first)
+    if series.kind != "ome":
+        return
+    pages = series.pages
+    first = next((page for page in pages if page is not None), None)
+    if first is not None and first.parent is not tif:
+        raise PartOfAnotherFileError(path, path.with_name(Path(first.parent.filename).name))
+    missing = [i for i, page in enumerate(pages) if page is None]
+    if missing:
+        raise InputImageError(
+            f"{path}: its OME metadata lists {len(pages)} pages but {len(missing)} of them "
+            f"(from page {missing[0]}) are in none of its files: an acquisition that "
+            f"stopped early, or a file of a multi-file OME-TIFF missing? Save the frames "
+            f"it holds as a new TIFF (e.g. in Fiji) to analyse them"
+        )
+
+
 @dataclass(frozen=True)
 class _TiffPages:
     """Array-like view of one TIFF series that reads one page per ``[...]`` (for Dask).
 
-    Pages are read with tifffile when the series lists them all — at their header's
-    offset in the file when they are all in it (building the series again for every page
-    costs ~0.1 s in a 10,000-page OME-TIFF; finding page i by its index walks the headers
-    of the i pages before it: 31 s to read 8,000 pages one by one, 1 s at their offsets),
-    else through the series; a contiguous series whose pages are not all listed (ImageJ
-    files over 4 GB) is read at its byte offsets.
+    Pages are read with tifffile when the series lists them all, at their header's
+    offset in their file (this one, or another file of a multi-file OME-TIFF; building
+    the series again for every page costs ~0.1 s in a 10,000-page OME-TIFF, and finding
+    page i by its index walks the headers of the i pages before it: 31 s to read 8,000
+    pages one by one, 1 s at their offsets); a contiguous series whose pages are not all
+    listed (ImageJ files over 4 GB) is read at its byte offsets.
     """
 
     path: str
@@ -794,13 +845,12 @@ class _TiffPages:
     page_shape: tuple[int, ...]
     dtype: np.dtype
     stored_dtype: np.dtype  # with the file's byte order
-    listed_pages: bool
     data_offset: int | None
-    page_offsets: tuple[int, ...] | None = None  # of the listed pages' headers (IFDs)
-    series_index: int = 0  # of the series in the file's series (pages listed elsewhere)
+    page_offsets: tuple[int, ...] | None = None  # of the listed pages' headers (IFDs) …
+    page_files: tuple[str, ...] | None = None  # … in these files
 
     @classmethod
-    def of(cls, path: Path, series, byteorder: str, series_index: int) -> _TiffPages:
+    def of(cls, path: Path, series, byteorder: str) -> _TiffPages:
         shape, page_shape = tuple(series.shape), tuple(series.keyframe.shape)
         if 0 in shape:
             raise InputImageError(f"{path}: the image has zero size (shape {shape})")
@@ -815,20 +865,20 @@ class _TiffPages:
                 f"{path}: the TIFF lists {len(series.pages)} of {n_pages} pages and is "
                 f"not contiguous; cannot read its frames"
             )
+        if listed and any(page is None for page in series.pages):
+            raise InputImageError(f"{path}: some of its {n_pages} pages are in none of its files")
         dtype = np.dtype(series.dtype)
-        in_this_file = listed and all(
-            page is not None and page.parent is series.parent for page in series.pages
-        )
         return cls(
             path=str(path),
             shape=shape,
             page_shape=page_shape,
             dtype=dtype.newbyteorder("="),
             stored_dtype=dtype.newbyteorder(byteorder),
-            listed_pages=listed,
             data_offset=series.dataoffset,
-            page_offsets=tuple(int(page.offset) for page in series.pages) if in_this_file else None,
-            series_index=series_index,
+            page_offsets=tuple(int(page.offset) for page in series.pages) if listed else None,
+            page_files=tuple(page.parent.filehandle.path for page in series.pages)
+            if listed
+            else None,
         )
 
     @property
@@ -849,12 +899,9 @@ class _TiffPages:
         page = int(np.ravel_multi_index(position, self.shape[:n_outer])) if n_outer else 0
         try:
             if self.page_offsets is not None:
-                with tifffile.TiffFile(self.path) as tif:
+                with tifffile.TiffFile(self.page_files[page]) as tif:
                     tif.filehandle.seek(self.page_offsets[page])
                     data = tifffile.TiffPage(tif, index=page).asarray()
-            elif self.listed_pages:
-                with tifffile.TiffFile(self.path) as tif:
-                    data = tif.series[self.series_index].pages[page].asarray()
             else:
                 count = int(np.prod(self.page_shape))
                 offset = self.data_offset + page * count * self.stored_dtype.itemsize
