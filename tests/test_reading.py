@@ -171,9 +171,17 @@ def test_ome_tiff_axes_and_pixel_size(tmp_path):
         ({"imagej": True, "resolution": (1 / 0.5, 1 / 0.5), "metadata": {"unit": "micron"}}, 0.5),
         ({"imagej": True, "resolution": (2.0, 2.0), "metadata": {"unit": "pixel"}}, None),
         ({"photometric": "minisblack"}, None),  # no calibration
+        ({"resolution": (5e4, 5e4), "resolutionunit": "CENTIMETER"}, 0.2),  # plain TIFF tags
+        ({"resolution": (25400 / 0.2, 25400 / 0.2), "resolutionunit": "INCH"}, 0.2),
+        ({"resolution": (5, 5), "resolutionunit": 5}, 0.2),  # tifffile's µm unit
+        ({"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a document's dpi
+        ({"resolution": (2400, 2400), "resolutionunit": "INCH"}, None),  # 10.6 µm: a scan's
+        ({"resolution": (5, 5), "resolutionunit": "NONE"}, None),
     ],
 )  # fmt: skip
 def test_pixel_size_from_ome_units_and_imagej_calibration(tmp_path, kwargs, expected):
+    """(Plain TIFF resolution tags, e.g. Bio-Formats' or a vendor's export in cm, were
+    ignored: no µm columns, segmentation at the reference scale.)"""
     path = tmp_path / "x.tif"
     tifffile.imwrite(
         path, np.random.default_rng(2).integers(0, 255, (3, 24, 32), np.uint8), **kwargs
@@ -187,6 +195,7 @@ def test_pixel_size_from_ome_units_and_imagej_calibration(tmp_path, kwargs, expe
     [
         {"imagej": True, "resolution": (1 / 0.65, 1 / 0.5), "metadata": {"unit": "um"}},
         {"ome": True, "metadata": {"PhysicalSizeX": 0.65, "PhysicalSizeY": 0.5}},
+        {"resolution": (1e4 / 0.65, 1e4 / 0.5), "resolutionunit": "CENTIMETER"},
     ],
 )
 def test_pixels_that_are_not_square_are_refused(tmp_path, kwargs):

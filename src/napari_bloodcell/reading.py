@@ -968,20 +968,34 @@ LENGTH_UNITS_UM = {
 """Length units of OME and ImageJ metadata, in µm (ImageJ may write µ as an escape)."""
 
 
+RESOLUTION_UNITS_UM = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}
+"""TIFF ``ResolutionUnit`` values (inch, cm, and tifffile's mm and µm) in µm."""
+PLAUSIBLE_PIXEL_UM = (0.01, 5.0)
+"""Pixel sizes (µm) a plain TIFF's resolution tags are trusted for: a microscope's, not a
+document's 72–4,800 dpi (5.3–350 µm per pixel)."""
+
+
 def _tiff_pixel_size_um(tif) -> float | None:
     """The pixel size in µm from OME metadata (``PhysicalSizeX``/``Y`` and their units, µm
-    when none is given) or from an ImageJ calibration (``X``/``YResolution`` pixels per
-    ``unit``), if present in a known length unit. Pixels that are not square are refused
-    (:class:`InputImageError`): every length and area in µm assumes square pixels."""
-    ome = tif.ome_metadata
+    when none is given), from an ImageJ calibration (``X``/``YResolution`` pixels per
+    ``unit``) in a known length unit, else from a plain TIFF's resolution tags (pixels
+    per ``ResolutionUnit``) when the size is a microscope's (:data:`PLAUSIBLE_PIXEL_UM`).
+    Pixels that are not square are refused (:class:`InputImageError`): every length and
+    area in µm assumes square pixels."""
+    ome, calibration = tif.ome_metadata, tif.imagej_metadata or {}
+    tags = tif.pages[0].tags
     if ome:
         sizes = [_ome_physical_size(ome, axis) for axis in "XY"]
+    elif "unit" in calibration:
+        factor = LENGTH_UNITS_UM.get(str(calibration["unit"]).lower())
+        sizes = [_calibrated_size(tags.get(f"{axis}Resolution"), factor) for axis in "XY"]
     else:
-        calibration = tif.imagej_metadata or {}
-        factor = LENGTH_UNITS_UM.get(str(calibration.get("unit", "")).lower())
-        sizes = [
-            _calibrated_size(tif.pages[0].tags.get(f"{axis}Resolution"), factor) for axis in "XY"
-        ]
+        unit = tags.get("ResolutionUnit")
+        factor = RESOLUTION_UNITS_UM.get(int(unit.value)) if unit is not None else None
+        sizes = [_calibrated_size(tags.get(f"{axis}Resolution"), factor) for axis in "XY"]
+        low, high = PLAUSIBLE_PIXEL_UM
+        if not all(size is not None and low <= size <= high for size in sizes):
+            return None
     x, y = sizes
     if x is not None and y is not None and abs(x - y) > 0.01 * x:
         raise InputImageError(
