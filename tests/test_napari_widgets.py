@@ -402,6 +402,31 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert saved and len(read_table(tmp_path / "saved.csv")) == len(cells.features)
 
 
+def test_a_new_batch_leaves_a_copy_of_the_tracks_layer_alone(make_napari_viewer, qtbot):
+    """The copy (Layers → Duplicate, renamed) carries the plugin's key: the next batch
+    renamed it "… (earlier run)" and stripped its key, as if it were the plugin's."""
+    from napari.layers._layer_actions import _duplicate_layer
+
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=1, n_platelets=3, seed=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image, rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    _track(widget, qtbot)
+    tracks = viewer.layers["movie tracks"]
+    viewer.layers.selection = {tracks}
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers[-1]
+    copy.name = "my curated tracks"
+    metadata = dict(copy.metadata)
+    _run(widget, qtbot)
+    assert copy.name == "my curated tracks" and copy.metadata == metadata
+    assert tracks.name == "movie tracks (earlier run)"
+
+
 def test_tracking_cells_without_leukocytes_or_platelets_adds_no_tracks_layer(
     make_napari_viewer, qtbot, tmp_path
 ):

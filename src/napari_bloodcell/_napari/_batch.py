@@ -18,7 +18,6 @@ from ._layers import (
     all_classes,
     cells_table,
     class_colours,
-    layer_key,
     placement_of,
     stack_keys,
     tracks_key,
@@ -127,9 +126,9 @@ class BatchWidget(AnalysisWidget):
 
     def _release_tracks_layer(self, image_id: str) -> None:
         """Keep the tracks layer of image ``image_id``, named ``… (earlier run)``, but never
-        update it again."""
-        for layer in self._viewer.layers:
-            if layer_key(layer.metadata) == tracks_key(image_id) and release_layer(layer):
+        update it again (a user's copy of it is not touched)."""
+        for layer in own_layers(self._viewer, {tracks_key(image_id)}):
+            if release_layer(layer):
                 layer.name = f"{layer.name} (earlier run)"
 
     def _apply(self, item: StackProgress) -> None:
