@@ -122,3 +122,20 @@ def test_physical_units_scale_lengths_once_and_areas_twice():
     assert measured[["centroid_y_um", "centroid_x_um", "diameter_um"]].tolist() == [5.0, 2.0, 4.0]
     assert measured["area_um2"] == 12.5
     assert "area_um2" not in add_physical_units(table, None)
+
+
+def test_a_column_mixing_texts_and_numbers_is_named_when_parquet_refuses_it(tmp_path):
+    """A note column filled in napari's features table with texts and numbers made pyarrow
+    raise ArrowTypeError from the Export button (a traceback; nothing saved)."""
+    import numpy as np
+
+    from napari_bloodcell._napari._writer import export_table
+    from napari_bloodcell.errors import BloodcellError
+
+    pytest.importorskip("pyarrow")
+    table = _table(2).assign(note=np.array(["check", 3], dtype=object))
+    with pytest.raises(BloodcellError, match="column\\(s\\) 'note' mix texts and numbers"):
+        write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(BloodcellError, match="'note' mix texts"):
+        export_table(tmp_path / "e.csv", table, {})  # the CSV and its Parquet copy
+    assert not list(tmp_path.iterdir())  # nothing half written, no temporary file

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import BloodcellError
+from .errors import BloodcellError, one_line
 
 BASE_COLUMNS = [
     "source",
@@ -138,11 +138,30 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
                 table.to_parquet(tmp, index=False)
             except ImportError as exc:
                 raise BloodcellError(PARQUET_NEEDS_PYARROW.format(path=path)) from exc
+            except (TypeError, ValueError) as exc:  # pyarrow's ArrowTypeError, ArrowInvalid
+                raise BloodcellError(_parquet_refusal(table, path, exc)) from exc
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # must not hide the error that stopped the write
             tmp.unlink(missing_ok=True)
     return path
+
+
+def _parquet_refusal(table: pd.DataFrame, path: Path, error: Exception) -> str:
+    """Why ``table`` cannot be Parquet, naming its columns that mix Python types (e.g. a
+    note column a user filled with texts and numbers)."""
+    mixed = [
+        str(column)
+        for column in table.columns
+        if table[column].dtype == object and table[column].dropna().map(type).nunique() > 1
+    ]
+    why = (
+        f"column(s) {', '.join(map(repr, mixed))} mix texts and numbers; give each column "
+        f"one type, or write CSV"
+        if mixed
+        else one_line(error)
+    )
+    return f"{path}: cannot write the table as Parquet: {why}"
 
 
 PANDAS_NA_TEXT = (
