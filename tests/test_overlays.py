@@ -88,3 +88,16 @@ def test_both_channels_of_a_two_channel_frame_are_drawn():
     frame[..., 0], frame[..., 1] = 0.2, 0.6
     out = render_overlay(frame, np.zeros((10, 10), np.int32), pd.DataFrame())
     assert tuple(out[5, 5]) == (51, 153, 0)
+
+
+def test_every_class_of_a_user_model_gets_its_own_colour():
+    """The 8th class a model added to the fixed ones shared the 1st one's colour (a cycle
+    of 7): e.g. a fine-tuned model's "band" and "artifact" looked alike in every layer."""
+    from napari_bloodcell.classes import CLASS_COLOURS, class_colours
+
+    own = [f"class {i}" for i in range(40)]
+    colours = class_colours([*own, "neutrophil", "platelet"])
+    assert len({colours[name] for name in own}) == len(own)
+    assert not {colours[name] for name in own} & set(CLASS_COLOURS.values())
+    assert colours["neutrophil"] == CLASS_COLOURS["neutrophil"]
+    assert class_colours(own[:9]) == {name: colours[name] for name in own[:9]}  # stable

@@ -32,16 +32,32 @@ def class_colour(name: str) -> str:
     return CLASS_COLOURS.get(str(name).lower(), OTHER_COLOUR)
 
 
-EXTRA_COLOURS = ("#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#dbdb8d", "#9edae5")
+EXTRA_COLOURS = (
+    "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#dbdb8d", "#9edae5",  # tab20's
+    "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173",  # tab20b's dark ones …
+    "#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b", "#ce6dbd",  # … and middle ones
+)  # fmt: skip
 """Colours for classes outside :data:`CLASS_COLOURS` (e.g. a user model's own classes)."""
 
 
+def extra_colour(index: int) -> str:
+    """The colour of the ``index``-th class outside :data:`CLASS_COLOURS`: from
+    :data:`EXTRA_COLOURS`, then hues a golden angle apart (distinct for any number)."""
+    import colorsys
+
+    if index < len(EXTRA_COLOURS):
+        return EXTRA_COLOURS[index]
+    hue = (index - len(EXTRA_COLOURS)) * 0.618034 % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.55, 0.8)
+    return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
+
+
 def class_colours(classes) -> dict[str, str]:
-    """Fixed colour per class: :data:`CLASS_COLOURS`, then :data:`EXTRA_COLOURS` for other
+    """Fixed colour per class: :data:`CLASS_COLOURS`, then :func:`extra_colour` for other
     classes in the given order (so each keeps its colour for a given model)."""
     classes = [str(c) for c in dict.fromkeys(classes)]
     others = [c for c in classes if c.lower() not in CLASS_COLOURS]
-    extra = {c: EXTRA_COLOURS[i % len(EXTRA_COLOURS)] for i, c in enumerate(others)}
+    extra = {c: extra_colour(i) for i, c in enumerate(others)}
     return {c: extra.get(c) or class_colour(c) for c in classes}
 
 
