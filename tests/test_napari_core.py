@@ -665,3 +665,21 @@ def test_exported_parameters_record_the_calibration_of_the_models_confidences(tm
         "file_modified_ns": status.st_mtime_ns,
         "file_size_bytes": status.st_size,
     }
+
+
+def test_the_pixel_size_comes_from_a_layer_scale_in_lengths():
+    from napari.layers import Image
+
+    from napari_bloodcell._napari._compute import calibrated_pixel_size_um, image_layout
+
+    def size(units, scale=(2.0, 0.25, 0.25), shape=(5, 16, 16)):
+        layer = Image(np.zeros(shape), scale=scale, units=units)
+        return calibrated_pixel_size_um(image_layout(shape, False), layer.scale, layer.units)
+
+    assert size(("second", "micrometer", "micrometer")) == 0.25
+    assert size(("second", "nanometer", "nanometer"), scale=(1, 250, 250)) == 0.25
+    assert size(None) is None  # napari's default unit: pixel
+    rgb = Image(np.zeros((16, 16, 3)), rgb=True, scale=(0.5, 0.5), units="mm")
+    assert calibrated_pixel_size_um(image_layout((16, 16, 3), True), rgb.scale, rgb.units) == 500
+    with pytest.raises(InputImageError, match="0.25 µm wide and 0.5 µm high"):
+        size(("second", "micrometer", "micrometer"), scale=(1, 0.5, 0.25))

@@ -549,10 +549,13 @@ def test_cancelling_a_batch_keeps_exactly_the_finished_frames(
     assert viewer.layers["movie stack instances"] is instances and instances.data.shape[0] == 6
 
 
-def test_a_cancelled_batch_rerun_keeps_the_earlier_result(make_napari_viewer, qtbot, dask_movie):
+def test_a_cancelled_batch_rerun_keeps_the_earlier_result(
+    make_napari_viewer, qtbot, dask_movie, tmp_path
+):
     """A re-run writes into layers of its own until it finishes: a full result was replaced
     by the one frame of a re-run cancelled at once (a user's result overwritten unasked)."""
     from napari_bloodcell._napari._batch import BatchWidget
+    from napari_bloodcell.table import read_table
 
     def slow(block):  # a slow reader gives the viewer time to cancel mid-batch
         time.sleep(0.4)
@@ -566,7 +569,7 @@ def test_a_cancelled_batch_rerun_keeps_the_earlier_result(make_napari_viewer, qt
     _run(widget, qtbot)
     earlier = list(viewer.layers)
     instances, _, cells = earlier[1:]
-    kept = cells.features.copy()
+    kept, legend = cells.features.copy(), widget.legend.value
     image.data = dask_movie.map_blocks(slow)
     widget.pixel_size.value = 0.25
     widget.run()
@@ -580,13 +583,19 @@ def test_a_cancelled_batch_rerun_keeps_the_earlier_result(make_napari_viewer, qt
     assert [layer.name for layer in cancelled] == [
         f"movie stack {role} (cancelled run)" for role in ("instances", "classes", "cells")
     ]
-    assert 1 <= cancelled[0].data.shape[0] < 6 and widget._cells_layer is cancelled[-1]
+    assert 1 <= cancelled[0].data.shape[0] < 6
+    # Export and Track cells act on the kept result (they took the cancelled run's cells)
+    assert widget._cells_layer is cells and widget.legend.value == legend
     assert all("key" not in layer.metadata["napari_bloodcell"] for layer in cancelled)
     assert widget.status.value.startswith("cancelled") and "earlier result is kept" in (
         widget.status.value
     )
+    _track(widget, qtbot)
+    assert widget._tracked_cells[0] is cells
+    widget.export_file.value = tmp_path / "kept.csv"
+    assert widget.export() and len(read_table(tmp_path / "kept.csv")) == len(kept)
     _run(widget, qtbot)  # a re-run that finishes updates the earlier result's layers
-    assert list(viewer.layers) == [*earlier, *cancelled]
+    assert list(viewer.layers)[: len(earlier) + 3] == [*earlier, *cancelled]
     assert instances.data.shape[0] == 6 and widget._cells_layer is cells
     assert cells.metadata["napari_bloodcell"]["parameters"]["pixel_size_um"] == 0.25
 
@@ -1137,3 +1146,68 @@ def test_shown_viewer_analyzes_a_real_bccd_frame_without_crashing(
 
     frame = iio.imread(SHARED_DATA / "bccd" / "JPEGImages" / "BloodImage_00000.jpg")
     _analyze_in_shown_viewer(make_napari_viewer, qtbot, frame, default_model)
+
+
+def test_export_never_writes_an_earlier_image_s_result_after_a_failed_run(
+    make_napari_viewer, qtbot, smear, tmp_path
+):
+    """Analyze on a smear, then on a constant image (refused per frame): the legend kept
+    the smear's counts and Export wrote the smear's table under the new image's name."""
+    viewer, widget = _analysed_smear(make_napari_viewer, qtbot, smear)
+    cells, legend = viewer.layers["smear cells"], widget.legend.value
+    assert legend and widget._cells_layer is cells
+    widget.image.value = viewer.add_image(np.full((64, 64, 3), 200, np.uint8), rgb=True, name="b")
+    _run(widget, qtbot)
+    assert widget.status.value.startswith("failed") and widget.legend.value == ""
+    widget.export_file.value = tmp_path / "b.csv"
+    assert not widget.export() and not (tmp_path / "b.csv").exists()
+    widget.image.value = viewer.layers["smear"]
+    widget.run()  # a re-run of the smear, cancelled: its earlier result stays the result
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("cancelled")
+    assert widget._cells_layer is cells and widget.legend.value == legend
+
+
+def test_removing_the_image_layer_cancels_its_batch(make_napari_viewer, qtbot, dask_movie):
+    """The batch ran to its last frame and added its layers for an image no longer there."""
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    def slow(block):
+        time.sleep(0.3)
+        return block
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(dask_movie.map_blocks(slow), rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.display_interval_s = 0.0
+    widget.run()
+    widget.worker.yielded.connect(lambda _: image in viewer.layers and viewer.layers.remove(image))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("cancelled")
+    instances = viewer.layers["movie stack instances"]
+    assert instances.metadata["napari_bloodcell"]["parameters"]["frames"] < 6
+
+
+def test_a_layer_scaled_in_micrometres_is_analysed_at_its_pixel_size(
+    make_napari_viewer, qtbot, smear
+):
+    """The pixel size came from the field only: a layer opened with its calibration (scale
+    0.25 µm) was segmented at the reference scale, unlike the same file in the CLI."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(smear.image, rgb=True, name="smear", scale=(0.25, 0.25))
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    cells = viewer.layers["smear cells"]
+    assert cells.metadata["napari_bloodcell"]["parameters"]["pixel_size_um"] is None  # pixels
+    image.units = ("micrometer", "micrometer")
+    _run(widget, qtbot)
+    from_scale = cells.features.copy()
+    assert cells.metadata["napari_bloodcell"]["parameters"]["pixel_size_um"] == 0.25
+    widget.pixel_size.value = 0.25  # typed: the same analysis
+    _run(widget, qtbot)
+    pd.testing.assert_frame_equal(cells.features, from_scale)

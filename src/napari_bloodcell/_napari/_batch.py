@@ -50,6 +50,7 @@ class BatchWidget(AnalysisWidget):
     """
 
     keep_results_after_cancel = True
+    cells_role = "stack-cells"
     display_interval_s = 0.5
     """Results are shown at most this often (and when the batch ends or is cancelled):
     building the layers and the plot costs more the longer the table grows."""
@@ -160,6 +161,7 @@ class BatchWidget(AnalysisWidget):
                 layer.name = layer.name.replace(f"({RUNNING})", f"({outcome} run)")
             summary = self._state["summary"] or "no results"
             self._state["summary"] = f"{summary}; the earlier result is kept"
+            self._keep_earlier_result()  # what Export and Track cells act on
             return
         if self._latest is not None:
             self._show(self._latest)  # into the earlier result's layers

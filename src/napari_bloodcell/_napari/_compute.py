@@ -88,6 +88,27 @@ class ImageLayout:
         return Placement(tuple(scale), tuple(translate.tolist()), extra, transform)
 
 
+def calibrated_pixel_size_um(layout: ImageLayout, scale, units) -> float | None:
+    """µm per pixel from an image layer's Y and X ``scale`` when their ``units`` (pint
+    units, as napari's ``layer.units``) are lengths, else None (napari's default unit,
+    pixel, is no length). Raises :class:`InputImageError` for pixels that are not square,
+    as for a file's calibration."""
+    axes = layout.layer_axes
+    sizes = []
+    for letter in "YX":
+        unit = units[axes.index(letter)] if units is not None else None
+        if unit is None or str(unit.dimensionality) != "[length]":
+            return None
+        sizes.append(float((scale[axes.index(letter)] * unit).to("micrometer").magnitude))
+    height, width = sizes
+    if abs(width - height) > 0.01 * width:
+        raise InputImageError(
+            f"the layer's pixels are {width:g} µm wide and {height:g} µm high (its scale); "
+            f"lengths and areas in µm need square pixels"
+        )
+    return width
+
+
 def rotation_and_shear(transform: dict, ndim: int) -> np.ndarray:
     """The (D, D) linear part napari applies between a layer's scale and its translate:
     ``rotate`` · ``shear`` of ``transform`` (layer arguments of a D-axis layer)."""

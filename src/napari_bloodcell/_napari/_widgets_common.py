@@ -8,6 +8,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import replace
 from functools import partial, wraps
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
 )
+from pandas import CategoricalDtype
 from psygnal import Signal
 
 from ..classification.model_files import (
@@ -38,6 +40,7 @@ from ._compute import (
     AnalysisJob,
     Failure,
     ImageLayout,
+    calibrated_pixel_size_um,
     channel_mapping,
     check_channels,
     guarded,
@@ -348,6 +351,8 @@ class AnalysisWidget(Container):
     """
 
     keep_results_after_cancel = False
+    cells_role = "cells"
+    """The role in the key of the cells layer of a result (see ``layer_metadata``)."""
 
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -367,7 +372,8 @@ class AnalysisWidget(Container):
         self.model = ComboBox(label="model", choices=model_choices)
         self.pixel_size = FloatSpinBox(
             label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
-            tooltip="µm per pixel; 0 = unknown (defaults tuned on BCCD frames)",
+            tooltip="µm per pixel; 0 = the image layer's scale when its units are lengths "
+            "(e.g. µm), else unknown (defaults tuned on BCCD frames)",
         )  # fmt: skip
         self.pixel_size.native.setDecimals(PIXEL_SIZE_DECIMALS)  # 0.065 µm must not become 0.07
         self.uncertain_threshold = FloatSpinBox(
@@ -415,9 +421,11 @@ class AnalysisWidget(Container):
             napari_viewer.layers.events.renamed,
             MODEL_EVENTS.changed,
         )
-        for signal in signals:
-            signal.connect(self.reset_choices)
-        closing = partial(_stop_and_release, self._owner, self._state, signals, self.reset_choices)
+        connections = [(signal, self.reset_choices) for signal in signals]
+        connections.append((napari_viewer.layers.events.removed, self._cancel_if_image_removed))
+        for signal, callback in connections:
+            signal.connect(callback)
+        closing = partial(_stop_and_release, self._owner, self._state, connections)
         self.native.destroyed.connect(closing)
         self._dock_watcher = DockWatcher(self.native, closing)
         self._on_model_changed(self.model.value)
@@ -486,6 +494,9 @@ class AnalysisWidget(Container):
         check_image_layer(layer)
         layout: ImageLayout = image_layout(layer.data.shape, layer.rgb, self.axes.value)
         settings = self.settings(layout.n_channels)
+        if settings.pixel_size_um is None:  # the field left at 0: the layer's calibration
+            calibrated = calibrated_pixel_size_um(layout, layer.scale, layer.units)
+            settings = replace(settings, pixel_size_um=calibrated)
         check_channels(settings, layout)
         classifier = None
         if self.model.value is not None:
@@ -527,7 +538,8 @@ class AnalysisWidget(Container):
         if self.worker is not None:
             return
         try:
-            steps, total = self._steps(self.job())
+            job = self.job()
+            steps, total = self._steps(job)
         except BloodcellError as exc:
             self._show_error(str(exc))
             return
@@ -540,6 +552,9 @@ class AnalysisWidget(Container):
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
         self._state.update(worker=worker, cancelled=False, failed=False, summary="")
+        # Export (and a batch's Track) act on this run's result, or on none
+        self._state["image_id"] = job.image_id
+        self._cells_layer, self.legend.value = None, ""
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = "running…"
@@ -552,6 +567,26 @@ class AnalysisWidget(Container):
             self.status.value = "cancelling…"
             self.worker.quit()
 
+    def _cancel_if_image_removed(self, event) -> None:
+        """Stop the analysis of an image layer the user removed (its results would be
+        added for an image no longer there)."""
+        from napari.utils.notifications import show_info
+
+        if self.worker is not None and str(event.value.unique_id) == self._state["image_id"]:
+            show_info(f"{event.value.name!r} was removed: its analysis is cancelled")
+            self.cancel()
+
+    def _keep_earlier_result(self) -> None:
+        """After a run that showed no result of its own (it failed or was cancelled before
+        its first), or a re-run whose earlier result is kept: Export (and Track) act on the
+        earlier result of the same image again, if the plugin's cells layer is still there."""
+        key = f"{self.cells_role}:{self._state['image_id']}"
+        for layer in own_layers(self._viewer, {key}):
+            cell_class = layer.features.get("cell_class")
+            categorical = cell_class is not None and isinstance(cell_class.dtype, CategoricalDtype)
+            classes = list(cell_class.cat.categories) if categorical else []
+            self._cells_layer, self.legend.value = layer, legend_html(layer.features, classes)
+
     @while_open
     def _on_yielded(self, item) -> None:
         if isinstance(item, Failure):
@@ -563,6 +598,8 @@ class AnalysisWidget(Container):
     @while_open
     def _on_finished(self) -> None:
         self._state["worker"] = None
+        if self._cells_layer is None:
+            self._keep_earlier_result()
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         if self._state["failed"]:  # the results of the frames before the failure stay
@@ -687,7 +724,7 @@ def _dock_of(widget):
     return parent
 
 
-def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args) -> None:
+def _stop_and_release(owner: str, state: dict, connections: list, *_args) -> None:
     """When a widget is destroyed: stop its workers (the analysis and a batch's tracking;
     their results are dropped), disconnect it from the viewer and model events, and release
     its classifier processes."""
@@ -697,7 +734,7 @@ def _stop_and_release(owner: str, state: dict, signals: tuple, callback, *_args)
     for worker in (state["worker"], state.get("track_worker")):
         if worker is not None:
             worker.quit()
-    for signal in signals:
+    for signal, callback in connections:
         _disconnect(signal, callback)
     CLASSIFIERS.release(owner)
 
