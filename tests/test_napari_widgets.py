@@ -1211,3 +1211,27 @@ def test_a_layer_scaled_in_micrometres_is_analysed_at_its_pixel_size(
     widget.pixel_size.value = 0.25  # typed: the same analysis
     _run(widget, qtbot)
     pd.testing.assert_frame_equal(cells.features, from_scale)
+
+
+def test_a_stack_calibrated_in_seconds_and_micrometres_is_tracked_in_them(
+    make_napari_viewer, qtbot, dask_movie
+):
+    """The frame interval came from the field only: a stack opened with its calibration
+    was tracked per frame (px/frame speeds) unless the user typed the interval again."""
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        dask_movie, rgb=True, name="movie", scale=(5.0, 0.5, 0.5),
+        units=("second", "micrometer", "micrometer"),
+    )  # fmt: skip
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    _track(widget, qtbot)
+    assert widget.tracking.settings["frame_interval_s"] == 5.0
+    assert widget.tracking.settings["pixel_size_um"] == 0.5
+    assert widget.tracking.settings["speed_unit"] == "um_per_min"
+    widget.frame_interval.value = 2.0  # typed: the field wins
+    _track(widget, qtbot)
+    assert widget.tracking.settings["frame_interval_s"] == 2.0

@@ -62,7 +62,8 @@ class BatchWidget(AnalysisWidget):
         super().__init__(napari_viewer)
         self.frame_interval = FloatSpinBox(
             label="frame interval (s)", value=0.0, min=0.0, max=3600.0, step=1.0,
-            tooltip="seconds between frames, for speeds in µm/min; 0 = unknown (per frame)",
+            tooltip="seconds between frames, for speeds in µm/min; 0 = the image layer's time "
+            "scale when its unit is a time, else unknown (per frame)",
         )  # fmt: skip
         self.max_speeds = {
             cell: FloatSpinBox(
@@ -222,7 +223,7 @@ class BatchWidget(AnalysisWidget):
             track_table,
             table,
             parameters.get("pixel_size_um"),
-            self.frame_interval.value or None,
+            self.frame_interval.value or parameters.get("frame_interval_s"),
             TrackingParams(
                 **{f"{cell}_max_speed": box.value or None for cell, box in self.max_speeds.items()}
             ),

@@ -93,20 +93,35 @@ def calibrated_pixel_size_um(layout: ImageLayout, scale, units) -> float | None:
     units, as napari's ``layer.units``) are lengths, else None (napari's default unit,
     pixel, is no length). Raises :class:`InputImageError` for pixels that are not square,
     as for a file's calibration."""
-    axes = layout.layer_axes
-    sizes = []
-    for letter in "YX":
-        unit = units[axes.index(letter)] if units is not None else None
-        if unit is None or str(unit.dimensionality) != "[length]":
-            return None
-        sizes.append(float((scale[axes.index(letter)] * unit).to("micrometer").magnitude))
-    height, width = sizes
+    height, width = (
+        _calibrated_step(layout, scale, units, axis, "[length]", "micrometer") for axis in "YX"
+    )
+    if height is None or width is None:
+        return None
     if abs(width - height) > 0.01 * width:
         raise InputImageError(
             f"the layer's pixels are {width:g} µm wide and {height:g} µm high (its scale); "
             f"lengths and areas in µm need square pixels"
         )
     return width
+
+
+def calibrated_frame_interval_s(layout: ImageLayout, scale, units) -> float | None:
+    """Seconds between frames from an image layer's T ``scale`` when its unit is a time
+    (e.g. a stack opened with its time calibration), else None."""
+    return _calibrated_step(layout, scale, units, "T", "[time]", "second")
+
+
+def _calibrated_step(layout: ImageLayout, scale, units, axis: str, dimension: str, unit_name):
+    """The layer's ``scale`` along ``axis`` in ``unit_name`` when its unit has the
+    ``dimension`` (pint's, e.g. ``"[length]"``), else None."""
+    axes = layout.layer_axes
+    if units is None or axis not in axes:
+        return None
+    unit = units[axes.index(axis)]
+    if str(unit.dimensionality) != dimension:
+        return None
+    return float((scale[axes.index(axis)] * unit).to(unit_name).magnitude)
 
 
 def rotation_and_shear(transform: dict, ndim: int) -> np.ndarray:
@@ -375,13 +390,16 @@ class AnalysisJob:
     translate: tuple[float, ...]
     transform: dict = field(default_factory=dict)
     """The layer's units, rotation, shear and affine (see :func:`._layers.transform_of`)."""
+    frame_interval_s: float | None = None
+    """Seconds between frames, from the layer's calibration (None: unknown)."""
 
     @property
     def model_classes(self) -> list[str]:
         return list(self.classifier.classes) if self.classifier is not None else []
 
     def parameters(self) -> dict:
-        return run_parameters(self.settings, self.classifier, self.source, self.layout)
+        parameters = run_parameters(self.settings, self.classifier, self.source, self.layout)
+        return {**parameters, "frame_interval_s": self.frame_interval_s}
 
     def empty_result(self, t: int):
         """Analysis of an all-zero frame: no cells, the right columns."""

@@ -40,6 +40,7 @@ from ._compute import (
     AnalysisJob,
     Failure,
     ImageLayout,
+    calibrated_frame_interval_s,
     calibrated_pixel_size_um,
     channel_mapping,
     check_channels,
@@ -515,6 +516,7 @@ class AnalysisWidget(Container):
             scale=tuple(layer.scale),
             translate=tuple(layer.translate),
             transform=transform_of(layer),
+            frame_interval_s=calibrated_frame_interval_s(layout, layer.scale, layer.units),
         )
 
     # ------------------------------------------------------------------ running
