@@ -600,8 +600,10 @@ def _drop_constant_alpha(tyxc, sample: np.ndarray, channels_named: bool):
         if channels_named:
             return tyxc
         raise VaryingAlphaError(
-            "the image has 4 channels with a varying 4th channel; if these are 4 fluorescence "
-            "channels give the axes explicitly (e.g. YXC) and a channel mapping"
+            "the image has 4 channels with a varying 4th channel: an RGBA picture with a "
+            "varying transparency, which cannot be analysed (save it without transparency, "
+            "e.g. flattened on a white background), or 4 fluorescence channels (then give "
+            "the axes explicitly, e.g. YXC, and a channel mapping)"
         )
     return tyxc[..., :3]
 
