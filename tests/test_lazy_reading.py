@@ -324,6 +324,8 @@ def test_pages_of_a_later_series_are_read_from_that_series(tmp_path):
         series = tif.series[1]
         pages = reading._TiffPages.of(path, series, tif.byteorder)
     np.testing.assert_array_equal(pages[2, :, :], stack[2])
+    # pages all in this file: nothing per page but their offsets, sent with every unit
+    assert pages.other_files == () and pages.page_file is None
 
 
 def test_a_chunk_carries_the_tasks_of_its_frames_whatever_the_stack_length(tmp_path):

@@ -68,16 +68,27 @@ def test_intensity_rules_are_explicit():
     assert wide_float.min() >= 0 and wide_float.max() <= 1
 
 
-def test_colour_intensities_are_mapped_by_bit_depth_never_stretched():
-    values = np.array([3000, 2000, 100], np.uint16)  # a 12-bit camera's maximum
-    np.testing.assert_allclose(normalise_intensity(values, colour=True), values / 4095)
-    np.testing.assert_allclose(normalise_intensity(values[1:], colour=True), values[1:] / 4095)
-    assert normalise_intensity(np.array([9, 200], np.uint16), colour=True).max() == 200 / 255
-    beyond_16_bits = normalise_intensity(np.array([9.0, 70000.0]), colour=True)
+def _bright_field(top: float, dtype=np.uint16) -> np.ndarray:
+    """A (Y, X, 3) colour picture of mostly bright background (``top``) with a dark cell."""
+    picture = np.full((20, 20, 3), top, np.float64)
+    picture[5:10, 5:10] = top / 4
+    return picture.astype(dtype)
+
+
+def test_bright_colour_pictures_are_mapped_by_bit_depth_never_stretched():
+    twelve_bit = _bright_field(3000)  # a 12-bit camera's maximum
+    np.testing.assert_allclose(normalise_intensity(twelve_bit, colour=True), twelve_bit / 4095)
+    assert normalise_intensity(_bright_field(200), colour=True).max() == 200 / 255
+    beyond_16_bits = normalise_intensity(_bright_field(70000, np.float64), colour=True)
     assert beyond_16_bits.max() == np.float32(70000 / (2**18 - 1))
-    np.testing.assert_allclose(normalise_intensity(np.array([0.2, 1.04]), colour=True), [0.2, 1])
-    stretched = normalise_intensity(values)  # fluorescence channels: the percentile stretch
-    assert stretched.min() == 0 and stretched.max() == 1
+    overshoot = normalise_intensity(_bright_field(1.04, np.float64), colour=True)
+    np.testing.assert_allclose([overshoot.min(), overshoot.max()], [0.26, 1])  # clipped
+    for stretched in (
+        normalise_intensity(twelve_bit),  # channels, not a colour picture
+        normalise_intensity(_bright_field(3000, np.int16) - 1000, colour=True),  # negatives
+        normalise_intensity(4095 - twelve_bit, colour=True),  # dark: fluorescence as RGB
+    ):
+        assert stretched.min() == 0 and stretched.max() == 1
 
 
 @pytest.mark.parametrize(
@@ -102,6 +113,19 @@ def test_a_deep_colour_smear_keeps_the_colours_of_its_8_bit_version(tmp_path, bi
     labels, expected = (analyze_frame(frame[0], None).labels for frame in (deep, eight_bit))
     assert labels.max() == expected.max() > 5
     assert np.mean((labels > 0) == (expected > 0)) > (0.995 if bits == 12 else 1 - 1e-9)
+
+
+def test_fluorescence_saved_as_16_bit_rgb_is_stretched_not_mapped_by_bit_depth(tmp_path):
+    """The bit-depth rule for colour pictures took 3-channel fluorescence too (a tifffile
+    default writes it as RGB): its dark level kept and its signal squeezed, cells lost."""
+    from napari_bloodcell.synthetic import make_timelapse
+
+    movie = make_timelapse(3, (64, 96), n_leukocytes=2, n_platelets=4, seed=0).image
+    counts = movie.astype(np.uint16) * 16 + 100  # a camera's counts above its dark level
+    tifffile.imwrite(tmp_path / "fluo.tif", counts, photometric="rgb")
+    for read in (read_image, open_lazy):
+        data = np.asarray(read(tmp_path / "fluo.tif").data)
+        assert np.percentile(data, 0.1) == 0 and np.percentile(data, 99.9) == 1
 
 
 def test_channels_named_by_metadata_are_stretched_even_three_of_them(tmp_path):
