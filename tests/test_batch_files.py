@@ -474,3 +474,64 @@ def test_the_parts_of_a_multi_file_ome_tiff_are_analysed_once_with_its_first_fil
     assert sorted(summary.table["frame"].unique()) == [0, 1, 2, 3]
     alone = batch.analyze_files([part], tmp_path / "out2", AnalysisSettings(), model=None)
     assert "analyse exp_MMStack.ome.tif" in alone.failures[str(part)]
+
+
+def test_the_progress_ends_complete_when_the_last_input_cannot_be_opened(tmp_path):
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    broken = tmp_path / "in" / "c.png"
+    broken.write_bytes(b"not a picture")
+    seen = []
+    summary = batch.analyze_files([a, b, broken], tmp_path / "out", AnalysisSettings(),
+                                  model=None, on_progress=seen.append)  # fmt: skip
+    assert list(summary.failures) == [str(broken)]
+    assert [p.fraction for p in seen] == pytest.approx([1 / 3, 2 / 3, 1])  # c never counts
+    assert (seen[-1].inputs_opened, seen[-1].inputs_to_open) == (2, 2)
+
+
+def test_an_unexpected_error_opening_an_input_fails_that_input_only(tmp_path, monkeypatch):
+    """Opening happens while the run goes on: an unforeseen error there stopped the run
+    (and on a cluster cancelled the units of the inputs before it)."""
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b, c = _smears(tmp_path / "in", ["a", "b", "c"])
+    open_lazy = batch.open_lazy
+
+    def failing_for_b(path, axes=None):
+        if Path(path).stem == "b":
+            raise RuntimeError("a reader bug")
+        return open_lazy(path, axes=axes)
+
+    monkeypatch.setattr(batch, "open_lazy", failing_for_b)
+    summary = batch.analyze_files([a, b, c], tmp_path / "out", AnalysisSettings(), model=None)
+    assert summary.processed == [str(a), str(c)]
+    assert "unexpected RuntimeError (a reader bug)" in summary.failures[str(b)]
+
+
+def test_an_interrupted_run_never_lists_a_part_of_a_multi_file_ome_tiff_as_failed(tmp_path):
+    import json
+
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    from .helpers import write_ome_set
+
+    frames = np.full((4, 64, 80), 100, np.uint16)
+    frames[:, 20:40, 20:40] = 3000
+    first, part = write_ome_set(tmp_path, frames, binary_only=True)
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+
+    def ctrl_c_in_b(progress) -> None:
+        if progress.source == str(b):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.analyze_files([first, part, a, b], tmp_path / "out", AnalysisSettings(),
+                            model=None, on_progress=ctrl_c_in_b)  # fmt: skip
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["parts_of_other_inputs"] == [str(part)]
+    assert run["failures"] == {str(b): "interrupted"}

@@ -378,19 +378,20 @@ def analyze_files(
     jobs: list[InputJob] = []
     results: dict[str, list[UnitResult]] = {}
     n_units: dict[str, int] = {}
-    opened, total_frames, total_done = 0, 0, 0
+    not_opened, total_frames, total_done = 0, 0, 0  # not_opened: failed, or parts
+    progress: BatchProgress | None = None  # the last reported
 
     def units() -> Iterator[tuple[FrameChunk, InputJob]]:
         """Each input opened when its first unit's turn comes (an archive's thousands of
         stacks are not all read before the first unit starts), then its units."""
-        nonlocal opened, total_frames
+        nonlocal not_opened, total_frames
         for path, absolute in to_open.items():
-            opened += 1
             try:
                 image = open_lazy(absolute, axes=axes)
                 job = _input_job(path, absolute, out, image, settings, classifier, max_overlays,
                                  choices)  # fmt: skip
             except PartOfAnotherFileError as exc:
+                not_opened += 1
                 if exc.first_file.resolve() in input_files:
                     summary.parts[str(path)] = (
                         f"part of the multi-file OME-TIFF {exc.first_file.name}, analysed "
@@ -399,8 +400,9 @@ def analyze_files(
                 else:
                     summary.failures[str(path)] = str(exc)
                 continue
-            except BloodcellError as exc:
-                summary.failures[str(path)] = str(exc)
+            except Exception as exc:  # this input fails, not the run (failure_message)
+                not_opened += 1
+                summary.failures[str(path)] = failure_message(str(path), exc)
                 continue
             job_chunks = _chunks(image, frames_per_unit)
             # made here, never by a unit: one still running after a stop finds it gone
@@ -427,17 +429,17 @@ def analyze_files(
             total_done += outcome.n_frames
             if on_progress is not None:
                 done = sum(r.n_frames for r in results[job.source])
-                on_progress(
-                    BatchProgress(
-                        job.source,
-                        done,
-                        job.n_frames,
-                        total_done,
-                        total_frames,
-                        opened,
-                        len(to_open),
-                    )
+                still_to_open = len(to_open) - not_opened
+                progress = BatchProgress(
+                    job.source,
+                    done,
+                    job.n_frames,
+                    total_done,
+                    total_frames,
+                    len(jobs),
+                    still_to_open,
                 )
+                on_progress(progress)
             if len(results[job.source]) == n_units[job.source]:
                 unit_results = sorted(results.pop(job.source), key=lambda r: r.first_frame)
                 committing = job, unit_results
@@ -456,7 +458,7 @@ def analyze_files(
         job = committing[0] if committing is not None else None
         if job and job.source not in summary.processed and _committed(job, out, started_ns):
             _count_processed(summary, *committing)  # interrupted just after its table moved in
-        ended = {*summary.processed, *summary.failures}
+        ended = {*summary.processed, *summary.failures, *summary.parts}
         unfinished = [str(path) for path in to_open if str(path) not in ended]
         stopped = (
             "interrupted"
@@ -469,6 +471,8 @@ def analyze_files(
         except (BloodcellError, OSError) as record_error:  # the interrupt stays what is raised
             warnings.warn(f"the run could not be recorded: {record_error}", stacklevel=2)
         raise
+    if progress is not None and progress.fraction < 1:  # the last inputs could not be opened
+        on_progress(replace(progress, inputs_to_open=len(to_open) - not_opened))
     for job in jobs:
         if job.source in summary.failures:  # its units that ran have all finished by now
             _remove_parts(job)
