@@ -679,6 +679,7 @@ def test_the_pixel_size_comes_from_a_layer_scale_in_lengths():
     assert size(("second", "micrometer", "micrometer")) == 0.25
     assert size(("second", "nanometer", "nanometer"), scale=(1, 250, 250)) == 0.25
     assert size(None) is None  # napari's default unit: pixel
+    assert size(("second", "micrometer", "micrometer"), scale=(1, -0.25, -0.25)) == 0.25  # flipped
     rgb = Image(np.zeros((16, 16, 3)), rgb=True, scale=(0.5, 0.5), units="mm")
     assert calibrated_pixel_size_um(image_layout((16, 16, 3), True), rgb.scale, rgb.units) == 500
     with pytest.raises(InputImageError, match="0.25 µm wide and 0.5 µm high"):

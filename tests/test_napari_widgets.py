@@ -1167,6 +1167,11 @@ def test_export_never_writes_an_earlier_image_s_result_after_a_failed_run(
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.status.value.startswith("cancelled")
     assert widget._cells_layer is cells and widget.legend.value == legend
+    cells.features = cells.features.rename(columns={"cell_class": "my class"})
+    widget.run()  # its earlier result without a class column: no legend, the widget usable
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.run_button.enabled and widget.status.value.startswith("cancelled")
 
 
 def test_removing_the_image_layer_cancels_its_batch(make_napari_viewer, qtbot, dask_movie):
@@ -1182,12 +1187,21 @@ def test_removing_the_image_layer_cancels_its_batch(make_napari_viewer, qtbot, d
     widget = BatchWidget(viewer)
     widget.model.value = None
     widget.display_interval_s = 0.0
-    widget.run()
+    widget.run()  # frame 0 is shown, then the image removed: nothing more is shown
     widget.worker.yielded.connect(lambda _: image in viewer.layers and viewer.layers.remove(image))
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.status.value.startswith("cancelled")
     instances = viewer.layers["movie stack instances"]
-    assert instances.metadata["napari_bloodcell"]["parameters"]["frames"] < 6
+    assert instances.metadata["napari_bloodcell"]["parameters"]["frames"] == 1
+    assert instances.data.shape[0] == 1
+
+    viewer.layers.clear()
+    image = viewer.add_image(dask_movie.map_blocks(slow), rgb=True, name="movie")
+    widget.image.value = image
+    widget.run()
+    viewer.layers.remove(image)  # before anything was shown: no layer is added at all
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("cancelled") and len(viewer.layers) == 0
 
 
 def test_a_layer_scaled_in_micrometres_is_analysed_at_its_pixel_size(

@@ -170,6 +170,8 @@ class BatchWidget(AnalysisWidget):
             self._viewer.layers.remove(layer)
 
     def _show(self, item: StackProgress) -> None:
+        if self._state.get("image_removed"):  # no more results for an image no longer there
+            return
         started = time.monotonic()
         classes = all_classes(item.table, item.model_classes)
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"

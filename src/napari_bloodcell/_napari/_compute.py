@@ -98,6 +98,7 @@ def calibrated_pixel_size_um(layout: ImageLayout, scale, units) -> float | None:
     )
     if height is None or width is None:
         return None
+    width, height = abs(width), abs(height)  # a negative scale flips the layer
     if abs(width - height) > 0.01 * width:
         raise InputImageError(
             f"the layer's pixels are {width:g} µm wide and {height:g} µm high (its scale); "

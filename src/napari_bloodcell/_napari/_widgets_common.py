@@ -555,7 +555,7 @@ class AnalysisWidget(Container):
         worker.finished.connect(self._on_finished)
         self._state.update(worker=worker, cancelled=False, failed=False, summary="")
         # Export (and a batch's Track) act on this run's result, or on none
-        self._state["image_id"] = job.image_id
+        self._state.update(image_id=job.image_id, image_removed=False)
         self._cells_layer, self.legend.value = None, ""
         self.run_button.enabled = False
         self.cancel_button.enabled = True
@@ -576,6 +576,7 @@ class AnalysisWidget(Container):
 
         if self.worker is not None and str(event.value.unique_id) == self._state["image_id"]:
             show_info(f"{event.value.name!r} was removed: its analysis is cancelled")
+            self._state["image_removed"] = True  # a batch shows no more (Analyze: cancelled)
             self.cancel()
 
     def _keep_earlier_result(self) -> None:
@@ -585,7 +586,10 @@ class AnalysisWidget(Container):
         key = f"{self.cells_role}:{self._state['image_id']}"
         for layer in own_layers(self._viewer, {key}):
             cell_class = layer.features.get("cell_class")
-            categorical = cell_class is not None and isinstance(cell_class.dtype, CategoricalDtype)
+            if cell_class is None:  # its table edited by hand: Export says what is missing
+                self._cells_layer = layer
+                continue
+            categorical = isinstance(cell_class.dtype, CategoricalDtype)
             classes = list(cell_class.cat.categories) if categorical else []
             self._cells_layer, self.legend.value = layer, legend_html(layer.features, classes)
 
