@@ -18,14 +18,10 @@ Usage: ``python benchmarks/bench_channel_gain.py [--data DIR] [--frames 0 1 …]
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import tifffile
-from _common import DEFAULT_DATA, require, write_result
-from bench_dim_fluorescence import CELL_TYPES, DEFAULT_FRAMES, matched_counts
+from _common import write_result
+from bench_dim_fluorescence import CELL_TYPES, flowcatchr_arguments, matched_counts
 
 from napari_bloodcell.reading import intensity_mapping
 from napari_bloodcell.segmentation import segment_frame
@@ -94,18 +90,13 @@ def _scores(gain: int, rule: str, cell_type: str, c: dict) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data folder")
-    parser.add_argument("--frames", type=int, nargs="+", default=DEFAULT_FRAMES)
-    args = parser.parse_args()
-    path = require(args.data / "flowcatchr_mesentery" / "mesentery_TYXC.tif")
-    stack = tifffile.imread(path)  # (T, Y, X, C) uint8; channel 0 platelets, 1 leukocytes
-    rows = bench(stack, args.frames)
+    stack, frames = flowcatchr_arguments(__doc__.splitlines()[0])
+    rows = bench(stack, frames)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     lowest = table.groupby(["rule", "cell_type"])["f1"].min()
     print("\nlowest F1 over the gains:\n" + lowest.to_string())
-    write_result("channel_gain", {"frames": args.frames, "gains": list(GAINS), "rows": rows})
+    write_result("channel_gain", {"frames": frames, "gains": list(GAINS), "rows": rows})
     return 0
 
 

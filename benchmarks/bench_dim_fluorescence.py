@@ -84,16 +84,22 @@ def bench(stack: np.ndarray, frames: list[int]) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def flowcatchr_arguments(description: str) -> tuple[np.ndarray, list[int]]:
+    """The flowcatchR stack (T, Y, X, C) uint8 (channel 0 platelets, 1 leukocytes) from
+    ``--data`` and the ``--frames`` to use, parsed from the command line."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data folder")
     parser.add_argument("--frames", type=int, nargs="+", default=DEFAULT_FRAMES)
     args = parser.parse_args()
     path = require(args.data / "flowcatchr_mesentery" / "mesentery_TYXC.tif")
-    stack = tifffile.imread(path)  # (T, Y, X, C) uint8; channel 0 platelets, 1 leukocytes
-    rows = bench(stack, args.frames)
+    return tifffile.imread(path), args.frames
+
+
+def main() -> int:
+    stack, frames = flowcatchr_arguments(__doc__.splitlines()[0])
+    rows = bench(stack, frames)
     print(pd.DataFrame(rows).to_string(index=False))
-    write_result("dim_fluorescence", {"frames": args.frames, "rows": rows})
+    write_result("dim_fluorescence", {"frames": frames, "rows": rows})
     return 0
 
 

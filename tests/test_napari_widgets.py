@@ -402,11 +402,8 @@ def test_batch_widget_processes_a_dask_stack_frame_by_frame(
     assert saved and len(read_table(tmp_path / "saved.csv")) == len(cells.features)
 
 
-def test_a_new_batch_leaves_a_copy_of_the_tracks_layer_alone(make_napari_viewer, qtbot):
-    """The copy (Layers → Duplicate, renamed) carries the plugin's key: the next batch
-    renamed it "… (earlier run)" and stripped its key, as if it were the plugin's."""
-    from napari.layers._layer_actions import _duplicate_layer
-
+def _tracked_movie(make_napari_viewer, qtbot):
+    """A viewer with a 3-frame movie batch-analysed and tracked: viewer, widget, tracks."""
     from napari_bloodcell._napari._batch import BatchWidget
 
     movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=1, n_platelets=3, seed=4)
@@ -416,7 +413,15 @@ def test_a_new_batch_leaves_a_copy_of_the_tracks_layer_alone(make_napari_viewer,
     widget.model.value = None
     _run(widget, qtbot)
     _track(widget, qtbot)
-    tracks = viewer.layers["movie tracks"]
+    return viewer, widget, viewer.layers["movie tracks"]
+
+
+def test_a_new_batch_leaves_a_copy_of_the_tracks_layer_alone(make_napari_viewer, qtbot):
+    """The copy (Layers → Duplicate, renamed) carries the plugin's key: the next batch
+    renamed it "… (earlier run)" and stripped its key, as if it were the plugin's."""
+    from napari.layers._layer_actions import _duplicate_layer
+
+    viewer, widget, tracks = _tracked_movie(make_napari_viewer, qtbot)
     viewer.layers.selection = {tracks}
     _duplicate_layer(viewer.layers)
     copy = viewer.layers[-1]
@@ -432,17 +437,9 @@ def test_tracking_cells_without_leukocytes_or_platelets_adds_no_tracks_layer(
 ):
     """No leukocyte or platelet: napari failed to make a Tracks layer of no point (an
     IndexError, not a notification) and the status stayed 'tracking…'."""
-    from napari_bloodcell._napari._batch import BatchWidget
     from napari_bloodcell.table import read_table
 
-    movie = make_timelapse(n_frames=3, shape=(64, 96), n_leukocytes=1, n_platelets=3, seed=4)
-    viewer = make_napari_viewer()
-    viewer.add_image(movie.image, rgb=True, name="movie")
-    widget = BatchWidget(viewer)
-    widget.model.value = None
-    _run(widget, qtbot)
-    _track(widget, qtbot)
-    tracks = viewer.layers["movie tracks"]
+    viewer, widget, tracks = _tracked_movie(make_napari_viewer, qtbot)
     cells = viewer.layers["movie stack cells"]
     cells.features = cells.features.assign(cell_type="rbc")  # all of them red cells now
     _track(widget, qtbot)
