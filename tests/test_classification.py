@@ -900,6 +900,21 @@ def test_cnn_answers_must_fit_the_segmented_cell_type():
     assert plausible_class_mask(["wbc", "platelet"], ["platelet"]).tolist() == [[False], [True]]
 
 
+@pytest.mark.parametrize("name", ["Platelets", "thrombocyte", "PLT"])
+def test_a_platelet_class_of_another_name_is_the_platelet_class(name):
+    """A model trained on a `Platelets/` folder has a class `platelets`: it was taken for a
+    white-cell class (white cells called `platelets`, platelets never classified)."""
+    from napari_bloodcell.classes import CLASS_COLOURS, class_colours
+    from napari_bloodcell.classification.inference import plausible_class_mask
+
+    classes = ["neutrophil", name]
+    assert plausible_class_mask(["wbc", "platelet"], classes).tolist() == [
+        [True, False],
+        [False, True],
+    ]
+    assert class_colours(classes)[name] == CLASS_COLOURS["platelet"]
+
+
 def test_fine_tuning_keeps_the_body_and_rebuilds_the_head(tiny_model, tmp_path):
     from napari_bloodcell.classification.model_files import load_keras_model
     from napari_bloodcell.classification.training import TrainingConfig, train_classifier

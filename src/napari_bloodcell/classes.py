@@ -24,12 +24,26 @@ CLASS_COLOURS: dict[str, str] = {
 
 OTHER_COLOUR = "#000000"
 
+PLATELET_NAMES = frozenset({"platelet", "platelets", "thrombocyte", "thrombocytes", "plt"})
+"""Names (lower case) of the platelet class of a model and of a fluorescence channel role:
+a model trained on a ``Platelets/`` folder has a class ``platelets``."""
+
+
+def is_platelet_name(name) -> bool:
+    """Whether a class or role ``name`` means platelets (:data:`PLATELET_NAMES`)."""
+    return str(name).lower() in PLATELET_NAMES
+
+
 CELL_TYPE_COLOURS: dict[str, str] = {"wbc": "#17becf", "rbc": "#f4a6a6", "platelet": "#d62728"}
 
 
 def class_colour(name: str) -> str:
-    """Hex colour of a class (or cell type) name."""
-    return CLASS_COLOURS.get(str(name).lower(), OTHER_COLOUR)
+    """Hex colour of a class (or cell type) name (any platelet name: the platelets')."""
+    return CLASS_COLOURS.get(_colour_key(name), OTHER_COLOUR)
+
+
+def _colour_key(name) -> str:
+    return "platelet" if is_platelet_name(name) else str(name).lower()
 
 
 EXTRA_COLOURS = (
@@ -56,7 +70,7 @@ def class_colours(classes) -> dict[str, str]:
     """Fixed colour per class: :data:`CLASS_COLOURS`, then :func:`extra_colour` for other
     classes in the given order (so each keeps its colour for a given model)."""
     classes = [str(c) for c in dict.fromkeys(classes)]
-    others = [c for c in classes if c.lower() not in CLASS_COLOURS]
+    others = [c for c in classes if _colour_key(c) not in CLASS_COLOURS]
     extra = {c: extra_colour(i) for i, c in enumerate(others)}
     return {c: extra.get(c) or class_colour(c) for c in classes}
 

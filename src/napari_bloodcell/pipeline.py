@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .classes import is_platelet_name
 from .classification.inference import plausible_class_mask
 from .crops import crop_cells
 from .errors import InputImageError
@@ -28,8 +29,6 @@ from .table import BASE_COLUMNS, add_physical_units, cell_columns
 
 CNN_CELL_TYPES = ("wbc", "platelet")
 """Cell types whose class comes from the CNN on smears; red cells are labelled ``rbc``."""
-
-PLATELET_ROLES = ("platelet", "platelets")
 
 
 @dataclass
@@ -251,11 +250,12 @@ def _segmentation_channels(channels: Mapping[str, int] | None) -> dict[str, int]
     mapped: dict[str, int] = {}
     user_role: dict[str, str] = {}
     for role, index in channels.items():
-        key = "platelet" if role.lower() in PLATELET_ROLES else "leukocyte"
+        key = "platelet" if is_platelet_name(role) else "leukocyte"
         if key in mapped:
             raise InputImageError(
                 f"channel roles {user_role[key]!r} and {role!r} are both {key}s (a role "
-                f"named 'platelet' is segmented as platelets, any other as leukocytes); "
+                f"named platelet, platelets, thrombocyte(s) or plt is segmented as "
+                f"platelets, any other as leukocytes); "
                 f"give one leukocyte role and at most one platelet role"
             )
         mapped[key], user_role[key] = int(index), role
@@ -280,7 +280,7 @@ def _fluorescence_classes(segmentation: Segmentation, channels: Mapping[str, int
     """In fluorescence the channel role is the class (e.g. ``neutrophil``, ``platelet``)."""
     leukocyte_role = "leukocyte"
     for role in channels or {}:
-        if role.lower() not in PLATELET_ROLES:
+        if not is_platelet_name(role):
             leukocyte_role = role.lower()
     return np.where(
         segmentation.cells["cell_type"] == "platelet", "platelet", leukocyte_role

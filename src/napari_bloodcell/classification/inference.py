@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..classes import UNCERTAIN
+from ..classes import UNCERTAIN, is_platelet_name
 from ..errors import ModelError
 from .model_files import (
     ModelMetadata,
@@ -270,18 +270,16 @@ def mean_over_views(predict, crops: np.ndarray, views: int):
     return np.mean(answers, axis=0)
 
 
-PLAUSIBLE_CLASSES = {"platelet": ("platelet",)}
-"""Classes a segmented object of a given type can be; any other type excludes these."""
-
-
 def plausible_class_mask(cell_types, classes: list[str]) -> np.ndarray:
     """(N, K) bool: which model classes fit each object's segmented type.
 
-    A platelet-sized fragment can only be a platelet; a WBC-sized object anything but
-    a platelet. A row is all False where the model has no fitting class (a platelet for
-    a model of white cells only): :func:`decide` then answers "uncertain".
+    A platelet-sized fragment can only be a platelet (a class named by
+    :data:`~napari_bloodcell.classes.PLATELET_NAMES`, e.g. ``platelets``); a WBC-sized
+    object anything but a platelet. A row is all False where the model has no fitting
+    class (a platelet for a model of white cells only): :func:`decide` then answers
+    "uncertain".
     """
-    platelet_like = np.array([c in PLAUSIBLE_CLASSES["platelet"] for c in classes], dtype=bool)
+    platelet_like = np.array([is_platelet_name(c) for c in classes], dtype=bool)
     is_platelet = np.array([t == "platelet" for t in cell_types], dtype=bool)[:, None]
     return np.where(is_platelet, platelet_like, ~platelet_like).reshape(-1, len(classes))
 
