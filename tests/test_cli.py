@@ -341,6 +341,21 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_model, tiny
     args = ["--model", tiny_model, "--out", out, "--overwrite"]
     assert run_cli("evaluate", tiny_heldout, *args) == 0
     assert "accuracy" in json.loads((out / "metrics.json").read_text())
+    # the threshold of an analyze run, checked on crops: every answer withheld at 1.0
+    assert run_cli("evaluate", tiny_heldout, *args, "--uncertain-threshold", "1.0") == 0
+    assert json.loads((out / "metrics.json").read_text())["uncertain_rate"] == 1.0
+    assert run_cli("evaluate", tiny_heldout, *args, "--uncertain-threshold", "1.5") == 2
+
+
+def test_predict_applies_the_uncertain_threshold_given(tmp_path, tiny_model, tiny_heldout):
+    table_path = tmp_path / "pred.csv"
+    crops = tiny_heldout / "round"
+    args = ["--model", tiny_model, "--out", table_path, "--overwrite"]
+    assert run_cli("predict", crops, *args, "--uncertain-threshold", "1.0") == 0
+    assert set(pd.read_csv(table_path)["cell_class"]) == {"uncertain"}
+    assert run_cli("predict", crops, *args, "--uncertain-threshold", "0") == 0
+    assert "uncertain" not in set(pd.read_csv(table_path)["cell_class"])
+    assert run_cli("predict", crops, *args, "--uncertain-threshold", "-1") == 2
 
 
 def test_evaluate_warns_when_it_scores_training_images(tmp_path, tiny_model, tiny_heldout, capsys):

@@ -122,12 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--axes", help="axis order of the inputs when it cannot be inferred, e.g. TYXC"
     )
-    analyze.add_argument(
-        "--uncertain-threshold",
-        type=float,
-        metavar="P",
-        help="confidence below which a cell is 'uncertain' (default: the model's)",
-    )
+    add_uncertain_threshold(analyze)
     analyze.add_argument(
         "--max-overlays",
         type=at_least(0),
@@ -279,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a folder the model was trained on contributes its test split and images added "
         "since)",
     )
+    add_uncertain_threshold(evaluate)
     evaluate.add_argument("--overwrite", action="store_true", help="replace an evaluation in OUT")
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -302,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--out", type=Path, required=True, help="table to write (.csv or .parquet)"
     )
+    add_uncertain_threshold(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace an existing table")
     predict.set_defaults(run=_run_predict)
 
@@ -385,14 +382,30 @@ def check_lengths_and_times(args) -> None:
             raise BloodcellError(f"{option} must be a positive number, got {value}")
 
 
-def _run_analyze(args) -> int:
-    from .pipeline import AnalysisSettings
+def add_uncertain_threshold(command) -> None:
+    """The ``--uncertain-threshold`` option of the commands that classify."""
+    command.add_argument(
+        "--uncertain-threshold",
+        type=float,
+        metavar="P",
+        help="confidence below which a cell is 'uncertain' (default: the model's)",
+    )
 
-    check_lengths_and_times(args)  # before hours of analysis
+
+def checked_uncertain_threshold(args) -> float | None:
+    """``--uncertain-threshold``, refused outside [0, 1] (before any work)."""
     if args.uncertain_threshold is not None and not 0 <= args.uncertain_threshold <= 1:
         raise BloodcellError(
             f"--uncertain-threshold is a probability in [0, 1], got {args.uncertain_threshold}"
         )
+    return args.uncertain_threshold
+
+
+def _run_analyze(args) -> int:
+    from .pipeline import AnalysisSettings
+
+    check_lengths_and_times(args)  # before hours of analysis
+    checked_uncertain_threshold(args)
     settings = AnalysisSettings(
         modality=args.modality,
         channels=parse_channels(args.channel),
@@ -723,6 +736,7 @@ def _run_evaluate(args) -> int:
         args.data_dirs,
         args.model,
         ignore_unknown=args.ignore_unknown,
+        uncertain_threshold=checked_uncertain_threshold(args),
         all_images=args.all_images,
     )
     written = write_evaluation(metrics, args.out, overwrite=args.overwrite)
@@ -771,7 +785,7 @@ def _run_predict(args) -> int:
     if args.out.exists() and not args.overwrite:
         raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
     check_table_path(args.out)  # before the crops are classified
-    table = predict_files(args.inputs, args.model)
+    table = predict_files(args.inputs, args.model, checked_uncertain_threshold(args))
     write_table(table, args.out)
     print(table["cell_class"].value_counts().to_string())
     print(f"wrote {args.out}")
