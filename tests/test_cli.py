@@ -381,7 +381,10 @@ def test_evaluate_refuses_a_file_as_its_folder(tmp_path, tiny_model, tiny_heldou
 
 
 def test_evaluate_refuses_unknown_class_folders(tmp_path, tiny_model, tiny_heldout, capsys):
-    (tiny_heldout / "basophil").mkdir(exist_ok=True)
+    """--ignore-unknown left a class folder out of the figures without a word."""
+    basophils = tiny_heldout / "basophil"
+    basophils.mkdir(exist_ok=True)
+    shutil.copy(next((tiny_heldout / "round").iterdir()), basophils / "b.png")
     try:
         assert (
             run_cli("evaluate", tiny_heldout, "--model", tiny_model, "--out", tmp_path / "e") == 2
@@ -389,8 +392,11 @@ def test_evaluate_refuses_unknown_class_folders(tmp_path, tiny_model, tiny_heldo
         assert "basophil" in capsys.readouterr().err
         args = ["--model", tiny_model, "--out", tmp_path / "e", "--ignore-unknown"]
         assert run_cli("evaluate", tiny_heldout, *args) == 0
+        assert "basophil: left out, not a class of the model (1 images" in capsys.readouterr().err
+        metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+        assert metrics["other_class_folders"] == {str(basophils): 1}
     finally:
-        (tiny_heldout / "basophil").rmdir()
+        shutil.rmtree(basophils)
 
 
 def test_train_and_predict_commands(tmp_path, tiny_heldout):

@@ -743,6 +743,11 @@ def _run_evaluate(args) -> int:
     print(
         json.dumps({k: metrics[k] for k in ("n", "accuracy", "macro_f1", "split_parts")}, indent=2)
     )
+    for folder, n_images in metrics["other_class_folders"].items():
+        print(
+            f"{folder}: left out, not a class of the model ({n_images} images; --ignore-unknown)",
+            file=sys.stderr,
+        )
     for folder, parts in metrics["left_out"].items():
         print(
             f"{folder}: left out {sum(parts.values())} images the model learnt from or may "

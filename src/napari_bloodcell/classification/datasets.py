@@ -63,6 +63,22 @@ class CropDataset:
         )
 
 
+def _class_dirs(data_dir: Path) -> list[Path]:
+    """The class sub-folders of a data folder (hidden ones left out), sorted."""
+    return sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def other_class_folders(data_dirs: list[Path], classes: list[str]) -> dict[str, int]:
+    """The class folders of ``data_dirs`` that are none of ``classes`` (those that
+    ``ignore_unknown`` leaves out), each with its number of images."""
+    return {
+        str(class_dir): len(image_files_under(class_dir))
+        for data_dir in data_dirs
+        for class_dir in _class_dirs(Path(data_dir))
+        if class_dir.name.lower() not in classes
+    }
+
+
 def find_labelled_files(
     data_dirs: list[Path], classes: list[str] | None = None, *, ignore_unknown: bool = False
 ) -> tuple[list[tuple[Path, str, int]], list[str]]:
@@ -85,9 +101,7 @@ def find_labelled_files(
                 f"{data_dir} and {given[data_dir.resolve()]} are the same folder; give it once"
             )
         given[data_dir.resolve()] = data_dir
-        class_dirs = sorted(
-            p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        class_dirs = _class_dirs(data_dir)
         if not class_dirs:
             raise DatasetError(
                 f"{data_dir}: no class sub-folders (expected e.g. neutrophil/, platelet/)"

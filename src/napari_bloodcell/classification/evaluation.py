@@ -15,6 +15,7 @@ from .calibration import confidence_bins, expected_calibration_error
 from .datasets import (
     find_labelled_files,
     learnt_source_names,
+    other_class_folders,
     parts_in_model_split,
     prepare_crop_files,
     source_id,
@@ -120,6 +121,9 @@ def evaluate_classifier(
     metrics["test_time_views"] = classifier.metadata.test_time_views
     metrics["data_dirs"] = [str(d) for d in data_dirs]
     metrics["split_parts"] = _counts(parts[scored])
+    metrics["other_class_folders"] = (  # left out by ignore_unknown: not in the figures
+        other_class_folders(data_dirs, classifier.classes) if ignore_unknown else {}
+    )
     learnt_names = learnt_source_names(classifier.metadata.training)
     metrics["other_named_as_learnt"] = sum(
         part == "other" and source_name(file) in learnt_names
