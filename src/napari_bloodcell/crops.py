@@ -68,6 +68,13 @@ def crop_cells(
     return normalise_colour(crops)
 
 
+def as_bytes(crops: np.ndarray) -> np.ndarray:
+    """Crops in [0, 1] as the uint8 the classifier was trained, calibrated and evaluated
+    on (rounded: float crops gave probabilities up to 0.009 apart, another class for 1
+    of 237 BCCD crops), 4 times smaller to send to its worker process."""
+    return np.round(np.asarray(crops) * 255).astype(np.uint8)
+
+
 def reflected(indices: np.ndarray, length: int) -> np.ndarray:
     """Indices into an axis of ``length`` as numpy's ``reflect`` padding maps them (the
     edge not repeated; repeatedly for windows larger than the axis)."""

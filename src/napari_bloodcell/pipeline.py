@@ -16,7 +16,7 @@ import pandas as pd
 
 from .classes import is_platelet_name
 from .classification.inference import plausible_class_mask
-from .crops import crop_cells
+from .crops import as_bytes, crop_cells
 from .errors import InputImageError
 from .segmentation import (
     MODALITIES,
@@ -237,7 +237,7 @@ def _classify_into(table, frame, segmentation, classifier, uncertain_threshold) 
         size=classifier.input_size,
         scale=classifier.crop_scale,
     )
-    decided = classifier.classify(crops, uncertain_threshold, cells["cell_type"])
+    decided = classifier.classify(as_bytes(crops), uncertain_threshold, cells["cell_type"])
     for column in decided.columns:
         table.loc[table.index[chosen], column] = decided[column].to_numpy()
 

@@ -301,7 +301,7 @@ became an all-black crop (every PBC and BCCD crop spans all 255)."""
 
 def _prepare_file(job: tuple[str, int, float, int]) -> np.ndarray | str:
     """One file's crop (size, size, 3) uint8, or what makes the file unusable."""
-    from ..crops import crop_single_cell_image
+    from ..crops import as_bytes, crop_single_cell_image
     from ..errors import BloodcellError
     from ..reading import VaryingAlphaError, read_image
 
@@ -323,7 +323,7 @@ def _prepare_file(job: tuple[str, int, float, int]) -> np.ndarray | str:
     except BloodcellError as exc:
         message = str(exc) if path in str(exc) else f"{path}: {exc}"
         return f"{message} ({CROP_IMAGES})" if "give them explicitly" in message else message
-    crop = np.round(crop * 255).astype(np.uint8)
+    crop = as_bytes(crop)
     if int(crop.max()) - int(crop.min()) < min_contrast:
         return f"{path}: nearly uniform (no cell left after colour normalisation)"
     return crop
