@@ -566,6 +566,20 @@ def test_folder_names_match_case_insensitively(tmp_path):
     assert {c for _, c, _ in found} == {"lobed", "round"}
 
 
+def test_folders_of_any_platelet_name_are_one_platelet_class(tmp_path):
+    """`a/platelet` and `b/Platelets` made two classes (a platelet-sized object split
+    between them was 'uncertain'), and a `Thrombocytes/` folder was no class of a model
+    with a `platelet` class (refused by evaluate, a new head column when fine-tuning)."""
+    for data, folder in (("a", "platelet"), ("b", "Platelets"), ("c", "Thrombocytes")):
+        write_crop_folder(tmp_path / data, n_per_class=1, seed=0)
+        (tmp_path / data / "round").rename(tmp_path / data / folder)
+    data_dirs = [tmp_path / "a", tmp_path / "b"]
+    found, names = find_labelled_files(data_dirs)
+    assert names == ["lobed", "platelet"] and {c for _, c, _ in found} == set(names)
+    found, _ = find_labelled_files([tmp_path / "c"], ["lobed", "platelet"])
+    assert {c for _, c, _ in found} == {"lobed", "platelet"}
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

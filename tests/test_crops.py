@@ -127,3 +127,11 @@ def test_impossible_crop_requests_are_refused_clearly(frame_shape, kwargs, messa
 
     with pytest.raises(InputImageError, match=message):
         crop_cells(np.full(frame_shape, 0.5, np.float32), [[10.0, 10.0]], [5.0], **kwargs)
+
+
+def test_crops_become_the_classifier_s_bytes_rounded_and_clipped():
+    from napari_bloodcell.crops import as_bytes
+
+    bytes_ = as_bytes(np.array([0.0, 0.2, 1.0, 1.002, -0.002], np.float32))
+    assert bytes_.dtype == np.uint8
+    assert bytes_.tolist() == [0, 51, 255, 255, 0]  # never wrapped to the other extreme

@@ -670,7 +670,11 @@ def test_exported_parameters_record_the_calibration_of_the_models_confidences(tm
 def test_the_pixel_size_comes_from_a_layer_scale_in_lengths():
     from napari.layers import Image
 
-    from napari_bloodcell._napari._compute import calibrated_pixel_size_um, image_layout
+    from napari_bloodcell._napari._compute import (
+        calibrated_frame_interval_s,
+        calibrated_pixel_size_um,
+        image_layout,
+    )
 
     def size(units, scale=(2.0, 0.25, 0.25), shape=(5, 16, 16)):
         layer = Image(np.zeros(shape), scale=scale, units=units)
@@ -680,6 +684,10 @@ def test_the_pixel_size_comes_from_a_layer_scale_in_lengths():
     assert size(("second", "nanometer", "nanometer"), scale=(1, 250, 250)) == 0.25
     assert size(None) is None  # napari's default unit: pixel
     assert size(("second", "micrometer", "micrometer"), scale=(1, -0.25, -0.25)) == 0.25  # flipped
+    layout = image_layout((5, 16, 16), False)
+    for scale, interval in (((-2.0, 1, 1), 2.0), ((2.0, 1, 1), 2.0)):
+        layer = Image(np.zeros((5, 16, 16)), scale=scale, units=("second", "pixel", "pixel"))
+        assert calibrated_frame_interval_s(layout, layer.scale, layer.units) == interval
     rgb = Image(np.zeros((16, 16, 3)), rgb=True, scale=(0.5, 0.5), units="mm")
     assert calibrated_pixel_size_um(image_layout((16, 16, 3), True), rgb.scale, rgb.units) == 500
     with pytest.raises(InputImageError, match="0.25 µm wide and 0.5 µm high"):

@@ -34,6 +34,13 @@ def is_platelet_name(name) -> bool:
     return str(name).lower() in PLATELET_NAMES
 
 
+def class_name_of_folder(folder_name: str) -> str:
+    """The class a training or evaluation folder holds: its name in lower case, any
+    platelet name (``Platelets``, ``thrombocytes`` …) as ``platelet``, so that folders of
+    two data sets, and a folder and a model's class, match."""
+    return "platelet" if is_platelet_name(folder_name) else folder_name.lower()
+
+
 CELL_TYPE_COLOURS: dict[str, str] = {"wbc": "#17becf", "rbc": "#f4a6a6", "platelet": "#d62728"}
 
 

@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ROLE=INDEX",
         help="fluorescence channel of a cell type, e.g. --channel neutrophil=1 --channel "
-        "platelet=0: the role 'platelet' is segmented as platelets, any other name as "
-        "leukocytes and becomes their cell_class",
+        "platelet=0: a role named platelet (or platelets, thrombocyte(s), plt) is segmented "
+        "as platelets, any other name as leukocytes and becomes their cell_class",
     )
     analyze.add_argument(
         "--axes", help="axis order of the inputs when it cannot be inferred, e.g. TYXC"

@@ -109,8 +109,10 @@ def calibrated_pixel_size_um(layout: ImageLayout, scale, units) -> float | None:
 
 def calibrated_frame_interval_s(layout: ImageLayout, scale, units) -> float | None:
     """Seconds between frames from an image layer's T ``scale`` when its unit is a time
-    (e.g. a stack opened with its time calibration), else None."""
-    return _calibrated_step(layout, scale, units, "T", "[time]", "second")
+    (e.g. a stack opened with its time calibration), else None; a negative scale (a
+    flipped time axis) counts as its size."""
+    interval = _calibrated_step(layout, scale, units, "T", "[time]", "second")
+    return abs(interval) if interval is not None else None
 
 
 def _calibrated_step(layout: ImageLayout, scale, units, axis: str, dimension: str, unit_name):

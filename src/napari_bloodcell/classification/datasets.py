@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import UNCERTAIN
+from ..classes import UNCERTAIN, class_name_of_folder
 from ..errors import DatasetError
 from ..reading import IMAGE_SUFFIXES
 
@@ -71,12 +71,13 @@ def _class_dirs(data_dir: Path) -> list[Path]:
 def other_class_folders(data_dirs: list[Path], classes: list[str]) -> dict[str, int]:
     """The class folders of ``data_dirs`` that are none of ``classes`` (those that
     ``ignore_unknown`` leaves out), each with its number of images."""
-    return {
+    counts = {
         str(class_dir): len(image_files_under(class_dir))
         for data_dir in data_dirs
         for class_dir in _class_dirs(Path(data_dir))
-        if class_dir.name.lower() not in classes
+        if class_name_of_folder(class_dir.name) not in classes
     }
+    return {folder: n for folder, n in counts.items() if n}
 
 
 def find_labelled_files(
@@ -107,7 +108,7 @@ def find_labelled_files(
                 f"{data_dir}: no class sub-folders (expected e.g. neutrophil/, platelet/)"
             )
         for class_dir in class_dirs:
-            name = class_dir.name.lower()
+            name = class_name_of_folder(class_dir.name)
             if name == UNCERTAIN and classes is None:  # (a model's classes never hold it)
                 raise DatasetError(
                     f"{class_dir}: {UNCERTAIN!r} is the answer of a classifier that should "
