@@ -203,3 +203,50 @@ def test_a_worker_that_died_while_idle_is_replaced_by_the_next_call(tiny_model):
             time.sleep(0.1)
         time.sleep(0.5)  # the executor notices the death
         np.testing.assert_allclose(remote.predict_proba(crops), first, atol=1e-6)
+
+
+def test_a_worker_killed_just_before_a_call_is_replaced_within_that_call(tiny_model):
+    """Killed less than ~50 ms before a call (before the executor noticed), the call
+    failed: 'the worker process stopped … the next call starts a new one'."""
+    import os
+    import signal
+
+    crops = np.zeros((2, 32, 32, 3), np.float32)
+    with RemoteClassifier(tiny_model) as remote:
+        first = remote.predict_proba(crops)
+        (worker,) = remote._pool._processes.values()
+        os.kill(worker.pid, signal.SIGKILL)
+        np.testing.assert_allclose(remote.predict_proba(crops), first, atol=1e-6)
+
+
+def test_a_worker_that_dies_again_in_the_retry_fails_the_call_clearly(tiny_model):
+    import contextlib
+    import os
+    import signal
+    import threading
+    import time
+
+    import pytest
+
+    from napari_bloodcell.errors import ModelError
+
+    remote = RemoteClassifier(tiny_model)
+    stop = threading.Event()
+
+    def kill_every_worker() -> None:  # as a crop batch that runs the worker out of memory
+        while not stop.is_set():
+            pool = remote._pool
+            for process in list(getattr(pool, "_processes", None) or {}).copy():
+                with contextlib.suppress(OSError):
+                    os.kill(process, signal.SIGKILL)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_every_worker)
+    killer.start()
+    try:
+        with pytest.raises(ModelError, match="stopped twice during one call"):
+            remote.predict(np.zeros((2, 32, 32, 3), np.float32))
+    finally:
+        stop.set()
+        killer.join()
+        remote.close()

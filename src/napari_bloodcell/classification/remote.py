@@ -75,14 +75,20 @@ class WorkerCallError(ModelError):
     """A call failed in the worker process, which still serves (its error as text)."""
 
 
+class _WorkerDied(Exception):
+    """The worker process died during a call (see :meth:`RemoteClassifier.predict`)."""
+
+
 class RemoteClassifier(ModelFileClassifier):
     """A classifier whose TensorFlow runs in a spawned worker process.
 
     Use as a context manager (or call :meth:`close`) to stop the worker; a closed
     classifier refuses further calls (:class:`ModelError`) instead of starting a worker
-    that nothing would stop. A worker that dies is replaced: by the next call when it died
-    during a call (which fails), by the same call when it died while idle. Errors in the
-    worker reach the caller as :class:`ModelError` text, never as TensorFlow's classes.
+    that nothing would stop. A worker that dies (while idle, or killed during a call) is
+    replaced by the same call, which is tried once more (a call has no side effects); one
+    that dies again in that try fails the call (:class:`ModelError`: out of memory?) and
+    the next call starts a new one. Errors in the worker reach the caller as
+    :class:`ModelError` text, never as TensorFlow's classes.
     """
 
     def __init__(self, model: str | Path = "default"):
@@ -111,14 +117,17 @@ class RemoteClassifier(ModelFileClassifier):
         crops = self.checked_crops(crops)  # here: a wrong shape is not the worker's failure
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        try:
+            return self._predict_once(crops, retry=True)
+        except _WorkerDied:  # killed, or died idle unnoticed: a call has no side effects
+            return self._predict_once(crops, retry=False)
+
+    def _predict_once(self, crops: np.ndarray, retry: bool) -> tuple[np.ndarray, np.ndarray]:
+        """One try of :meth:`predict`; raises :class:`_WorkerDied` when the worker died
+        during it and ``retry`` (a second death: :class:`ModelError`)."""
         pool = self._executor()
         try:
-            try:
-                future = pool.submit(_predict_in_worker, crops)  # submit starts the worker
-            except BrokenProcessPool:  # it died while idle: this call was never sent
-                self._stop(pool)
-                pool = self._executor()
-                future = pool.submit(_predict_in_worker, crops)
+            future = pool.submit(_predict_in_worker, crops)  # submit starts the worker
             return future.result()
         except WorkerCallError:
             raise
@@ -134,9 +143,11 @@ class RemoteClassifier(ModelFileClassifier):
             self._stop(pool)  # died, or stopped by close() or another call's failure
             if self._closed:
                 raise ModelError(f"{self.path}: this classifier was closed") from None
+            if retry:
+                raise _WorkerDied from None
             raise ModelError(
-                f"{self.path}: the classifier worker process stopped "
-                f"({exc or type(exc).__name__}); the next call starts a new one"
+                f"{self.path}: the classifier worker process stopped twice during one call "
+                f"({exc or type(exc).__name__}; out of memory?); the next call starts a new one"
             ) from None
 
     def close(self) -> None:
