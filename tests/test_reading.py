@@ -461,3 +461,29 @@ def test_an_ome_tiff_missing_some_of_its_pages_says_so(tmp_path):
     for read in (read_image, open_lazy):
         with pytest.raises(InputImageError, match="lists 6 pages but 3 of them .* stopped early"):
             read(first)
+
+
+def test_an_interrupt_during_a_picture_decode_is_raised_when_it_ends(tmp_path, monkeypatch):
+    """Ctrl-C while imageio built its reader left it half-built: a batch stopped by Ctrl-C
+    ended with imageio's traceback ("Exception ignored in … PluginV3.__del__")."""
+    import os
+    import signal
+    import time
+
+    from napari_bloodcell import reading
+
+    path = tmp_path / "a.png"
+    iio.imwrite(path, np.full((16, 16, 3), 9, np.uint8))
+    decode, finished = iio.imread, []
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal's handler runs here
+        finished.append(True)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(iio, "imread", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reading._read_with_imageio(path)
+    assert finished == [True]  # the decode ran to its end, then the interrupt came
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

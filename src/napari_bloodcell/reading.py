@@ -24,6 +24,8 @@ import contextlib
 import math
 import os
 import re
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -661,12 +663,38 @@ def _read_with_imageio(path: Path) -> np.ndarray:
     if mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _interrupts_deferred():
         warnings.simplefilter("ignore")
         array = np.asarray(iio.imread(path))
     if mode == GREY_ALPHA_MODE:  # (Y, X, 2): not 2 channels, nor Y frames of X × 2 px
         return _grey_without_alpha(path, array, sample_axis=2, alpha=array[..., 1])
     return array
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then act on them as their
+    handlers would: imageio's reader interrupted while it is built prints a traceback when
+    collected (a batch stopped by Ctrl-C ended with one). Decoding a picture takes
+    milliseconds. Only the main thread receives signals; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in handlers:
+        signal.signal(signum, lambda number, _frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if received:
+            handler = handlers[received[0]]
+            if callable(handler):
+                handler(received[0], None)  # raises KeyboardInterrupt (or the CLI's Terminated)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), received[0])
 
 
 PNG_16_BIT_COLOUR = {(16, 2): 3, (16, 6): 4}
