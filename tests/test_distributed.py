@@ -181,6 +181,21 @@ def test_units_are_submitted_a_bounded_number_at_a_time(client, monkeypatch):
     assert max(in_flight) == backlog < 12
 
 
+def test_the_cluster_is_not_asked_its_size_for_every_unit(client, monkeypatch):
+    """Each count of the threads is a round trip to the scheduler: one per finished unit
+    made thousands on an archive, and Ctrl-C landing in one made distributed log an error."""
+    from napari_bloodcell import distributed as on_cluster
+
+    asked = []
+    nthreads = client.nthreads
+    monkeypatch.setattr(client, "nthreads", lambda: asked.append(1) or nthreads())
+    monkeypatch.setattr(on_cluster, "MIN_UNITS_IN_FLIGHT", 2)
+    monkeypatch.setattr(on_cluster, "TASKS_PER_THREAD", 0)
+    results = dict(on_cluster.compute_on_cluster(_square, [(i,) for i in range(20)], client,
+                                                 skip=lambda c: False))  # fmt: skip
+    assert len(results) == 20 and len(asked) < 20 / 2
+
+
 def test_units_are_drawn_from_their_generator_only_as_they_are_submitted(client, monkeypatch):
     """A batch opens each input when its units' turn comes: the cluster must not drain
     the generator of units before the first one finishes."""

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -171,6 +173,12 @@ def describe(client: Client) -> str:
     return f"Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)"
 
 
+CLUSTER_SIZE_CHECK_S = 1.0
+"""How often (seconds) the cluster's threads are counted while units are submitted: each
+count is a round trip to the scheduler (one per unit made thousands on an archive, and
+Ctrl-C landing in one made distributed log an error)."""
+
+
 def units_in_flight(threads: int) -> int:
     """How many units to keep submitted to a cluster of ``threads`` worker threads:
     :data:`TASKS_PER_THREAD` per thread, and at least :data:`MIN_UNITS_IN_FLIGHT`."""
@@ -202,7 +210,8 @@ def compute_on_cluster(
     ``(a, result)`` as each finishes, the result being the exception for a call that
     failed (a :class:`~napari_bloodcell.errors.BloodcellError` when its workers kept dying).
 
-    At most :func:`units_in_flight` calls are submitted at a time, so the client's and
+    At most :func:`units_in_flight` calls (the cluster's threads counted at most every
+    :data:`CLUSTER_SIZE_CHECK_S`) are submitted at a time, so the client's and
     the scheduler's memory do not grow with the number of units (a long stack is many
     units); ``arguments`` is drawn from only as calls are submitted (it may be a
     generator that opens inputs). A call that did not finish (failed, or cancelled by the
@@ -214,9 +223,12 @@ def compute_on_cluster(
     waiting = (a for a in arguments if not skip(a))
     running = as_completed()
     arguments_of: dict[str, tuple] = {}
+    limit, asked_at = 0, -math.inf
 
     def submit_more() -> None:
-        limit = units_in_flight(sum(client.nthreads().values()))
+        nonlocal limit, asked_at
+        if time.monotonic() - asked_at >= CLUSTER_SIZE_CHECK_S:  # a round trip each
+            limit, asked_at = units_in_flight(sum(client.nthreads().values())), time.monotonic()
         while running.count() < limit and (call := next(waiting, None)) is not None:
             future = client.submit(function, *call, pure=False)
             arguments_of[future.key] = call
