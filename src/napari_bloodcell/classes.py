@@ -34,11 +34,11 @@ def is_platelet_name(name) -> bool:
     return str(name).lower() in PLATELET_NAMES
 
 
-def class_name_of_folder(folder_name: str) -> str:
-    """The class a training or evaluation folder holds: its name in lower case, any
-    platelet name (``Platelets``, ``thrombocytes`` …) as ``platelet``, so that folders of
-    two data sets, and a folder and a model's class, match."""
-    return "platelet" if is_platelet_name(folder_name) else folder_name.lower()
+def class_key(name) -> str:
+    """A class name as classes are matched: lower case, any platelet name (``Platelets``,
+    ``thrombocytes`` …) as ``platelet``, so that the class folders of two data sets, a
+    folder and a model's class, and a class and its colour match."""
+    return "platelet" if is_platelet_name(name) else str(name).lower()
 
 
 CELL_TYPE_COLOURS: dict[str, str] = {"wbc": "#17becf", "rbc": "#f4a6a6", "platelet": "#d62728"}
@@ -46,11 +46,7 @@ CELL_TYPE_COLOURS: dict[str, str] = {"wbc": "#17becf", "rbc": "#f4a6a6", "platel
 
 def class_colour(name: str) -> str:
     """Hex colour of a class (or cell type) name (any platelet name: the platelets')."""
-    return CLASS_COLOURS.get(_colour_key(name), OTHER_COLOUR)
-
-
-def _colour_key(name) -> str:
-    return "platelet" if is_platelet_name(name) else str(name).lower()
+    return CLASS_COLOURS.get(class_key(name), OTHER_COLOUR)
 
 
 EXTRA_COLOURS = (
@@ -77,7 +73,7 @@ def class_colours(classes) -> dict[str, str]:
     """Fixed colour per class: :data:`CLASS_COLOURS`, then :func:`extra_colour` for other
     classes in the given order (so each keeps its colour for a given model)."""
     classes = [str(c) for c in dict.fromkeys(classes)]
-    others = [c for c in classes if _colour_key(c) not in CLASS_COLOURS]
+    others = [c for c in classes if class_key(c) not in CLASS_COLOURS]
     extra = {c: extra_colour(i) for i, c in enumerate(others)}
     return {c: extra.get(c) or class_colour(c) for c in classes}
 

@@ -850,23 +850,21 @@ class PartOfAnotherFileError(InputImageError):
 
 def _check_whole_ome_set(path: Path, tif, series) -> None:
     """Refuse a later file of a multi-file OME-TIFF (:class:`PartOfAnotherFileError`)
-    and an OME series whose files lack some of its pages (an acquisition stopped early, or
+    and a series whose files lack some of its pages (an acquisition stopped early, or
     a file of the set missing): its frames would be zeros, or fail one by one."""
     ome = tif.ome_metadata or ""
     if "<BinaryOnly" in ome:
         found = re.search(r'MetadataFile="([^"]+)"', ome)
         first = path.with_name(found.group(1)) if found else Path("(not named)")
         raise PartOfAnotherFileError(path, first)
-    if series.kind != "ome":
-        return
     pages = series.pages
     first = next((page for page in pages if page is not None), None)
-    if first is not None and first.parent is not tif:
+    if series.kind == "ome" and first is not None and first.parent is not tif:
         raise PartOfAnotherFileError(path, path.with_name(Path(first.parent.filename).name))
     missing = [i for i, page in enumerate(pages) if page is None]
     if missing:
         raise InputImageError(
-            f"{path}: its OME metadata lists {len(pages)} pages but {len(missing)} of them "
+            f"{path}: its metadata lists {len(pages)} pages but {len(missing)} of them "
             f"(from page {missing[0]}) are in none of its files: an acquisition that "
             f"stopped early, or a file of a multi-file OME-TIFF missing? Save the frames "
             f"it holds as a new TIFF (e.g. in Fiji) to analyse them"
@@ -911,8 +909,6 @@ class _TiffPages:
                 f"{path}: the TIFF lists {len(series.pages)} of {n_pages} pages and is "
                 f"not contiguous; cannot read its frames"
             )
-        if listed and any(page is None for page in series.pages):
-            raise InputImageError(f"{path}: some of its {n_pages} pages are in none of its files")
         dtype = np.dtype(series.dtype)
         return cls(
             path=str(path),

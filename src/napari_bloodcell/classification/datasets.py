@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import UNCERTAIN, class_name_of_folder
+from ..classes import UNCERTAIN, class_key
 from ..errors import DatasetError
 from ..reading import IMAGE_SUFFIXES
 
@@ -75,7 +75,7 @@ def other_class_folders(data_dirs: list[Path], classes: list[str]) -> dict[str, 
         str(class_dir): len(image_files_under(class_dir))
         for data_dir in data_dirs
         for class_dir in _class_dirs(Path(data_dir))
-        if class_name_of_folder(class_dir.name) not in classes
+        if class_key(class_dir.name) not in classes
     }
     return {folder: n for folder, n in counts.items() if n}
 
@@ -108,7 +108,7 @@ def find_labelled_files(
                 f"{data_dir}: no class sub-folders (expected e.g. neutrophil/, platelet/)"
             )
         for class_dir in class_dirs:
-            name = class_name_of_folder(class_dir.name)
+            name = class_key(class_dir.name)
             if name == UNCERTAIN and classes is None:  # (a model's classes never hold it)
                 raise DatasetError(
                     f"{class_dir}: {UNCERTAIN!r} is the answer of a classifier that should "
