@@ -286,3 +286,18 @@ def test_addresses_of_every_dask_transport_pass_the_check():
 
     for address in ("tcp://10.0.0.5:8786", "localhost:8786", "tls://h:1", "inproc://10.0.0.1/1/1"):
         check_scheduler_address(address)
+
+
+def _worker_log_keeps(message: str) -> bool:
+    import logging
+
+    record = logging.LogRecord("distributed.worker", logging.ERROR, "", 0, message, (), None)
+    return bool(logging.getLogger("distributed.worker").filter(record))
+
+
+def test_local_workers_drop_only_heartbeat_failures_from_their_logs(client):
+    """The scheduler of a local cluster closes with the client: a worker whose heartbeat
+    was under way logged an error with a traceback at the end of an interrupted run."""
+    kept = client.run(_worker_log_keeps, "Failed to communicate with scheduler during heartbeat.")
+    assert not any(kept.values())
+    assert all(client.run(_worker_log_keeps, "Unexpected exception during heartbeat.").values())

@@ -10,6 +10,7 @@ progress removed, finished results kept — with status 130 and 143.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .classification.model_files import TEST_TIME_VIEWS
@@ -45,6 +46,31 @@ def _raise_terminated(_signum, _frame) -> None:
     raise Terminated()
 
 
+@contextlib.contextmanager
+def _interrupts_not_lost() -> Iterator[None]:
+    """Deliver again an interrupt that Python had to ignore.
+
+    Ctrl-C raised inside a callback whose exceptions Python cannot pass on (a gc callback,
+    a ``__del__``: Dask's scheduler, which runs in this process for a local cluster, times
+    every collection) was printed as "Exception ignored in …" and lost: the run went on to
+    its end and exited 0. Its signal is sent again from another thread, so that the main
+    thread acts on it where it is once the callback has returned."""
+    passed_on = sys.unraisablehook
+
+    def redeliver_interrupts(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            passed_on(unraisable)
+            return
+        signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
+        threading.Thread(target=signal.raise_signal, args=(signum,), daemon=True).start()
+
+    sys.unraisablehook = redeliver_interrupts
+    try:
+        yield
+    finally:
+        sys.unraisablehook = passed_on
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type``: a whole number of at least ``minimum``."""
 
@@ -67,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        return args.run(args)
+        with _interrupts_not_lost():
+            return args.run(args)
     except BloodcellError as exc:
         print(f"napari-bloodcell: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -86,6 +86,26 @@ class LeaveInterruptsToTheClient(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+HEARTBEAT_FAILURE = "Failed to communicate with scheduler during heartbeat"
+"""The start of the error a Dask worker logs when its heartbeat finds the scheduler gone."""
+
+
+class NoHeartbeatErrorsAtShutdown(WorkerPlugin):
+    """A local cluster's scheduler lives in the client's process and closes with it: a
+    worker whose heartbeat was under way then logged an error with a traceback (an
+    interrupted run ended with one, now and then). Such a worker is being closed; its
+    heartbeat failure is dropped from its log."""
+
+    name = "napari-bloodcell-no-heartbeat-errors-at-shutdown"
+
+    def setup(self, worker) -> None:
+        logging.getLogger("distributed.worker").addFilter(_not_a_heartbeat_failure)
+
+
+def _not_a_heartbeat_failure(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(HEARTBEAT_FAILURE)
+
+
 def check_scheduler_address(address: str) -> None:
     """Refuse (:class:`BloodcellError`) an address of no Dask transport, or a network one
     (tcp, tls, ws, wss) without a host and port, before a client starts."""
@@ -155,6 +175,7 @@ def open_client(
     ):
         client.register_plugin(TensorFlowThreads())
         client.register_plugin(LeaveInterruptsToTheClient())
+        client.register_plugin(NoHeartbeatErrorsAtShutdown())
         yield client
 
 
