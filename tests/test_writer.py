@@ -5,7 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from napari_bloodcell.table import BASE_COLUMNS, add_physical_units, read_table, write_table
+from napari_bloodcell.table import (
+    BASE_COLUMNS,
+    add_physical_units,
+    as_categories,
+    read_table,
+    write_table,
+)
 
 
 def _table(n_rows: int) -> pd.DataFrame:
@@ -31,6 +37,21 @@ def test_a_table_without_rows_keeps_its_column_types_through_csv_and_parquet(tmp
         pq.read_schema(tmp_path / "rows.parquet"), check_metadata=False
     )
     pd.testing.assert_series_equal(read_table(tmp_path / "none.parquet").dtypes, with_rows.dtypes)
+
+
+def test_a_cells_layer_without_rows_writes_text_class_columns_to_parquet(tmp_path):
+    """A cells layer's class columns are categories; empty ones (a batch without cells)
+    were stored as Arrow ``null``: reading such a file first in a dataset with a full
+    one made every class of the full one null."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    write_table(as_categories(_table(2)), tmp_path / "rows.parquet")
+    without = _table(2).iloc[:0].assign(  # as a napari layer without points holds them
+        **{c: pd.Categorical([]) for c in ("source", "cell_type", "cell_class")}
+    )
+    write_table(without, tmp_path / "none.parquet")
+    assert pq.read_schema(tmp_path / "none.parquet").equals(
+        pq.read_schema(tmp_path / "rows.parquet"), check_metadata=False
+    )
 
 
 def test_text_that_pandas_takes_for_a_gap_reads_back_as_written(tmp_path):

@@ -63,22 +63,29 @@ INTEGER_COLUMNS = ("frame", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
 UNIT_COLUMNS = ("centroid_y_um", "centroid_x_um", "diameter_um", "area_um2")
 
 
-def _typed_if_empty(table: pd.DataFrame) -> pd.DataFrame:
+def _typed_if_empty(table: pd.DataFrame, text: str | type = str) -> pd.DataFrame:
     """An empty table with the dtypes of its columns in a table with rows (int64, float64,
-    text): a CSV header alone reads as text, an empty column as float64 from Parquet,
-    which stores empty untyped columns as ``null``."""
+    ``text``, categories of ``text``): a CSV header alone reads as text, an empty column as
+    float64 from Parquet, which stores empty untyped columns (also categories without
+    categories, as a napari layer without points holds them) as ``null``."""
     if len(table):
         return table
-    dtypes = {
+    dtypes: dict = {
         c: "int64" if c in INTEGER_COLUMNS else "float64"
         for c in table.columns
         if c not in CATEGORY_COLUMNS
         and (c in BASE_COLUMNS or c in UNIT_COLUMNS or str(c).startswith("p_"))
     }
     for c in CATEGORY_COLUMNS:
-        if c in table and not isinstance(table[c].dtype, pd.CategoricalDtype):
-            dtypes[c] = str
+        if c in table:
+            categorical = isinstance(table[c].dtype, pd.CategoricalDtype)
+            dtypes[c] = pd.CategoricalDtype(pd.Index([], dtype=text)) if categorical else text
     return table.astype(dtypes)
+
+
+PARQUET_TEXT = "string"
+"""The dtype of text columns of an empty table written to Parquet: pandas 2 keeps ``str``
+ones as ``object``, which Parquet stores as ``null``."""
 
 
 def add_physical_units(table: pd.DataFrame, pixel_size_um: float | None) -> pd.DataFrame:
@@ -128,7 +135,7 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the table as CSV or Parquet (by suffix), atomically (temporary file + rename)."""
     path = check_table_path(path)
     suffix = path.suffix.lower()
-    table = _typed_if_empty(table)
+    table = _typed_if_empty(table, PARQUET_TEXT if suffix == ".parquet" else str)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if suffix == ".csv":
