@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -587,7 +588,9 @@ def test_the_cells_table_follows_moved_points_and_refuses_added_ones(movie):
     from napari_bloodcell._napari._compute import run_to_end, stack_steps
     from napari_bloodcell._napari._layers import cells_table
 
-    points, meta, _ = run_to_end(stack_steps(_job(movie.image))).layers[-1]
+    job = _job(movie.image)
+    job = replace(job, settings=replace(job.settings, pixel_size_um=0.5))
+    points, meta, _ = run_to_end(stack_steps(job)).layers[-1]
     features, metadata = meta["features"], meta["metadata"]
     pd.testing.assert_frame_equal(cells_table(points, features, metadata), features)
     moved = points.copy()
@@ -595,6 +598,13 @@ def test_the_cells_table_follows_moved_points_and_refuses_added_ones(movie):
     table = cells_table(moved, features, metadata)
     assert table.loc[0, ["centroid_y", "centroid_x"]].tolist() == pytest.approx(
         [features.loc[0, "centroid_y"] + 5, features.loc[0, "centroid_x"] - 3]
+    )
+    pixel_size_um = metadata["napari_bloodcell"]["parameters"]["pixel_size_um"]
+    assert table.loc[0, ["centroid_y_um", "centroid_x_um"]].tolist() == pytest.approx(
+        [
+            (features.loc[0, "centroid_y"] + 5) * pixel_size_um,
+            (features.loc[0, "centroid_x"] - 3) * pixel_size_um,
+        ]
     )
     added = np.vstack([points, points[2]])  # napari copies a row's features for a new point
     with pytest.raises(BloodcellError, match=f"point\\(s\\) {len(points)} were added by hand"):

@@ -13,7 +13,7 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from napari_bloodcell.classes import class_colours
-from napari_bloodcell.errors import TrackingError
+from napari_bloodcell.errors import BloodcellError, TrackingError
 from napari_bloodcell.synthetic import make_smear, make_timelapse
 
 from .conftest import SHARED_DATA, requires_bccd
@@ -213,6 +213,39 @@ def test_analyze_widget_uses_the_current_frame_of_a_stack(make_napari_viewer, qt
     for layer in (cells, instances):
         assert layer.translate[0] == 20.0 and layer.scale[0] == 10.0
     assert {float(cells.data_to_world(point)[0]) for point in cells.data} == {20.0}
+
+
+def test_a_point_added_after_deleting_one_or_to_an_empty_layer_is_refused(
+    make_napari_viewer, qtbot
+):
+    """napari gives a new point the row of the point selected last: one added after
+    deleting a cell carried that cell's label and class, and was exported as a cell; one
+    added to a layer without cells was exported with label 0."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+    from napari_bloodcell._napari._layers import cells_table
+
+    movie = make_timelapse(n_frames=1, shape=(64, 96), n_leukocytes=2, n_platelets=3, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie.image[0], rgb=True, name="frame")
+    viewer.add_image(
+        np.random.default_rng(0).integers(0, 3, (64, 96, 3)).astype(np.uint8), name="blank"
+    )
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    _run(widget, qtbot)
+    cells = viewer.layers["frame cells"]
+    cells.selected_data = {1}
+    cells.remove_selected()
+    cells.add([[5.0, 5.0]])
+    with pytest.raises(BloodcellError, match=f"point\\(s\\) {len(cells.data) - 1} were added"):
+        cells_table(cells.data, cells.features, cells.metadata)
+    widget.image.value = viewer.layers["blank"]
+    _run(widget, qtbot)
+    empty = viewer.layers["blank cells"]
+    assert len(empty.data) == 0
+    empty.add([[5.0, 5.0]])
+    with pytest.raises(BloodcellError, match="were added by hand"):
+        cells_table(empty.data, empty.features, empty.metadata)
 
 
 def test_the_lists_follow_renamed_layers_and_new_models_in_order(

@@ -147,16 +147,24 @@ def transform_of(layer) -> dict:
     }
 
 
+HAND_ADDED_LABEL = 0
+"""The ``label`` of a point added by hand in a cells layer's features (a cell's is ≥ 1)."""
+
+
 def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.DataFrame:
     """The per-cell table a cells Points layer shows now: its ``features``, each at the
     position of its point in ``data`` (a point moved by hand moves its cell).
 
-    Points added by hand copy another point's row (napari's default features); they have
-    no segmented cell behind them, and are refused (:class:`BloodcellError`) by index.
+    Points added by hand have no segmented cell behind them and are refused
+    (:class:`BloodcellError`) by index: those the widgets saw added carry the label
+    :data:`HAND_ADDED_LABEL`; others are copies of another point's row (napari's default
+    features for a new point).
     """
     table = features.reset_index(drop=True).copy()
-    extra = (metadata or {}).get(METADATA_KEY, {}).get("extra_axes", [])
-    points = Placement((), (), tuple(extra)).table_coordinates(np.asarray(data, dtype=float))
+    ours = (metadata or {}).get(METADATA_KEY, {})
+    points = Placement((), (), tuple(ours.get("extra_axes", []))).table_coordinates(
+        np.asarray(data, dtype=float)
+    )
     if len(table) != len(points):
         raise BloodcellError(
             f"the layer holds {len(points)} points but {len(table)} table rows; run the "
@@ -165,7 +173,11 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
     # a point added on another frame copies a row and then takes its own frame: judge the
     # copies by the rows as the analysis wrote them, before the positions are read
     key = [c for c in ("source", "frame", "label") if c in table]
-    added = np.flatnonzero(table.duplicated(key, keep="first").to_numpy()) if key else []
+    copies = table.duplicated(key, keep="first").to_numpy() if key else False
+    labels = pd.to_numeric(table["label"], errors="coerce") if "label" in table else None
+    # (a missing label: a point added to a layer without points)
+    marked = ~(labels > HAND_ADDED_LABEL).to_numpy() if labels is not None else False
+    added = np.flatnonzero(np.zeros(len(table), bool) | copies | marked)
     if len(added):
         raise BloodcellError(
             f"point(s) {', '.join(map(str, added[:10]))}{' …' if len(added) > 10 else ''} "
@@ -179,6 +191,10 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
             table[column] = (
                 np.round(points[:, i]).astype(int) if column == "frame" else points[:, i]
             )
+    pixel_size_um = ours.get("parameters", {}).get("pixel_size_um")
+    for column in ("centroid_y", "centroid_x"):
+        if pixel_size_um and f"{column}_um" in table:  # the µm position moves with the point
+            table[f"{column}_um"] = table[column] * pixel_size_um
     return table
 
 

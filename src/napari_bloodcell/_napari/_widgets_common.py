@@ -47,7 +47,14 @@ from ._compute import (
     guarded,
     image_layout,
 )
-from ._layers import METADATA_KEY, cells_table, layer_key, legend_html, transform_of
+from ._layers import (
+    HAND_ADDED_LABEL,
+    METADATA_KEY,
+    cells_table,
+    layer_key,
+    legend_html,
+    transform_of,
+)
 from ._writer import export_table
 
 NO_MODEL = "none (segmentation only)"
@@ -254,6 +261,20 @@ def watch_user_edits(layer) -> None:
         layer.events.paint.connect(_on_edit)
     elif isinstance(layer, Points):
         layer.events.data.connect(_on_edit)
+        layer.events.data.connect(_mark_added_points)
+
+
+def _mark_added_points(event) -> None:
+    """Give the rows of points added by hand the label :data:`HAND_ADDED_LABEL`: napari
+    copies the selected point's row (or, in a layer without points, blank values) into a new
+    point's features, a deleted cell's row too, which :func:`cells_table` could not tell
+    from the cell's own."""
+    layer = event.source
+    if layer in _UPDATING or str(getattr(event, "action", "")) != "added":
+        return
+    if "label" in layer.features and len(layer.data):
+        rows = np.asarray(event.data_indices, dtype=int) % len(layer.data)
+        layer.features.iloc[rows, layer.features.columns.get_loc("label")] = HAND_ADDED_LABEL
 
 
 def _on_edit(event) -> None:
