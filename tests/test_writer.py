@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from napari_bloodcell.errors import BloodcellError
 from napari_bloodcell.table import (
     BASE_COLUMNS,
     add_physical_units,
@@ -45,13 +46,30 @@ def test_a_cells_layer_without_rows_writes_text_class_columns_to_parquet(tmp_pat
     one made every class of the full one null."""
     pq = pytest.importorskip("pyarrow.parquet")
     write_table(as_categories(_table(2)), tmp_path / "rows.parquet")
-    without = _table(2).iloc[:0].assign(  # as a napari layer without points holds them
-        **{c: pd.Categorical([]) for c in ("source", "cell_type", "cell_class")}
+    without = (
+        _table(2)
+        .iloc[:0]
+        .assign(  # as a napari layer without points holds them
+            **{c: pd.Categorical([]) for c in ("source", "cell_type", "cell_class")}
+        )
     )
     write_table(without, tmp_path / "none.parquet")
     assert pq.read_schema(tmp_path / "none.parquet").equals(
         pq.read_schema(tmp_path / "rows.parquet"), check_metadata=False
     )
+
+
+def test_an_export_asked_as_parquet_without_pyarrow_is_refused_not_written_as_csv(
+    tmp_path, monkeypatch
+):
+    from napari_bloodcell import table as table_module
+    from napari_bloodcell._napari import _writer
+
+    monkeypatch.setattr(table_module, "parquet_available", lambda: False)
+    monkeypatch.setattr(_writer, "parquet_available", lambda: False)
+    with pytest.raises(BloodcellError, match="needs pyarrow"):
+        _writer.export_table(tmp_path / "cells.parquet", _table(2), {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_text_that_pandas_takes_for_a_gap_reads_back_as_written(tmp_path):
@@ -151,7 +169,6 @@ def test_a_column_mixing_texts_and_numbers_is_named_when_parquet_refuses_it(tmp_
     import numpy as np
 
     from napari_bloodcell._napari._writer import export_table
-    from napari_bloodcell.errors import BloodcellError
 
     pytest.importorskip("pyarrow")
     table = _table(2).assign(note=np.array(["check", 3], dtype=object))

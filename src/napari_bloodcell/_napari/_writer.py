@@ -49,9 +49,11 @@ def export_table(
 ) -> list[Path]:
     """Write the table (CSV, Parquet if available) and the parameters sidecar JSON.
 
-    Raises :class:`OutputExistsError` naming the existing files unless ``overwrite``.
+    Raises :class:`OutputExistsError` naming the existing files unless ``overwrite``, and
+    :class:`BloodcellError` for a path that is not a table's (:func:`check_table_path`), also a
+    ``.parquet`` without pyarrow: not a CSV alone in its place.
     """
-    paths = export_paths(path)
+    paths = export_paths(check_table_path(path))
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(
