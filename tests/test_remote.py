@@ -57,22 +57,33 @@ def test_remote_classifier_keeps_tensorflow_out_of_the_calling_process(tiny_mode
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_a_script_without_a_main_guard_is_told_to_add_one(tiny_model, tmp_path):
-    """The spawned worker imports the script again; there its top-level call cannot start
-    a process (Python's 'bootstrapping phase' RuntimeError, reported as a bug before)."""
+def test_a_script_without_a_main_guard_classifies_and_runs_once(tiny_model, tmp_path):
+    """The spawned worker imported the script again: its top-level call could not start a
+    process (Python's 'bootstrapping phase' error), and a napari launch script opened a
+    second viewer in the worker, which then never answered."""
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import numpy as np\n"
         "from napari_bloodcell.classification.remote import RemoteClassifier\n"
+        "print('TOP LEVEL')\n"
         f"with RemoteClassifier({str(tiny_model)!r}) as c:\n"
-        "    c.predict_proba(np.zeros((1, 32, 32, 3), np.float32))\n"
+        "    print('SHAPE', c.predict_proba(np.zeros((1, 32, 32, 3), np.float32)).shape)\n"
     )
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120
     )
-    assert result.returncode != 0
-    assert 'put the script\'s code under `if __name__ == "__main__":`' in result.stderr
-    assert "please report" not in result.stderr
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("TOP LEVEL") == 1 and "SHAPE (1, " in result.stdout
+
+
+def test_the_main_module_is_restored_after_a_worker_started():
+    import __main__
+    from napari_bloodcell.classification.remote import main_script_not_rerun
+
+    before = dict(vars(__main__))
+    with main_script_not_rerun():
+        assert __main__.__spec__ is None and not hasattr(__main__, "__file__")
+    assert vars(__main__) == before
 
 
 def test_closing_stops_a_hung_worker_at_once_and_refuses_later_calls(tiny_model):
@@ -155,22 +166,27 @@ def test_an_error_in_the_worker_arrives_as_text_without_tensorflow(tiny_model, t
     """The worker re-raised TensorFlow's own exception: unpickling it here imported
     TensorFlow into the napari process (the crash the worker exists to prevent), and the
     widget called it a bug."""
+    (tmp_path / "worker_faults.py").write_text(  # importable by the worker, beside the script
+        "from napari_bloodcell.classification import inference\n"
+        "\n"
+        "def out_of_memory(self, crops):\n"
+        "    import tensorflow as tf\n"
+        "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')\n"
+        "\n"
+        "def break_predict():  # run in the worker\n"
+        "    inference.CellClassifier.predict = out_of_memory\n"
+    )
     script = tmp_path / "failing_worker.py"
     script.write_text(
         "import sys\n"
         "import numpy as np\n"
-        "from napari_bloodcell.classification import inference\n"
-        "\n"
-        "def out_of_memory(self, crops):  # runs in the worker, which imports this script\n"
-        "    import tensorflow as tf\n"
-        "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')\n"
-        "\n"
-        "inference.CellClassifier.predict = out_of_memory\n"
+        "import worker_faults\n"
+        "from napari_bloodcell.classification.remote import RemoteClassifier\n"
+        "from napari_bloodcell.errors import ModelError\n"
         "\n"
         "if __name__ == '__main__':\n"
-        "    from napari_bloodcell.classification.remote import RemoteClassifier\n"
-        "    from napari_bloodcell.errors import ModelError\n"
         f"    with RemoteClassifier({str(tiny_model)!r}) as c:\n"
+        "        c._executor().submit(worker_faults.break_predict).result()\n"
         "        for _ in range(2):  # the worker keeps serving after a failed call\n"
         "            try:\n"
         "                c.predict_proba(np.zeros((1, 32, 32, 3), np.float32))\n"

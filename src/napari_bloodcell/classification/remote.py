@@ -11,8 +11,11 @@ network once and serves every call after. The napari widgets always use it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -22,11 +25,32 @@ import numpy as np
 from ..errors import ModelError, one_line
 from .inference import ModelFileClassifier
 
-MAIN_GUARD_ADVICE = (
-    "the network runs in a spawned worker process, which imports the main script again: "
-    'put the script\'s code under `if __name__ == "__main__":` (see the Python '
-    "multiprocessing guidelines, 'Safe importing of main module')"
-)
+_MAIN_MODULE_HIDDEN = threading.Lock()
+
+
+@contextlib.contextmanager
+def main_script_not_rerun() -> Iterator[None]:
+    """Start spawned processes without running the main script again in them.
+
+    A spawned child first imports the parent's ``__main__`` by its file or module name:
+    a napari launch script without an ``if __name__ == "__main__":`` guard opened a second
+    viewer in the worker, whose event loop then held the classifier or the training (and
+    TensorFlow shared its process with a shown viewer); napari's own launcher imported
+    napari there. The workers run this package's functions only: while they start, the
+    main module has neither a file nor a module name to be imported by."""
+    main = sys.modules["__main__"]
+    with _MAIN_MODULE_HIDDEN:
+        saved = {
+            name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__
+        }
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None  # (multiprocessing reads the attribute itself)
+        try:
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
 
 _worker_classifier = None
 _worker_error: ModelError | None = None
@@ -127,7 +151,8 @@ class RemoteClassifier(ModelFileClassifier):
         during it and ``retry`` (a second death: :class:`ModelError`)."""
         pool = self._executor()
         try:
-            future = pool.submit(_predict_in_worker, crops)  # submit starts the worker
+            with main_script_not_rerun():
+                future = pool.submit(_predict_in_worker, crops)  # submit starts the worker
             return future.result()
         except WorkerCallError:
             raise
@@ -135,9 +160,6 @@ class RemoteClassifier(ModelFileClassifier):
             self._stop(pool)
             raise
         except (RuntimeError, CancelledError) as exc:  # BrokenProcessPool is a RuntimeError
-            if "bootstrapping phase" in str(exc):  # this is a spawned child importing __main__
-                self._stop(pool)
-                raise ModelError(MAIN_GUARD_ADVICE) from None
             if not (isinstance(exc, BrokenProcessPool) or self._pool is not pool):
                 raise  # the worker's own error, its process still serving
             self._stop(pool)  # died, or stopped by close() or another call's failure

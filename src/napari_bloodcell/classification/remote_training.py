@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..errors import BloodcellError
 from .model_files import check_model_name, install_model, user_models_dir
-from .remote import MAIN_GUARD_ADVICE
+from .remote import main_script_not_rerun
 from .training import TrainingConfig, split_training_data
 
 
@@ -67,9 +68,15 @@ def _train_in_child(data_dirs, out: Path, config, events, stop) -> None:
     and the outcome on ``events``. It stops when asked or when the parent process is gone
     (e.g. napari crashed), and then removes the work folder: nobody would install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    _give_output_streams()
+    try:
+        import keras
 
-    from .training import TrainingStopped, train_classifier, training_notes
+        from .training import TrainingStopped, train_classifier, training_notes
+    except Exception as exc:  # an ImportError, or TensorFlow failing to start
+        shutil.rmtree(out.parent, ignore_errors=True)
+        events.put(TrainingFailed(f"TensorFlow cannot be loaded ({type(exc).__name__}: {exc})"))
+        return
 
     parent = multiprocessing.parent_process()
 
@@ -110,6 +117,18 @@ def _train_in_child(data_dirs, out: Path, config, events, stop) -> None:
     if not isinstance(outcome, TrainingDone) or parent_gone():
         shutil.rmtree(out.parent, ignore_errors=True)
     events.put(outcome)
+
+
+def _give_output_streams() -> None:
+    """Point ``sys.stdout`` / ``sys.stderr`` at the null device where the process cannot
+    write them (a napari started by ``pythonw`` has none; one started with its output
+    closed hands its descriptor number to the next file it opens, e.g. a pipe's reading
+    end): Keras' line per epoch failed the training after its first epoch."""
+    for name in ("stdout", "stderr"):
+        try:
+            os.write(getattr(sys, name).fileno(), b"")  # EBADF: closed, or not for writing
+        except (AttributeError, OSError, ValueError):  # None, unwritable, or fd-less
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (kept till the end)
 
 
 class TrainingJob:
@@ -155,19 +174,14 @@ class TrainingJob:
                 args=(self.data_dirs, out, self.config, self._events, self._stop),
                 name=f"napari-bloodcell training {self.target.stem}",
             )
-            self._process.start()
+            with main_script_not_rerun():
+                self._process.start()
         except OSError as exc:
             self._process = None
             self.close()
             raise BloodcellError(
                 f"cannot start training in {self.models_dir} ({exc.strerror or exc})"
             ) from None
-        except RuntimeError as exc:
-            self._process = None
-            self.close()  # (its work folder too)
-            if "bootstrapping phase" in str(exc):  # a spawned child re-running a script
-                raise BloodcellError(MAIN_GUARD_ADVICE) from None
-            raise
 
     def cancel(self) -> None:
         """Ask the training to stop after the current batch or crop read (nothing is saved;
@@ -187,7 +201,7 @@ class TrainingJob:
         """
         if self._process is None:
             raise RuntimeError("start() the job before reading its events")
-        cancelled_at, started = None, False
+        cancelled_at = None
         try:
             while True:
                 try:
@@ -199,17 +213,13 @@ class TrainingJob:
                             yield TrainingCancelled()
                             return
                     if not self._process.is_alive() and self._events.empty():
-                        # exit 1 before any event: most often a script without the main
-                        # guard (a signal, e.g. out of memory, gives a negative code)
-                        code = self._process.exitcode
-                        advice = f"; if a script started it: {MAIN_GUARD_ADVICE}"
+                        code = self._process.exitcode  # a signal's is negative: -9 killed
                         yield TrainingFailed(
-                            f"the training process ended unexpectedly (exit code {code})"
-                            f"{advice if code == 1 and not started else ''}"
+                            f"the training process ended unexpectedly (exit code {code}"
+                            f"{'; out of memory?' if code == -9 else ''})"
                         )
                         return
                     continue
-                started = True
                 if isinstance(event, TrainingDone):  # cancelled while saving: not installed
                     event = TrainingCancelled() if self._stop.is_set() else self._install(event)
                 yield event
