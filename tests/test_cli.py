@@ -495,6 +495,26 @@ def test_train_keeps_a_model_saved_under_its_name_while_it_trained(tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mine-2.keras", "mine.keras"]
 
 
+def test_train_refuses_a_packaged_model_or_a_folder_as_out_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    """--out on the packaged default was refused only for existing (and replaced with
+    --overwrite); a folder was told to pass --overwrite, then that it is no .keras file."""
+    from napari_bloodcell.classification import model_files, training
+
+    packaged = tmp_path / "package"
+    packaged.mkdir()
+    (packaged / "default.keras").write_bytes(b"shipped")
+    monkeypatch.setattr(model_files, "packaged_models_dir", lambda: packaged)
+    monkeypatch.setattr(training, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    for flags in ([], ["--overwrite"]):
+        assert run_cli("train", tmp_path, "--out", packaged / "default.keras", *flags) == 2
+        assert "packaged with napari-bloodcell" in capsys.readouterr().err
+        assert run_cli("train", tmp_path, "--out", tmp_path, *flags) == 2
+        assert "must end in .keras" in capsys.readouterr().err
+    assert (packaged / "default.keras").read_bytes() == b"shipped"
+
+
 def test_predict_warns_when_many_crops_look_unlike_the_training_images(
     tmp_path, tiny_model_with_novelty, capsys
 ):

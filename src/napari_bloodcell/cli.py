@@ -592,7 +592,12 @@ class TerminalProgress:
 
 
 def _run_train(args) -> int:
-    from .classification.model_files import check_model_file_name, check_model_name, install_model
+    from .classification.model_files import (
+        check_model_file_name,
+        check_model_name,
+        check_not_packaged,
+        install_model,
+    )
     from .classification.training import (
         TrainingConfig,
         describe,
@@ -601,9 +606,10 @@ def _run_train(args) -> int:
     )
 
     out = check_model_name(args.name, overwrite=args.overwrite) if args.name else args.out
+    check_model_file_name(out)  # before "exists": a folder is no model file to overwrite
+    check_not_packaged(out)
     if out.exists() and not args.overwrite:
         raise BloodcellError(f"{out} exists; pass --overwrite to replace it")
-    check_model_file_name(out)
     if args.head_only and not args.init:
         raise BloodcellError("--head-only needs --init MODEL (the body to keep)")
     network_options = {"--arch": args.arch, "--normalization": args.normalization}
