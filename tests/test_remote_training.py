@@ -159,6 +159,31 @@ def test_a_script_without_a_main_guard_and_without_output_trains_and_runs_once(t
     assert (models / "m.keras").is_file() and not list(models.glob(".training-*"))
 
 
+def test_a_script_that_ends_without_reading_the_events_stops_the_training(tmp_path):
+    """Python's exit waited for the whole training and left the trained model in a hidden
+    work folder that nothing installed or removed."""
+    import subprocess
+
+    data = write_crop_folder(tmp_path / "data", n_per_class=4, seed=0)
+    models = tmp_path / "models"
+    script = tmp_path / "unread.py"
+    script.write_text(
+        "import time\n"
+        "from napari_bloodcell.classification.remote_training import TrainingJob\n"
+        "from napari_bloodcell.classification.training import TrainingConfig\n"
+        f"job = TrainingJob([{str(data)!r}], 'm', TrainingConfig(input_size=32, epochs=500,\n"
+        "                  patience=500),\n"
+        f"                  models_dir=__import__('pathlib').Path({str(models)!r}))\n"
+        "job.start()\n"
+        "time.sleep(2)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(models.iterdir()) == []
+
+
 def test_tensorflow_that_cannot_be_loaded_is_named(tmp_path, monkeypatch):
     """A broken TensorFlow killed the child with exit code 1 before it could report, and
     the user was told to add a main guard (the real error only on napari's stderr)."""

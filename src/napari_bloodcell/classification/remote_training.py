@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,6 +162,7 @@ class TrainingJob:
         self._stop = context.Event()
         self._workdir: Path | None = None
         self._process = None
+        self._finalizer: weakref.finalize | None = None
         self._context = context
 
     def start(self) -> None:
@@ -176,6 +178,9 @@ class TrainingJob:
             )
             with main_script_not_rerun():
                 self._process.start()
+            self._finalizer = weakref.finalize(
+                self, _stop_training, self._process, self._stop, self._workdir
+            )
         except OSError as exc:
             self._process = None
             self.close()
@@ -240,13 +245,21 @@ class TrainingJob:
 
     def close(self) -> None:
         """Stop the process if it still runs and delete the work folder."""
-        if self._process is not None:
-            self._stop.set()
-            self._process.join(timeout=5)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(timeout=5)
-            self._process = None
-        if self._workdir is not None:
+        if self._finalizer is not None:
+            self._finalizer()  # (a second call does nothing)
+        elif self._workdir is not None:  # the process did not start
             shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        self._process = self._workdir = None
+
+
+def _stop_training(process, stop, workdir: Path) -> None:
+    """Stop a training process if it still runs, and delete its work folder: when its job
+    is closed, or collected or left unclosed at Python's exit (a script that started a job
+    and ended without reading its events waited for the whole training at exit, and left
+    the trained model in a hidden work folder)."""
+    stop.set()
+    process.join(timeout=5)
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout=5)
+    shutil.rmtree(workdir, ignore_errors=True)
