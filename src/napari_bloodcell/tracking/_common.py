@@ -17,6 +17,9 @@ from ..errors import TrackingError
 TRACKED_CELL_TYPES = ("wbc", "platelet")
 """Cell types that are linked (each type on its own); red cells are not tracked."""
 
+KNOWN_CELL_TYPES = (*TRACKED_CELL_TYPES, "rbc")
+"""The cell types of a cells table (those segmentation gives)."""
+
 REQUIRED_COLUMNS = ("frame", "centroid_y", "centroid_x", "cell_type")
 
 # Defaults when both a pixel size and a frame interval are known (µm/min). Neutrophils in the
@@ -217,6 +220,15 @@ def checked_cells(cells: pd.DataFrame) -> pd.DataFrame:
     cells["frame"] = frames.astype(np.int64)
     cells[["centroid_y", "centroid_x"]] = centroids.astype(float)
     cells["cell_type"] = cells["cell_type"].astype(str).str.strip().str.lower()  # "WBC"
+    unknown = cells.loc[~cells["cell_type"].isin(KNOWN_CELL_TYPES), "cell_type"].value_counts()
+    if len(unknown):  # (they were left out in silence: a table of "neutrophil" rows, no track)
+        named = ", ".join(f"{value!r} ({count} rows)" for value, count in unknown.head(5).items())
+        raise TrackingError(
+            f"cell_type {named}{' …' if len(unknown) > 5 else ''} is none of "
+            f"{', '.join(KNOWN_CELL_TYPES)}: tracking links 'wbc' and 'platelet' rows and leaves "
+            f"red cells ('rbc') out; give those rows one of these types (a neutrophil is a "
+            f"'wbc', its class goes in cell_class) or drop them"
+        )
     if "cell_class" in cells:  # a missing class is "uncertain", not a class "nan" or "None"
         classes = cells["cell_class"].astype(object)
         cells["cell_class"] = classes.where(classes.notna(), UNCERTAIN).astype(str)

@@ -1,4 +1,5 @@
-"""Link per-frame detections into tracks with laptrack (LAP linking + gap closing).
+"""Link per-frame detections into tracks: laptrack's LAP frame-to-frame linking, then gap
+closing with laptrack's costs and solver on candidates found by a k-d tree.
 
 Each cell type (leukocytes ``wbc``, ``platelet``) of each ``source`` is linked on its own, in the
 length unit (µm with a pixel size, else px). Splitting and merging are off: blood cells do not
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 from laptrack import LapTrack
 from scipy.sparse import coo_array
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
+from scipy.spatial import cKDTree
 
 from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, max_step
 
@@ -29,16 +31,13 @@ def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.nda
     tracker = LapTrack(
         metric="sqeuclidean",
         cutoff=cutoff,
-        gap_closing_cutoff=cutoff if max_gap_frames > 0 else False,
-        gap_closing_max_frame_count=max_gap_frames + 1,
+        gap_closing_cutoff=False,  # (closed below: laptrack's search is quadratic)
         splitting_cutoff=False,
         merging_cutoff=False,
         # explicit start/end costs: laptrack's percentile default refuses valid links when
         # there are only a few candidates
         track_start_cost=cutoff,
         track_end_cost=cutoff,
-        segment_start_cost=cutoff,
-        segment_end_cost=cutoff,
     )
     # laptrack nodes are (frame, index within that frame); rows are sorted by frame
     frames = _without_long_gaps(group["frame"].to_numpy(), max_gap_frames)
@@ -49,12 +48,64 @@ def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.nda
     edges = np.array(
         [(frame_start[f1] + i1, frame_start[f2] + i2) for (f1, i1), (f2, i2) in graph.edges()],
         dtype=np.int64,
-    )
-    edges = edges.reshape(-1, 2)
-    adjacency = coo_array(
-        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(group), len(group))
-    )
+    ).reshape(-1, 2)
+    segments = _components(edges, len(group))
+    if max_gap_frames > 0:
+        edges = np.vstack(
+            [edges, _gap_closing_links(segments, frames, points, cutoff, max_gap_frames + 1)]
+        )
+    return _components(edges, len(group))
+
+
+def _components(edges: np.ndarray, n_rows: int) -> np.ndarray:
+    """The connected component of each of ``n_rows`` rows linked by ``edges`` (E, 2)."""
+    adjacency = coo_array((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n_rows, n_rows))
     return connected_components(adjacency, directed=False)[1]
+
+
+def _gap_closing_links(
+    segments: np.ndarray, frames: np.ndarray, points: np.ndarray, cutoff: float, max_frames: int
+) -> np.ndarray:
+    """Row pairs (last row of a segment, first row of another) that close gaps: laptrack's
+    gap-closing assignment (Jaqaman et al. 2008; costs as laptrack builds them, the same
+    sparse solver), the candidates found with a k-d tree. laptrack's own search compares
+    every segment with every other in Python: 40,000 fragmented platelet detections took
+    8 minutes.
+
+    A segment's end links to another's start ``1 … max_frames`` frames later at a squared
+    distance below ``cutoff``; ending or starting a track costs ``cutoff``.
+    """
+    order = np.lexsort((frames, segments))  # rows by segment, then frame
+    boundaries = np.flatnonzero(np.diff(segments[order])) + 1
+    first = order[np.r_[0, boundaries]]  # each segment's first row (segments 0 … M-1)
+    last = order[np.r_[boundaries - 1, len(order) - 1]]  # … and last row
+    pairs = cKDTree(points[last]).sparse_distance_matrix(
+        cKDTree(points[first]), np.sqrt(cutoff), output_type="ndarray"
+    )
+    ends, starts, cost = pairs["i"], pairs["j"], pairs["v"] ** 2
+    gap = frames[first[starts]] - frames[last[ends]]
+    keep = (gap >= 1) & (gap <= max_frames) & (cost < cutoff)
+    ends, starts, cost = ends[keep], starts[keep], cost[keep]
+    if len(ends) == 0:
+        return np.zeros((0, 2), np.int64)
+    m = len(first)
+    # rows: segment ends, then "no start" rows; columns: segment starts, then "no end" ones.
+    # laptrack's auxiliary (lower right) cost is the least of its alternative costs, among
+    # them those of splitting and merging (off): 1.05 × the 90th percentile of the costs
+    auxiliary = min(cutoff, np.percentile(cost, 90, method="lower") * 1.05) or _EPSILON
+    diagonal = np.arange(m)
+    rows = np.concatenate([ends, diagonal, m + diagonal, m + starts])
+    columns = np.concatenate([starts, m + diagonal, diagonal, m + ends])
+    costs = np.concatenate([cost, np.full(2 * m, cutoff), np.full(len(ends), auxiliary)])
+    costs = costs.astype(np.float32) + np.float32(_EPSILON)  # laptrack's precision
+    matrix = coo_array((costs, (rows, columns)), shape=(2 * m, 2 * m))
+    row, column = min_weight_full_bipartite_matching(matrix.tocsr())
+    linked = (row < m) & (column < m)
+    return np.column_stack([last[row[linked]], first[column[linked]]])
+
+
+_EPSILON = 1e-6
+"""Added to every cost, as laptrack does: a zero in a sparse matrix is no edge."""
 
 
 def _without_long_gaps(frames: np.ndarray, max_gap_frames: int) -> np.ndarray:
