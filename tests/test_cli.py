@@ -177,6 +177,32 @@ def test_analyze_a_fluorescence_stack_with_a_channel_mapping(tmp_path):
     assert "platelet" in set(table["cell_class"])
 
 
+def test_tracking_takes_the_frame_interval_an_ome_tiff_records(tmp_path, capsys):
+    """analyze --track read the pixel size from the file but not the frame interval: the
+    same movie gave µm/min in napari (the layer's time scale) and µm/frame here."""
+    movie = make_timelapse(n_frames=4, shape=(96, 128), seed=1)
+    path = tmp_path / "movie.ome.tif"
+    metadata = {"axes": "TCYX", "TimeIncrement": 0.5, "TimeIncrementUnit": "min"}
+    tifffile.imwrite(path, np.moveaxis(movie.image, -1, 1), metadata=metadata)
+    out = tmp_path / "out"
+    roles = ["--channel", "neutrophil=1", "--channel", "platelet=0", "--no-classify"]
+    assert run_cli("analyze", path, "--out", out, *roles, "--track") == 0
+    assert json.loads((out / "run.json").read_text())["frame_intervals_s"] == {str(path): 30.0}
+    tracking = json.loads((out / "tracking" / "movie.ome" / "tracking.json").read_text())
+    assert tracking["frame_interval_s"] == 30.0 and tracking["speed_unit"].endswith("per_min")
+    assert run_cli("track", out / "cells.csv", "--out", tmp_path / "again") == 0  # run.json's
+    assert (
+        json.loads((tmp_path / "again" / "tracking.json").read_text())["frame_interval_s"] == 30.0
+    )
+    assert "no frame interval" not in capsys.readouterr().out
+    tifffile.imwrite(plain := tmp_path / "plain.tif", movie.image)  # records none
+    assert (
+        run_cli("analyze", plain, "--out", tmp_path / "o2", *roles, "--axes", "TYXC", "--track")
+        == 0
+    )
+    assert "no frame interval (--frame-interval not given" in capsys.readouterr().out
+
+
 def _write_bad_input(tmp_path, kind):
     path = (
         tmp_path

@@ -67,7 +67,7 @@ from . import __version__
 from .errors import BloodcellError, InputImageError, OutputExistsError, one_line
 from .overlays import save_overlay_png
 from .pipeline import AnalysisSettings, concat_tables, iter_analyze_stack
-from .reading import LazyImage, PartOfAnotherFileError, open_lazy
+from .reading import LazyImage, PartOfAnotherFileError, open_lazy, recorded_frame_interval_s
 from .table import parquet_available, read_table, write_table
 
 MAX_OVERLAYS_PER_INPUT = 10
@@ -96,6 +96,8 @@ class BatchSummary:
     modalities: dict[str, str] = field(default_factory=dict)
     pixel_sizes_um: dict[str, float | None] = field(default_factory=dict)
     """µm per pixel each analysed input was measured with (given, or from its file)."""
+    frame_intervals_s: dict[str, float | None] = field(default_factory=dict)
+    """Seconds between frames each analysed stack's file records (None: not recorded)."""
     axes: dict[str, str] = field(default_factory=dict)
     """The axes each analysed input was read with (given, from its file, or its shape's)."""
     n_frames: int = 0
@@ -146,6 +148,7 @@ class InputJob:
     model_path: Path | None
     model_stamp: tuple[int, int] | None  # the model file as chosen at the start of the run
     max_overlays: int
+    frame_interval_s: float | None = None  # recorded in the file (a stack's only)
 
 
 @dataclass(frozen=True)
@@ -487,6 +490,7 @@ def _count_processed(summary: BatchSummary, job: InputJob, unit_results: list[Un
         sorted(set().union(*(r.modalities for r in unit_results)))
     )
     summary.pixel_sizes_um[job.source] = job.settings.pixel_size_um
+    summary.frame_intervals_s[job.source] = job.frame_interval_s
     summary.axes[job.source] = job.axes
     summary.n_frames += job.n_frames
 
@@ -708,6 +712,7 @@ def _input_job(
         model_path=classifier.path.absolute() if classifier is not None else None,
         model_stamp=classifier.stamp if classifier is not None else None,
         max_overlays=max_overlays,
+        frame_interval_s=recorded_frame_interval_s(absolute) if image.n_frames > 1 else None,
     )
 
 
@@ -927,6 +932,7 @@ def _write_run_tables(
         "parts_of_other_inputs": list(summary.parts),
         "modalities": summary.modalities,
         "pixel_sizes_um": summary.pixel_sizes_um,
+        "frame_intervals_s": summary.frame_intervals_s,
         "axes": summary.axes,
         "failures": summary.failures,
         "n_frames": summary.n_frames,

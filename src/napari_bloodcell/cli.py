@@ -187,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--track", action="store_true", help="also link cells over frames into tracks (tracking/)"
     )
     analyze.add_argument(
-        "--frame-interval", type=float, metavar="S", help="seconds between frames (tracking)"
+        "--frame-interval",
+        type=float,
+        metavar="S",
+        help="seconds between frames (tracking); default: as an OME or ImageJ TIFF records it",
     )
     add_speed_options(analyze)
     analyze.set_defaults(run=_run_analyze)
@@ -201,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="UM",
         help="µm per pixel (default: the one the table was measured with, if any)",
     )
-    track.add_argument("--frame-interval", type=float, metavar="S", help="seconds between frames")
+    track.add_argument(
+        "--frame-interval",
+        type=float,
+        metavar="S",
+        help="seconds between frames; default: as the analyze run's run.json beside the table "
+        "records each input's (from OME or ImageJ TIFFs)",
+    )
     add_speed_options(track)
     track.add_argument("--overwrite", action="store_true", help="replace existing results")
     track.set_defaults(run=_run_track)
@@ -548,6 +557,7 @@ def _analyze_and_report(args, settings, client) -> int:
             summary.out / "tracking",
             settings.pixel_size_um,
             args.frame_interval,
+            recorded_intervals=summary.frame_intervals_s,
             overwrite=args.overwrite,
             skip_existing=True,
             folder_per_source=True,  # one layout whatever the number of inputs finished
@@ -682,6 +692,7 @@ def _run_track(args) -> int:
         args.out,
         args.pixel_size,
         args.frame_interval,
+        recorded_intervals=_recorded_frame_intervals(args.cells),
         overwrite=args.overwrite,
         skip_existing=False,
         params=params,
@@ -695,6 +706,7 @@ def _track_each_source(
     pixel_size_um,
     frame_interval_s,
     *,
+    recorded_intervals: dict | None = None,
     overwrite: bool,
     skip_existing: bool,
     folder_per_source: bool = False,
@@ -704,14 +716,18 @@ def _track_each_source(
     (``folder_per_source``, or when there are several), else into ``out``.
 
     Without ``pixel_size_um`` each source is tracked in the µm its table was measured in,
-    if any. Existing tracking tables are replaced only with ``overwrite``; otherwise their
-    sources are skipped with a note (``skip_existing``) or, before anything is tracked,
-    refused (:class:`OutputExistsError`)."""
+    if any; without ``frame_interval_s`` at the interval its file recorded
+    (``recorded_intervals``: input path → seconds; a table names its sources by file
+    name), if any, else in frames (with a note).
+    Existing tracking tables are replaced only with ``overwrite``; otherwise their sources
+    are skipped with a note (``skip_existing``) or, before anything is tracked, refused
+    (:class:`OutputExistsError`)."""
     import pandas as pd
 
     from .tracking import existing_tracking_files, pixel_size_of_table, track_table
 
     sources = table["source"].unique() if "source" in table and len(table) else [None]
+    recorded = {Path(path).name: s for path, s in (recorded_intervals or {}).items()}
     targets = {
         source: out
         if len(sources) == 1 and not folder_per_source
@@ -740,8 +756,24 @@ def _track_each_source(
         if source is not None:
             print(f"{source}:")
         pixel_size = pixel_size_um if pixel_size_um is not None else pixel_size_of_table(cells)
-        result = track_table(cells, pixel_size, frame_interval_s, params)
+        interval = frame_interval_s or recorded.get(str(source))
+        if interval is None and cells["frame"].nunique() > 1:
+            print(
+                "  no frame interval (--frame-interval not given, none recorded in the file): "
+                "times and speeds are per frame"
+            )
+        result = track_table(cells, pixel_size, interval, params)
         _report_tracking(result, target, overwrite=overwrite)
+
+
+def _recorded_frame_intervals(cells_path: Path) -> dict:
+    """Source → seconds between frames, as recorded by the analyze run whose ``cells.csv``
+    (or ``.parquet``) ``cells_path`` is (its ``run.json``); empty for other tables."""
+    try:
+        intervals = json.loads((cells_path.parent / "run.json").read_text())["frame_intervals_s"]
+    except (OSError, ValueError, KeyError, TypeError):  # absent, unreadable, an older run
+        return {}
+    return intervals if isinstance(intervals, dict) else {}
 
 
 def _report_tracking(result, out: Path, *, overwrite: bool) -> None:

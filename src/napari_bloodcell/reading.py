@@ -1061,6 +1061,42 @@ def _tiff_pixel_size_um(tif) -> float | None:
     return x
 
 
+TIME_UNITS_S = {
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "millisecond": 1e-3,
+    "milliseconds": 1e-3, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
+    "hour": 3600.0, "hours": 3600.0, "µs": 1e-6, "us": 1e-6,
+}  # fmt: skip
+"""Time units of OME (``TimeIncrementUnit``) and ImageJ (``tunit``) metadata, in seconds."""
+
+
+def recorded_frame_interval_s(path: str | Path) -> float | None:
+    """The time between frames (s) a TIFF records: OME ``TimeIncrement`` (in its
+    ``TimeIncrementUnit``, s when none is given) or ImageJ's ``finterval`` (in its ``tunit``,
+    s when none is given); None for other files, unreadable ones and none recorded."""
+    import tifffile
+
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ome, calibration = tif.ome_metadata, tif.imagej_metadata or {}
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+    if ome and (match := re.search(r'TimeIncrement="([0-9.eE+-]+)"', ome)):
+        unit = re.search(r'TimeIncrementUnit="([^"]+)"', ome)
+        value, factor = match.group(1), TIME_UNITS_S.get(unit.group(1).lower() if unit else "s")
+    elif "finterval" in calibration:
+        value = calibration["finterval"]
+        factor = TIME_UNITS_S.get(str(calibration.get("tunit", "s")).strip().lower())
+    else:
+        return None
+    try:
+        seconds = float(value) * factor if factor is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
 def _ome_physical_size(ome: str, axis: str) -> float | None:
     """``PhysicalSize<axis>`` of OME-XML in µm (its unit, µm when none is given)."""
     match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', ome)
