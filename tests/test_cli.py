@@ -698,7 +698,7 @@ def test_calibrate_refits_the_temperature_on_validation_sources(
     assert read_metadata(copy).training["novelty_reference"] is False
 
 
-def test_analyze_with_tracking_then_track_command(tmp_path):
+def test_analyze_with_tracking_then_track_command(tmp_path, capsys):
     movie = make_timelapse(n_frames=6, shape=(96, 128), seed=3)
     path = tmp_path / "movie.tif"
     tifffile.imwrite(path, movie.image)
@@ -723,8 +723,16 @@ def test_analyze_with_tracking_then_track_command(tmp_path):
     )
     # a rerun of analyze --track leaves its tracking tables alone unless --overwrite
     (out / "tracking" / "movie" / "tracks.csv").write_text("mine")
+    capsys.readouterr()
     assert run_cli("analyze", path, *args, "--frame-interval", "10") == 0
     assert (out / "tracking" / "movie" / "tracks.csv").read_text() == "mine"
+    # its note names the command that tracks again without analysing again (not --overwrite)
+    hint = capsys.readouterr().out.split("without analysing again: napari-bloodcell ")[1]
+    command = hint.split(")")[0].split()
+    assert command[:2] == ["track", str(out / "cells.csv")]
+    assert run_cli(*command, "--frame-interval", "10") == 0
+    assert len(pd.read_csv(out / "tracking" / "movie" / "tracks.csv")) == len(tracks)
+    (out / "tracking" / "movie" / "tracks.csv").write_text("mine")
     assert run_cli("analyze", path, *args, "--frame-interval", "10", "--overwrite") == 0
     assert len(pd.read_csv(out / "tracking" / "movie" / "tracks.csv")) == len(tracks)
     assert run_cli("analyze", path, *args, "--frame-interval", "0") == 2  # refused at once

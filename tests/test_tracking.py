@@ -389,9 +389,10 @@ def test_gap_closing_links_as_laptrack_does(seed, max_gap_frames):
         seen = moved[rng.random(len(moved)) > 0.25]
         rows += [(t, y, x) for y, x in np.vstack([seen, rng.uniform(0, 150, (8, 2))])]
     group = pd.DataFrame(rows, columns=["frame", "_y", "_x"])
-    ours = _link_group(group, 6.0, max_gap_frames)
+    frames, points = group["frame"].to_numpy(), group[["_y", "_x"]].to_numpy()
+    ours = _link_group(frames, points, 6.0, max_gap_frames)
     theirs = _laptrack_with_its_own_gap_closing(group, 6.0, max_gap_frames)
-    assert len(set(ours)) < len(set(_link_group(group, 6.0, 0)))  # gaps were closed …
+    assert len(set(ours)) < len(set(_link_group(frames, points, 6.0, 0)))  # gaps closed …
     pairs = set(zip(ours, theirs, strict=True))  # … into the same tracks
     assert len(pairs) == len(set(ours)) == len(set(theirs))
 
@@ -407,6 +408,13 @@ def test_cell_types_tracking_does_not_know_are_refused_by_name():
         cells([(*row[:4], "wbc" if row[4] == "neutrophil" else row[4]) for row in rows])
     )
     assert tracked.tracks["cell_type"].value_counts().to_dict() == {"wbc": 4, "platelet": 4}
+
+
+def test_input_columns_are_kept_whatever_their_names():
+    """Linking kept its coordinates in columns "_y" and "_x" and then dropped them: a
+    table's own columns of those names were lost."""
+    table = cells([(t, 1, 5.0, 5.0 + t, "wbc") for t in range(3)]).assign(_y=[7, 8, 9])
+    assert track_table(table).tracks["_y"].tolist() == [7, 8, 9]
 
 
 def test_missing_classes_are_uncertain_votes_not_a_class_none():

@@ -747,7 +747,11 @@ def _track_each_source(
         )
     for source, target in targets.items():
         if target in taken:
-            print(f"{target}: tracking tables exist, not replaced (pass --overwrite to redo them)")
+            print(
+                f"{target}: tracking tables exist, not replaced (to track again without "
+                f"analysing again: napari-bloodcell track {out.parent / 'cells.csv'} --out "
+                f"{target if len(sources) == 1 else out} --overwrite)"
+            )
             continue
         if len(sources) == 1:
             cells = table

@@ -18,13 +18,14 @@ from scipy.spatial import cKDTree
 
 from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, max_step
 
-_COORDINATES = ["_y", "_x"]
 
-
-def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.ndarray:
-    """Track index per row of ``group`` (one cell type, rows sorted by frame)."""
-    if group["frame"].nunique() < 2:
-        return np.arange(len(group))
+def _link_group(
+    frames: np.ndarray, points: np.ndarray, step: float, max_gap_frames: int
+) -> np.ndarray:
+    """Track index per detection of one cell type: ``frames`` (N,) sorted, ``points``
+    (N, 2) their (y, x) in the length unit of ``step``."""
+    if len(np.unique(frames)) < 2:
+        return np.arange(len(frames))
     # A gap is bridged only within one frame's largest step: the largest step is a rare,
     # fast one, so letting the reach grow with the gap joins unrelated track ends and starts.
     cutoff = step**2
@@ -40,8 +41,7 @@ def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.nda
         track_end_cost=cutoff,
     )
     # laptrack nodes are (frame, index within that frame); rows are sorted by frame
-    frames = _without_long_gaps(group["frame"].to_numpy(), max_gap_frames)
-    points = group[_COORDINATES].to_numpy(dtype=float)
+    frames = _without_long_gaps(frames, max_gap_frames)
     frame_start = np.searchsorted(frames, np.arange(frames[-1] + 2))
     coords = [points[a:b] for a, b in zip(frame_start[:-1], frame_start[1:], strict=True)]
     graph = tracker.predict(coords)
@@ -49,12 +49,12 @@ def _link_group(group: pd.DataFrame, step: float, max_gap_frames: int) -> np.nda
         [(frame_start[f1] + i1, frame_start[f2] + i2) for (f1, i1), (f2, i2) in graph.edges()],
         dtype=np.int64,
     ).reshape(-1, 2)
-    segments = _components(edges, len(group))
+    segments = _components(edges, len(frames))
     if max_gap_frames > 0:
         edges = np.vstack(
             [edges, _gap_closing_links(segments, frames, points, cutoff, max_gap_frames + 1)]
         )
-    return _components(edges, len(group))
+    return _components(edges, len(frames))
 
 
 def _components(edges: np.ndarray, n_rows: int) -> np.ndarray:
@@ -124,8 +124,6 @@ def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.
     frame then label order, so that the ids do not depend on the table's row order).
     """
     tracked = cells[cells["cell_type"].isin(TRACKED_CELL_TYPES)].copy()
-    tracked["_y"] = units.lengths(tracked["centroid_y"])
-    tracked["_x"] = units.lengths(tracked["centroid_x"])
     tracked["track_id"] = np.zeros(len(tracked), dtype=np.int64)
     sources = tracked["source"] if "source" in tracked else pd.Series("", index=tracked.index)
     type_order = tracked["cell_type"].map(TRACKED_CELL_TYPES.index)
@@ -136,9 +134,9 @@ def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.
         step = max_step(cells, cell_type, units, params)
         order = ["frame", "label"] if "label" in group else ["frame"]
         group = group.sort_values(order, kind="stable")
-        track_index = _link_group(group, step, params.max_gap_frames)
+        points = units.lengths(group[["centroid_y", "centroid_x"]].to_numpy(dtype=float))
+        track_index = _link_group(group["frame"].to_numpy(), points, step, params.max_gap_frames)
         _, dense = np.unique(track_index, return_inverse=True)
         tracked.loc[group.index, "track_id"] = next_id + dense
         next_id += int(dense.max()) + 1
-    tracked = tracked.drop(columns=_COORDINATES)
     return tracked.sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
