@@ -596,6 +596,9 @@ def test_the_tracking_settings_are_written_beside_the_tables(tmp_path):
     assert settings["contact_distance"] == pytest.approx(result.contact_distance)
     assert settings["aggregate_distance"] == pytest.approx(result.aggregate_distance)
     assert settings["length_unit"] == "um" and settings["laptrack_version"] == version("laptrack")
+    # the reach of a link as used: 30 µm/min over 10 s, and the fallback diameters (µm)
+    assert settings["reach"]["wbc"] == pytest.approx({"median_diameter": 10.0, "max_step": 5.0})
+    assert settings["reach"]["platelet"]["median_diameter"] == pytest.approx(3.0)
     # the settings alone are results too: never replaced unless asked
     for table in tmp_path.glob("*.csv"):
         table.unlink()

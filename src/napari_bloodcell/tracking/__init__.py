@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,7 +21,14 @@ import pandas as pd
 from .. import __version__
 from ..errors import BloodcellError, OutputExistsError, TrackingError
 from ..table import write_table
-from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, checked_cells
+from ._common import (
+    TRACKED_CELL_TYPES,
+    TrackingParams,
+    Units,
+    checked_cells,
+    max_step,
+    median_diameter,
+)
 from .ctc import ctc_scores, ctc_segments, write_ctc
 from .interactions import contact_events, nearest_platelets, resolve_distances
 from .layers import tracks_layer_data
@@ -92,6 +99,9 @@ class TrackingResult:
     contact_distance: float
     aggregate_distance: float
     params: TrackingParams
+    reach: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per tracked cell type: ``median_diameter`` and ``max_step`` (the largest link, per
+    frame) as used (length unit)."""
 
     @property
     def settings(self) -> dict:
@@ -105,6 +115,7 @@ class TrackingResult:
             "params": {name: _plain(value) for name, value in asdict(self.params).items()},
             "contact_distance": self.contact_distance,
             "aggregate_distance": self.aggregate_distance,
+            "reach": self.reach,
             "laptrack_version": version("laptrack"),
             "napari_bloodcell_version": __version__,
         }
@@ -167,6 +178,13 @@ def track_table(
         contact_distance=contact,
         aggregate_distance=aggregate,
         params=params,
+        reach={
+            cell_type: {
+                "median_diameter": median_diameter(cells, cell_type, units),
+                "max_step": max_step(cells, cell_type, units, params),
+            }
+            for cell_type in TRACKED_CELL_TYPES
+        },
     )
 
 
