@@ -125,6 +125,24 @@ def test_training_stops_and_cleans_up_when_napari_dies(tmp_path):
     assert list(models.iterdir()) == []  # no model, no work folder
 
 
+def _training_script(tmp_path, config: str, after_start: str):
+    """A script without a main guard that starts training model 'm' (``TrainingConfig``
+    arguments ``config``) on 4 crops per class into ``tmp_path / "models"``, then runs
+    ``after_start``; it prints TOP LEVEL to stderr whenever its top level runs."""
+    data = write_crop_folder(tmp_path / "data", n_per_class=4, seed=0)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys, time\n"
+        "from napari_bloodcell.classification.remote_training import TrainingJob\n"
+        "from napari_bloodcell.classification.training import TrainingConfig\n"
+        "print('TOP LEVEL', file=sys.stderr)\n"
+        f"job = TrainingJob([{str(data)!r}], 'm', TrainingConfig(input_size=32, {config}),\n"
+        f"                  models_dir=__import__('pathlib').Path({str(tmp_path / 'models')!r}))\n"
+        "job.start()\n" + after_start
+    )
+    return script
+
+
 def test_a_script_without_a_main_guard_and_without_output_trains_and_runs_once(tmp_path):
     """The spawned child re-ran the script (a top-level start() failed: 'bootstrapping
     phase'; a napari launch script opened a second viewer there, and training hung); and a
@@ -132,19 +150,11 @@ def test_a_script_without_a_main_guard_and_without_output_trains_and_runs_once(t
     when Keras printed its line."""
     import subprocess
 
-    data = write_crop_folder(tmp_path / "data", n_per_class=4, seed=0)
-    models = tmp_path / "models"
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        "import sys\n"
-        "from napari_bloodcell.classification.remote_training import TrainingJob\n"
-        "from napari_bloodcell.classification.training import TrainingConfig\n"
-        "print('TOP LEVEL', file=sys.stderr)\n"
-        f"job = TrainingJob([{str(data)!r}], 'm', TrainingConfig(input_size=32, epochs=1),\n"
-        f"                  models_dir=__import__('pathlib').Path({str(models)!r}))\n"
-        "job.start()\n"
+    script = _training_script(
+        tmp_path,
+        "epochs=1",
         "print('EVENTS', ' | '.join(type(e).__name__ + ': ' + getattr(e, 'message', '')\n"
-        "                           for e in job.events()), file=sys.stderr)\n"
+        "                           for e in job.events()), file=sys.stderr)\n",
     )
     result = subprocess.run(  # stdout closed, as `1>&-` in a shell
         [sys.executable, str(script)],
@@ -156,6 +166,7 @@ def test_a_script_without_a_main_guard_and_without_output_trains_and_runs_once(t
     assert result.stderr.count("TOP LEVEL") == 1, result.stderr[-2000:]
     events = [line for line in result.stderr.splitlines() if line.startswith("EVENTS")]
     assert len(events) == 1 and events[0].endswith("TrainingDone: "), result.stderr[-2000:]
+    models = tmp_path / "models"
     assert (models / "m.keras").is_file() and not list(models.glob(".training-*"))
 
 
@@ -164,24 +175,12 @@ def test_a_script_that_ends_without_reading_the_events_stops_the_training(tmp_pa
     work folder that nothing installed or removed."""
     import subprocess
 
-    data = write_crop_folder(tmp_path / "data", n_per_class=4, seed=0)
-    models = tmp_path / "models"
-    script = tmp_path / "unread.py"
-    script.write_text(
-        "import time\n"
-        "from napari_bloodcell.classification.remote_training import TrainingJob\n"
-        "from napari_bloodcell.classification.training import TrainingConfig\n"
-        f"job = TrainingJob([{str(data)!r}], 'm', TrainingConfig(input_size=32, epochs=500,\n"
-        "                  patience=500),\n"
-        f"                  models_dir=__import__('pathlib').Path({str(models)!r}))\n"
-        "job.start()\n"
-        "time.sleep(2)\n"
-    )
+    script = _training_script(tmp_path, "epochs=500, patience=500", "time.sleep(2)\n")
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert list(models.iterdir()) == []
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_tensorflow_that_cannot_be_loaded_is_named(tmp_path, monkeypatch):
