@@ -1,11 +1,15 @@
 """The command line end to end: analyze, train, evaluate, predict, demo and bad input."""
 
+import contextlib
 import gc
 import io
 import json
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -144,20 +148,43 @@ def test_ctrl_c_raised_inside_a_gc_callback_still_stops_the_run(
             raise KeyboardInterrupt
 
     def segment_frame_collecting(*args, **kwargs):
+        started = time.monotonic()
         gc.callbacks.append(interrupted_while_collecting)
         try:
             gc.collect()  # the interrupt lands in the callback
-        finally:
             gc.callbacks.remove(interrupted_while_collecting)
+            time.sleep(4)  # segmenting a large frame: the interrupt must stop it, not wait
+        finally:
+            took.append(time.monotonic() - started)
+            with contextlib.suppress(ValueError):  # (removed already)
+                gc.callbacks.remove(interrupted_while_collecting)
         return segment_frame(*args, **kwargs)
 
-    segment_frame = pipeline.segment_frame
+    segment_frame, took = pipeline.segment_frame, []
     monkeypatch.setattr(pipeline, "segment_frame", segment_frame_collecting)
     code = run_cli("analyze", smear_png, "--out", tmp_path / "out", "--no-classify")
     err = capsys.readouterr().err
     assert code == 130 and "interrupted (SIGINT)" in err
     assert "Exception ignored" not in err
-    assert not list((tmp_path / "out").glob("tables/*.csv"))  # stopped before its end
+    assert took[0] < 2 and not list((tmp_path / "out").glob("tables/*.csv"))  # at once
+
+
+def test_an_interrupt_sent_again_wakes_a_waiting_main_thread_and_never_comes_late():
+    """Sent from another thread with raise_signal, the interrupt waited for a blocking
+    call of the main thread (a wait for the cluster's units) to end by itself; one lost at
+    the end of the run came after the CLI's handler, as a traceback."""
+    from types import SimpleNamespace
+
+    from napari_bloodcell.cli import _interrupts_not_lost
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), _interrupts_not_lost():
+        sys.unraisablehook(SimpleNamespace(exc_value=KeyboardInterrupt()))  # Python lost it
+        threading.Event().wait(10)  # e.g. waiting for a unit to finish
+    assert time.monotonic() - started < 5
+    with pytest.raises(KeyboardInterrupt), _interrupts_not_lost():  # lost at the very end:
+        sys.unraisablehook(SimpleNamespace(exc_value=KeyboardInterrupt()))
+    time.sleep(0.3)  # raised when the block ended, and not once more after it (here)
 
 
 def test_analyze_a_fluorescence_stack_with_a_channel_mapping(tmp_path):
@@ -195,6 +222,10 @@ def test_tracking_takes_the_frame_interval_an_ome_tiff_records(tmp_path, capsys)
         json.loads((tmp_path / "again" / "tracking.json").read_text())["frame_interval_s"] == 30.0
     )
     assert "no frame interval" not in capsys.readouterr().out
+    (out / "tracking").rename(tmp_path / "first tracking")  # a rerun skips the analysed input
+    assert run_cli("analyze", path, "--out", out, *roles, "--track") == 0
+    tracking = json.loads((out / "tracking" / "movie.ome" / "tracking.json").read_text())
+    assert tracking["frame_interval_s"] == 30.0
     tifffile.imwrite(plain := tmp_path / "plain.tif", movie.image)  # records none
     assert (
         run_cli("analyze", plain, "--out", tmp_path / "o2", *roles, "--axes", "TYXC", "--track")
@@ -728,7 +759,7 @@ def test_analyze_with_tracking_then_track_command(tmp_path, capsys):
     assert (out / "tracking" / "movie" / "tracks.csv").read_text() == "mine"
     # its note names the command that tracks again without analysing again (not --overwrite)
     hint = capsys.readouterr().out.split("without analysing again: napari-bloodcell ")[1]
-    command = hint.split(")")[0].split()
+    command = shlex.split(hint.split(", with the tracking options")[0])
     assert command[:2] == ["track", str(out / "cells.csv")]
     assert run_cli(*command, "--frame-interval", "10") == 0
     assert len(pd.read_csv(out / "tracking" / "movie" / "tracks.csv")) == len(tracks)

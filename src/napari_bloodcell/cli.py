@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from .classification.model_files import TEST_TIME_VIEWS
 from .errors import BloodcellError, OutputExistsError
@@ -53,22 +54,56 @@ def _interrupts_not_lost() -> Iterator[None]:
     Ctrl-C raised inside a callback whose exceptions Python cannot pass on (a gc callback,
     a ``__del__``: Dask's scheduler, which runs in this process for a local cluster, times
     every collection) was printed as "Exception ignored in …" and lost: the run went on to
-    its end and exited 0. Its signal is sent again from another thread, so that the main
-    thread acts on it where it is once the callback has returned."""
+    its end and exited 0. Such an interrupt is kept and its signal sent again
+    :data:`REDELIVERY_DELAY_S` later from another thread (the main thread has left the
+    callback by then); one still kept when the block ends is raised there, never after it.
+    """
     passed_on = sys.unraisablehook
+    lost: list[int] = []
+    lock = threading.Lock()
+    closed = False
 
-    def redeliver_interrupts(unraisable) -> None:
+    def send_again() -> None:
+        with lock:  # (the signal is raised before the lock is released: none after the block)
+            if lost and not closed:
+                to_main_thread(lost.pop())
+
+    def keep_interrupts(unraisable) -> None:
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             passed_on(unraisable)
             return
-        signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
-        threading.Thread(target=signal.raise_signal, args=(signum,), daemon=True).start()
+        with lock:
+            lost.append(getattr(unraisable.exc_value, "signum", signal.SIGINT))
+        timer = threading.Timer(REDELIVERY_DELAY_S, send_again)
+        timer.daemon = True
+        timer.start()
 
-    sys.unraisablehook = redeliver_interrupts
+    sys.unraisablehook = keep_interrupts
     try:
         yield
     finally:
-        sys.unraisablehook = passed_on
+        try:
+            with lock:  # a signal sent again before this is acted on here, at the latest
+                closed = True
+                kept = lost[:1]
+            if kept:
+                raise Terminated() if kept[0] == signal.SIGTERM else KeyboardInterrupt()
+        finally:
+            sys.unraisablehook = passed_on
+
+
+REDELIVERY_DELAY_S = 0.05
+"""How long after an interrupt was lost in a callback it is sent again."""
+
+
+def to_main_thread(signum: int) -> None:
+    """Send signal ``signum`` to the main thread, so that a call blocking it (a sleep, a wait
+    for the cluster) is interrupted as by Ctrl-C; raised in this thread where there are no
+    thread signals (Windows)."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, signum)
+    else:
+        signal.raise_signal(signum)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -727,7 +762,7 @@ def _track_each_source(
     from .tracking import existing_tracking_files, pixel_size_of_table, track_table
 
     sources = table["source"].unique() if "source" in table and len(table) else [None]
-    recorded = {Path(path).name: s for path, s in (recorded_intervals or {}).items()}
+    recorded = {_file_name(path): s for path, s in (recorded_intervals or {}).items()}
     targets = {
         source: out
         if len(sources) == 1 and not folder_per_source
@@ -745,12 +780,14 @@ def _track_each_source(
             f"tracking tables exist in {', '.join(map(str, taken))}; "
             "pass --overwrite to replace them"
         )
+    run_cells = out.parent / "cells.csv"  # (only analyze keeps tables: out is <run>/tracking)
     for source, target in targets.items():
         if target in taken:
             print(
                 f"{target}: tracking tables exist, not replaced (to track again without "
-                f"analysing again: napari-bloodcell track {out.parent / 'cells.csv'} --out "
-                f"{target if len(sources) == 1 else out} --overwrite)"
+                f"analysing again: napari-bloodcell track {shlex.quote(str(run_cells))} --out "
+                f"{shlex.quote(str(target if len(sources) == 1 else out))} --overwrite, with "
+                f"the tracking options of this run)"
             )
             continue
         if len(sources) == 1:
@@ -760,14 +797,22 @@ def _track_each_source(
         if source is not None:
             print(f"{source}:")
         pixel_size = pixel_size_um if pixel_size_um is not None else pixel_size_of_table(cells)
-        interval = frame_interval_s or recorded.get(str(source))
-        if interval is None and cells["frame"].nunique() > 1:
-            print(
-                "  no frame interval (--frame-interval not given, none recorded in the file): "
-                "times and speeds are per frame"
-            )
+        interval = frame_interval_s
+        if interval is None:
+            interval = recorded.get(_file_name(str(source)))
         result = track_table(cells, pixel_size, interval, params)
+        if interval is None and result.tracks["frame"].nunique() > 1:
+            print(
+                "  no frame interval (--frame-interval not given, none recorded in the file "
+                "in a unit known here): times and speeds are per frame"
+            )
         _report_tracking(result, target, overwrite=overwrite)
+
+
+def _file_name(path: str) -> str:
+    """The file name of ``path``, written on this system or on Windows (a run.json made there
+    names its inputs with backslashes)."""
+    return PureWindowsPath(path).name if "\\" in path else Path(path).name
 
 
 def _recorded_frame_intervals(cells_path: Path) -> dict:
