@@ -12,6 +12,7 @@ from napari_bloodcell.reading import (
     normalise_intensity,
     open_lazy,
     read_image,
+    recorded_frame_interval_s,
 )
 from napari_bloodcell.synthetic import make_smear
 
@@ -487,3 +488,27 @@ def test_an_interrupt_during_a_picture_decode_is_raised_when_it_ends(tmp_path, m
         reading._read_with_imageio(path)
     assert finished == [True]  # the decode ran to its end, then the interrupt came
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.parametrize(
+    ("metadata", "seconds"),
+    [
+        ({"TimeIncrement": 250, "TimeIncrementUnit": "ms"}, 0.25),
+        ({"TimeIncrement": 2}, 2.0),  # OME's default unit: s
+        ({"TimeIncrement": 2, "TimeIncrementUnit": "ps"}, None),  # a unit not known here
+        ({"imagej": True, "finterval": 1.5, "tunit": "min"}, 90.0),
+        ({"imagej": True, "finterval": 500, "tunit": "msec"}, 0.5),
+        ({"imagej": True, "finterval": 2, "tunit": "\\u00B5s"}, 2e-6),  # ImageJ's escape
+        ({"imagej": True, "finterval": 0}, None),
+        ({}, None),
+    ],
+)
+def test_the_frame_interval_a_tiff_records(tmp_path, metadata, seconds):
+    path = tmp_path / "movie.ome.tif"
+    imagej = metadata.pop("imagej", False)
+    if imagej:
+        path = tmp_path / "movie.tif"
+    tifffile.imwrite(
+        path, np.zeros((3, 8, 8), np.uint8), imagej=imagej, metadata={"axes": "TYX", **metadata}
+    )
+    assert recorded_frame_interval_s(path) == (pytest.approx(seconds) if seconds else None)

@@ -97,7 +97,8 @@ class BatchSummary:
     pixel_sizes_um: dict[str, float | None] = field(default_factory=dict)
     """µm per pixel each analysed input was measured with (given, or from its file)."""
     frame_intervals_s: dict[str, float | None] = field(default_factory=dict)
-    """Seconds between frames each analysed stack's file records (None: not recorded)."""
+    """Seconds between frames each input's file records (None: not recorded), for the
+    inputs analysed and those skipped as finished (their tables are tracked too)."""
     axes: dict[str, str] = field(default_factory=dict)
     """The axes each analysed input was read with (given, from its file, or its shape's)."""
     n_frames: int = 0
@@ -224,6 +225,7 @@ def _skipped_or_failed(
             f"--overwrite analyses it with this run's)"
         )
     summary.skipped[str(path)] = reason
+    summary.frame_intervals_s[str(path)] = recorded_frame_interval_s(path)  # tracked again
     return True
 
 

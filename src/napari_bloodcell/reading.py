@@ -21,6 +21,7 @@ how its intensity mapping is chosen from a bounded sample of frames).
 from __future__ import annotations
 
 import contextlib
+import html
 import math
 import os
 import re
@@ -1040,7 +1041,7 @@ def _tiff_pixel_size_um(tif) -> float | None:
     ome, calibration = tif.ome_metadata, tif.imagej_metadata or {}
     tags = tif.pages[0].tags
     if ome:
-        sizes = [_ome_physical_size(ome, axis) for axis in "XY"]
+        sizes = [_ome_quantity(ome, f"PhysicalSize{axis}", LENGTH_UNITS_UM, "µm") for axis in "XY"]
     elif "unit" in calibration:
         factor = LENGTH_UNITS_UM.get(str(calibration["unit"]).lower())
         sizes = [_calibrated_size(tags.get(f"{axis}Resolution"), factor) for axis in "XY"]
@@ -1062,11 +1063,13 @@ def _tiff_pixel_size_um(tif) -> float | None:
 
 
 TIME_UNITS_S = {
-    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "millisecond": 1e-3,
-    "milliseconds": 1e-3, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
-    "hour": 3600.0, "hours": 3600.0, "µs": 1e-6, "us": 1e-6,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "msec": 1e-3,
+    "millisecond": 1e-3, "milliseconds": 1e-3, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0,
+    "days": 86400.0, "µs": 1e-6, "μs": 1e-6, "us": 1e-6, "\\u00b5s": 1e-6,
 }  # fmt: skip
-"""Time units of OME (``TimeIncrementUnit``) and ImageJ (``tunit``) metadata, in seconds."""
+"""Time units of OME (``TimeIncrementUnit``) and ImageJ (``tunit``) metadata, in seconds
+(ImageJ may write µ as an escape)."""
 
 
 def recorded_frame_interval_s(path: str | Path) -> float | None:
@@ -1082,29 +1085,30 @@ def recorded_frame_interval_s(path: str | Path) -> float | None:
             ome, calibration = tif.ome_metadata, tif.imagej_metadata or {}
     except (OSError, ValueError, tifffile.TiffFileError):
         return None
-    if ome and (match := re.search(r'TimeIncrement="([0-9.eE+-]+)"', ome)):
-        unit = re.search(r'TimeIncrementUnit="([^"]+)"', ome)
-        value, factor = match.group(1), TIME_UNITS_S.get(unit.group(1).lower() if unit else "s")
-    elif "finterval" in calibration:
-        value = calibration["finterval"]
+    if ome:
+        return _ome_quantity(ome, "TimeIncrement", TIME_UNITS_S, "s")
+    if "finterval" in calibration:
         factor = TIME_UNITS_S.get(str(calibration.get("tunit", "s")).strip().lower())
-    else:
-        return None
+        return _positive(calibration["finterval"], factor)
+    return None
+
+
+def _ome_quantity(ome: str, name: str, units: dict[str, float], default_unit: str) -> float | None:
+    """OME-XML attribute ``name`` (a positive number) times the factor of its ``<name>Unit``
+    (``default_unit`` when none is given) in ``units``; None when absent or unknown."""
+    value = re.search(rf"""\b{name}\s*=\s*["']([0-9.eE+-]+)["']""", ome)
+    unit = re.search(rf"""\b{name}Unit\s*=\s*["']([^"']+)["']""", ome)
+    unit_name = html.unescape(unit.group(1)).lower() if unit else default_unit
+    return _positive(value.group(1), units.get(unit_name)) if value else None
+
+
+def _positive(value, factor: float | None) -> float | None:
+    """``value × factor`` when that is a positive finite number, else None."""
     try:
-        seconds = float(value) * factor if factor is not None else math.nan
+        product = float(value) * factor if factor is not None else math.nan
     except (TypeError, ValueError):
         return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def _ome_physical_size(ome: str, axis: str) -> float | None:
-    """``PhysicalSize<axis>`` of OME-XML in µm (its unit, µm when none is given)."""
-    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', ome)
-    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', ome)
-    factor = LENGTH_UNITS_UM.get(unit.group(1).lower() if unit else "µm")
-    if match and factor is not None and float(match.group(1)) > 0:
-        return float(match.group(1)) * factor
-    return None
+    return product if math.isfinite(product) and product > 0 else None
 
 
 def _calibrated_size(resolution_tag, factor: float | None) -> float | None:
