@@ -83,6 +83,23 @@ def test_a_models_folder_that_cannot_be_made_is_a_clear_error(tmp_path):
         job.start()
 
 
+def test_a_process_that_cannot_start_leaves_no_work_folder(tmp_path, monkeypatch):
+    data = write_crop_folder(tmp_path / "crops", n_per_class=2, seed=0)
+    job = TrainingJob([data], "mine", models_dir=tmp_path / "models")
+
+    class Unstartable:
+        def __init__(self, **_kwargs):
+            pass
+
+        def start(self):
+            raise RuntimeError("cannot start a process here")
+
+    monkeypatch.setattr(job._context, "Process", Unstartable)
+    with pytest.raises(RuntimeError, match="cannot start a process here"):
+        job.start()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_training_stops_and_cleans_up_when_napari_dies(tmp_path):
     """A crashed parent left the training process running to its end, its model in a

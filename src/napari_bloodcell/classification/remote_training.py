@@ -181,12 +181,14 @@ class TrainingJob:
             self._finalizer = weakref.finalize(
                 self, _stop_training, self._process, self._stop, self._workdir
             )
-        except OSError as exc:
+        except BaseException as exc:  # nothing of a job that did not start is left
             self._process = None
             self.close()
-            raise BloodcellError(
-                f"cannot start training in {self.models_dir} ({exc.strerror or exc})"
-            ) from None
+            if isinstance(exc, OSError):
+                raise BloodcellError(
+                    f"cannot start training in {self.models_dir} ({exc.strerror or exc})"
+                ) from None
+            raise
 
     def cancel(self) -> None:
         """Ask the training to stop after the current batch or crop read (nothing is saved;
