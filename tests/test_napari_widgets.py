@@ -1108,6 +1108,24 @@ def test_train_widget_refuses_a_folder_without_classes(
     assert widget._state["job"] is None
 
 
+def test_model_lists_are_read_afresh_when_opened(make_napari_viewer, tmp_path, monkeypatch, qtbot):
+    """A model saved by `napari-bloodcell train` in a terminal did not appear in the Train
+    widget's "start from" until a model was trained in napari."""
+    from qtpy.QtCore import Qt
+
+    from napari_bloodcell._napari._train import TrainWidget
+    from napari_bloodcell.classification.model_files import user_models_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    widget = TrainWidget(make_napari_viewer())
+    assert "mylab" not in widget.start_from.choices
+    user_models_dir().mkdir(parents=True)
+    (user_models_dir() / "mylab.keras").write_bytes(b"")  # saved from a terminal
+    qtbot.mouseClick(widget.start_from.native, Qt.MouseButton.LeftButton)
+    widget.start_from.native.hidePopup()
+    assert "mylab" in widget.start_from.choices
+
+
 # --------------------------------------------------------------------------- shown viewer
 
 

@@ -27,7 +27,13 @@ from ..classification.remote_training import (
 )
 from ..classification.training import FINE_TUNING_RECIPE, TrainingConfig, fine_tuning_config
 from ..errors import BloodcellError
-from ._widgets_common import MODEL_EVENTS, DockWatcher, PlotCanvas, while_open
+from ._widgets_common import (
+    MODEL_EVENTS,
+    DockWatcher,
+    PlotCanvas,
+    refresh_when_opened,
+    while_open,
+)
 
 FROM_SCRATCH = "(new network)"
 
@@ -90,6 +96,7 @@ class TrainWidget(Container):
         self.train_button.clicked.connect(self.train)
         self.cancel_button.clicked.connect(self.cancel)
         MODEL_EVENTS.changed.connect(self.start_from.reset_choices)  # a model saved elsewhere
+        refresh_when_opened(self.start_from)  # … or from a terminal
         closing = partial(_close_job, self._state, self.start_from.reset_choices)
         self.native.destroyed.connect(closing)
         self._dock_watcher = DockWatcher(self.native, closing)  # napari's × (see there)

@@ -392,6 +392,7 @@ class AnalysisWidget(Container):
         self.leukocyte_channel = ComboBox(label="leukocyte channel", choices=self._channels)
         self.platelet_channel = ComboBox(label="platelet channel", choices=self._channels)
         self.model = ComboBox(label="model", choices=model_choices)
+        refresh_when_opened(self.model)
         self.pixel_size = FloatSpinBox(
             label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
             tooltip="µm per pixel; 0 = the image layer's scale when its units are lengths "
@@ -703,6 +704,23 @@ def _rebuild_choices(combo: ComboBox) -> None:
             combo.value = value
     if combo.value != value:
         combo.changed.emit(combo.value)
+
+
+def refresh_when_opened(combo: ComboBox) -> None:
+    """Read ``combo``'s choices afresh whenever the user opens it (a click, or a key while it
+    has the focus): a model saved meanwhile by ``napari-bloodcell train`` in a terminal, or
+    by another napari, is listed (it appeared only after some other event)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    opening = (QEvent.Type.MouseButtonPress, QEvent.Type.KeyPress)
+
+    class Filter(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() in opening:
+                _rebuild_choices(combo)
+            return False
+
+    combo.native.installEventFilter(Filter(combo.native))  # (kept alive by its parent)
 
 
 def release_layer(layer) -> bool:
