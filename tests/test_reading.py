@@ -496,6 +496,10 @@ def test_an_interrupt_during_a_picture_decode_is_raised_when_it_ends(tmp_path, m
         ({"TimeIncrement": 250, "TimeIncrementUnit": "ms"}, 0.25),
         ({"TimeIncrement": 2}, 2.0),  # OME's default unit: s
         ({"TimeIncrement": 2, "TimeIncrementUnit": "ps"}, None),  # a unit not known here
+        (  # Micro-Manager: only each plane's time (uneven: the median step)
+            {"Plane": {"TheT": [0, 1, 2], "DeltaT": [0, 2010, 3990], "DeltaTUnit": ["ms"] * 3}},
+            1.995,
+        ),
         ({"imagej": True, "finterval": 1.5, "tunit": "min"}, 90.0),
         ({"imagej": True, "finterval": 500, "tunit": "msec"}, 0.5),
         ({"imagej": True, "finterval": 2, "tunit": "\\u00B5s"}, 2e-6),  # ImageJ's escape

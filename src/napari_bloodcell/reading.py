@@ -1074,8 +1074,10 @@ TIME_UNITS_S = {
 
 def recorded_frame_interval_s(path: str | Path) -> float | None:
     """The time between frames (s) a TIFF records: OME ``TimeIncrement`` (in its
-    ``TimeIncrementUnit``, s when none is given) or ImageJ's ``finterval`` (in its ``tunit``,
-    s when none is given); None for other files, unreadable ones and none recorded."""
+    ``TimeIncrementUnit``, s when none is given), else the median step of the OME planes'
+    ``DeltaT`` over ``TheT`` (Micro-Manager records only these), or ImageJ's ``finterval``
+    (in its ``tunit``, s when none is given); None for other files, unreadable ones and
+    none recorded."""
     import tifffile
 
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
@@ -1086,11 +1088,33 @@ def recorded_frame_interval_s(path: str | Path) -> float | None:
     except (OSError, ValueError, tifffile.TiffFileError):
         return None
     if ome:
-        return _ome_quantity(ome, "TimeIncrement", TIME_UNITS_S, "s")
+        return _ome_quantity(ome, "TimeIncrement", TIME_UNITS_S, "s") or _ome_plane_step_s(ome)
     if "finterval" in calibration:
         factor = TIME_UNITS_S.get(str(calibration.get("tunit", "s")).strip().lower())
         return _positive(calibration["finterval"], factor)
     return None
+
+
+def _ome_plane_step_s(ome: str) -> float | None:
+    """The median step (s) between the time points of the first OME image's planes: each
+    ``TheT``'s earliest ``DeltaT`` (in its ``DeltaTUnit``, s when none is given)."""
+    from xml.etree import ElementTree
+
+    try:
+        pixels = ElementTree.fromstring(ome).find(".//{*}Image/{*}Pixels")
+    except ElementTree.ParseError:
+        return None
+    starts: dict[int, float] = {}
+    for plane in pixels.iterfind("{*}Plane") if pixels is not None else ():
+        factor = TIME_UNITS_S.get(html.unescape(plane.get("DeltaTUnit", "s")).lower())
+        try:
+            seconds, t = float(plane.get("DeltaT")) * factor, int(plane.get("TheT"))
+        except (TypeError, ValueError):  # no DeltaT or TheT, or a unit not known here
+            continue
+        if math.isfinite(seconds):
+            starts[t] = min(seconds, starts.get(t, math.inf))
+    times = [starts[t] for t in sorted(starts)]
+    return _positive(float(np.median(np.diff(times))), 1.0) if len(times) > 1 else None
 
 
 def _ome_quantity(ome: str, name: str, units: dict[str, float], default_unit: str) -> float | None:
