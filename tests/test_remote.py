@@ -76,7 +76,7 @@ def test_a_script_without_a_main_guard_classifies_and_runs_once(tiny_model, tmp_
     assert result.stdout.count("TOP LEVEL") == 1 and "SHAPE (1, " in result.stdout
 
 
-def test_the_main_module_is_restored_after_a_worker_started():
+def test_the_main_module_is_whole_again_after_workers_started_without_it():
     import __main__
     from napari_bloodcell.classification.remote import main_script_not_rerun
 
