@@ -456,6 +456,29 @@ def test_an_interrupted_run_reports_the_inputs_it_had_not_opened_yet(tmp_path):
     assert not (out / batch.PARTS_FOLDER).exists()
 
 
+def test_an_interrupt_just_after_an_input_gets_its_work_folder_removes_it(tmp_path, monkeypatch):
+    """Ctrl-C handled right after the next input's work folder was made (the moment an
+    input's table appears: a CI test's signal) left .parts/<stem> behind: the input was
+    not yet among those the cleanup knows."""
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+
+    a, b = _smears(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    mkdir = Path.mkdir
+
+    def ctrl_c_after_making_b(self, *args, **kwargs):
+        mkdir(self, *args, **kwargs)
+        if self.name == "b" and self.parent.name == batch.PARTS_FOLDER:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", ctrl_c_after_making_b)
+    with pytest.raises(KeyboardInterrupt):
+        batch.analyze_files([a, b], out, AnalysisSettings(), model=None)
+    assert not (out / batch.PARTS_FOLDER).exists()
+
+
 def test_the_parts_of_a_multi_file_ome_tiff_are_analysed_once_with_its_first_file(tmp_path):
     """`analyze dir/*.ome.tif` analysed Micro-Manager's second file again: its frames
     counted twice (as frames 0… of a stack of its own, or as the whole acquisition)."""

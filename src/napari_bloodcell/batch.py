@@ -410,10 +410,10 @@ def analyze_files(
                 summary.failures[str(path)] = failure_message(str(path), exc)
                 continue
             job_chunks = _chunks(image, frames_per_unit)
+            jobs.append(job)  # before its work folder exists: a stop from here removes it
             # made here, never by a unit: one still running after a stop finds it gone
             shutil.rmtree(job.parts, ignore_errors=True)  # (leftovers of an interrupted run)
             job.parts.mkdir(parents=True, exist_ok=True)
-            jobs.append(job)
             results[job.source], n_units[job.source] = [], len(job_chunks)
             total_frames += job.n_frames
             for chunk in job_chunks:
