@@ -173,11 +173,12 @@ def cells_table(data: np.ndarray, features: pd.DataFrame, metadata: dict) -> pd.
     # a point added on another frame copies a row and then takes its own frame: judge the
     # copies by the rows as the analysis wrote them, before the positions are read
     key = [c for c in ("source", "frame", "label") if c in table]
-    copies = table.duplicated(key, keep="first").to_numpy() if key else False
-    labels = pd.to_numeric(table["label"], errors="coerce") if "label" in table else None
-    # (a missing label: a point added to a layer without points)
-    marked = ~(labels > HAND_ADDED_LABEL).to_numpy() if labels is not None else False
-    added = np.flatnonzero(np.zeros(len(table), bool) | copies | marked)
+    added = np.zeros(len(table), bool)
+    if key:
+        added |= table.duplicated(key, keep="first").to_numpy()
+    if "label" in table:  # marked, or missing (a point added to a layer without points)
+        added |= ~(pd.to_numeric(table["label"], errors="coerce") > HAND_ADDED_LABEL).to_numpy()
+    added = np.flatnonzero(added)
     if len(added):
         raise BloodcellError(
             f"point(s) {', '.join(map(str, added[:10]))}{' …' if len(added) > 10 else ''} "

@@ -150,7 +150,15 @@ def track_table(
             f"missing one counted too); track one time-lapse at a time, e.g. "
             f"cells_table[cells_table.source == name]"
         )
-    tracks = link_cells(cells, units, params)
+    reach = {
+        cell_type: {
+            "median_diameter": median_diameter(cells, cell_type, units),
+            "max_step": max_step(cells, cell_type, units, params),
+        }
+        for cell_type in TRACKED_CELL_TYPES
+    }
+    max_steps = {cell_type: r["max_step"] for cell_type, r in reach.items()}
+    tracks = link_cells(cells, units, max_steps, params.max_gap_frames)
     tracks["t_s"] = units.seconds(tracks["frame"].to_numpy(dtype=float))
     votes = vote_track_classes(tracks)
     for column in VOTE_COLUMNS:  # typed also without tracks (map gives float64 then)
@@ -178,13 +186,7 @@ def track_table(
         contact_distance=contact,
         aggregate_distance=aggregate,
         params=params,
-        reach={
-            cell_type: {
-                "median_diameter": median_diameter(cells, cell_type, units),
-                "max_step": max_step(cells, cell_type, units, params),
-            }
-            for cell_type in TRACKED_CELL_TYPES
-        },
+        reach=reach,
     )
 
 

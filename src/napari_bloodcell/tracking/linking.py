@@ -16,7 +16,7 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
-from ._common import TRACKED_CELL_TYPES, TrackingParams, Units, max_step
+from ._common import TRACKED_CELL_TYPES, Units
 
 
 def _link_group(
@@ -116,10 +116,13 @@ def _without_long_gaps(frames: np.ndarray, max_gap_frames: int) -> np.ndarray:
     return np.cumsum(steps)
 
 
-def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.DataFrame:
+def link_cells(
+    cells: pd.DataFrame, units: Units, max_steps: dict[str, float], max_gap_frames: int
+) -> pd.DataFrame:
     """Rows of ``cells`` of tracked types with a ``track_id`` (1, 2, …), sorted by track, frame.
 
-    ``cells`` is a checked per-cell table (see ``_common.checked_cells``). Track ids are
+    ``cells`` is a checked per-cell table (see ``_common.checked_cells``); ``max_steps``: the
+    largest link per frame of each tracked cell type (length unit). Track ids are
     numbered by source, then cell type (leukocytes first), then laptrack's order (rows in
     frame then label order, so that the ids do not depend on the table's row order).
     """
@@ -131,11 +134,11 @@ def link_cells(cells: pd.DataFrame, units: Units, params: TrackingParams) -> pd.
     groups = tracked.groupby([sources, type_order], sort=True, dropna=False, observed=True)
     for _, group in groups:
         cell_type = group["cell_type"].iloc[0]
-        step = max_step(cells, cell_type, units, params)
         order = ["frame", "label"] if "label" in group else ["frame"]
         group = group.sort_values(order, kind="stable")
         points = units.lengths(group[["centroid_y", "centroid_x"]].to_numpy(dtype=float))
-        track_index = _link_group(group["frame"].to_numpy(), points, step, params.max_gap_frames)
+        frames = group["frame"].to_numpy()
+        track_index = _link_group(frames, points, max_steps[cell_type], max_gap_frames)
         _, dense = np.unique(track_index, return_inverse=True)
         tracked.loc[group.index, "track_id"] = next_id + dense
         next_id += int(dense.max()) + 1
