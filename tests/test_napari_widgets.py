@@ -1011,7 +1011,7 @@ def user_data(tmp_path, monkeypatch):
 
 
 def _wait(widget, qtbot):
-    qtbot.waitUntil(lambda: widget._state["job"] is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget._state["busy"], timeout=120_000)
 
 
 def _new_network_named_lobes(widget, data) -> None:
@@ -1044,6 +1044,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
 
     widget.epochs.value = 50
     widget.train()
+    qtbot.waitUntil(lambda: widget._state["job"] is not None, timeout=WAIT_MS)  # started
     widget.cancel()  # stops at the end of the first epoch
     _wait(widget, qtbot)
     assert widget.status.value.startswith("cancelled")
@@ -1065,6 +1066,7 @@ def test_train_widget_cancels_then_trains_a_model_the_analyze_widget_lists(
     assert not [p for p in running_children() if "training" in p.name]
 
     widget.train()  # the name is now taken
+    _wait(widget, qtbot)
     assert notifications[-1][0] == "error" and "already exists" in notifications[-1][1]
 
 
@@ -1080,8 +1082,8 @@ def test_closing_the_train_widget_while_it_trains_cancels_the_training(
     _new_network_named_lobes(widget, user_data)
     widget.epochs.value = 50
     widget.train()
-    job = widget._state["job"]
     qtbot.waitUntil(lambda: "loss" in widget.history, timeout=WAIT_MS)  # an epoch is shown
+    job = widget._state["job"]
     viewer.window.remove_dock_widget(dock)
     qtbot.waitUntil(lambda: job.cancel_requested, timeout=5_000)
     epochs_shown = len(widget.history["loss"])
@@ -1094,7 +1096,7 @@ def test_closing_the_train_widget_while_it_trains_cancels_the_training(
 
 
 def test_train_widget_refuses_a_folder_without_classes(
-    make_napari_viewer, tmp_path, monkeypatch, notifications
+    make_napari_viewer, tmp_path, monkeypatch, notifications, qtbot
 ):
     from napari_bloodcell._napari._train import TrainWidget
 
@@ -1104,8 +1106,43 @@ def test_train_widget_refuses_a_folder_without_classes(
     assert notifications[-1][0] == "error" and "choose the class folders" in notifications[-1][1]
     widget.data_dir.value = tmp_path
     widget.train()
+    _wait(widget, qtbot)
     assert notifications[-1][0] == "error" and "no class sub-folders" in notifications[-1][1]
-    assert widget._state["job"] is None
+    assert widget.status.value.startswith("failed") and widget.train_button.enabled
+
+
+def test_train_widget_checks_the_folders_off_napari_thread_and_cancels_meanwhile(
+    make_napari_viewer, tmp_path, monkeypatch, qtbot, user_data
+):
+    """The class folders were walked on napari's thread: a large folder chosen by mistake
+    froze napari until the walk ended, and Cancel could not be pressed meanwhile."""
+    import threading
+
+    from napari_bloodcell._napari._train import TrainWidget
+    from napari_bloodcell.classification import remote_training
+    from napari_bloodcell.classification.model_files import user_models_dir
+
+    walking, go_on, walked_on = threading.Event(), threading.Event(), []
+    split = remote_training.split_training_data
+
+    def slow_split(*args):
+        walked_on.append(threading.current_thread())
+        walking.set()
+        go_on.wait(timeout=30)
+        return split(*args)
+
+    monkeypatch.setattr(remote_training, "split_training_data", slow_split)
+    widget = TrainWidget(make_napari_viewer())
+    _new_network_named_lobes(widget, user_data)
+    widget.train()  # returns while the folders are walked
+    assert walking.wait(timeout=10) and widget.status.value.startswith("checking")
+    widget.cancel()
+    go_on.set()
+    _wait(widget, qtbot)
+    assert walked_on[0] is not threading.main_thread()
+    assert widget.status.value.startswith("cancelled") and widget._state["job"] is None
+    assert not user_models_dir().exists() or not list(user_models_dir().iterdir())
+    assert not [p for p in running_children() if "training" in p.name]
 
 
 def test_model_lists_are_read_afresh_when_opened(make_napari_viewer, tmp_path, monkeypatch, qtbot):

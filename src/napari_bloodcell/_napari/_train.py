@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..classification.remote_training import (
     EpochEnd,
     TrainingCancelled,
     TrainingDone,
+    TrainingEvent,
     TrainingFailed,
     TrainingJob,
 )
@@ -50,7 +52,7 @@ class TrainWidget(Container):
         """``napari_viewer``: napari passes it by this name; training needs no viewer."""
         super().__init__(labels=True)
         self._models_dir = models_dir
-        self._state: dict = {"job": None}
+        self._state: dict = {"busy": False, "job": None, "cancel_requested": False}
         self.data_dir = FileEdit(label="class folders", mode="d")
         self.name = LineEdit(label="model name", value="my-model")
         self.start_from = ComboBox(
@@ -110,53 +112,54 @@ class TrainWidget(Container):
         return fine_tuning_config(self.start_from.value, epochs=self.epochs.value)
 
     def train(self) -> None:
-        """Start training (input problems are shown as a notification)."""
+        """Start training: the folders are checked (walked) and the job started in a worker
+        thread, so a large folder chosen by mistake does not freeze napari; problems are
+        shown as a notification."""
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
 
-        if self._state["job"] is not None:
+        if self._state["busy"]:
             return
         if str(self.data_dir.value) in ("", "."):  # the field's default, never chosen
             show_error("choose the class folders: a folder with one sub-folder of crops per class")
             return
-        try:
-            job = TrainingJob(
-                [Path(self.data_dir.value)],
-                self.name.value.strip(),
-                self.config(),
-                models_dir=self._models_dir,
-            )
-            job.start()
-        except BloodcellError as exc:
-            show_error(str(exc))
-            return
-        self._state["job"] = job
+        name = self.name.value.strip()
+        config = self.config()  # checked with the folders (TrainingConfig.resolved)
+        new_job = partial(
+            TrainingJob, [Path(self.data_dir.value)], name, config, models_dir=self._models_dir
+        )
+        self._state.update(busy=True, job=None, cancel_requested=False)
         self.history = {}
         self.plot.plot({})
         worker = create_worker(
-            job.events,
-            _progress={"total": job.config.epochs, "desc": f"training {job.target.stem}"},
+            _training_events,
+            new_job,
+            self._state,
+            _progress={"total": config.epochs, "desc": f"training {name}"},
             _start_thread=False,
         )
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
         self.train_button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = f"training {job.target.stem} on {', '.join(job.classes)}…"
+        self.status.value = "checking the class folders…"
         worker.start()
 
     def cancel(self) -> None:
         """Stop after the current batch (while starting, reading crops or calibrating: within
-        ~30 s); nothing is saved."""
-        if self._state["job"] is not None:
-            self._state["job"].cancel()
+        ~30 s; while the folders are checked: before the training starts); nothing is saved."""
+        if self._state["busy"]:
+            _request_cancel(self._state)
             self.status.value = "cancelling…"
 
     @while_open
     def _on_event(self, event) -> None:
         from napari.utils.notifications import show_error, show_info, show_warning
 
-        if isinstance(event, EpochEnd):
+        if isinstance(event, TrainingJob):
+            if not self._state["cancel_requested"]:
+                self.status.value = f"training {event.target.stem} on {', '.join(event.classes)}…"
+        elif isinstance(event, EpochEnd):
             for key, value in event.logs.items():
                 self.history.setdefault(key, []).append(value)
             self._plot_history()
@@ -186,13 +189,42 @@ class TrainWidget(Container):
 
     @while_open
     def _on_finished(self) -> None:
-        self._state["job"] = None
+        self._state.update(busy=False, job=None)
         self.train_button.enabled = True
         self.cancel_button.enabled = False
 
 
 def _starting_points(_widget=None) -> list[str]:
     return [FROM_SCRATCH, *list_models()]
+
+
+def _training_events(new_job, state: dict) -> Iterator[TrainingJob | TrainingEvent]:
+    """Worker-thread body: make the job (its folders are walked and split here, not on
+    napari's thread), start it unless cancelled meanwhile, yield it, then its events.
+    ``state["job"]`` holds the started job, for :func:`_request_cancel`."""
+    try:
+        job = new_job()
+        if state["cancel_requested"]:
+            yield TrainingCancelled()
+            return
+        job.start()
+    except BloodcellError as exc:
+        yield TrainingFailed(str(exc))
+        return
+    state["job"] = job
+    if state["cancel_requested"]:  # asked while the job was set: it may not have seen it
+        job.cancel()
+    yield job
+    yield from job.events()
+
+
+def _request_cancel(state: dict) -> None:
+    """Ask a training to stop, whether or not its job has started (the worker thread
+    sets the job, then reads the request; this sets the request, then reads the job: one
+    of the two sees the other)."""
+    state["cancel_requested"] = True
+    if state["job"] is not None:
+        state["job"].cancel()
 
 
 def _close_job(state: dict, on_models_changed, *_args) -> None:
@@ -203,5 +235,5 @@ def _close_job(state: dict, on_models_changed, *_args) -> None:
         return
     state["closed"] = True
     MODEL_EVENTS.changed.disconnect(on_models_changed)
-    if state["job"] is not None:
-        state["job"].cancel()
+    if state["busy"]:
+        _request_cancel(state)
