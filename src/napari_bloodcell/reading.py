@@ -820,11 +820,25 @@ def _single_series(path: Path, tif):
         )
     _check_whole_ome_set(path, tif, series[0])
     keyframe = series[0].keyframe
+    _check_imagej_planes(path, tif, series[0])
     try:
         check_frame_pixels(keyframe.imagelength, keyframe.imagewidth)
     except InputImageError as exc:
         raise InputImageError(f"{path}: {exc}") from None
     return series[0]
+
+
+def _check_imagej_planes(path: Path, tif, series) -> None:
+    """Refuse an ImageJ file holding fewer planes than its metadata lists: cut short (an
+    incomplete copy or download), its later pages are lost and tifffile falls back to the
+    first page alone, which was analysed as the whole movie."""
+    listed = int((tif.imagej_metadata or {}).get("images", 1)) if tif.is_imagej else 1
+    planes = int(np.prod(series.shape)) // max(1, int(np.prod(series.keyframe.shape)))
+    if 0 < planes < listed:  # (a zero-size image is refused as such)
+        raise InputImageError(
+            f"{path}: its ImageJ metadata lists {listed} images but only {planes} can be "
+            f"read: a file cut short (an incomplete copy or download)? Copy it again"
+        )
 
 
 @contextlib.contextmanager
@@ -948,6 +962,8 @@ class _TiffPages:
                 count = int(np.prod(self.page_shape))
                 offset = self.data_offset + page * count * self.stored_dtype.itemsize
                 data = np.fromfile(self.path, self.stored_dtype, count, offset=offset)
+                if data.size < count:
+                    raise InputImageError("the file ends inside this page: cut short?")
         except Exception as exc:  # a corrupt page: name the file and the page
             raise InputImageError(f"{self.path}: page {page} cannot be read ({exc})") from exc
         block = data.astype(self.dtype, copy=False).reshape((1,) * n_outer + self.page_shape)

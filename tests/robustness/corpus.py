@@ -69,6 +69,18 @@ def _tiff_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _stack_cut_short(path: Path, imagej: bool) -> None:
+    """A 4-frame grey stack copied incompletely: an ImageJ file cut after its third frame's
+    data (the later page headers, written after the data, are lost), or a plain one cut
+    inside its last page."""
+    stack = np.stack([_grey(np.uint16, 4000, 100 + 50 * t) for t in range(4)])
+    axes = {"axes": "TYX"} if imagej else {}
+    tifffile.imwrite(path, stack, imagej=imagej, photometric="minisblack", metadata=axes)
+    with tifffile.TiffFile(path) as tif:
+        end = tif.pages[0].dataoffsets[0] + 3 * stack[0].nbytes if imagej else -1000
+    path.write_bytes(path.read_bytes()[:end])
+
+
 def _write_bytes(data: bytes | Callable[[], bytes]) -> Callable[[Path], None]:
     return lambda path: path.write_bytes(data() if callable(data) else data)
 
@@ -160,6 +172,19 @@ CASES: tuple[Case, ...] = (
         "truncated.tif",
         _write_bytes(lambda: _tiff_bytes(smear_rgb())[:5000]),
         "cannot be read",
+    ),
+    Case(
+        "ImageJ stack cut short",
+        "imagej_cut_short.tif",
+        functools.partial(_stack_cut_short, imagej=True),
+        "its ImageJ metadata lists 4 images but only 1 can be read: a file cut short",
+    ),
+    Case(
+        "stack cut inside its last page",
+        "stack_cut_short.tif",
+        functools.partial(_stack_cut_short, imagej=False),
+        "cannot be read",
+        axes="TYX",
     ),
     Case("zero-size image", "zero.tif", _write_zero_size, "the image has zero size"),
     Case(
