@@ -262,6 +262,59 @@ def test_ome_zarr_levels_open_with_their_axes(tmp_path, axes, expected):
     )
 
 
+def _ome_zarr_image(group, stack: np.ndarray, scale: list[float], unit: str | None) -> None:
+    """Write ``stack`` (T, C, Y, X) into ``group`` as a one-level OME-Zarr 0.4 image."""
+    create = getattr(group, "create_array", None) or group.array  # zarr 3 / zarr 2
+    create("0", data=stack)
+    axes = [
+        {"name": n, "type": "space" if n in "yx" else {"t": "time", "c": "channel"}[n]}
+        for n in "tcyx"
+    ]
+    for axis in axes[2:]:
+        axis.update({"unit": unit} if unit else {})
+    transform = {"type": "scale", "scale": scale}
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [transform]}],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"), [("micrometer", 0.5), ("nanometer", 0.0005), (None, None)]
+)
+def test_ome_zarr_pixel_size_comes_from_its_scale_and_unit(tmp_path, unit, expected):
+    """The pixel size of an OME-Zarr image was never read (lengths in px only)."""
+    zarr = pytest.importorskip("zarr")
+    stack = RNG.integers(0, 4000, (3, 2, 40, 50), dtype=np.uint16)
+    _ome_zarr_image(
+        zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), stack, [1, 1, 0.5, 0.5], unit
+    )
+    lazy = open_lazy(tmp_path / "s.zarr")
+    assert lazy.original_axes == "TCYX" and lazy.pixel_size_um == expected
+
+
+def test_a_bioformats2raw_store_opens_its_one_image_and_refuses_several(tmp_path):
+    """bioformats2raw (and NGFF-Converter) put the image in the group "0" of a root marked
+    "bioformats2raw.layout": such a store was refused ("a Zarr group without OME
+    multiscales metadata"), and so was the image's own folder ("a folder, not an image")."""
+    zarr = pytest.importorskip("zarr")
+    stack = RNG.integers(0, 4000, (3, 2, 40, 50), dtype=np.uint16)
+    root = zarr.open_group(str(tmp_path / "one.ome.zarr"), mode="w")
+    root.attrs["bioformats2raw.layout"] = 3
+    root.create_group("OME")  # the layout's metadata folder, not an image
+    _ome_zarr_image(root.create_group("0"), stack, [1, 1, 0.65, 0.65], "micrometer")
+    lazy = open_lazy(tmp_path / "one.ome.zarr")
+    assert lazy.original_axes == "TCYX" and lazy.pixel_size_um == pytest.approx(0.65)
+    frame = lazy.intensity.apply(np.moveaxis(stack[1], 0, -1))
+    np.testing.assert_array_equal(lazy.data[1].compute(), frame)
+    _ome_zarr_image(root.create_group("1"), stack, [1, 1, 0.65, 0.65], "micrometer")
+    with pytest.raises(InputImageError, match="a bioformats2raw store of 2 images .series 0, 1."):
+        open_lazy(tmp_path / "one.ome.zarr")
+
+
 def test_zarr_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
     import sys
 

@@ -986,7 +986,8 @@ def _other_files(path: Path, pages) -> dict:
 
 
 def _open_zarr_lazily(path: Path):
-    """A Zarr array, or the full-resolution level of an OME-Zarr group, with its axes."""
+    """A Zarr array, or the full-resolution level of an OME-Zarr image (the store's root,
+    or its one image in bioformats2raw's layout), with its axes and pixel size."""
     try:
         import zarr
     except ImportError:
@@ -998,15 +999,62 @@ def _open_zarr_lazily(path: Path):
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
         return da.from_zarr(node), None, None
-    attributes = node.attrs.asdict()
-    multiscales = attributes.get("ome", attributes).get("multiscales")
-    if not multiscales:
-        raise InputImageError(f"{path}: a Zarr group without OME multiscales metadata")
-    level = multiscales[0]
-    array = da.from_zarr(node[level["datasets"][0]["path"]])
+    image = _ome_zarr_image(path, node)
+    level = _multiscales(image)[0]
+    array = da.from_zarr(image[level["datasets"][0]["path"]])
     axes = "".join(_ome_zarr_axis(axis) for axis in level.get("axes", []))  # none before 0.4
-    known = len(axes) == array.ndim and "?" not in axes
-    return array, (axes if known else None), None
+    if len(axes) != array.ndim or "?" in axes:
+        return array, None, None
+    return array, axes, _ome_zarr_pixel_size_um(path, level, axes)
+
+
+def _multiscales(group) -> list:
+    """A group's OME-Zarr ``multiscales`` (under ``ome`` since OME-Zarr 0.5), or []."""
+    attributes = group.attrs.asdict()
+    return attributes.get("ome", attributes).get("multiscales") or []
+
+
+def _ome_zarr_image(path: Path, group):
+    """The OME-Zarr image of a store: its root, or (bioformats2raw's layout: the root
+    marked ``bioformats2raw.layout``, one image group per series ``0``, ``1`` …) its
+    only series; a store of several series is refused (one image per input)."""
+    if _multiscales(group):
+        return group
+    attributes = group.attrs.asdict()
+    if "bioformats2raw.layout" not in attributes.get("ome", attributes):
+        raise InputImageError(f"{path}: a Zarr group without OME multiscales metadata")
+    series = sorted(
+        (key for key in group.group_keys() if key.isdigit() and _multiscales(group[key])),
+        key=int,
+    )
+    if len(series) != 1:
+        raise InputImageError(
+            f"{path}: a bioformats2raw store of {len(series)} images (series "
+            f"{', '.join(series) or 'none'}); one image per input can be analysed: convert "
+            f"each series to a store of its own (bioformats2raw --series <n>)"
+        )
+    return group[series[0]]
+
+
+def _ome_zarr_pixel_size_um(path: Path, level: dict, axes: str) -> float | None:
+    """The pixel size (µm) of an OME-Zarr image's full-resolution level: the Y and X scale
+    of its ``scale`` transformations (the dataset's, then the whole image's) in the axes'
+    length ``unit``; None without a known unit (OME-Zarr scales without one are not
+    lengths)."""
+    scale = np.ones(len(axes))
+    for transformations in (
+        level["datasets"][0].get("coordinateTransformations", []),
+        level.get("coordinateTransformations", []),
+    ):
+        for transformation in transformations:
+            if transformation.get("type") == "scale" and len(transformation["scale"]) == len(axes):
+                scale *= np.asarray(transformation["scale"], dtype=float)
+    sizes = []
+    for letter in "XY":
+        axis = level["axes"][axes.index(letter)]
+        unit = str(axis.get("unit", "")).lower() if isinstance(axis, dict) else ""
+        sizes.append(_positive(scale[axes.index(letter)], LENGTH_UNITS_UM.get(unit)))
+    return _square_pixel_size(path, *sizes)
 
 
 _OME_ZARR_AXIS_TYPES = {"time": "T", "channel": "C"}
@@ -1036,8 +1084,10 @@ def _tiff_axes(tiff_axes: str, shape: tuple[int, ...]) -> str | None:
 LENGTH_UNITS_UM = {
     "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
     "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
+    "cm": 1e4, "centimeter": 1e4,
 }  # fmt: skip
-"""Length units of OME and ImageJ metadata, in µm (ImageJ may write µ as an escape)."""
+"""Length units of OME, OME-Zarr and ImageJ metadata, in µm (ImageJ may write µ as an
+escape)."""
 
 
 RESOLUTION_UNITS_UM = {2: 25_400.0, 3: 10_000.0, 4: 1_000.0, 5: 1.0}
@@ -1056,22 +1106,28 @@ def _tiff_pixel_size_um(tif) -> float | None:
     area in µm assumes square pixels."""
     ome, calibration = tif.ome_metadata, tif.imagej_metadata or {}
     tags = tif.pages[0].tags
+    sizes = [None, None]
     if ome:
         sizes = [_ome_quantity(ome, f"PhysicalSize{axis}", LENGTH_UNITS_UM, "µm") for axis in "XY"]
     elif "unit" in calibration:
         factor = LENGTH_UNITS_UM.get(str(calibration["unit"]).lower())
         sizes = [_calibrated_size(tags.get(f"{axis}Resolution"), factor) for axis in "XY"]
-    else:
+    if sizes == [None, None]:  # none stated there (e.g. an OME-TIFF without PhysicalSize)
         unit = tags.get("ResolutionUnit")
         factor = RESOLUTION_UNITS_UM.get(int(unit.value)) if unit is not None else None
         sizes = [_calibrated_size(tags.get(f"{axis}Resolution"), factor) for axis in "XY"]
         low, high = PLAUSIBLE_PIXEL_UM
         if not all(size is not None and low <= size <= high for size in sizes):
             return None
-    x, y = sizes
+    return _square_pixel_size(tif.filehandle.path, *sizes)
+
+
+def _square_pixel_size(path, x: float | None, y: float | None) -> float | None:
+    """The pixel size ``x`` (µm), refused (:class:`InputImageError`) when ``y`` differs by
+    more than 1 %: every length and area in µm assumes square pixels."""
     if x is not None and y is not None and abs(x - y) > 0.01 * x:
         raise InputImageError(
-            f"{tif.filehandle.path}: its pixels are {x:g} µm wide and {y:g} µm high; lengths "
+            f"{path}: its pixels are {x:g} µm wide and {y:g} µm high; lengths "
             f"and areas in µm need square pixels: resample the image to square pixels "
             f"(e.g. Fiji: Image › Scale)"
         )
