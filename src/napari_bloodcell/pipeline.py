@@ -39,8 +39,8 @@ class AnalysisSettings:
     channels : fluorescence only, cell role → channel index, e.g.
         ``{"neutrophil": 1, "platelet": 0}``. A role named ``platelet`` (or another of
         :data:`~napari_bloodcell.classes.PLATELET_NAMES`) is segmented as platelets, any
-        other role as leukocytes (one such role at most); the role name becomes
-        ``cell_class``.
+        other role as leukocytes (one such role at most); the role name, lower-cased,
+        becomes ``cell_class``.
     pixel_size_um : µm per pixel, or None (the modality's reference pixel size: that of
         the BCCD frames for smears, of the flowcatchR frames for fluorescence).
     uncertain_threshold : confidence below which ``cell_class`` is ``"uncertain"``
