@@ -397,8 +397,10 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path, channels):
     assert len(set(image.data[0, 0, 1].tolist())) == 3
 
 
-def test_16_bit_grey_alpha_and_transparent_colour_pngs_read_as_before(tmp_path):
-    """Pillow calls them RGB/RGBA too: the 16-bit colour path gave 2 or 4 channels."""
+def test_16_bit_grey_alpha_and_transparent_colour_pngs(tmp_path):
+    """Pillow calls them RGB/RGBA too: the 16-bit colour path gave 2 or 4 channels. A
+    16-bit grey + alpha PNG was then read as Pillow decodes it: 8-bit RGB (three equal
+    channels, the low byte lost), not grey as an 8-bit one with a constant alpha is."""
     import zlib
 
     import imagecodecs
@@ -407,7 +409,13 @@ def test_16_bit_grey_alpha_and_transparent_colour_pngs_read_as_before(tmp_path):
     grey = rng.integers(0, 65536, (32, 40), dtype=np.uint16)
     grey_alpha = np.dstack([grey, np.full((32, 40), 65535, np.uint16)])
     (tmp_path / "la16.png").write_bytes(imagecodecs.png_encode(grey_alpha))
-    assert read_image(tmp_path / "la16.png").data.shape == (1, 32, 40, 3)  # as Pillow reads it
+    image = read_image(tmp_path / "la16.png")
+    assert image.data.shape == (1, 32, 40, 1) and image.original_dtype == "uint16"
+    assert len(np.unique(image.data)) > 1000  # 16 bits kept (8 bits: at most 256 values)
+    grey_alpha[0, 0, 1] = 0  # one transparent pixel
+    (tmp_path / "la16.png").write_bytes(imagecodecs.png_encode(grey_alpha))
+    with pytest.raises(InputImageError, match="varying transparency"):
+        read_image(tmp_path / "la16.png")
     rgb = rng.integers(0, 65536, (32, 40, 3), dtype=np.uint16)
     data = imagecodecs.png_encode(rgb)
     trns = b"tRNS" + rgb[0, 0].astype(">u2").tobytes()  # one colour transparent

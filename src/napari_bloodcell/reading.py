@@ -656,18 +656,19 @@ def _read_with_imageio(path: Path) -> np.ndarray:
         check_frame_pixels(height, width)
     except InputImageError as exc:
         raise InputImageError(f"{path}: {exc}") from None
-    channels = PNG_16_BIT_COLOUR.get(_png_header(path)) if file_format == "PNG" else None
+    channels = PNG_16_BIT_SAMPLES.get(_png_header(path)) if file_format == "PNG" else None
     if channels is not None:
-        import imagecodecs  # Pillow decodes 16-bit colour PNGs to 8 bits
+        import imagecodecs  # Pillow decodes 16-bit colour and grey + alpha PNGs to 8 bits
 
-        return imagecodecs.png_decode(path.read_bytes())[..., :channels]  # (tRNS: an alpha)
-    if mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
+        array = imagecodecs.png_decode(path.read_bytes())[..., :channels]  # (tRNS: an alpha)
+    elif mode in PILLOW_COLOUR_SPACES:  # ink or other colour spaces: decoded as their numbers
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    with warnings.catch_warnings(), _interrupts_deferred():
-        warnings.simplefilter("ignore")
-        array = np.asarray(iio.imread(path))
-    if mode == GREY_ALPHA_MODE:  # (Y, X, 2): not 2 channels, nor Y frames of X × 2 px
+    else:
+        with warnings.catch_warnings(), _interrupts_deferred():
+            warnings.simplefilter("ignore")
+            array = np.asarray(iio.imread(path))
+    if mode == GREY_ALPHA_MODE or channels == 2:  # (Y, X, 2): not 2 channels, nor Y frames
         return _grey_without_alpha(path, array, sample_axis=2, alpha=array[..., 1])
     return array
 
@@ -698,8 +699,8 @@ def _interrupts_deferred() -> Iterator[None]:
                 os.kill(os.getpid(), received[0])
 
 
-PNG_16_BIT_COLOUR = {(16, 2): 3, (16, 6): 4}
-"""(bit depth, colour type) of 16-bit RGB and RGBA PNGs → their channels."""
+PNG_16_BIT_SAMPLES = {(16, 2): 3, (16, 6): 4, (16, 4): 2}
+"""(bit depth, colour type) of 16-bit RGB, RGBA and grey + alpha PNGs → their samples."""
 
 
 def _png_header(path: Path) -> tuple[int, int]:
