@@ -396,7 +396,8 @@ class AnalysisWidget(Container):
         self.pixel_size = FloatSpinBox(
             label="pixel size (µm)", value=0.0, min=0.0, max=100.0, step=0.01,
             tooltip="µm per pixel; 0 = the image layer's scale when its units are lengths "
-            "(e.g. µm), else unknown (defaults tuned on BCCD frames)",
+            "(e.g. µm), else unknown: the scale of BCCD's frames for smears, of flowcatchR's "
+            "for fluorescence",
         )  # fmt: skip
         self.pixel_size.native.setDecimals(PIXEL_SIZE_DECIMALS)  # 0.065 µm must not become 0.07
         self.uncertain_threshold = FloatSpinBox(
