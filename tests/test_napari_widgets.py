@@ -630,6 +630,69 @@ def test_a_cancelled_batch_rerun_keeps_the_earlier_result(
     assert cells.metadata["napari_bloodcell"]["parameters"]["pixel_size_um"] == 0.25
 
 
+def _slow(block):  # a slow reader gives the viewer time to act mid-batch
+    time.sleep(0.4)
+    return block
+
+
+def test_a_cancelled_batch_rerun_keeps_the_earlier_result_s_tracking(
+    make_napari_viewer, qtbot, dask_movie, tmp_path, notifications
+):
+    """A re-run forgot the tracking and released the tracks layer as it started: cancelled,
+    the kept result's export wrote no tracking tables (no warning) and its own tracks
+    layer was named "(earlier run)"."""
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(dask_movie, rgb=True, name="movie")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.display_interval_s = 0.0
+    _run(widget, qtbot)
+    _track(widget, qtbot)
+    tracking, tracks = widget.tracking, viewer.layers["movie tracks"]
+    image.data = dask_movie.map_blocks(_slow)
+    widget.run()
+    widget.worker.yielded.connect(lambda _: widget.cancel())
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    assert widget.status.value.startswith("cancelled") and widget.tracking is tracking
+    assert tracks.name == "movie tracks" and "key" in tracks.metadata["napari_bloodcell"]
+    widget.export_file.value = tmp_path / "kept.csv"
+    assert widget.export() and (tmp_path / "kept_tracking").is_dir(), notifications
+    _run(widget, qtbot)  # a re-run that finishes: the earlier tracking is not its
+    assert widget.tracking is None and tracks.name == "movie tracks (earlier run)"
+
+
+def test_closing_the_batch_widget_during_a_rerun_hands_its_layers_over(
+    make_napari_viewer, qtbot, dask_movie
+):
+    """Closed mid-re-run, its layers stayed "… (running)" with live keys: the next re-run of
+    the image, from any Batch widget, adopted and then removed them unasked."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(dask_movie, rgb=True, name="movie")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-bloodcell", "Batch time-lapse")
+    widget.model.value = None
+    widget.display_interval_s = 0.0
+    _run(widget, qtbot)
+    image.data = dask_movie.map_blocks(_slow)
+    widget.run()
+    worker, ended = widget.worker, []
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: len(viewer.layers) > 4, timeout=WAIT_MS)  # a running layer
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
+    handed_over = list(viewer.layers)[4:]
+    assert handed_over and all(layer.name.endswith("(cancelled run)") for layer in handed_over)
+    assert all("key" not in layer.metadata["napari_bloodcell"] for layer in handed_over)
+
+    image.data = dask_movie
+    _, again = viewer.window.add_plugin_dock_widget("napari-bloodcell", "Batch time-lapse")
+    again.model.value = None
+    _run(again, qtbot)
+    assert list(viewer.layers)[4:] == handed_over  # still there, the user's
+
+
 def test_a_slow_redraw_of_a_running_batch_is_followed_by_a_pause(make_napari_viewer):
     """Each redraw rebuilds the layers and the plot from the whole table: one longer than
     the display interval was followed by the next at once, leaving the viewer no time."""

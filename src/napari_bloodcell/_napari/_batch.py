@@ -97,7 +97,8 @@ class BatchWidget(AnalysisWidget):
         self._shown: StackProgress | None = None  # … and the last one shown
         self._shown_at = -np.inf  # when the last redraw ended …
         self._redraw_gap = 0.0  # … and how long the next waits at least
-        self._rerun_of: str | None = None  # the image (id) whose earlier result a run keeps
+        self._state["rerun_of"] = None  # the image (id) whose earlier result a run keeps
+        self._state["on_close"] = partial(_hand_over_running_layers, napari_viewer, self._state)
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
 
@@ -119,12 +120,17 @@ class BatchWidget(AnalysisWidget):
 
     def _steps(self, job: AnalysisJob) -> tuple[Iterator, int]:
         steps = stack_steps(job)
-        self.tracking = None  # the tracks of an earlier result are not this run's …
-        self._release_tracks_layer(job.image_id)  # … nor is their layer
         self._latest = self._shown = None
         earlier = own_layers(self._viewer, stack_keys(job.image_id))
-        self._rerun_of = job.image_id if earlier else None
+        self._state["rerun_of"] = job.image_id if earlier else None
+        if not earlier:  # (a re-run forgets the earlier tracking only if it finishes)
+            self._forget_tracking(job.image_id)
         return steps, job.layout.n_frames
+
+    def _forget_tracking(self, image_id: str) -> None:
+        """The tracks of an earlier result are not the new result's, nor is their layer."""
+        self.tracking = self._tracked_cells = None
+        self._release_tracks_layer(image_id)
 
     def _release_tracks_layer(self, image_id: str) -> None:
         """Keep the tracks layer of image ``image_id``, named ``… (earlier run)``, but never
@@ -141,29 +147,30 @@ class BatchWidget(AnalysisWidget):
 
     @while_open
     def _on_finished(self) -> None:
-        if self._rerun_of is not None:
+        if self._state["rerun_of"] is not None:
             self._end_rerun()
         elif self._latest is not self._shown:  # the frames finished since the last display
             self._show(self._latest)
         super()._on_finished()
 
     def _end_rerun(self) -> None:
-        """A finished re-run replaces the earlier result in its layers (and drops its own);
-        a cancelled or failed one keeps its frames in its own layers, handed to the user."""
+        """A finished re-run replaces the earlier result (and its tracking) in its layers
+        and drops its own; a cancelled or failed one keeps its frames in its own layers,
+        handed to the user, and the earlier result keeps its tracking."""
         ended = self._state["cancelled"] or self._state["failed"]
         if ended and self._latest is not self._shown:
             self._show(self._latest)  # into its own layers
-        image_id, self._rerun_of = self._rerun_of, None
-        running = own_layers(self._viewer, {running_key(key) for key in stack_keys(image_id)})
         if ended:
-            outcome = "cancelled" if self._state["cancelled"] else "failed"
-            for layer in running:
-                release_layer(layer)
-                layer.name = layer.name.replace(f"({RUNNING})", f"({outcome} run)")
+            _hand_over_running_layers(
+                self._viewer, self._state, "cancelled" if self._state["cancelled"] else "failed"
+            )
             summary = self._state["summary"] or "no results"
             self._state["summary"] = f"{summary}; the earlier result is kept"
             self._keep_earlier_result()  # what Export and Track cells act on
             return
+        image_id, self._state["rerun_of"] = self._state["rerun_of"], None
+        running = own_layers(self._viewer, {running_key(key) for key in stack_keys(image_id)})
+        self._forget_tracking(image_id)
         if self._latest is not None:
             self._show(self._latest)  # into the earlier result's layers
         for layer in running:
@@ -177,7 +184,7 @@ class BatchWidget(AnalysisWidget):
         summary = f"{item.frames_done}/{item.n_frames} frames, {len(item.table)} cells"
         if item.empty_frames:
             summary += f" (empty frames: {', '.join(map(str, item.empty_frames))})"
-        layers = item.layers if self._rerun_of is None else running_layers(item.layers)
+        layers = item.layers if self._state["rerun_of"] is None else running_layers(item.layers)
         self._show_layers(layers, item.table, classes, summary)
         self.plot_counts(item.table, classes, item.frames_done)
         self._shown, self._shown_at = item, time.monotonic()
@@ -324,6 +331,19 @@ class BatchWidget(AnalysisWidget):
             )
             return None
         return self.tracking
+
+
+def _hand_over_running_layers(viewer, state: dict, outcome: str = "cancelled") -> None:
+    """End a re-run that did not finish (``outcome``: cancelled or failed; also when its
+    widget closes): its layers, as they are, become the user's, named ``… (<outcome>
+    run)``; the earlier result stays as it was. (Left running, a later re-run of the image
+    adopted and removed them.)"""
+    image_id, state["rerun_of"] = state["rerun_of"], None
+    if image_id is None:
+        return
+    for layer in own_layers(viewer, {running_key(key) for key in stack_keys(image_id)}):
+        release_layer(layer)
+        layer.name = layer.name.replace(f"({RUNNING})", f"({outcome} run)")
 
 
 def running_key(key: str) -> str:

@@ -772,14 +772,17 @@ def _dock_of(widget):
 
 def _stop_and_release(owner: str, state: dict, connections: list, *_args) -> None:
     """When a widget is destroyed: stop its workers (the analysis and a batch's tracking;
-    their results are dropped), disconnect it from the viewer and model events, and release
-    its classifier processes."""
+    their results are dropped), let it hand its layers over (``state["on_close"]``, if
+    any), disconnect it from the viewer and model events, and release its classifier
+    processes."""
     if state.get("closed"):  # the dock widget went first (see DockWatcher)
         return
     state["closed"] = True
     for worker in (state["worker"], state.get("track_worker")):
         if worker is not None:
             worker.quit()
+    if "on_close" in state:
+        state["on_close"]()
     for signal, callback in connections:
         _disconnect(signal, callback)
     CLASSIFIERS.release(owner)
