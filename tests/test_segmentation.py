@@ -169,6 +169,26 @@ def test_touching_rbcs_are_split_and_platelet_found(smear_segmentation):
     assert type_at(smear_segmentation, *PLATELET_CENTRE) == "platelet"
 
 
+def test_a_red_cell_without_pallor_beside_another_s_pallor_is_labelled():
+    """Peaks near any cell's pallor were dropped, also in a separate component: a red cell
+    without a visible pallor, 5 px from a cell whose pallor is off-centre towards it, got
+    no marker and was left unlabelled."""
+    yy, xx = np.mgrid[:200, :300]
+    first = (yy - 100) ** 2 + (xx - 100) ** 2 < 50**2
+    second = (yy - 100) ** 2 + (xx - 185) ** 2 < 32**2  # 5 px away, no pallor
+    pallor = (yy - 100) ** 2 + (xx - 130) ** 2 < 12**2  # the first's, towards the second
+    frame = np.empty((200, 300, 3), np.float32)
+    frame[:] = (0.80, 0.80, 0.80)
+    frame[first | second] = (0.85, 0.62, 0.68)
+    frame[pallor] = (0.82, 0.76, 0.78)
+    noise = np.random.default_rng(0).normal(0, 0.01, frame.shape)
+    result = segment_frame(np.clip(frame + noise, 0, 1).astype(np.float32), "smear")
+    assert np.count_nonzero(result.labels[second]) > 0.9 * np.count_nonzero(second)
+    labels = {result.labels[100, 100], result.labels[100, 185]}
+    assert 0 not in labels and len(labels) == 2
+    assert set(result.cells["cell_type"]) == {"rbc"}
+
+
 def test_pixel_size_scales_the_parameters():
     half_scale = segment_frame(
         smear_scene(scale=0.5), "smear", pixel_size_um=2 * REFERENCE_PIXEL_SIZE_UM

@@ -164,9 +164,10 @@ def split_touching(
 
     ``min_distance`` (px, full resolution) is the smallest distance between two object
     centres. ``centres``: optional (Y, X) bool mask of known object centres (each connected
-    blob seeds one object); distance-transform peaks then only add objects at least
-    ``min_distance`` away from them. The watershed may run on a ``downsample``-times coarser
-    grid for speed; the returned (Y, X) labels are full resolution and confined to ``mask``.
+    blob seeds one object); in a component of ``mask`` holding one, distance-transform
+    peaks then only add objects at least ``min_distance`` away from them. The watershed
+    may run on a ``downsample``-times coarser grid for speed; the returned (Y, X) labels
+    are full resolution and confined to ``mask``.
     """
     coarse = mask[::downsample, ::downsample]
     distance = ndi.distance_transform_edt(coarse)
@@ -184,7 +185,10 @@ def split_touching(
         markers, n_known = ndi.label(known)
         if n_known:
             from_known = ndi.distance_transform_edt(~known)[tuple(peaks.T)]
-            peaks = peaks[from_known * downsample >= min_distance]
+            seeded = np.zeros(int(components.max()) + 1, dtype=bool)
+            seeded[components[known]] = True  # (a component without one keeps its peaks)
+            in_seeded = seeded[components[tuple(peaks.T)]]
+            peaks = peaks[(from_known * downsample >= min_distance) | ~in_seeded]
     markers[tuple(peaks.T)] = np.arange(n_known + 1, n_known + len(peaks) + 1)
     coarse_labels = watershed(-distance, markers, mask=coarse)
     if downsample == 1:
