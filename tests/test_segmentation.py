@@ -495,6 +495,32 @@ def test_featureless_frames_give_empty_segmentation(frame, modality):
             "map no cell role",
         ),
         (np.zeros((10, 10, 3)), {"pixel_size_um": "0.5"}, "pixel_size_um"),
+        (  # ValueError deep in the fluorescence detector
+            np.zeros((10, 10, 3)),
+            {
+                "modality": "fluorescence",
+                "params": FluorescenceParams(platelet_min_diameter_um=np.nan),
+            },
+            "platelet_min_diameter_um must be a finite number",
+        ),
+        (  # silently found no WBCs
+            np.zeros((10, 10, 3)),
+            {"modality": "smear", "params": SmearParams(wbc_min_nucleus_diameter_um=-5.0)},
+            "wbc_min_nucleus_diameter_um is a length",
+        ),
+        (  # silently lost a WBC
+            np.zeros((10, 10, 3)),
+            {"modality": "smear", "params": SmearParams(nucleus_score_low=0.5)},
+            r"nucleus_score_low \(0.5\) must not be above nucleus_score_high",
+        ),
+        (
+            np.zeros((10, 10, 3)),
+            {
+                "modality": "smear",
+                "params": SmearParams(platelet_min_diameter_um=9.0, platelet_max_diameter_um=8.0),
+            },
+            "platelet_min_diameter_um .9.0. must not be above platelet_max_diameter_um",
+        ),
         (np.zeros((3, 40, 50)), {}, "channels first"),  # was read as 3 × 40 px, 50 channels
         (  # one signal was detected as leukocytes and as platelets
             np.zeros((10, 10, 2)),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
 
 from ..errors import InputImageError
-from ._regions import Segmentation, empty_segmentation
+from ._regions import UM, Segmentation, empty_segmentation
 from .fluorescence import (
     ROLE_CELL_TYPES,
     FluorescenceParams,
@@ -201,7 +202,10 @@ def _check_pixel_size(pixel_size_um: float | None) -> None:
 
 
 def _checked_params(params, expected_type: type):
-    """``params`` if it is of ``expected_type``, the defaults if None, else InputImageError."""
+    """``params`` if it is of ``expected_type`` with usable values, the defaults if None,
+    else InputImageError: every value a finite number, no length (µm) negative, and no
+    ``…_low`` / ``…_min_…`` value above its ``…_high`` / ``…_max_…`` (such settings failed
+    deep in a library, or silently found nothing)."""
     if params is None:
         return expected_type()
     if not isinstance(params, expected_type):
@@ -209,6 +213,21 @@ def _checked_params(params, expected_type: type):
             f"params must be {expected_type.__name__} for this modality, "
             f"got {type(params).__name__}"
         )
+    name = expected_type.__name__
+    values = {field.name: getattr(params, field.name) for field in dataclasses.fields(params)}
+    for field in dataclasses.fields(params):
+        value = values[field.name]
+        is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if not is_number or not np.isfinite(value):
+            raise InputImageError(f"{name}.{field.name} must be a finite number, got {value!r}")
+        if field.metadata == UM and value < 0:
+            raise InputImageError(f"{name}.{field.name} is a length (µm): got {value!r} < 0")
+    for low, value in values.items():
+        high = low.replace("_low", "_high").replace("_min_", "_max_")
+        if high != low and high in values and value > values[high]:
+            raise InputImageError(
+                f"{name}.{low} ({value!r}) must not be above {high} ({values[high]!r})"
+            )
     return params
 
 
