@@ -117,7 +117,7 @@ def test_the_window_is_centred_on_the_centroid_within_half_a_pixel(diameter):
         ((20, 20, 3), {"size": 16.0}, "crop size must be a positive whole number"),
         ((20, 20, 3), {"size": 16, "scale": 0.0}, "crop scale"),
         ((20, 20, 3), {"size": 16, "scale": float("nan")}, "crop scale"),
-        ((20, 20), {"size": 16}, r"expected a \(Y, X, C\) frame"),
+        ((20, 20), {"size": 16}, r"expected a \(Y, X, C\) image"),
     ],
 )
 def test_impossible_crop_requests_are_refused_clearly(frame_shape, kwargs, message):
@@ -135,3 +135,21 @@ def test_crops_become_the_classifier_s_bytes_rounded_and_clipped():
     bytes_ = as_bytes(np.array([0.0, 0.2, 1.0, 1.002, -0.002], np.float32))
     assert bytes_.dtype == np.uint8
     assert bytes_.tolist() == [0, 51, 255, 255, 0]  # never wrapped to the other extreme
+
+
+def test_a_frame_with_nan_is_refused_and_a_boolean_one_cropped():
+    """One NaN pixel blanked its whole crop silently (crop_single_cell_image: a ValueError
+    from inside Otsu's threshold), and a boolean frame failed in scikit-image."""
+    from napari_bloodcell.crops import crop_single_cell_image
+    from napari_bloodcell.errors import InputImageError
+
+    frame = np.full((20, 20, 3), 0.5, np.float32)
+    frame[3, 3] = np.nan
+    with pytest.raises(InputImageError, match="NaN"):
+        crop_cells(frame, [[10.0, 10.0]], [5.0], size=16)
+    with pytest.raises(InputImageError, match="NaN"):
+        crop_single_cell_image(frame, size=16)
+    mask = np.zeros((20, 20, 1), bool)
+    mask[8:12, 8:12] = True
+    crop = crop_cells(mask, [[10.0, 10.0]], [5.0], size=16)[0]
+    assert crop.shape == (16, 16, 1) and crop.max() == 1.0 and crop.min() == 0.0

@@ -45,9 +45,9 @@ def crop_cells(
     -------
     (N, size, size, C) float32 crops, colour-normalised.
     """
-    frame = np.asarray(frame)
-    if frame.ndim != 3:
-        raise InputImageError(f"expected a (Y, X, C) frame to crop from, got shape {frame.shape}")
+    from .segmentation import checked_frame
+
+    frame = checked_frame(frame)  # a NaN blanked its whole crop; bool failed in skimage
     _check_crop_shape(size, scale)
     centroids_yx = np.asarray(centroids_yx, dtype=float).reshape(-1, 2)
     diameters_px = np.asarray(diameters_px, dtype=float).reshape(-1)

@@ -277,8 +277,10 @@ def central_stained_object(rgb: np.ndarray) -> tuple[float, float, float] | None
     radius keeps the frame ratio of closing radius to nucleus diameter. None if nothing is
     stained.
     """
-    rgb = np.asarray(rgb, dtype=np.float32)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
+    from ._frame import checked_frame  # (_frame imports this module)
+
+    rgb = checked_frame(rgb)  # (a NaN failed in Otsu's threshold)
+    if rgb.shape[2] != 3:
         raise InputImageError(
             f"expected a stained single-cell RGB image (Y, X, 3), got shape {rgb.shape}"
         )
