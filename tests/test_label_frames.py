@@ -41,7 +41,7 @@ def test_frames_are_stored_compressed(stack):
     assert frames.nbytes_compressed < stack.nbytes / 20
 
 
-def test_painting_writes_into_the_frames(stack):
+def test_painting_writes_into_the_view_s_frames(stack):
     frames = _store(stack)
     view = frames.view()
     view[2, 0:3, 0:3] = 99  # a fill of a frame region
@@ -51,12 +51,28 @@ def test_painting_writes_into_the_frames(stack):
     t, y, x = np.array([0, 0, 4]), np.array([1, 2, 3]), np.array([5, 6, 7])
     view[(t, y, x)] = np.array([7, 8, 9])
     expected[(t, y, x)] = [7, 8, 9]
-    np.testing.assert_array_equal(np.asarray(frames.view()), expected)
+    np.testing.assert_array_equal(np.asarray(view), expected)
     view[1:3, 0, :2] = np.array([[4, 5], [6, 7]])  # napari's undo: a region
     expected[1:3, 0, :2] = [[4, 5], [6, 7]]
-    np.testing.assert_array_equal(np.asarray(frames.view()), expected)
+    np.testing.assert_array_equal(np.asarray(view), expected)
+    np.testing.assert_array_equal(view[(t, y, x)], [7, 8, 9])  # napari's reads: edited too
+    assert view.nbytes_compressed > frames.nbytes_compressed  # the edited copies count
     with pytest.raises(TypeError, match="edited by frame number"):
         view[np.array([True, False, True, False, True])] = 0
+
+
+def test_views_of_one_store_never_share_their_edits(stack):
+    """A batch shows each redraw as a new view of one store: a layer painted by hand
+    mid-batch (handed to the user) and the layer the batch showed next shared every edit
+    both ways."""
+    frames = _store(stack[:2])
+    users = frames.view()
+    users[0, 5, 5] = 999  # painted by hand
+    frames.append(stack[2])  # the batch goes on …
+    batch = frames.view()  # … and shows its next frames in a new layer
+    assert batch[0][5, 5] == stack[0, 5, 5] != 999
+    batch[0, 10, 10] = 123
+    assert users[0][10, 10] == stack[0, 10, 10] and users[0][5, 5] == 999
 
 
 def test_frames_read_are_copies(stack):
@@ -95,8 +111,9 @@ def test_a_channel_axis_reads_and_paints_the_frames_underneath(stack, axis):
     pixel = (t, np.zeros(2, int), y, x) if axis == 1 else (t, y, x, np.zeros(2, int))
     view[pixel] = 77
     np.testing.assert_array_equal(view[pixel], [77, 77])
-    assert frames.frame(0)[1, 5] == frames.frame(4)[2, 6] == 77
+    frames_underneath = view._data
+    assert frames_underneath[0][1, 5] == frames_underneath[4][2, 6] == 77
     view[(2, slice(None), slice(0, 2), slice(0, 2)) if axis == 1 else np.s_[2, 0:2, 0:2, :]] = 5
-    assert (frames.frame(2)[0:2, 0:2] == 5).all()
+    assert (frames_underneath[2][0:2, 0:2] == 5).all()
     with pytest.raises(TypeError, match="one integer array per axis"):
         view[[0, 3]]  # a list among slices: numpy would move axes; not napari's way

@@ -5,7 +5,9 @@ held as one array. Label frames are mostly background and compress ~100-1000× w
 zlib, so :class:`CompressedLabelFrames` keeps each frame as compressed bytes and
 :class:`LabelFramesView` shows the first frames as a ``(T, Y, X)`` array-like that napari
 slices one frame at a time (napari's layer-data protocol: ``shape``, ``dtype``,
-``__getitem__``). Painting in napari writes through ``__setitem__`` into the frames.
+``__getitem__``). Painting in napari writes through ``__setitem__`` into the view's own
+copy of the frames it edits: views of one store (one per redraw of a running batch) never
+see each other's edits.
 """
 
 from __future__ import annotations
@@ -39,15 +41,6 @@ class CompressedLabelFrames:
         """Add the next frame (cast to the store's dtype; shape must be ``frame_shape``)."""
         self._blobs.append(self._encode(frame))
 
-    def frame(self, t: int) -> np.ndarray:
-        """Frame ``t`` as a new writable (Y, X) array."""
-        return self._decoded(t).copy()
-
-    def replace(self, t: int, frame: np.ndarray) -> None:
-        """Overwrite frame ``t`` (an edit, e.g. painting in napari)."""
-        self._blobs[t] = self._encode(frame)
-        self._cached = None
-
     def view(self, n_frames: int | None = None) -> LabelFramesView:
         """The first ``n_frames`` (default: all so far) as a (T, Y, X) array-like."""
         return LabelFramesView(self, len(self) if n_frames is None else n_frames)
@@ -71,11 +64,14 @@ class CompressedLabelFrames:
 
     def _decoded(self, t: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != t:
-            raw = zlib.decompress(self._blobs[t])
-            frame = np.frombuffer(raw, self.dtype).reshape(self.frame_shape)
-            frame.flags.writeable = False
-            self._cached = (t, frame)
+            self._cached = (t, self._decode(self._blobs[t]))
         return self._cached[1]
+
+    def _decode(self, blob: bytes) -> np.ndarray:
+        """A read-only (Y, X) frame from its compressed bytes."""
+        frame = np.frombuffer(zlib.decompress(blob), self.dtype).reshape(self.frame_shape)
+        frame.flags.writeable = False
+        return frame
 
 
 class _ShapedArrayLike:
@@ -98,20 +94,26 @@ class LabelFramesView(_ShapedArrayLike):
     Indexing decompresses only the frames selected on the first axis and returns a new
     array (like computing a dask array: writing into it leaves the frames unchanged);
     ``np.asarray`` decompresses all of them (what saving the layer to a file does).
+    Writing (painting) keeps the edited frames in this view, compressed: the store and
+    its other views are unchanged (a layer edited by hand during a batch, and the layer
+    the batch then shows, shared their edits both ways).
     """
 
     def __init__(self, frames: CompressedLabelFrames, n_frames: int):
         if not 0 <= n_frames <= len(frames):
             raise ValueError(f"view of {n_frames} frames of a store of {len(frames)}")
         self._frames = frames
+        self._edited: dict[int, bytes] = {}  # frame → its edited copy, compressed
+        self._edited_cache: tuple[int, np.ndarray] | None = None
         self.shape = (n_frames, *frames.frame_shape)
         self.dtype = frames.dtype
         self.ndim = 3
 
     @property
     def nbytes_compressed(self) -> int:
-        """Memory held by the whole frame store (all frames, compressed)."""
-        return self._frames.nbytes_compressed
+        """Memory held by the whole frame store (all frames, compressed) and this view's
+        edited frames."""
+        return self._frames.nbytes_compressed + sum(map(len, self._edited.values()))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         stacked = self._stack(range(self.shape[0]))
@@ -120,14 +122,14 @@ class LabelFramesView(_ShapedArrayLike):
     def __getitem__(self, key) -> np.ndarray:
         first, rest = _split_key(key)
         if isinstance(first, (int, np.integer)):
-            return self._frames._decoded(self._frame_index(first))[rest].copy()
+            return self._read(self._frame_index(first))[rest].copy()
         if _is_index_array(first) and rest and all(map(_is_index_array, rest)):
             # napari's (t, y, x) integer arrays: one value per pixel
             out = np.empty(first.shape, self.dtype)
             for t in np.unique(first):
                 here = first == t
                 pixels = tuple(np.asarray(index)[here] for index in rest)
-                out[here] = self._frames._decoded(self._frame_index(int(t)))[pixels]
+                out[here] = self._read(self._frame_index(int(t)))[pixels]
             return out
         times = np.arange(self.shape[0])[first]
         return self._stack(times.tolist())[(slice(None), *rest)]
@@ -157,10 +159,19 @@ class LabelFramesView(_ShapedArrayLike):
                 f"of frame numbers; got {type(first).__name__}"
             )
 
+    def _read(self, t: int) -> np.ndarray:
+        """Frame ``t`` (read-only): this view's edited copy, else the store's."""
+        if t not in self._edited:
+            return self._frames._decoded(t)
+        if self._edited_cache is None or self._edited_cache[0] != t:
+            self._edited_cache = (t, self._frames._decode(self._edited[t]))
+        return self._edited_cache[1]
+
     def _write(self, t: int, key: tuple, value) -> None:
-        frame = self._frames.frame(t)
+        frame = self._read(t).copy()
         frame[key] = value
-        self._frames.replace(t, frame)
+        self._edited[t] = self._frames._encode(frame)
+        self._edited_cache = None
 
     def _frame_index(self, t: int) -> int:
         n = self.shape[0]
@@ -172,7 +183,7 @@ class LabelFramesView(_ShapedArrayLike):
         times = list(times)
         out = np.empty((len(times), *self._frames.frame_shape), self.dtype)
         for i, t in enumerate(times):
-            out[i] = self._frames._decoded(t)
+            out[i] = self._read(t)
         return out
 
 
