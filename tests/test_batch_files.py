@@ -209,6 +209,44 @@ def test_an_input_rewritten_since_its_results_is_not_skipped_and_a_copy_is_the_s
         batch.recorded_input(other, out, batch.read_input_record(out, "a"))
 
 
+def test_a_run_stopped_before_cells_csv_was_rewritten_is_completed_by_the_next(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C (or a kill) after the last input's table moved in, while cells.csv was being
+    rewritten, left cells.csv without the run's inputs; the next run found every input
+    finished ("nothing to do") and never rebuilt it."""
+    import pytest
+
+    from napari_bloodcell.pipeline import AnalysisSettings
+    from napari_bloodcell.table import read_table
+
+    a, b, c = _smears(tmp_path / "in", ["a", "b", "c"])
+    out = tmp_path / "out"
+    batch.analyze_files([a], out, AnalysisSettings(), model=None)
+    record = (out / "run.json").read_text()
+
+    def ctrl_c(*_args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(batch, "_write_run_tables", ctrl_c)  # at the end of the run
+        with pytest.raises(KeyboardInterrupt):
+            batch.analyze_files([a, b, c], out, AnalysisSettings(), model=None)
+    assert set(read_table(out / "cells.csv")["source"]) == {"a.png"}  # as it was stopped
+    summary = batch.analyze_files([a, b, c], out, AnalysisSettings(), model=None)
+    assert not summary.processed and len(summary.skipped) == 3
+    assert set(read_table(out / "cells.csv")["source"]) == {"a.png", "b.png", "c.png"}
+    if (out / "cells.parquet").exists():
+        assert read_table(out / "cells.parquet").equals(read_table(out / "cells.csv"))
+    assert (out / "run.json").read_text() == record  # the record of the last analysing run
+    (out / "cells.csv").unlink()  # killed before the first cells.csv
+    batch.analyze_files([a, b, c], out, AnalysisSettings(), model=None)
+    assert len(set(read_table(out / "cells.csv")["source"])) == 3
+    written = (out / "cells.csv").stat().st_mtime_ns
+    batch.analyze_files([a, b, c], out, AnalysisSettings(), model=None)
+    assert (out / "cells.csv").stat().st_mtime_ns == written  # up to date: not rewritten
+
+
 def test_cells_csv_holds_only_finished_inputs_and_parquet_never_goes_stale(tmp_path, monkeypatch):
     """A CSV of one's own in tables/ was merged into cells.csv (or, unreadable, failed every
     run); without pyarrow a later run left the old cells.parquet beside the new cells.csv."""

@@ -507,7 +507,9 @@ def _committed(job: InputJob, out: Path, since_ns: int) -> bool:
 
 def _record_run(summary, inputs, settings, classifier, client, out, started) -> None:
     """Fill in the summary's timing and table; write cells.csv and run.json when an input
-    was processed (else they stay the record of the results already there)."""
+    was processed (else they stay the record of the results already there, but cells.csv
+    is rebuilt when it misses finished inputs' tables: a run stopped after an input's
+    table moved in, before cells.csv was rewritten)."""
     summary.seconds = time.perf_counter() - started
     order = {str(p): i for i, p in enumerate(inputs)}
     summary.processed.sort(key=order.__getitem__)  # cluster: completion order
@@ -517,6 +519,35 @@ def _record_run(summary, inputs, settings, classifier, client, out, started) -> 
     summary.table = _joined(tables)
     if summary.processed:  # (each table read once: an archive holds thousands)
         summary.written += _write_run_tables(summary, settings, classifier, client, out, tables)
+    elif _cells_tables_stale(out):
+        summary.written += _write_cells_tables(summary, out, tables)
+
+
+def _finished_tables(out: Path) -> list[Path]:
+    """The tables of the finished inputs in ``out`` (a table with labels beside it: another
+    CSV put in ``tables/`` is not one)."""
+    return sorted(
+        (
+            table
+            for table in (out / "tables").glob("*.csv")
+            if _labels_path(out, table.stem).exists()
+        ),
+        key=lambda table: table.stem,
+    )
+
+
+def _cells_tables_stale(out: Path) -> bool:
+    """Whether cells.csv (or cells.parquet, where it can be written) is missing or older
+    than a finished input's table."""
+    try:
+        tables = _finished_tables(out)
+        if not tables:
+            return False
+        newest = max(table.stat().st_mtime_ns for table in tables)
+        joined = [out / "cells.csv", *([out / "cells.parquet"] if parquet_available() else [])]
+        return any(not path.exists() or path.stat().st_mtime_ns < newest for path in joined)
+    except OSError:  # (a table removed meanwhile: the next run looks again)
+        return False
 
 
 def check_writable(out: Path) -> None:
@@ -884,20 +915,11 @@ def _joined(tables: dict) -> pd.DataFrame:
     return concat_tables(list(tables.values())) if tables else pd.DataFrame()
 
 
-def _write_run_tables(
-    summary: BatchSummary, settings, classifier, client, out: Path, known_tables: dict
-):
-    """cells.csv (+ .parquet) from every finished input in ``out`` (the tables of
-    ``known_tables`` already read), and run.json.
-
-    A finished input has labels beside its table (another CSV put in ``tables/`` is not
-    one); a cells.parquet that cannot be rewritten (no pyarrow) is removed, never left
-    disagreeing with cells.csv."""
-    finished = sorted(
-        table.stem
-        for table in (out / "tables").glob("*.csv")
-        if _labels_path(out, table.stem).exists()
-    )
+def _write_cells_tables(summary: BatchSummary, out: Path, known_tables: dict) -> list[Path]:
+    """cells.csv (+ .parquet) from every finished input in ``out`` (:func:`_finished_tables`;
+    the tables of ``known_tables`` already read); a cells.parquet that cannot be rewritten
+    (no pyarrow) is removed, never left disagreeing with cells.csv."""
+    finished = [table.stem for table in _finished_tables(out)]
     cells = _joined(_read_tables(finished, out, summary.failures, known_tables, for_cells_csv=True))
     try:
         written = [write_table(cells, out / "cells.csv")]
@@ -907,6 +929,14 @@ def _write_run_tables(
             (out / "cells.parquet").unlink(missing_ok=True)
     except OSError as exc:
         raise BloodcellError(f"{out}: cannot write cells.csv ({exc})") from exc
+    return written
+
+
+def _write_run_tables(
+    summary: BatchSummary, settings, classifier, client, out: Path, known_tables: dict
+):
+    """cells.csv (+ .parquet: :func:`_write_cells_tables`) and run.json."""
+    written = _write_cells_tables(summary, out, known_tables)
     processed_names = [Path(p).name for p in summary.processed]
     run = {
         "napari_bloodcell_version": __version__,
