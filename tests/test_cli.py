@@ -808,6 +808,25 @@ def test_flowing_cells_are_linked_with_a_higher_max_speed(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli("track", table, "--out", tmp_path / "bad", "--wbc-max-speed", "0") == 2
     assert "--wbc-max-speed must be a positive number" in capsys.readouterr().err
+    # 1e308 overflowed in linking (a traceback, exit 1)
+    assert run_cli("track", table, "--out", tmp_path / "bad", "--wbc-max-speed", "1e308") == 2
+    assert "--wbc-max-speed must be a positive number up to 1e+06" in capsys.readouterr().err
+    assert run_cli("track", table, "--out", tmp_path / "bad", "--pixel-size", "1e300") == 2
+    assert "--pixel-size must be a positive number of µm per pixel" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("pixel_size", ["0.001", "1e-300", "1e200"])
+def test_analyze_refuses_a_pixel_size_no_microscope_has_before_reading(
+    tmp_path, capsys, smear_png, pixel_size
+):
+    """0.001 (a size in mm given as µm) asked for 8 GiB per structuring element, after each
+    input was read; 1e-300 and 1e200 failed each input with 'please report this bug'."""
+    argv = ["analyze", smear_png, "--out", tmp_path / "out", "--no-classify"]
+    assert run_cli(*argv, "--pixel-size", pixel_size) == 2
+    error = capsys.readouterr().err
+    assert "--pixel-size must be a positive number of µm per pixel from 0.01 to 100" in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_track_refuses_a_table_without_frames(tmp_path, capsys):

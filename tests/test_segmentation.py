@@ -540,6 +540,7 @@ def test_bad_input_raises_input_image_error(frame, kwargs, message):
         ({"channels": {"neutrophil": "abc"}}, "channel index"),
         ({"channels": {"neutrophil": 1.7}}, "channel index"),  # was used as channel 1
         ({"pixel_size_um": "0.5"}, "pixel_size_um must be a positive number"),
+        ({"pixel_size_um": 0.001}, "from 0.01 to 100"),  # a size in mm given as µm: 8 GiB
         ({"uncertain_threshold": float("nan")}, "probability in"),
         ({"modality": "brightfield"}, "unknown modality"),
         ({"channels": {"neutrophil": 1, "platelet": 1}}, "'neutrophil' and 'platelet' both"),

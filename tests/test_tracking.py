@@ -282,6 +282,11 @@ def test_bad_tables_raise_tracking_error(table, message):
 def test_bad_units_raise_tracking_error():
     with pytest.raises(TrackingError, match="pixel_size_um"):
         track_table(cells([(0, 1, 1.0, 1.0, "wbc")]), pixel_size_um=0.0)
+    two_frames = cells([(0, 1, 1.0, 1.0, "wbc"), (1, 1, 2.0, 2.0, "wbc")])
+    with pytest.raises(TrackingError, match="wbc_max_speed must be a positive number up to"):
+        track_table(two_frames, params=TrackingParams(wbc_max_speed=1e308))  # OverflowError
+    with pytest.raises(TrackingError, match="frame_interval_s must be a positive number up to"):
+        track_table(two_frames, frame_interval_s=1e300)
 
 
 def test_single_frame_gives_one_frame_tracks():

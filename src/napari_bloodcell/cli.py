@@ -441,16 +441,22 @@ def tracking_params(args):
 
 
 def check_lengths_and_times(args) -> None:
-    """Refuse a --pixel-size, --frame-interval or tracking speed that is not a positive
-    finite number."""
+    """Refuse a --pixel-size outside :data:`~.segmentation.PIXEL_SIZE_RANGE_UM`, and a
+    --frame-interval or tracking speed that is not a positive number up to
+    :data:`~.tracking.MAX_TIME_OR_SPEED` (larger ones overflowed in linking)."""
+    from .segmentation import check_pixel_size
+    from .tracking import MAX_TIME_OR_SPEED
+
+    check_pixel_size(args.pixel_size, "--pixel-size")
     for option, value in (
-        ("--pixel-size", args.pixel_size),
         ("--frame-interval", args.frame_interval),
         ("--wbc-max-speed", args.wbc_max_speed),
         ("--platelet-max-speed", args.platelet_max_speed),
     ):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise BloodcellError(f"{option} must be a positive number, got {value}")
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIME_OR_SPEED):
+            raise BloodcellError(
+                f"{option} must be a positive number up to {MAX_TIME_OR_SPEED:g}, got {value}"
+            )
 
 
 def add_uncertain_threshold(command) -> None:

@@ -22,6 +22,7 @@ from .segmentation import (
     MODALITIES,
     Segmentation,
     check_one_role_per_channel,
+    check_pixel_size,
     checked_frame,
     segment_frame,
 )
@@ -66,14 +67,7 @@ class AnalysisSettings:
                 )
         check_one_role_per_channel(self.channels or {})
         _segmentation_channels(self.channels)  # one leukocyte and one platelet role at most
-        if self.pixel_size_um is not None and not (
-            _is_real(self.pixel_size_um) and np.isfinite(self.pixel_size_um)
-            and self.pixel_size_um > 0
-        ):  # fmt: skip
-            raise InputImageError(
-                f"pixel_size_um must be a positive number (µm per pixel) or None, "
-                f"got {self.pixel_size_um!r}"
-            )
+        check_pixel_size(self.pixel_size_um)
         threshold = self.uncertain_threshold
         if threshold is not None and not (_is_real(threshold) and 0 <= threshold <= 1):
             raise InputImageError(

@@ -7,7 +7,9 @@ RGB) and fluorescence frames (dark background, one channel per cell role) are su
 
 from ._frame import (
     MODALITIES,
+    PIXEL_SIZE_RANGE_UM,
     check_one_role_per_channel,
+    check_pixel_size,
     checked_frame,
     detect_modality,
     segment_frame,
@@ -20,6 +22,7 @@ __all__ = [
     "CELL_TYPES",
     "FLUORESCENCE_REFERENCE_PIXEL_SIZE_UM",
     "MODALITIES",
+    "PIXEL_SIZE_RANGE_UM",
     "REFERENCE_PIXEL_SIZE_UM",
     "TABLE_DTYPES",
     "FluorescenceParams",
@@ -27,6 +30,7 @@ __all__ = [
     "SmearParams",
     "central_stained_object",
     "check_one_role_per_channel",
+    "check_pixel_size",
     "checked_frame",
     "detect_modality",
     "segment_frame",

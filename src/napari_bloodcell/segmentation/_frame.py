@@ -86,7 +86,7 @@ def segment_frame(
         raise InputImageError(
             f"unknown modality {modality!r}; expected 'auto', 'smear' or 'fluorescence'"
         )
-    _check_pixel_size(pixel_size_um)
+    check_pixel_size(pixel_size_um)
     n_channels = frame.shape[2]
     if modality == "smear":
         featureless = _is_featureless(frame)
@@ -191,14 +191,26 @@ def checked_frame(frame) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def _check_pixel_size(pixel_size_um: float | None) -> None:
+PIXEL_SIZE_RANGE_UM = (0.01, 100.0)
+"""The pixel sizes (µm) frames are segmented at: below, a cell is thousands of pixels
+across (0.001, a size in mm given as µm, asked for 8 GiB per structuring element); above,
+smaller than a pixel."""
+
+
+def check_pixel_size(pixel_size_um: float | None, name: str = "pixel_size_um") -> None:
+    """Refuse (:class:`InputImageError`, naming ``name``) a pixel size that is neither None
+    nor a number of µm per pixel within :data:`PIXEL_SIZE_RANGE_UM`."""
     if pixel_size_um is None:
         return
     is_number = isinstance(pixel_size_um, (int, float, np.number)) and not isinstance(
         pixel_size_um, (bool, np.bool_)
     )
-    if not is_number or not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
-        raise InputImageError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    low, high = PIXEL_SIZE_RANGE_UM
+    if not is_number or not np.isfinite(pixel_size_um) or not low <= pixel_size_um <= high:
+        raise InputImageError(
+            f"{name} must be a positive number of µm per pixel from {low:g} to {high:g}, "
+            f"got {pixel_size_um!r}"
+        )
 
 
 def _checked_params(params, expected_type: type):

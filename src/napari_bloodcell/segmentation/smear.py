@@ -279,11 +279,12 @@ def central_stained_object(rgb: np.ndarray) -> tuple[float, float, float] | None
     """
     from ._frame import checked_frame  # (_frame imports this module)
 
-    rgb = checked_frame(rgb)  # (a NaN failed in Otsu's threshold)
-    if rgb.shape[2] != 3:
+    shape = np.shape(rgb)
+    if len(shape) != 3 or shape[2] != 3:
         raise InputImageError(
-            f"expected a stained single-cell RGB image (Y, X, 3), got shape {rgb.shape}"
+            f"expected a stained single-cell RGB image (Y, X, 3), got shape {shape}"
         )
+    rgb = checked_frame(rgb)  # (a NaN failed in Otsu's threshold)
     params = SmearParams().in_pixels(None)
     score = stain_score(rgb, params.smoothing_sigma_um)
     if np.ptp(score) <= 0:

@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import BloodcellError, OutputExistsError, TrackingError
 from ..table import write_table
 from ._common import (
+    MAX_TIME_OR_SPEED,
     TRACKED_CELL_TYPES,
     TrackingParams,
     Units,
@@ -36,6 +37,7 @@ from .linking import link_cells
 from .measures import VOTE_COLUMNS, msd_table, track_summary, vote_track_classes
 
 __all__ = [
+    "MAX_TIME_OR_SPEED",
     "TRACKED_CELL_TYPES",
     "TrackingParams",
     "TrackingResult",

@@ -135,11 +135,19 @@ def empty_table(dtypes: dict[str, object]) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
 
 
+MAX_TIME_OR_SPEED = 1e6
+"""The largest speed, distance, pixel size and frame interval a tracking accepts (in its
+units): larger ones overflowed in linking (a squared reach) and mean nothing for cells."""
+
+
 def _check_positive(name: str, value, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
-        raise TrackingError(f"{name} must be a positive number; got {value!r}")
+    is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if not is_number or not np.isfinite(value) or not 0 < value <= MAX_TIME_OR_SPEED:
+        raise TrackingError(
+            f"{name} must be a positive number up to {MAX_TIME_OR_SPEED:g}; got {value!r}"
+        )
 
 
 def median_diameter(cells: pd.DataFrame, cell_type: str, units: Units) -> float:
