@@ -187,6 +187,28 @@ def test_an_interrupt_sent_again_wakes_a_waiting_main_thread_and_never_comes_lat
     time.sleep(0.3)  # raised when the block ended, and not once more after it (here)
 
 
+def test_track_takes_the_frame_interval_of_inputs_analysed_by_earlier_runs(tmp_path, capsys):
+    """run.json records only the last run's inputs: `track` on a cells.csv holding a movie
+    analysed by an earlier run tracked it per frame ("none recorded in the file"), the
+    other in minutes: one output, speeds in two units."""
+    movie = make_timelapse(n_frames=3, shape=(96, 128), seed=1)
+    out, roles = tmp_path / "out", ["--channel", "neutrophil=1", "--channel", "platelet=0"]
+    for name in ("a", "b"):  # one run each
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, np.moveaxis(movie.image, -1, 1), imagej=True,
+                         metadata={"axes": "TCYX", "finterval": 30.0})  # fmt: skip
+        assert run_cli("analyze", path, "--out", out, *roles, "--no-classify") == 0
+    assert json.loads((out / "run.json").read_text())["frame_intervals_s"] == {
+        str(tmp_path / "b.tif"): 30.0
+    }
+    capsys.readouterr()
+    assert run_cli("track", out / "cells.csv", "--out", tmp_path / "tracks") == 0
+    for name in ("a", "b"):
+        tracking = json.loads((tmp_path / "tracks" / name / "tracking.json").read_text())
+        assert tracking["frame_interval_s"] == 30.0
+    assert "no frame interval" not in capsys.readouterr().out
+
+
 def test_analyze_a_fluorescence_stack_with_a_channel_mapping(tmp_path):
     movie = make_timelapse(n_frames=4, shape=(96, 128), seed=1)
     path = tmp_path / "movie.tif"

@@ -270,9 +270,10 @@ def recorded_input(path: Path, out: Path, record: dict | None) -> str | None:
     )
 
 
-def _input_record(path: Path, choices: dict) -> str:
-    """What :func:`recorded_input` recognises a file by, and the run's ``choices``
-    (:func:`run_choices`) its results were made with (JSON)."""
+def _input_record(path: Path, choices: dict, frame_interval_s: float | None) -> str:
+    """What :func:`recorded_input` recognises a file by, the run's ``choices``
+    (:func:`run_choices`) its results were made with, and the frame interval the file
+    records (for ``track`` on cells.csv, whichever run analysed the input; JSON)."""
     stat = path.stat()
     return json.dumps(
         {
@@ -280,6 +281,7 @@ def _input_record(path: Path, choices: dict) -> str:
             "bytes": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
             "choices": choices,
+            "frame_interval_s": frame_interval_s,
         }
     )
 
@@ -733,10 +735,11 @@ def _input_job(
     """The job of input ``path`` (as given; ``absolute`` is where it is)."""
     if settings.pixel_size_um is None and image.pixel_size_um is not None:
         settings = replace(settings, pixel_size_um=image.pixel_size_um)
+    frame_interval_s = recorded_frame_interval_s(absolute) if image.n_frames > 1 else None
     return InputJob(
         source=str(path),
         stem=path.stem,
-        input_record=_input_record(absolute, choices),
+        input_record=_input_record(absolute, choices, frame_interval_s),
         axes=image.original_axes,
         parts=out / PARTS_FOLDER / path.stem,
         n_frames=image.n_frames,
@@ -745,7 +748,7 @@ def _input_job(
         model_path=classifier.path.absolute() if classifier is not None else None,
         model_stamp=classifier.stamp if classifier is not None else None,
         max_overlays=max_overlays,
-        frame_interval_s=recorded_frame_interval_s(absolute) if image.n_frames > 1 else None,
+        frame_interval_s=frame_interval_s,
     )
 
 

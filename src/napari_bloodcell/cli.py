@@ -822,13 +822,23 @@ def _file_name(path: str) -> str:
 
 
 def _recorded_frame_intervals(cells_path: Path) -> dict:
-    """Source → seconds between frames, as recorded by the analyze run whose ``cells.csv``
-    (or ``.parquet``) ``cells_path`` is (its ``run.json``); empty for other tables."""
+    """Input path → seconds between frames, as recorded with the results of the analyze
+    runs whose ``cells.csv`` (or ``.parquet``) ``cells_path`` is: each input's record
+    (``tables/<stem>.input.json``, whichever run analysed it), else the last run's
+    ``run.json`` (results of older versions); empty for other tables."""
+    from .batch import read_input_record
+
+    intervals = {}
     try:
-        intervals = json.loads((cells_path.parent / "run.json").read_text())["frame_intervals_s"]
+        recorded = json.loads((cells_path.parent / "run.json").read_text())["frame_intervals_s"]
+        intervals.update(recorded if isinstance(recorded, dict) else {})
     except (OSError, ValueError, KeyError, TypeError):  # absent, unreadable, an older run
-        return {}
-    return intervals if isinstance(intervals, dict) else {}
+        pass
+    for record_path in sorted((cells_path.parent / "tables").glob("*.input.json")):
+        record = read_input_record(cells_path.parent, record_path.name.removesuffix(".input.json"))
+        if record is not None and "frame_interval_s" in record:
+            intervals[record["input"]] = record["frame_interval_s"]
+    return intervals
 
 
 def _report_tracking(result, out: Path, *, overwrite: bool) -> None:
