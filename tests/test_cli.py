@@ -209,6 +209,23 @@ def test_track_takes_the_frame_interval_of_inputs_analysed_by_earlier_runs(tmp_p
     assert "no frame interval" not in capsys.readouterr().out
 
 
+def test_results_replaced_by_overwrite_take_their_tracking_tables_with_them(tmp_path, capsys):
+    """--overwrite replaced an input's labels and table but left tracking/<stem>/: tracks
+    of cells that no longer exist, kept by a later --track run ("tracking tables exist,
+    not replaced")."""
+    movie = make_timelapse(n_frames=3, shape=(96, 128), seed=1)
+    tifffile.imwrite(path := tmp_path / "movie.tif", movie.image)
+    out, tracking = tmp_path / "out", tmp_path / "out" / "tracking" / "movie"
+    args = ["--out", out, "--axes", "TYXC", "--no-classify"]
+    assert run_cli("analyze", path, *args, "--track", "--pixel-size", "0.75") == 0
+    assert json.loads((tracking / "tracking.json").read_text())["pixel_size_um"] == 0.75
+    (tracking / "my notes.txt").write_text("mine")
+    assert run_cli("analyze", path, *args, "--overwrite", "--pixel-size", "0.5") == 0
+    assert [p.name for p in tracking.iterdir()] == ["my notes.txt"]  # the user's file stays
+    assert run_cli("analyze", path, *args, "--track", "--pixel-size", "0.5") == 0
+    assert json.loads((tracking / "tracking.json").read_text())["pixel_size_um"] == 0.5
+
+
 def test_analyze_a_fluorescence_stack_with_a_channel_mapping(tmp_path):
     movie = make_timelapse(n_frames=4, shape=(96, 128), seed=1)
     path = tmp_path / "movie.tif"

@@ -805,6 +805,7 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
         staged_record.write_text(job.input_record)
         for folder in (labels.parent, table_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
+        _remove_tracking(out, job.stem)  # (it tracked the results replaced now)
         table_path.unlink(missing_ok=True)
         # the record first: labels without a table beside a record of this input are an
         # interrupted move, analysed again by the next run (see finished_reason)
@@ -816,6 +817,19 @@ def _finish_input(job: InputJob, unit_results: list[UnitResult], out: Path) -> l
     finally:
         _remove_parts(job)
     return written
+
+
+def _remove_tracking(out: Path, stem: str) -> None:
+    """Remove the tracking tables ``analyze --track`` wrote for input ``stem`` (other files
+    in their folder stay): they would outlive the results they tracked (an ``--overwrite``
+    run without ``--track`` left them, and a later ``--track`` run kept them)."""
+    from .tracking import existing_tracking_files
+
+    folder = out / "tracking" / stem
+    for file in existing_tracking_files(folder):
+        file.unlink()
+    with contextlib.suppress(OSError):  # not there, or holding a file of the user's
+        folder.rmdir()
 
 
 def _remove_parts(job: InputJob) -> None:
