@@ -297,7 +297,7 @@ def test_a_file_named_twice_is_analysed_once(tmp_path, monkeypatch):
 
     a, b = _smears(tmp_path / "in", ["a", "b"])
     monkeypatch.chdir(tmp_path)
-    inputs = [a, b, Path("in/a.png")]
+    inputs = [a, b, Path("in/a.png"), Path("in/../in/b.png")]  # (`..`: refused as another)
     summary = batch.analyze_files(inputs, tmp_path / "out", AnalysisSettings(), model=None)
     assert summary.failures == {} and summary.processed == [str(a), str(b)]
 
@@ -316,6 +316,10 @@ def test_a_finished_input_skipped_under_other_settings_says_so(tmp_path):
     assert other.skipped[str(a)].endswith(
         "(they were made with another pixel_size_um: --overwrite analyses it with this run's)"
     )
+    # the axes decide the whole result too (a 3-plane stack: 3 frames or 3 channels)
+    axes = batch.analyze_files([a], out, AnalysisSettings(pixel_size_um=0.5), model=None,
+                               axes="YXC")  # fmt: skip
+    assert "another axes:" in axes.skipped[str(a)]
 
 
 def test_each_finished_table_is_read_once_at_the_end_of_a_run(tmp_path, monkeypatch):

@@ -549,6 +549,10 @@ def test_train_and_predict_commands(tmp_path, tiny_heldout):
                        "--out", tmp_path / "net.keras") == 2  # the --init model's  # fmt: skip
     for bad in (["--batch-size", "0"], ["--seed", "-1"]):
         assert run_cli("train", tiny_heldout, *args, "--overwrite", *bad) == 2
+    # a numpy traceback (exit 1) that left the demo's inputs behind
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
+        run_cli("demo", "--out", tmp_path / "demo", "--seed", "-1")
+    assert not (tmp_path / "demo").exists()
     table_path = tmp_path / "pred.csv"
     for bad in (tmp_path / "pred.txt", tmp_path / "missing" / "pred.csv"):  # refused at once
         assert run_cli("predict", tiny_heldout / "round", "--model", model, "--out", bad) == 2

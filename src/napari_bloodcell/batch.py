@@ -197,10 +197,11 @@ def check_inputs(inputs: list[str | Path], out: Path) -> list[Path]:
 
 
 def _once_each(paths: list[Path]) -> list[Path]:
-    """``paths`` without repeats of one file (same absolute path), in their first order."""
+    """``paths`` without repeats of one file (the same path once ``..`` and links are
+    resolved), in their first order."""
     first: dict[Path, Path] = {}
     for path in paths:
-        first.setdefault(path.absolute(), path)
+        first.setdefault(path.resolve(), path)
     return list(first.values())
 
 
@@ -286,11 +287,13 @@ def _input_record(path: Path, choices: dict, frame_interval_s: float | None) -> 
     )
 
 
-def run_choices(settings: AnalysisSettings, classifier) -> dict:
+def run_choices(settings: AnalysisSettings, classifier, axes: str | None = None) -> dict:
     """What a run was asked for that shapes an input's results (JSON-ready): the settings
-    as given (a pixel size read from a file is the file's, not a choice) and the model
-    file, by name and stamp (modification time in ns, size)."""
+    as given (a pixel size read from a file is the file's, not a choice), the ``axes``
+    given (None: from the file or its shape) and the model file, by name and stamp
+    (modification time in ns, size)."""
     return {
+        "axes": axes,
         "modality": settings.modality,
         "channels": dict(settings.channels) if settings.channels else None,
         "pixel_size_um": settings.pixel_size_um,
@@ -371,7 +374,7 @@ def analyze_files(
     started, started_ns = time.perf_counter(), time.time_ns()
     committing: tuple[InputJob, list[UnitResult]] | None = None  # the input being moved in
     summary = BatchSummary(out=out, table=pd.DataFrame())
-    choices = run_choices(settings, classifier)
+    choices = run_choices(settings, classifier, axes)
     to_open = {  # each input and its absolute path (the working folder may change)
         path: path.absolute()
         for path in inputs

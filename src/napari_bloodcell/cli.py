@@ -383,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("bloodcell-demo"),
         help="output folder (default %(default)s)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
+    demo.add_argument(
+        "--seed", type=at_least(0), default=0, help="seed of the generated data (default 0)"
+    )
     demo.add_argument(
         "--overwrite",
         action="store_true",
