@@ -28,14 +28,14 @@ def _metadata(classes=CLASSES) -> ModelMetadata:
     return ModelMetadata(classes=list(classes), input_size=16, crop_scale=2.2, architecture="x")
 
 
-def _network(middle=None):
+def _network(middle=None, activation="softmax"):
     import keras
 
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.GlobalAveragePooling2D()(inputs)
     if middle is not None:
         x = middle(x)
-    return keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x))
+    return keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation=activation)(x))
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,21 @@ def models(tmp_path_factory) -> dict[str, Path]:
     lambda_layer = keras.layers.Lambda(lambda x: x + 1.0)
     paths["Lambda layer"] = save_model(_network(lambda_layer), folder / "lambda.keras", _metadata())
     paths["custom object"] = save_model(_network(Doubling()), folder / "custom.keras", _metadata())
+    paths["no softmax"] = save_model(
+        _network(activation=None), folder / "logits.keras", _metadata()
+    )  # its raw scores were written as probabilities (confidence 13.7)
+    paths["sequential"] = save_model(
+        keras.Sequential(
+            [
+                keras.Input((16, 16, 3)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(len(CLASSES), activation="softmax"),
+            ]
+        ),
+        folder / "sequential.keras",
+        _metadata(),
+    )
     paths["Keras function"] = _with_dense_activation(
         good, folder / "get_file.keras", {"module": "keras.utils", "class_name": "function",
                                           "config": "get_file", "registered_name": "get_file"}
@@ -95,11 +110,23 @@ BROKEN = {
     "Lambda layer": "custom code (Lambda layer)",
     "custom object": "custom code (robustness_tests>Doubling",
     "Keras function": "custom code (function 'get_file' from module keras.utils)",
+    "no softmax": "gives no class probabilities: end the network with a softmax",
 }
 
 
 def test_a_good_model_file_loads(models):
     CellClassifier(models["good"]).load()
+
+
+def test_a_sequential_network_classifies(models):
+    """A Keras Sequential network (loaded, it has no defined `output`) failed at its first
+    classification: an AttributeError traceback, exit 1."""
+    import numpy as np
+
+    crops = np.random.default_rng(0).random((3, 16, 16, 3)).astype(np.float32)
+    probabilities, features = CellClassifier(models["sequential"]).predict(crops)
+    assert probabilities.shape == (3, 2) and features.shape == (3, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("kind", "message"), BROKEN.items(), ids=list(BROKEN))

@@ -235,7 +235,8 @@ def with_features(model):
     stage, undropped at inference)."""
     import keras
 
-    return keras.Model(model.inputs, [model.layers[-1].input, model.output])
+    head = model.layers[-1]  # (a Sequential network has no defined `output` once loaded)
+    return keras.Model(model.inputs, [head.input, head.output])
 
 
 VIEW_TRANSFORMS = {

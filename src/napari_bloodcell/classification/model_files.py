@@ -271,7 +271,8 @@ def load_keras_model(path: str | Path):
 
 def check_network_shape(model, path: Path, metadata: ModelMetadata) -> None:
     """Refuse (:class:`ModelError`) a network whose input or output does not match its
-    file's metadata (RGB crops of ``input_size`` px in, one probability per class out)."""
+    file's metadata (RGB crops of ``input_size`` px in, one probability per class out), or
+    whose last layer is no softmax (raw scores were written as "probabilities" above 1)."""
     expected = (None, metadata.input_size, metadata.input_size, 3)
     if tuple(model.input_shape) != expected or model.output_shape[-1] != len(metadata.classes):
         raise ModelError(
@@ -279,6 +280,22 @@ def check_network_shape(model, path: Path, metadata: ModelMetadata) -> None:
             f"match its metadata ({metadata.input_size} px input, {len(metadata.classes)} "
             f"classes)"
         )
+    if not _ends_in_softmax(model):
+        raise ModelError(
+            f"{path}: its last layer ({model.layers[-1].name!r}) gives no class probabilities: "
+            f"end the network with a softmax (e.g. Dense(n_classes, activation='softmax'))"
+        )
+
+
+def _ends_in_softmax(model) -> bool:
+    """Whether the last layer is a Softmax layer or one with the softmax activation."""
+    import keras
+
+    head = model.layers[-1]
+    activation = getattr(head, "activation", None)
+    return isinstance(head, keras.layers.Softmax) or (
+        getattr(activation, "__name__", None) == "softmax"
+    )
 
 
 def refuse_custom_code(path: Path) -> None:
