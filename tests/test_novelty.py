@@ -60,6 +60,9 @@ def test_at_most_1_percent_of_a_microscopes_validation_crops_are_novel():
             train, labels, np.zeros(len(train)), validation, np.zeros(len(validation))
         )
         assert np.mean(novelty(validation, reference) > 1) <= 0.01
+        # as the model file stores it (float32): the crop at the percentile was 1.00000001
+        stored = NoveltyReference.from_bytes(reference.to_bytes())
+        assert np.mean(novelty(validation, stored) > 1) <= 0.01
 
 
 def test_too_few_crops_give_no_reference():

@@ -122,7 +122,11 @@ def fit_novelty_reference(
     covariance = (1 - COVARIANCE_SHRINKAGE) * covariance + COVARIANCE_SHRINKAGE * scale * np.eye(
         len(covariance)
     )
-    reference = NoveltyReference(means, np.linalg.inv(covariance), 1.0)
+    # the threshold is placed with the float32 means and precision the model file stores:
+    # placed in float64, the validation crop at the percentile read as novel (1.00000001)
+    reference = NoveltyReference(
+        means.astype(np.float32), np.linalg.inv(covariance).astype(np.float32), 1.0
+    )
     distances = mahalanobis_distances(validation_features, reference)
     reference.threshold = float(  # (a validation folder without training crops: ignored)
         max(
