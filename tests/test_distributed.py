@@ -30,6 +30,19 @@ def client():
         yield client
 
 
+def test_more_local_workers_than_cores_are_refused_before_a_cluster_starts(monkeypatch):
+    """--workers had no upper bound: a thousand local processes, each loading the CNN,
+    froze the machine (one thread each: beyond the cores they only compete)."""
+    from napari_bloodcell import distributed as ours
+    from napari_bloodcell.errors import BloodcellError
+
+    monkeypatch.setattr(ours, "LocalCluster", None)  # none may start
+    cores = ours.available_cores()
+    refused = pytest.raises(BloodcellError, match=f"this machine has {cores} CPU core")
+    with refused, ours.open_client(workers=cores + 1):
+        pass
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """Two smear frames (classified by the CNN) and two short fluorescence stacks."""

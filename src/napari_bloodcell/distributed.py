@@ -157,6 +157,13 @@ def open_client(
         raise BloodcellError("give a number of workers or a scheduler address")
     if workers is not None and workers < 1:
         raise BloodcellError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and workers > (cores := available_cores()):
+        raise BloodcellError(
+            f"--workers {workers}: this machine has {cores} CPU core(s) for this process; "
+            f"local workers (one thread each) beyond them only compete for the cores and "
+            f"split the memory (each loads the CNN). Use at most {cores}, or --scheduler "
+            f"for a larger cluster"
+        )
     if scheduler:
         with connect(scheduler, scheduler_origin) as client:
             client.register_plugin(TensorFlowThreads())
@@ -177,6 +184,13 @@ def open_client(
         client.register_plugin(LeaveInterruptsToTheClient())
         client.register_plugin(NoHeartbeatErrorsAtShutdown())
         yield client
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def dashboard_link(client: Client) -> str:
