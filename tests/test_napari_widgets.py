@@ -1173,6 +1173,19 @@ def test_train_widget_refuses_a_folder_without_classes(
     assert notifications[-1][0] == "error" and "no class sub-folders" in notifications[-1][1]
     assert widget.status.value.startswith("failed") and widget.train_button.enabled
 
+    def unlistable(*_args):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(
+        "napari_bloodcell.classification.remote_training.split_training_data", unlistable
+    )
+    widget.train()  # an unforeseen error in the worker thread: a message, not a traceback
+    _wait(widget, qtbot)
+    assert notifications[-1] == (
+        "error",
+        f"training could not start (PermissionError: [Errno 13] Permission denied: '{tmp_path}')",
+    )
+
 
 def test_train_widget_checks_the_folders_off_napari_thread_and_cancels_meanwhile(
     make_napari_viewer, tmp_path, monkeypatch, qtbot, user_data

@@ -211,6 +211,9 @@ def _training_events(new_job, state: dict) -> Iterator[TrainingJob | TrainingEve
     except BloodcellError as exc:
         yield TrainingFailed(str(exc))
         return
+    except Exception as exc:  # e.g. a folder that cannot be listed: a message, no traceback
+        yield TrainingFailed(f"training could not start ({type(exc).__name__}: {exc})")
+        return
     state["job"] = job
     if state["cancel_requested"]:  # asked while the job was set: it may not have seen it
         job.cancel()
