@@ -116,6 +116,26 @@ def test_smear_rejects_impossible_requests():
         make_smear((120, 160), n_rbc=3, n_wbc=1, seed=4)
 
 
+@pytest.mark.parametrize(
+    ("make", "kwargs", "message"),
+    [  # each failed deep in numpy (a NaN count, a float shape, a negative seed) or, for
+        # 480.7 px, was silently cut to 480
+        (make_smear, {"n_rbc": float("nan")}, "n_rbc must be a non-negative integer"),
+        (make_smear, {"n_rbc": float("inf")}, "n_rbc must be a non-negative integer"),
+        (make_smear, {"shape": (480.7, 640)}, "shape must be .Y, X. whole numbers"),
+        (make_smear, {"shape": (float("nan"), 640)}, "shape must be .Y, X. whole numbers"),
+        (make_smear, {"seed": -1}, "seed must be a non-negative integer"),
+        (make_smear, {"seed": 1.5}, "seed must be a non-negative integer"),
+        (make_timelapse, {"seed": -1}, "seed must be a non-negative integer"),
+        (make_timelapse, {"step_px": "2"}, "step_px must be a non-negative number"),
+        (make_timelapse, {"shape": (10**6, 10**6)}, "exceed the pixel budget"),
+    ],
+)
+def test_generators_refuse_unusable_arguments_clearly(make, kwargs, message):
+    with pytest.raises(InputImageError, match=message):
+        make(**kwargs)
+
+
 def test_empty_smear():
     result = make_smear((120, 160), n_rbc=0, n_wbc=0, n_platelets=0)
     assert result.cells.empty and not result.labels.any()

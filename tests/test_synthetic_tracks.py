@@ -84,6 +84,17 @@ def test_smear_style_and_bad_requests():
         make_tracking_timelapse("extreme", **SMALL)
     with pytest.raises(InputImageError, match="style"):
         make_tracking_timelapse("easy", **SMALL, style="phase")
+    # a float shape or frame count failed deep in numpy; a huge shape ran on, its object
+    # counts growing with the area (~10^14 leukocytes)
+    for bad, message in [
+        ({"shape": (40.5, 40)}, "whole numbers"),
+        ({"n_frames": 2.5}, "n_frames must be a non-negative integer"),
+        ({"shape": (10**9, 10**9)}, "exceed the pixel budget"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+    ]:
+        with pytest.raises(InputImageError, match=message):
+            make_tracking_timelapse("easy", **{**SMALL, "trajectories": None, **bad})
+    assert make_tracking_timelapse("easy", **{**SMALL, "n_frames": 2.0}).image.shape[0] == 2
 
 
 def test_ground_truth_ctc_files(tmp_path):

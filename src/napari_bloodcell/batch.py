@@ -524,8 +524,13 @@ def _record_run(summary, inputs, settings, classifier, client, out, started) -> 
     summary.table = _joined(tables)
     if summary.processed:  # (each table read once: an archive holds thousands)
         summary.written += _write_run_tables(summary, settings, classifier, client, out, tables)
-    elif _cells_tables_stale(out):
-        summary.written += _write_cells_tables(summary, out, tables)
+    elif _cells_tables_stale(out):  # rebuilt only whole: it keeps its rows of a damaged table
+        unreadable: dict[str, str] = {}
+        every = _read_tables([t.stem for t in _finished_tables(out)], out, unreadable, tables)
+        if unreadable:
+            summary.failures.update(unreadable | summary.failures)  # (this run's reports stay)
+        else:
+            summary.written += _write_cells_tables(summary, out, every)
 
 
 def _finished_tables(out: Path) -> list[Path]:

@@ -11,8 +11,8 @@ Two generators, both deterministic for a given ``seed`` (``numpy.random.default_
   dark, streaky background.
 
 Ground-truth labels hold exactly the visible pixels of each object: an object drawn later
-occludes the objects under it, except that white cells (drawn first) stay on top of
-everything drawn after them.
+occludes the objects under it, except that in smears white cells (drawn first) stay on top
+of everything drawn after them (in time-lapses platelets are drawn over leukocytes).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from skimage.filters import gaussian
 from skimage.transform import resize
 
 from .errors import InputImageError
+from .reading import check_frame_pixels
 
 WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
@@ -104,17 +105,28 @@ class _Sprite:
 
 
 def _check_shape(shape: tuple[int, int], minimum: int) -> tuple[int, int]:
-    """``shape`` as (Y, X) ints of at least ``minimum`` px, or InputImageError."""
-    if len(shape) != 2 or min(shape) < minimum:
-        raise InputImageError(f"shape must be (Y, X) with both sides >= {minimum} px; got {shape}")
+    """``shape`` as (Y, X) whole numbers of at least ``minimum`` px, within the frame pixel
+    budget (:func:`~.reading.check_frame_pixels`), or InputImageError."""
+    if len(shape) != 2 or not all(_is_whole(side) for side in shape) or min(shape) < minimum:
+        raise InputImageError(
+            f"shape must be (Y, X) whole numbers, both sides >= {minimum} px; got {shape}"
+        )
+    check_frame_pixels(int(shape[0]), int(shape[1]))
     return int(shape[0]), int(shape[1])
 
 
 def _check_count(name: str, value: int) -> int:
     """``value`` as a non-negative int, or InputImageError."""
-    if int(value) != value or value < 0:
+    if not _is_whole(value) or value < 0:
         raise InputImageError(f"{name} must be a non-negative integer; got {value!r}")
     return int(value)
+
+
+def _is_whole(value) -> bool:
+    """A whole number (an int, or a float such as 3.0; not NaN, infinite, text or bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return False
+    return bool(np.isfinite(value)) and float(value).is_integer()
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -483,7 +495,7 @@ def make_smear(
     n_rbc = _check_count("n_rbc", n_rbc)
     n_wbc = _check_count("n_wbc", n_wbc)
     n_platelets = _check_count("n_platelets", n_platelets)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_count("seed", seed))
     n_objects = n_wbc + n_rbc + n_platelets
     canvas = _SmearCanvas((height, width), n_objects)
 
@@ -648,9 +660,10 @@ def make_timelapse(
     n_platelets = _check_count("n_platelets", n_platelets)
     if n_frames == 0:
         raise InputImageError("n_frames must be at least 1")
-    if not np.isfinite(step_px) or step_px < 0:
+    real = isinstance(step_px, (int, float, np.number)) and not isinstance(step_px, bool)
+    if not real or not np.isfinite(step_px) or step_px < 0:
         raise InputImageError(f"step_px must be a non-negative number; got {step_px!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_count("seed", seed))
 
     spots: list[_Spot] = []
     for track_id in range(1, n_leukocytes + 1):

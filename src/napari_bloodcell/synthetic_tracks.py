@@ -34,6 +34,7 @@ from .synthetic import (
     _SMEAR_BACKGROUND_RGB,
     WBC_CLASSES,
     _check_count,
+    _check_shape,
     _low_frequency_field,
     _normalized_radius,
     _smooth_noise,
@@ -270,10 +271,10 @@ def simulate_tracks(
     (shared celltrackR neutrophils when present), a CSV path, or None (random walks).
     """
     level = _difficulty(difficulty)
-    if int(n_frames) != n_frames or n_frames < 1:
+    if _check_count("n_frames", n_frames) < 1:
         raise InputImageError(f"n_frames must be a positive integer; got {n_frames!r}")
-    if len(shape) != 2 or min(shape) < 32:
-        raise InputImageError(f"shape must be (Y, X) with both sides >= 32 px; got {shape}")
+    n_frames = int(n_frames)
+    shape = _check_shape(shape, 32)
     area = shape[0] * shape[1] / 256**2
     if n_leukocytes is None:
         n_leukocytes = round(level.n_leukocytes * area)
@@ -282,7 +283,7 @@ def simulate_tracks(
     n_leukocytes = _check_count("n_leukocytes", n_leukocytes)
     n_platelets = _check_count("n_platelets", n_platelets)
     real, source = _resolve_trajectories(trajectories)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_count("seed", seed))
     parts = _leukocyte_rows(rng, real, n_leukocytes, n_frames, shape, level.speed_factor)
     first_platelet = len(parts) + 1
     sites, diameters = _platelet_sites(rng, n_platelets, shape, level.aggregate_fraction)
