@@ -196,6 +196,8 @@ def test_ome_tiff_axes_and_pixel_size(tmp_path):
         ({"imagej": True, "resolution": (1 / 0.5, 1 / 0.5), "metadata": {"unit": "micron"}}, 0.5),
         ({"imagej": True, "resolution": (2.0, 2.0), "metadata": {"unit": "pixel"}}, None),
         ({"imagej": True, "resolution": (5e3, 5e3), "metadata": {"unit": "cm"}}, 2.0),  # was None
+        ({"imagej": True, "resolution": (28.35, 28.35), "metadata": {"unit": "cm"}}, None),  # dpi
+        ({"ome": True, "metadata": {"PhysicalSizeX": 350, "PhysicalSizeXUnit": "µm"}}, None),
         ({"ome": True, "resolution": (5e4, 5e4), "resolutionunit": "CENTIMETER"}, 0.2),  # was None
         ({"photometric": "minisblack"}, None),  # no calibration
         ({"resolution": (5e4, 5e4), "resolutionunit": "CENTIMETER"}, 0.2),  # plain TIFF tags

@@ -1048,8 +1048,9 @@ def _ome_zarr_pixel_size_um(path: Path, level: dict, axes: str) -> float | None:
         level.get("coordinateTransformations", []),
     ):
         for transformation in transformations:
-            if transformation.get("type") == "scale" and len(transformation["scale"]) == len(axes):
-                scale *= np.asarray(transformation["scale"], dtype=float)
+            given = transformation.get("scale")  # (None: given by a "path" instead)
+            if transformation.get("type") == "scale" and given and len(given) == len(axes):
+                scale *= np.asarray(given, dtype=float)
     sizes = []
     for letter in "XY":
         axis = level["axes"][axes.index(letter)]
@@ -1125,14 +1126,19 @@ def _tiff_pixel_size_um(tif) -> float | None:
 
 def _square_pixel_size(path, x: float | None, y: float | None) -> float | None:
     """The pixel size ``x`` (µm), refused (:class:`InputImageError`) when ``y`` differs by
-    more than 1 %: every length and area in µm assumes square pixels."""
+    more than 1 %: every length and area in µm assumes square pixels. A size outside the
+    range frames are segmented at (:data:`~.segmentation.PIXEL_SIZE_RANGE_UM`) is not a
+    microscope's (e.g. an ImageJ calibration in cm at a document's 72 dpi): None."""
+    from .segmentation import PIXEL_SIZE_RANGE_UM
+
     if x is not None and y is not None and abs(x - y) > 0.01 * x:
         raise InputImageError(
             f"{path}: its pixels are {x:g} µm wide and {y:g} µm high; lengths "
             f"and areas in µm need square pixels: resample the image to square pixels "
             f"(e.g. Fiji: Image › Scale)"
         )
-    return x
+    low, high = PIXEL_SIZE_RANGE_UM
+    return x if x is None or low <= x <= high else None
 
 
 TIME_UNITS_S = {

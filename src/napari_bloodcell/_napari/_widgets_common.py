@@ -35,6 +35,7 @@ from ..classification.model_files import (
 from ..classification.remote import RemoteClassifier
 from ..errors import BloodcellError, InputImageError
 from ..pipeline import AnalysisSettings
+from ..segmentation import PIXEL_SIZE_RANGE_UM
 from ._compute import (
     NO_CHANNEL,
     AnalysisJob,
@@ -520,7 +521,14 @@ class AnalysisWidget(Container):
         settings = self.settings(layout.n_channels)
         if settings.pixel_size_um is None:  # the field left at 0: the layer's calibration
             calibrated = calibrated_pixel_size_um(layout, layer.scale, layer.units)
-            settings = replace(settings, pixel_size_um=calibrated)
+            try:
+                settings = replace(settings, pixel_size_um=calibrated)
+            except InputImageError:
+                low, high = PIXEL_SIZE_RANGE_UM
+                raise InputImageError(
+                    f"layer {layer.name!r}: its scale gives {calibrated:g} µm per pixel, not "
+                    f"a microscope's ({low:g}–{high:g} µm): enter the pixel size (µm)"
+                ) from None
         check_channels(settings, layout)
         classifier = None
         if self.model.value is not None:
