@@ -245,6 +245,16 @@ def test_a_run_stopped_before_cells_csv_was_rewritten_is_completed_by_the_next(
     written = (out / "cells.csv").stat().st_mtime_ns
     batch.analyze_files([a, b, c], out, AnalysisSettings(), model=None)
     assert (out / "cells.csv").stat().st_mtime_ns == written  # up to date: not rewritten
+    # with a damaged table: a stale cells.csv keeps its rows (and says so), a missing one
+    # is rebuilt without the damaged table (it stayed missing)
+    (out / "tables" / "c.csv").write_text("")
+    summary = batch.analyze_files([a, b], out, AnalysisSettings(), model=None)
+    assert "not rebuilt" in summary.failures[str(out / "cells.csv")]
+    assert len(set(read_table(out / "cells.csv")["source"])) == 3
+    (out / "cells.csv").unlink()
+    summary = batch.analyze_files([a, b], out, AnalysisSettings(), model=None)
+    assert "left out of cells.csv" in summary.failures[str(out / "tables" / "c.csv")]
+    assert set(read_table(out / "cells.csv")["source"]) == {"a.png", "b.png"}
 
 
 def test_cells_csv_holds_only_finished_inputs_and_parquet_never_goes_stale(tmp_path, monkeypatch):

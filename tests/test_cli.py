@@ -855,8 +855,10 @@ def test_flowing_cells_are_linked_with_a_higher_max_speed(tmp_path, capsys):
     assert run_cli("track", table, "--out", tmp_path / "bad", "--wbc-max-speed", "1e308") == 2
     assert "--wbc-max-speed must be a positive number up to 1e+06" in capsys.readouterr().err
     assert run_cli("track", table, "--out", tmp_path / "bad", "--pixel-size", "1e300") == 2
-    assert "--pixel-size must be a positive number of µm per pixel" in capsys.readouterr().err
+    assert "--pixel-size must be a positive number up to 1e+06" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    # tracking allocates nothing by the pixel size: a finer one than segmentation's is fine
+    assert run_cli("track", table, "--out", tmp_path / "fine", "--pixel-size", "0.005") == 0
 
 
 @pytest.mark.parametrize("pixel_size", ["0.001", "1e-300", "1e200"])

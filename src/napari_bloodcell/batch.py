@@ -524,12 +524,17 @@ def _record_run(summary, inputs, settings, classifier, client, out, started) -> 
     summary.table = _joined(tables)
     if summary.processed:  # (each table read once: an archive holds thousands)
         summary.written += _write_run_tables(summary, settings, classifier, client, out, tables)
-    elif _cells_tables_stale(out):  # rebuilt only whole: it keeps its rows of a damaged table
+    elif _cells_tables_stale(out):
         unreadable: dict[str, str] = {}
         every = _read_tables([t.stem for t in _finished_tables(out)], out, unreadable, tables)
-        if unreadable:
+        cells_csv = out / "cells.csv"
+        if unreadable and cells_csv.exists():  # rebuilt, it would lose their rows
             summary.failures.update(unreadable | summary.failures)  # (this run's reports stay)
-        else:
+            summary.failures[str(cells_csv)] = (
+                "older than the finished tables, not rebuilt: it would lose the rows of the "
+                "unreadable tables reported; analyse their inputs again (--overwrite)"
+            )
+        else:  # (unreadable tables are left out of a missing cells.csv, and reported)
             summary.written += _write_cells_tables(summary, out, every)
 
 

@@ -442,15 +442,18 @@ def tracking_params(args):
     )
 
 
-def check_lengths_and_times(args) -> None:
-    """Refuse a --pixel-size outside :data:`~.segmentation.PIXEL_SIZE_RANGE_UM`, and a
-    --frame-interval or tracking speed that is not a positive number up to
-    :data:`~.tracking.MAX_TIME_OR_SPEED` (larger ones overflowed in linking)."""
+def check_lengths_and_times(args, *, segmenting: bool) -> None:
+    """Refuse a --pixel-size outside :data:`~.segmentation.PIXEL_SIZE_RANGE_UM` when frames
+    are ``segmenting`` (else, as a --frame-interval or tracking speed, one that is not a
+    positive number up to :data:`~.tracking.MAX_TIME_OR_SPEED`: larger ones overflowed in
+    linking)."""
     from .segmentation import check_pixel_size
     from .tracking import MAX_TIME_OR_SPEED
 
-    check_pixel_size(args.pixel_size, "--pixel-size")
+    if segmenting:
+        check_pixel_size(args.pixel_size, "--pixel-size")
     for option, value in (
+        *([] if segmenting else [("--pixel-size", args.pixel_size)]),
         ("--frame-interval", args.frame_interval),
         ("--wbc-max-speed", args.wbc_max_speed),
         ("--platelet-max-speed", args.platelet_max_speed),
@@ -483,7 +486,7 @@ def checked_uncertain_threshold(args) -> float | None:
 def _run_analyze(args) -> int:
     from .pipeline import AnalysisSettings
 
-    check_lengths_and_times(args)  # before hours of analysis
+    check_lengths_and_times(args, segmenting=True)  # before hours of analysis
     checked_uncertain_threshold(args)
     settings = AnalysisSettings(
         modality=args.modality,
@@ -583,7 +586,11 @@ def _analyze_and_report(args, settings, client) -> int:
         print(f"results in {summary.out}/")
         _warn_if_novel(white_cell_novelty(analysed), "these images", "white cells")
     elif summary.skipped and not summary.failures:
-        print(f"nothing to do: every input is finished in {summary.out}/")
+        rebuilt = summary.out / "cells.csv" in summary.written
+        print(
+            f"nothing to do: every input is finished in {summary.out}/"
+            + ("; cells.csv rebuilt from their tables" if rebuilt else "")
+        )
     smears = [p for p in summary.processed if "smear" in summary.modalities.get(p, "")]
     if settings.channels and smears:
         print(
@@ -726,7 +733,7 @@ def _run_models(args) -> int:
 def _run_track(args) -> int:
     from .table import read_table
 
-    check_lengths_and_times(args)
+    check_lengths_and_times(args, segmenting=False)
     params = tracking_params(args)
     if not args.cells.is_file():
         raise BloodcellError(f"{args.cells}: no such file")
