@@ -293,6 +293,23 @@ def test_results_take_the_units_and_rotation_of_the_image(make_napari_viewer, qt
     np.testing.assert_allclose(cells.data_to_world(cells.data[0]), image.data_to_world(centroid))
 
 
+def test_a_layer_scale_no_microscope_has_is_named_as_the_cause(
+    make_napari_viewer, smear, notifications
+):
+    """A layer in mm entered as µm (0.0005 µm per pixel) failed with "pixel_size_um must be
+    …", a setting the user never gave."""
+    from napari_bloodcell._napari._analyze import AnalyzeWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(smear.image, rgb=True, name="smear", scale=(5e-4, 5e-4), units=("um", "um"))
+    widget = AnalyzeWidget(viewer)
+    widget.model.value = None
+    widget.run()
+    assert notifications[-1][0] == "error", notifications
+    assert "layer 'smear': its scale gives 0.0005 µm per pixel" in notifications[-1][1]
+    assert widget.worker is None
+
+
 def test_one_cell_type_left_out_keeps_the_other_and_pixel_sizes_keep_their_digits(
     make_napari_viewer, qtbot
 ):
@@ -662,6 +679,35 @@ def test_a_cancelled_batch_rerun_keeps_the_earlier_result_s_tracking(
     assert widget.export() and (tmp_path / "kept_tracking").is_dir(), notifications
     _run(widget, qtbot)  # a re-run that finishes: the earlier tracking is not its
     assert widget.tracking is None and tracks.name == "movie tracks (earlier run)"
+
+
+def test_a_cancelled_rerun_of_one_image_does_not_keep_another_image_s_tracking(
+    make_napari_viewer, qtbot, dask_movie, tmp_path, notifications
+):
+    """Kept through a cancelled re-run of image b, the tracking of image a made Export of
+    b's kept result warn "the cells changed since they were tracked" (b was never tracked)."""
+    from napari_bloodcell._napari._batch import BatchWidget
+
+    viewer = make_napari_viewer()
+    a = viewer.add_image(dask_movie, rgb=True, name="a")
+    b = viewer.add_image(dask_movie, rgb=True, name="b")
+    widget = BatchWidget(viewer)
+    widget.model.value = None
+    widget.display_interval_s = 0.0
+    widget.image.value = b
+    _run(widget, qtbot)
+    widget.image.value = a
+    _run(widget, qtbot)
+    _track(widget, qtbot)
+    b.data = dask_movie.map_blocks(_slow)
+    widget.image.value = b
+    widget.run()
+    widget.worker.yielded.connect(lambda _: widget.cancel())
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.tracking is None and widget._cells_layer is viewer.layers["b stack cells"]
+    widget.export_file.value = tmp_path / "b.csv"
+    assert widget.export() and not (tmp_path / "b_tracking").exists()
+    assert not [m for kind, m in notifications if "since they were tracked" in m]
 
 
 def test_closing_the_batch_widget_during_a_rerun_hands_its_layers_over(

@@ -98,7 +98,7 @@ class BatchWidget(AnalysisWidget):
         self._shown_at = -np.inf  # when the last redraw ended …
         self._redraw_gap = 0.0  # … and how long the next waits at least
         self._state["rerun_of"] = None  # the image (id) whose earlier result a run keeps
-        self._state["on_close"] = partial(_hand_over_running_layers, napari_viewer, self._state)
+        self._state["on_close"] = partial(_hand_over_running_layers, self._viewer, self._state)
         self.plot = PlotCanvas("frame", "cells")
         self.native.layout().addWidget(self.plot.canvas)
 
@@ -125,7 +125,15 @@ class BatchWidget(AnalysisWidget):
         self._state["rerun_of"] = job.image_id if earlier else None
         if not earlier:  # (a re-run forgets the earlier tracking only if it finishes)
             self._forget_tracking(job.image_id)
+        elif self._tracked_image_id() != job.image_id:  # another image's: not the kept one's
+            self.tracking = self._tracked_cells = None
         return steps, job.layout.n_frames
+
+    def _tracked_image_id(self) -> str | None:
+        """The image (id) whose cells the last tracking linked, if any."""
+        if self._tracked_cells is None:
+            return None
+        return self._tracked_cells[0].metadata.get(METADATA_KEY, {}).get("image_id")
 
     def _forget_tracking(self, image_id: str) -> None:
         """The tracks of an earlier result are not the new result's, nor is their layer."""

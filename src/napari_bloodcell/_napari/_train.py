@@ -135,7 +135,8 @@ class TrainWidget(Container):
             _training_events,
             new_job,
             self._state,
-            _progress={"total": config.epochs, "desc": f"training {name}"},
+            # napari counts every yield: the started job (folders checked), then each epoch
+            _progress={"total": config.epochs + 1, "desc": f"training {name}"},
             _start_thread=False,
         )
         worker.yielded.connect(self._on_event)
