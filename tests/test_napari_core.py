@@ -116,6 +116,31 @@ def _job(data, axes="", rgb=True, scale=(2.0, 0.5, 0.5)):
     )
 
 
+def test_a_batch_reads_each_stored_chunk_of_frames_once(movie):
+    """Chunked data (Zarr, dask) whose chunks hold several frames was read whole once per
+    frame: a 10-frame chunk decompressed 10 times."""
+    import dask.array as da
+
+    from napari_bloodcell._napari._compute import stack_steps
+
+    class CountedReads:  # a stored array: one read per chunk it is asked for
+        def __init__(self, array):
+            self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, 4
+            self.reads = 0
+
+        def __getitem__(self, key):
+            self.reads += 1
+            return self.array[key]
+
+    stored = CountedReads(np.concatenate([movie.image, movie.image]))  # 8 frames
+    chunked = da.from_array(stored, chunks=(4, *movie.image.shape[1:]))  # 2 chunks
+    before = stored.reads  # (dask looked at an empty slice for its meta)
+    steps = list(stack_steps(_job(chunked)))
+    assert stored.reads - before <= 2 + 2  # the intensity sample's reads, then each chunk once
+    in_memory = list(stack_steps(_job(movie.image)))[-1].instances  # the same 4 frames
+    np.testing.assert_array_equal(np.asarray(steps[-1].instances)[:4], np.asarray(in_memory))
+
+
 def test_a_batch_merges_the_tables_of_older_frames_as_it_goes(movie, monkeypatch):
     """A redraw concatenated one table per frame on the viewer's thread (0.2–1 s at 2,000
     frames): the worker merges them in blocks, the table itself unchanged."""

@@ -457,6 +457,31 @@ TABLE_BLOCK_FRAMES = 64
 concatenated 2,000 tables on the viewer's thread (0.2–1 s), now ~32 plus the last few."""
 
 
+MAX_BYTES_PER_READ = 256 * 2**20
+"""The most a Batch reads at once (bytes of normalised float32 frames)."""
+
+
+def _frames_per_read(job: AnalysisJob) -> int:
+    """How many frames of ``job``'s data to read at once: those stored together in one
+    chunk (chunked data: dask, Zarr; a Zarr chunk of 10 frames was decompressed once per
+    frame), within :data:`MAX_BYTES_PER_READ`; 1 for data in memory."""
+    chunks = getattr(job.data, "chunks", None)
+    if chunks is None:
+        return 1
+    along_t = chunks[job.layout.axes.index("T")]
+    stored_together = max(along_t) if isinstance(along_t, tuple) else int(along_t)
+    height, width = job.layout.frame_shape
+    frame_bytes = height * width * max(job.layout.n_channels, 3 if job.layout.rgb else 1) * 4
+    return max(1, min(int(stored_together), MAX_BYTES_PER_READ // frame_bytes))
+
+
+def _frames(stack, per_read: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(t, frame)`` of a lazy (T, Y, X, C) stack, ``per_read`` frames computed at once."""
+    for start in range(0, stack.shape[0], per_read):
+        block = np.asarray(stack[start : start + per_read].compute(scheduler="sync"))
+        yield from enumerate(block, start=start)
+
+
 def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
     n = job.layout.n_frames
     instances = CompressedLabelFrames(job.layout.frame_shape, np.uint32)
@@ -475,8 +500,7 @@ def _stack_steps(job: AnalysisJob) -> Iterator[StackProgress]:
         channels_named=job.layout.typed,
         colour=job.layout.rgb,
     ).data
-    for t in range(n):
-        frame = np.asarray(stack[t].compute(scheduler="sync"))
+    for t, frame in _frames(stack, _frames_per_read(job)):
         if frame.min() == frame.max():
             empty.append(t)
             result = job.empty_result(t)
