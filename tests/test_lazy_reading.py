@@ -283,14 +283,20 @@ def _ome_zarr_image(group, stack: np.ndarray, scale: list[float], unit: str | No
 
 
 @pytest.mark.parametrize(
-    ("unit", "expected"), [("micrometer", 0.5), ("nanometer", 0.0005), (None, None)]
+    ("unit", "size", "expected"),
+    [
+        ("micrometer", 0.5, 0.5),
+        ("nanometer", 500, 0.5),
+        (None, 0.5, None),
+        ("nanometer", 0.5, None),  # 0.0005 µm: not a microscope's calibration
+    ],
 )
-def test_ome_zarr_pixel_size_comes_from_its_scale_and_unit(tmp_path, unit, expected):
+def test_ome_zarr_pixel_size_comes_from_its_scale_and_unit(tmp_path, unit, size, expected):
     """The pixel size of an OME-Zarr image was never read (lengths in px only)."""
     zarr = pytest.importorskip("zarr")
     stack = RNG.integers(0, 4000, (3, 2, 40, 50), dtype=np.uint16)
     _ome_zarr_image(
-        zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), stack, [1, 1, 0.5, 0.5], unit
+        zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), stack, [1, 1, size, size], unit
     )
     lazy = open_lazy(tmp_path / "s.zarr")
     assert lazy.original_axes == "TCYX" and lazy.pixel_size_um == expected
