@@ -601,23 +601,13 @@ def test_a_cancelled_batch_rerun_keeps_the_earlier_result(
 ):
     """A re-run writes into layers of its own until it finishes: a full result was replaced
     by the one frame of a re-run cancelled at once (a user's result overwritten unasked)."""
-    from napari_bloodcell._napari._batch import BatchWidget
     from napari_bloodcell.table import read_table
 
-    def slow(block):  # a slow reader gives the viewer time to cancel mid-batch
-        time.sleep(0.4)
-        return block
-
-    viewer = make_napari_viewer()
-    image = viewer.add_image(dask_movie, rgb=True, name="movie")
-    widget = BatchWidget(viewer)
-    widget.model.value = None
-    widget.display_interval_s = 0.0
-    _run(widget, qtbot)
+    viewer, image, widget = _movie_batched_once(make_napari_viewer, qtbot, dask_movie)
     earlier = list(viewer.layers)
     instances, _, cells = earlier[1:]
     kept, legend = cells.features.copy(), widget.legend.value
-    image.data = dask_movie.map_blocks(slow)
+    image.data = dask_movie.map_blocks(_slow)
     widget.pixel_size.value = 0.25
     widget.run()
     widget.worker.yielded.connect(lambda _: widget.cancel())
@@ -652,12 +642,9 @@ def _slow(block):  # a slow reader gives the viewer time to act mid-batch
     return block
 
 
-def test_a_cancelled_batch_rerun_keeps_the_earlier_result_s_tracking(
-    make_napari_viewer, qtbot, dask_movie, tmp_path, notifications
-):
-    """A re-run forgot the tracking and released the tracks layer as it started: cancelled,
-    the kept result's export wrote no tracking tables (no warning) and its own tracks
-    layer was named "(earlier run)"."""
+def _movie_batched_once(make_napari_viewer, qtbot, dask_movie):
+    """A viewer with the movie and a Batch widget (no model, every frame shown) that has
+    analysed it once: (viewer, image layer, widget)."""
     from napari_bloodcell._napari._batch import BatchWidget
 
     viewer = make_napari_viewer()
@@ -666,6 +653,16 @@ def test_a_cancelled_batch_rerun_keeps_the_earlier_result_s_tracking(
     widget.model.value = None
     widget.display_interval_s = 0.0
     _run(widget, qtbot)
+    return viewer, image, widget
+
+
+def test_a_cancelled_batch_rerun_keeps_the_earlier_result_s_tracking(
+    make_napari_viewer, qtbot, dask_movie, tmp_path, notifications
+):
+    """A re-run forgot the tracking and released the tracks layer as it started: cancelled,
+    the kept result's export wrote no tracking tables (no warning) and its own tracks
+    layer was named "(earlier run)"."""
+    viewer, image, widget = _movie_batched_once(make_napari_viewer, qtbot, dask_movie)
     _track(widget, qtbot)
     tracking, tracks = widget.tracking, viewer.layers["movie tracks"]
     image.data = dask_movie.map_blocks(_slow)
