@@ -1230,6 +1230,22 @@ def test_train_widget_refuses_a_folder_without_classes(
     )
 
 
+def test_an_epoch_reported_after_cancel_keeps_the_status_cancelling(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """An epoch that ended while Cancel was pressed (its event still queued) replaced
+    "cancelling…" with "epoch 3/60 …", as if the training went on."""
+    from napari_bloodcell._napari._train import TrainWidget
+    from napari_bloodcell.classification.remote_training import EpochEnd
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    widget = TrainWidget(make_napari_viewer())
+    widget._state["busy"] = True  # as while a training runs (no process needed here)
+    widget.cancel()
+    widget._on_event(EpochEnd(3, 60, {"loss": 0.5, "val_loss": 0.6}))
+    assert widget.status.value == "cancelling…" and widget.history["loss"] == [0.5]
+
+
 def test_train_widget_checks_the_folders_off_napari_thread_and_cancels_meanwhile(
     make_napari_viewer, tmp_path, monkeypatch, qtbot, user_data
 ):

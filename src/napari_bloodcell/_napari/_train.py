@@ -165,7 +165,8 @@ class TrainWidget(Container):
                 self.history.setdefault(key, []).append(value)
             self._plot_history()
             loss = event.logs.get("val_loss", float("nan"))
-            self.status.value = f"epoch {event.epoch}/{event.epochs}, val. loss {loss:.3f}"
+            if not self._state["cancel_requested"]:  # (an epoch ended before Cancel came)
+                self.status.value = f"epoch {event.epoch}/{event.epochs}, val. loss {loss:.3f}"
         elif isinstance(event, TrainingDone):
             self.status.value = f"saved {event.model_path.name} ({', '.join(event.classes)})"
             show_info(f"model {event.model_path.stem!r} saved to {event.model_path.parent}")
