@@ -57,6 +57,12 @@ def test_a_cells_layer_without_rows_writes_text_class_columns_to_parquet(tmp_pat
     assert pq.read_schema(tmp_path / "none.parquet").equals(
         pq.read_schema(tmp_path / "rows.parquet"), check_metadata=False
     )
+    # a user's own text column, empty (and untyped), was stored as null too
+    notes = without.assign(notes=pd.Series([], dtype=object), tag=pd.Categorical([]))
+    write_table(notes, tmp_path / "notes.parquet")
+    schema = pq.read_schema(tmp_path / "notes.parquet")
+    assert "string" in str(schema.field("notes").type)  # (string or large_string), not null
+    assert "string" in str(schema.field("tag").type.value_type)
 
 
 def test_an_export_asked_as_parquet_without_pyarrow_is_refused_not_written_as_csv(

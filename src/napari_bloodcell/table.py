@@ -76,9 +76,14 @@ def _typed_if_empty(table: pd.DataFrame, text: str | type = str) -> pd.DataFrame
         if c not in CATEGORY_COLUMNS
         and (c in BASE_COLUMNS or c in UNIT_COLUMNS or str(c).startswith("p_"))
     }
-    for c in CATEGORY_COLUMNS:
-        if c in table:
-            categorical = isinstance(table[c].dtype, pd.CategoricalDtype)
+    for c in table.columns:
+        if c in dtypes:
+            continue
+        dtype = table[c].dtype
+        categorical = isinstance(dtype, pd.CategoricalDtype)
+        untyped = not len(dtype.categories) if categorical else dtype.kind == "O"
+        if c in CATEGORY_COLUMNS or untyped:
+            # (a user's empty note column is text too: untyped, Parquet stored it as null)
             dtypes[c] = pd.CategoricalDtype(pd.Index([], dtype=text)) if categorical else text
     return table.astype(dtypes)
 
