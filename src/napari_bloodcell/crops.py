@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import resize
 
+from ._checks import is_real
 from .errors import InputImageError
 
 CROP_SCALE = 2.2
@@ -90,10 +91,7 @@ def _check_crop_shape(size, scale) -> None:
     that is not a positive finite number."""
     if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 1:
         raise InputImageError(f"crop size must be a positive whole number of pixels, got {size!r}")
-    is_number = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(
-        scale, (bool, np.bool_)
-    )
-    if not (is_number and np.isfinite(scale) and scale > 0):
+    if not (is_real(scale) and np.isfinite(scale) and scale > 0):
         raise InputImageError(
             f"crop scale (crop side / cell diameter) must be a positive number, got {scale!r}"
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._checks import is_real
 from .classes import is_platelet_name
 from .classification.inference import plausible_class_mask
 from .crops import as_bytes, crop_cells
@@ -69,17 +70,10 @@ class AnalysisSettings:
         _segmentation_channels(self.channels)  # one leukocyte and one platelet role at most
         check_pixel_size(self.pixel_size_um)
         threshold = self.uncertain_threshold
-        if threshold is not None and not (_is_real(threshold) and 0 <= threshold <= 1):
+        if threshold is not None and not (is_real(threshold) and 0 <= threshold <= 1):
             raise InputImageError(
                 f"uncertain_threshold is a probability in [0, 1] or None, got {threshold!r}"
             )
-
-
-def _is_real(value) -> bool:
-    """A real number (not a bool, not a string)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
 
 
 def _is_whole(value) -> bool:

@@ -27,6 +27,7 @@ from skimage.draw import disk
 from skimage.filters import gaussian
 from skimage.transform import resize
 
+from ._checks import is_real
 from .errors import InputImageError
 from .reading import check_frame_pixels
 
@@ -124,9 +125,7 @@ def _check_count(name: str, value: int) -> int:
 
 def _is_whole(value) -> bool:
     """A whole number (an int, or a float such as 3.0; not NaN, infinite, text or bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        return False
-    return bool(np.isfinite(value)) and float(value).is_integer()
+    return is_real(value) and bool(np.isfinite(value)) and float(value).is_integer()
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -660,8 +659,7 @@ def make_timelapse(
     n_platelets = _check_count("n_platelets", n_platelets)
     if n_frames == 0:
         raise InputImageError("n_frames must be at least 1")
-    real = isinstance(step_px, (int, float, np.number)) and not isinstance(step_px, bool)
-    if not real or not np.isfinite(step_px) or step_px < 0:
+    if not is_real(step_px) or not np.isfinite(step_px) or step_px < 0:
         raise InputImageError(f"step_px must be a non-negative number; got {step_px!r}")
     rng = np.random.default_rng(_check_count("seed", seed))
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._checks import is_real
 from ..errors import InputImageError
 from ._regions import UM, Segmentation, empty_segmentation
 from .fluorescence import (
@@ -202,11 +203,9 @@ def check_pixel_size(pixel_size_um: float | None, name: str = "pixel_size_um") -
     nor a number of µm per pixel within :data:`PIXEL_SIZE_RANGE_UM`."""
     if pixel_size_um is None:
         return
-    is_number = isinstance(pixel_size_um, (int, float, np.number)) and not isinstance(
-        pixel_size_um, (bool, np.bool_)
-    )
     low, high = PIXEL_SIZE_RANGE_UM
-    if not is_number or not np.isfinite(pixel_size_um) or not low <= pixel_size_um <= high:
+    usable = is_real(pixel_size_um) and np.isfinite(pixel_size_um)
+    if not usable or not low <= pixel_size_um <= high:
         raise InputImageError(
             f"{name} must be a positive number of µm per pixel from {low:g} to {high:g}, "
             f"got {pixel_size_um!r}"
@@ -229,8 +228,7 @@ def _checked_params(params, expected_type: type):
     values = {field.name: getattr(params, field.name) for field in dataclasses.fields(params)}
     for field in dataclasses.fields(params):
         value = values[field.name]
-        is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-        if not is_number or not np.isfinite(value):
+        if not is_real(value) or not np.isfinite(value):
             raise InputImageError(f"{name}.{field.name} must be a finite number, got {value!r}")
         if field.metadata == UM and value < 0:
             raise InputImageError(f"{name}.{field.name} is a length (µm): got {value!r} < 0")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .._checks import is_real
 from ..classes import UNCERTAIN
 from ..errors import TrackingError
 
@@ -143,8 +144,7 @@ units): larger ones overflowed in linking (a squared reach) and mean nothing for
 def _check_positive(name: str, value, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-    if not is_number or not np.isfinite(value) or not 0 < value <= MAX_TIME_OR_SPEED:
+    if not is_real(value) or not np.isfinite(value) or not 0 < value <= MAX_TIME_OR_SPEED:
         raise TrackingError(
             f"{name} must be a positive number up to {MAX_TIME_OR_SPEED:g}; got {value!r}"
         )
