@@ -226,7 +226,12 @@ def _skipped_or_failed(
             f"--overwrite analyses it with this run's)"
         )
     summary.skipped[str(path)] = reason
-    summary.frame_intervals_s[str(path)] = recorded_frame_interval_s(path)  # tracked again
+    # tracked again: the interval recorded with its results (results of older versions:
+    # the file read again)
+    kept = record or {}
+    summary.frame_intervals_s[str(path)] = (
+        kept["frame_interval_s"] if "frame_interval_s" in kept else recorded_frame_interval_s(path)
+    )
     return True
 
 
